@@ -1,0 +1,212 @@
+//! Configuration: one typed struct tree, loaded at one boundary.
+//!
+//! Sources, later ones winning: built-in defaults, the TOML file, then `MAILGATE_`
+//! environment variables with `__` separating levels (`MAILGATE_DELIVERY__UPSTREAM=host:port`,
+//! `MAILGATE_RELAY__LOCAL_DOMAINS=[a.test,b.test]`). Unknown keys are refused with the key's
+//! name. [`Config::validate`] then checks values and yields the typed runtime view.
+
+mod validate;
+
+use std::path::{Path, PathBuf};
+
+use figment::Figment;
+use figment::providers::{Env, Format, Serialized, Toml};
+use serde::{Deserialize, Serialize};
+
+pub use validate::{DeliveryMode, Runtime, UpstreamTls};
+
+/// Errors while loading or validating configuration.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read or a value did not parse (names the key).
+    #[error("{0}")]
+    Load(Box<figment::Error>),
+    /// A value parsed but is not acceptable.
+    #[error("invalid value for `{key}`: {reason}")]
+    Invalid {
+        /// Dotted key, e.g. `server.listen`.
+        key: &'static str,
+        /// What is wrong.
+        reason: String,
+    },
+}
+
+impl From<figment::Error> for ConfigError {
+    fn from(e: figment::Error) -> Self {
+        ConfigError::Load(Box::new(e))
+    }
+}
+
+/// The whole configuration file.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Listeners, names, connection limits and timeouts.
+    pub server: Server,
+    /// Certificate for STARTTLS and implicit TLS.
+    pub tls: Tls,
+    /// Protocol limits.
+    pub limits: Limits,
+    /// Which recipients are accepted, from whom.
+    pub relay: Relay,
+    /// Where accepted mail goes.
+    pub delivery: Delivery,
+}
+
+/// `[server]`
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Server {
+    /// Our name in the greeting, EHLO reply and `Received:` headers.
+    pub hostname: String,
+    /// Plain SMTP listeners (STARTTLS offered when a certificate is available).
+    pub listen: Vec<String>,
+    /// Implicit-TLS listeners (RFC 8314, like port 465).
+    pub listen_tls: Vec<String>,
+    /// Connections open at once, over all listeners.
+    pub max_connections: usize,
+    /// Connections open at once from one client IP address.
+    pub max_connections_per_ip: usize,
+    /// Pause before the greeting; a client that talks during it is refused.
+    pub greeting_delay_ms: u64,
+    /// Wait for the next command (RFC 5321 4.5.3.2: at least 5 minutes).
+    pub command_timeout_secs: u64,
+    /// Wait for the next chunk of message data (RFC 5321 4.5.3.2: 3 minutes).
+    pub data_timeout_secs: u64,
+    /// On SIGTERM, how long running sessions may take to finish.
+    pub shutdown_grace_secs: u64,
+}
+
+impl Default for Server {
+    fn default() -> Self {
+        Server {
+            hostname: "mx.example.test".into(),
+            listen: vec!["127.0.0.1:2525".into()],
+            listen_tls: vec![],
+            max_connections: 1000,
+            max_connections_per_ip: 20,
+            greeting_delay_ms: 0,
+            command_timeout_secs: 300,
+            data_timeout_secs: 180,
+            shutdown_grace_secs: 30,
+        }
+    }
+}
+
+/// `[tls]`
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Tls {
+    /// PEM certificate chain.
+    pub cert: Option<PathBuf>,
+    /// PEM private key.
+    pub key: Option<PathBuf>,
+    /// Without `cert`/`key`, generate a self-signed certificate at start.
+    pub self_signed: bool,
+}
+
+impl Default for Tls {
+    fn default() -> Self {
+        Tls { cert: None, key: None, self_signed: true }
+    }
+}
+
+/// `[limits]`
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Limits {
+    /// Largest message accepted, announced with `SIZE`.
+    pub max_message_size: usize,
+    /// Recipients per message.
+    pub max_recipients: usize,
+    /// Longest command line, CRLF included (RFC 5321: 512).
+    pub max_command_line: usize,
+    /// Longest message text line, CRLF included (RFC 5321: 1000).
+    pub max_text_line: usize,
+    /// Error replies in one session before it is closed with 421.
+    pub max_errors: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_message_size: 25 * 1024 * 1024,
+            max_recipients: 100,
+            max_command_line: 512,
+            max_text_line: 1000,
+            max_errors: 20,
+        }
+    }
+}
+
+/// `[relay]`
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Relay {
+    /// Domains we accept mail for.
+    pub local_domains: Vec<String>,
+    /// Client networks (CIDR) allowed to send to any domain.
+    pub trusted_networks: Vec<String>,
+}
+
+impl Default for Relay {
+    fn default() -> Self {
+        Relay { local_domains: vec!["example.test".into()], trusted_networks: vec![] }
+    }
+}
+
+/// `[delivery]`
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Delivery {
+    /// `maildir` or `proxy`; unset means `proxy` when `upstream` is set, else `maildir`.
+    pub mode: Option<String>,
+    /// Maildir root for `maildir` mode.
+    pub maildir: PathBuf,
+    /// Next hop `host:port` for `proxy` mode.
+    pub upstream: Option<String>,
+    /// `none`, `opportunistic` or `required` STARTTLS towards the upstream.
+    pub upstream_tls: String,
+    /// Connecting to the upstream.
+    pub connect_timeout_secs: u64,
+}
+
+impl Default for Delivery {
+    fn default() -> Self {
+        Delivery {
+            mode: None,
+            maildir: PathBuf::from("./var/mail"),
+            upstream: None,
+            upstream_tls: "opportunistic".into(),
+            connect_timeout_secs: 30,
+        }
+    }
+}
+
+impl Config {
+    /// Loads defaults, then `file` (if given), then `MAILGATE_` environment variables.
+    pub fn load(file: Option<&Path>) -> Result<Config, ConfigError> {
+        Self::from_figment(Self::figment(file))
+    }
+
+    /// The figment behind [`Config::load`], for callers that add providers (tests).
+    pub fn figment(file: Option<&Path>) -> Figment {
+        let mut f = Figment::from(Serialized::defaults(Config::default()));
+        if let Some(path) = file {
+            f = f.merge(Toml::file_exact(path));
+        }
+        f.merge(Env::prefixed("MAILGATE_").split("__"))
+    }
+
+    /// Extracts a config from a prepared figment.
+    pub fn from_figment(f: Figment) -> Result<Config, ConfigError> {
+        Ok(f.extract()?)
+    }
+
+    /// Parses a TOML string over the defaults (no environment), for tests and tools.
+    pub fn from_toml(text: &str) -> Result<Config, ConfigError> {
+        Self::from_figment(
+            Figment::from(Serialized::defaults(Config::default())).merge(Toml::string(text)),
+        )
+    }
+}

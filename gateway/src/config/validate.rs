@@ -1,0 +1,321 @@
+//! Checks a loaded [`Config`] and turns it into the typed [`Runtime`] view the server uses.
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use ipnet::IpNet;
+
+use super::{Config, ConfigError, Limits};
+
+/// STARTTLS policy towards the upstream in proxy mode.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum UpstreamTls {
+    /// Never use STARTTLS.
+    None,
+    /// Use STARTTLS when offered.
+    Opportunistic,
+    /// Refuse to relay without STARTTLS.
+    Required,
+}
+
+/// Where accepted mail goes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum DeliveryMode {
+    /// Write into Maildirs under this root (the embedded default).
+    Maildir(PathBuf),
+    /// Relay each transaction in-line to the upstream (before-queue).
+    Proxy {
+        /// `host:port`.
+        upstream: String,
+        /// STARTTLS towards the upstream.
+        tls: UpstreamTls,
+    },
+}
+
+/// The validated configuration.
+#[derive(Clone, Debug)]
+pub struct Runtime {
+    /// Our host name.
+    pub hostname: String,
+    /// Plain SMTP listeners.
+    pub listen: Vec<SocketAddr>,
+    /// Implicit-TLS listeners.
+    pub listen_tls: Vec<SocketAddr>,
+    /// Total connection limit.
+    pub max_connections: usize,
+    /// Per-client-IP connection limit.
+    pub max_connections_per_ip: usize,
+    /// Pause before the greeting.
+    pub greeting_delay: Duration,
+    /// Command read timeout.
+    pub command_timeout: Duration,
+    /// Message data read timeout.
+    pub data_timeout: Duration,
+    /// Grace period on shutdown.
+    pub shutdown_grace: Duration,
+    /// Certificate and key paths, if configured.
+    pub tls_files: Option<(PathBuf, PathBuf)>,
+    /// Generate a self-signed certificate when no files are configured.
+    pub tls_self_signed: bool,
+    /// Protocol limits.
+    pub limits: Limits,
+    /// Local domains, lowercase, without trailing dot.
+    pub local_domains: Vec<String>,
+    /// Networks allowed to relay.
+    pub trusted_networks: Vec<IpNet>,
+    /// Delivery mode.
+    pub delivery: DeliveryMode,
+    /// Upstream connect timeout.
+    pub connect_timeout: Duration,
+}
+
+impl Runtime {
+    /// Whether `ip` may relay to any domain.
+    pub fn relay_allowed(&self, ip: IpAddr) -> bool {
+        let ip = match ip {
+            IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(IpAddr::V6(v6)),
+            v4 => v4,
+        };
+        self.trusted_networks.iter().any(|n| n.contains(&ip))
+    }
+}
+
+fn invalid(key: &'static str, reason: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid { key, reason: reason.into() }
+}
+
+fn addrs(key: &'static str, list: &[String]) -> Result<Vec<SocketAddr>, ConfigError> {
+    list.iter()
+        .map(|s| s.parse().map_err(|e| invalid(key, format!("{s:?}: {e}"))))
+        .collect()
+}
+
+fn positive(key: &'static str, v: u64) -> Result<Duration, ConfigError> {
+    if v == 0 {
+        return Err(invalid(key, "must be greater than 0"));
+    }
+    Ok(Duration::from_secs(v))
+}
+
+fn is_domain(d: &str) -> bool {
+    !d.is_empty()
+        && d.len() <= 253
+        && d.split('.').all(|l| {
+            !l.is_empty()
+                && l.len() <= 63
+                && !l.starts_with('-')
+                && !l.ends_with('-')
+                && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        })
+}
+
+impl Config {
+    /// Checks every value and builds the runtime view.
+    pub fn validate(&self) -> Result<Runtime, ConfigError> {
+        let s = &self.server;
+        if !is_domain(&s.hostname) {
+            return Err(invalid("server.hostname", format!("{:?} is not a domain name", s.hostname)));
+        }
+        let listen = addrs("server.listen", &s.listen)?;
+        let listen_tls = addrs("server.listen_tls", &s.listen_tls)?;
+        if listen.is_empty() && listen_tls.is_empty() {
+            return Err(invalid("server.listen", "no listener configured"));
+        }
+        if s.max_connections == 0 {
+            return Err(invalid("server.max_connections", "must be greater than 0"));
+        }
+        if s.max_connections_per_ip == 0 {
+            return Err(invalid("server.max_connections_per_ip", "must be greater than 0"));
+        }
+        let tls_files = match (&self.tls.cert, &self.tls.key) {
+            (Some(c), Some(k)) => Some((c.clone(), k.clone())),
+            (None, None) => None,
+            (Some(_), None) => return Err(invalid("tls.key", "tls.cert is set but tls.key is not")),
+            (None, Some(_)) => return Err(invalid("tls.cert", "tls.key is set but tls.cert is not")),
+        };
+        if !listen_tls.is_empty() && tls_files.is_none() && !self.tls.self_signed {
+            return Err(invalid("server.listen_tls", "needs tls.cert/tls.key or tls.self_signed"));
+        }
+        let l = &self.limits;
+        if l.max_command_line < 512 {
+            return Err(invalid("limits.max_command_line", "RFC 5321 requires at least 512"));
+        }
+        if l.max_text_line < 1000 {
+            return Err(invalid("limits.max_text_line", "RFC 5321 requires at least 1000"));
+        }
+        if l.max_message_size == 0 {
+            return Err(invalid("limits.max_message_size", "must be greater than 0"));
+        }
+        if l.max_recipients == 0 {
+            return Err(invalid("limits.max_recipients", "must be greater than 0"));
+        }
+        if l.max_errors == 0 {
+            return Err(invalid("limits.max_errors", "must be greater than 0"));
+        }
+        let mut local_domains = Vec::new();
+        for d in &self.relay.local_domains {
+            let d = d.trim_end_matches('.').to_ascii_lowercase();
+            if !is_domain(&d) {
+                return Err(invalid("relay.local_domains", format!("{d:?} is not a domain name")));
+            }
+            local_domains.push(d);
+        }
+        let trusted_networks = self
+            .relay
+            .trusted_networks
+            .iter()
+            .map(|n| {
+                n.parse::<IpNet>()
+                    .or_else(|_| n.parse::<IpAddr>().map(IpNet::from))
+                    .map_err(|e| invalid("relay.trusted_networks", format!("{n:?}: {e}")))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let d = &self.delivery;
+        let upstream_tls = match d.upstream_tls.as_str() {
+            "none" => UpstreamTls::None,
+            "opportunistic" => UpstreamTls::Opportunistic,
+            "required" => UpstreamTls::Required,
+            other => {
+                return Err(invalid(
+                    "delivery.upstream_tls",
+                    format!("{other:?}: expected none, opportunistic or required"),
+                ));
+            }
+        };
+        let mode = d.mode.as_deref().unwrap_or(if d.upstream.is_some() { "proxy" } else { "maildir" });
+        let delivery = match mode {
+            "maildir" => DeliveryMode::Maildir(d.maildir.clone()),
+            "proxy" => {
+                let Some(up) = d.upstream.clone().filter(|u| !u.is_empty()) else {
+                    return Err(invalid("delivery.upstream", "proxy mode needs an upstream host:port"));
+                };
+                match up.rsplit_once(':') {
+                    Some((h, p)) if !h.is_empty() && p.parse::<u16>().is_ok_and(|p| p > 0) => {}
+                    _ => return Err(invalid("delivery.upstream", format!("{up:?} is not host:port"))),
+                }
+                DeliveryMode::Proxy { upstream: up, tls: upstream_tls }
+            }
+            other => {
+                return Err(invalid("delivery.mode", format!("{other:?}: expected maildir or proxy")));
+            }
+        };
+        Ok(Runtime {
+            hostname: s.hostname.to_ascii_lowercase(),
+            listen,
+            listen_tls,
+            max_connections: s.max_connections,
+            max_connections_per_ip: s.max_connections_per_ip,
+            greeting_delay: Duration::from_millis(s.greeting_delay_ms),
+            command_timeout: positive("server.command_timeout_secs", s.command_timeout_secs)?,
+            data_timeout: positive("server.data_timeout_secs", s.data_timeout_secs)?,
+            shutdown_grace: Duration::from_secs(s.shutdown_grace_secs),
+            tls_files,
+            tls_self_signed: self.tls.self_signed,
+            limits: l.clone(),
+            local_domains,
+            trusted_networks,
+            delivery,
+            connect_timeout: positive("delivery.connect_timeout_secs", d.connect_timeout_secs)?,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::Config;
+    use super::*;
+
+    #[test]
+    fn defaults_validate_to_maildir() {
+        let rt = Config::default().validate().unwrap();
+        assert_eq!(rt.listen, vec!["127.0.0.1:2525".parse().unwrap()]);
+        assert_eq!(rt.delivery, DeliveryMode::Maildir("./var/mail".into()));
+        assert_eq!(rt.local_domains, vec!["example.test"]);
+        assert!(!rt.relay_allowed("127.0.0.1".parse().unwrap()));
+    }
+
+    #[test]
+    fn unknown_key_is_named() {
+        let err = Config::from_toml("[server]\nbogus_key = 1\n").unwrap_err().to_string();
+        assert!(err.contains("bogus_key"), "{err}");
+        let err = Config::from_toml("[nosuchsection]\nx = 1\n").unwrap_err().to_string();
+        assert!(err.contains("nosuchsection"), "{err}");
+    }
+
+    #[test]
+    fn upstream_alone_selects_proxy() {
+        let c = Config::from_toml("[delivery]\nupstream = \"127.0.0.1:2626\"\n").unwrap();
+        let rt = c.validate().unwrap();
+        assert_eq!(
+            rt.delivery,
+            DeliveryMode::Proxy { upstream: "127.0.0.1:2626".into(), tls: UpstreamTls::Opportunistic }
+        );
+        let c = Config::from_toml("[delivery]\nmode = \"proxy\"\n").unwrap();
+        assert!(c.validate().unwrap_err().to_string().contains("delivery.upstream"));
+    }
+
+    #[test]
+    fn env_overrides_nested_keys() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file("g.toml", "[server]\nhostname = \"mx.file.test\"\n")?;
+            jail.set_env("MAILGATE_SERVER__HOSTNAME", "mx.env.test");
+            jail.set_env("MAILGATE_DELIVERY__UPSTREAM", "127.0.0.1:2626");
+            jail.set_env("MAILGATE_RELAY__LOCAL_DOMAINS", "[a.test,b.test]");
+            let rt = Config::load(Some(std::path::Path::new("g.toml"))).unwrap().validate().unwrap();
+            assert_eq!(rt.hostname, "mx.env.test");
+            assert!(matches!(rt.delivery, DeliveryMode::Proxy { .. }));
+            assert_eq!(rt.local_domains, vec!["a.test", "b.test"]);
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn bad_values_name_their_key() {
+        for (toml, key) in [
+            ("[server]\nlisten = [\"nope\"]", "server.listen"),
+            ("[relay]\ntrusted_networks = [\"10.0.0.0/99\"]", "relay.trusted_networks"),
+            ("[limits]\nmax_command_line = 100", "limits.max_command_line"),
+            ("[delivery]\nupstream_tls = \"maybe\"", "delivery.upstream_tls"),
+            ("[tls]\ncert = \"/x.pem\"", "tls.key"),
+            ("[relay]\nlocal_domains = [\"bad domain\"]", "relay.local_domains"),
+        ] {
+            let err = Config::from_toml(toml).unwrap().validate().unwrap_err().to_string();
+            assert!(err.contains(key), "{toml}: {err}");
+        }
+    }
+
+    #[test]
+    fn trusted_networks_match_v4_mapped() {
+        let c = Config::from_toml("[relay]\ntrusted_networks = [\"192.0.2.0/24\", \"::1\"]").unwrap();
+        let rt = c.validate().unwrap();
+        assert!(rt.relay_allowed("192.0.2.7".parse().unwrap()));
+        assert!(rt.relay_allowed("::ffff:192.0.2.7".parse().unwrap()));
+        assert!(rt.relay_allowed("::1".parse().unwrap()));
+        assert!(!rt.relay_allowed("198.51.100.1".parse().unwrap()));
+    }
+}
+
+#[cfg(test)]
+mod example_tests {
+    use super::super::Config;
+
+    /// `examples/gateway.toml` documents the built-in defaults: both must agree.
+    #[test]
+    fn example_config_equals_defaults() {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../examples/gateway.toml");
+        let text = std::fs::read_to_string(path).unwrap();
+        assert_eq!(Config::from_toml(&text).unwrap(), Config::default());
+        assert_eq!(
+            toml_keys(&text),
+            vec!["server", "tls", "limits", "relay", "delivery"],
+            "example lists every section"
+        );
+    }
+
+    fn toml_keys(text: &str) -> Vec<&str> {
+        text.lines()
+            .filter_map(|l| l.strip_prefix('[').and_then(|l| l.strip_suffix(']')))
+            .collect()
+    }
+}

@@ -1,0 +1,135 @@
+//! The `mailgate` command: run the gateway, check a configuration.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand, ValueEnum};
+use mailgate::config::{Config, DeliveryMode};
+use mailgate::server::{self, Listeners};
+
+#[derive(Parser, Debug)]
+#[command(name = "mailgate", version, about = "Inbound SMTP filtering gateway")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run the gateway (built-in defaults when no --config is given).
+    Run {
+        /// TOML configuration file; MAILGATE_* environment variables override it.
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// Log line format on stderr.
+        #[arg(long, value_enum, default_value_t = LogFormat::Text)]
+        log_format: LogFormat,
+    },
+    /// Load and validate a configuration, print the effective settings, and exit.
+    CheckConfig {
+        /// TOML configuration file; MAILGATE_* environment variables override it.
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+    },
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+fn load(config: Option<&std::path::Path>) -> anyhow::Result<(Config, mailgate::config::Runtime)> {
+    let what = config.map(|p| p.display().to_string()).unwrap_or_else(|| "built-in defaults".into());
+    let cfg = Config::load(config).with_context(|| format!("loading configuration from {what}"))?;
+    let rt = cfg.validate().with_context(|| format!("validating configuration from {what}"))?;
+    Ok((cfg, rt))
+}
+
+fn init_logs(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("MAILGATE_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.with_ansi(false).init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = tokio::signal::ctrl_c() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+    tracing::info!("shutdown signal received");
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::CheckConfig { config } => {
+            let (_cfg, rt) = load(config.as_deref())?;
+            // Also prove the TLS material loads.
+            server::tls::acceptor(&rt).context("checking TLS configuration")?;
+            println!("configuration ok");
+            println!("hostname: {}", rt.hostname);
+            for a in &rt.listen {
+                println!("listen smtp: {a}");
+            }
+            for a in &rt.listen_tls {
+                println!("listen smtps: {a}");
+            }
+            println!("local domains: {}", rt.local_domains.join(", "));
+            match &rt.delivery {
+                DeliveryMode::Maildir(p) => println!("delivery: maildir {}", p.display()),
+                DeliveryMode::Proxy { upstream, tls } => {
+                    println!("delivery: proxy {upstream} (tls {tls:?})")
+                }
+            }
+            Ok(())
+        }
+        Command::Run { config, log_format } => {
+            init_logs(log_format);
+            let (_cfg, rt) = load(config.as_deref())?;
+            let rt = Arc::new(rt);
+            let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+            runtime.block_on(async move {
+                let listeners = Listeners::bind(&rt).await?;
+                let mut out = std::io::stdout().lock();
+                for (kind, addr) in listeners.addresses() {
+                    writeln!(out, "listening {kind} {addr}")?;
+                    tracing::info!(%addr, kind, "listening");
+                }
+                writeln!(out, "ready")?;
+                out.flush()?;
+                drop(out);
+                match &rt.delivery {
+                    DeliveryMode::Maildir(p) => tracing::info!(maildir = %p.display(), "delivery mode maildir"),
+                    DeliveryMode::Proxy { upstream, tls } => {
+                        tracing::info!(%upstream, tls = ?tls, "delivery mode proxy")
+                    }
+                }
+                server::run(Arc::clone(&rt), listeners, shutdown_signal()).await?;
+                tracing::info!("stopped");
+                Ok(())
+            })
+        }
+    }
+}

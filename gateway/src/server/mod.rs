@@ -1,0 +1,195 @@
+//! The tokio server: binds listeners, enforces connection limits, runs one task per
+//! connection (see [`conn`]), and shuts down gracefully.
+//!
+//! Entry point for the binary and for tests: [`Listeners::bind`] then [`run`] with a
+//! shutdown future. Tests bind `127.0.0.1:0` and read the bound addresses back.
+
+pub mod conn;
+pub mod limits;
+pub mod outbound;
+pub mod tls;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use tokio::io::AsyncWriteExt;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+use tokio_rustls::TlsAcceptor;
+use tokio_util::task::TaskTracker;
+use tracing::{info, warn};
+
+use crate::config::Runtime;
+use crate::smtp::{Reply, SessionConfig};
+use limits::{ConnTracker, LimitHit};
+
+/// Errors that stop the server from starting.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    /// Binding a listener failed.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// The configured address.
+        addr: SocketAddr,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// TLS could not be set up.
+    #[error(transparent)]
+    Tls(#[from] tls::TlsError),
+}
+
+/// Bound listening sockets, plain and implicit TLS.
+#[derive(Debug)]
+pub struct Listeners {
+    /// Plain SMTP (STARTTLS offered when TLS is available).
+    pub smtp: Vec<TcpListener>,
+    /// Implicit TLS.
+    pub smtps: Vec<TcpListener>,
+}
+
+impl Listeners {
+    /// Binds every configured address.
+    pub async fn bind(rt: &Runtime) -> Result<Listeners, ServerError> {
+        async fn all(addrs: &[SocketAddr]) -> Result<Vec<TcpListener>, ServerError> {
+            let mut out = Vec::new();
+            for &addr in addrs {
+                out.push(
+                    TcpListener::bind(addr).await.map_err(|source| ServerError::Bind { addr, source })?,
+                );
+            }
+            Ok(out)
+        }
+        Ok(Listeners { smtp: all(&rt.listen).await?, smtps: all(&rt.listen_tls).await? })
+    }
+
+    /// `(kind, bound address)` for each listener; kind is `smtp` or `smtps`.
+    pub fn addresses(&self) -> Vec<(&'static str, SocketAddr)> {
+        let mut out = Vec::new();
+        for (kind, list) in [("smtp", &self.smtp), ("smtps", &self.smtps)] {
+            for l in list {
+                if let Ok(a) = l.local_addr() {
+                    out.push((kind, a));
+                }
+            }
+        }
+        out
+    }
+}
+
+/// What every connection shares.
+#[derive(Debug)]
+pub struct Shared {
+    /// The validated configuration.
+    pub runtime: Arc<Runtime>,
+    /// Protocol settings for sessions.
+    pub session: Arc<SessionConfig>,
+    /// TLS acceptor, if TLS is available.
+    pub tls: Option<TlsAcceptor>,
+    /// Flips to `true` when shutdown begins.
+    pub shutdown: watch::Receiver<bool>,
+    /// Open-connection accounting.
+    pub conns: Arc<ConnTracker>,
+    /// The delivery mode.
+    pub backend: outbound::Backend,
+}
+
+/// Protocol settings derived from the runtime config.
+pub fn session_config(rt: &Runtime, tls_available: bool) -> SessionConfig {
+    SessionConfig {
+        hostname: rt.hostname.clone(),
+        max_message_size: rt.limits.max_message_size,
+        max_recipients: rt.limits.max_recipients,
+        max_command_line: rt.limits.max_command_line,
+        max_text_line: rt.limits.max_text_line,
+        max_errors: rt.limits.max_errors,
+        starttls: tls_available,
+        local_domains: rt.local_domains.clone(),
+    }
+}
+
+/// Serves on `listeners` until `shutdown` completes, then stops accepting and gives open
+/// sessions `server.shutdown_grace_secs` to finish.
+pub async fn run(
+    rt: Arc<Runtime>,
+    listeners: Listeners,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), ServerError> {
+    let acceptor = tls::acceptor(&rt)?;
+    if acceptor.is_none() && !listeners.smtps.is_empty() {
+        warn!("implicit-TLS listeners configured without TLS; they will close connections");
+    }
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let shared = Arc::new(Shared {
+        session: Arc::new(session_config(&rt, acceptor.is_some())),
+        tls: acceptor,
+        shutdown: stop_rx,
+        conns: ConnTracker::new(rt.max_connections, rt.max_connections_per_ip),
+        backend: outbound::Backend::new(&rt),
+        runtime: Arc::clone(&rt),
+    });
+    let tracker = TaskTracker::new();
+    let mut accept_loops = Vec::new();
+    for (list, implicit) in [(listeners.smtp, false), (listeners.smtps, true)] {
+        for l in list {
+            accept_loops.push(tokio::spawn(accept_loop(
+                l,
+                implicit,
+                Arc::clone(&shared),
+                tracker.clone(),
+            )));
+        }
+    }
+    shutdown.await;
+    info!(open = shared.conns.open(), "shutting down: no new connections");
+    for a in &accept_loops {
+        a.abort();
+    }
+    let _ = stop_tx.send(true);
+    tracker.close();
+    if tokio::time::timeout(rt.shutdown_grace, tracker.wait()).await.is_err() {
+        warn!(open = shared.conns.open(), "grace period over; closing remaining sessions");
+    }
+    Ok(())
+}
+
+async fn accept_loop(listener: TcpListener, implicit_tls: bool, shared: Arc<Shared>, tracker: TaskTracker) {
+    loop {
+        let (tcp, client) = match listener.accept().await {
+            Ok(x) => x,
+            Err(e) => {
+                // Out of descriptors and similar: back off briefly instead of spinning.
+                warn!(error = %e, "accept failed");
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let local = tcp.local_addr().unwrap_or_else(|_| listener.local_addr().expect("bound"));
+        match shared.conns.acquire(client.ip()) {
+            Ok(guard) => {
+                let _ = tcp.set_nodelay(true);
+                tracker.spawn(conn::serve(Arc::clone(&shared), tcp, client, local, implicit_tls, guard));
+            }
+            Err(hit) => {
+                let (what, reply) = match hit {
+                    LimitHit::Total => ("total", "Too many connections, try again later"),
+                    LimitHit::PerIp => ("per-ip", "Too many connections from your address"),
+                };
+                info!(%client, limit = what, "connection refused by limit");
+                if !implicit_tls {
+                    tracker.spawn(refuse(tcp, Reply::new(421, "4.7.0", format!("{} {reply}", shared.runtime.hostname))));
+                }
+            }
+        }
+    }
+}
+
+/// Tells a refused client why, without reading anything from it.
+async fn refuse(mut tcp: TcpStream, reply: Reply) {
+    let write = async {
+        tcp.write_all(&reply.to_bytes()).await?;
+        tcp.shutdown().await
+    };
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(5), write).await;
+}

@@ -1,0 +1,25 @@
+//! The SMTP protocol core, sans-I/O: bytes in, [`Step`]s out. No sockets, no tokio, no
+//! clock. The tokio driver in `server/` feeds bytes and carries out the steps.
+//!
+//! ```text
+//! loop {
+//!     match session.step() {
+//!         Step::Send(bytes)   => write bytes to the client
+//!         Step::NeedInput     => read; session.feed(&buf) or session.feed_eof()
+//!         Step::Hook(hook)    => ask the plugin chain; session.resolve(resolution)
+//!         Step::Deliver(msg)  => deliver; session.resolve(Resolution::Reply(final reply))
+//!         Step::StartTls      => handshake; session.tls_established(info)
+//!         Step::Close         => close the connection
+//!     }
+//! }
+//! ```
+
+pub mod address;
+pub mod command;
+pub mod envelope;
+pub mod reply;
+pub mod session;
+
+pub use envelope::{BodyType, Envelope, MailParams, Message, TlsInfo, Trace};
+pub use reply::{Enhanced, Reply};
+pub use session::{ConnInfo, Hook, ReadTimeout, Resolution, Session, SessionConfig, Step};
