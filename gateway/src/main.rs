@@ -42,16 +42,22 @@ enum LogFormat {
 }
 
 fn load(config: Option<&std::path::Path>) -> anyhow::Result<(Config, mailgate::config::Runtime)> {
-    let what = config.map(|p| p.display().to_string()).unwrap_or_else(|| "built-in defaults".into());
+    let what = config
+        .map(|p| p.display().to_string())
+        .unwrap_or_else(|| "built-in defaults".into());
     let cfg = Config::load(config).with_context(|| format!("loading configuration from {what}"))?;
-    let rt = cfg.validate().with_context(|| format!("validating configuration from {what}"))?;
+    let rt = cfg
+        .validate()
+        .with_context(|| format!("validating configuration from {what}"))?;
     Ok((cfg, rt))
 }
 
 fn init_logs(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("MAILGATE_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     match format {
         LogFormat::Text => builder.with_ansi(false).init(),
         LogFormat::Json => builder.json().init(),
@@ -109,7 +115,9 @@ fn main() -> anyhow::Result<()> {
             init_logs(log_format);
             let (_cfg, rt) = load(config.as_deref())?;
             let rt = Arc::new(rt);
-            let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()?;
             runtime.block_on(async move {
                 let listeners = Listeners::bind(&rt).await?;
                 let mut out = std::io::stdout().lock();
@@ -121,7 +129,9 @@ fn main() -> anyhow::Result<()> {
                 out.flush()?;
                 drop(out);
                 match &rt.delivery {
-                    DeliveryMode::Maildir(p) => tracing::info!(maildir = %p.display(), "delivery mode maildir"),
+                    DeliveryMode::Maildir(p) => {
+                        tracing::info!(maildir = %p.display(), "delivery mode maildir")
+                    }
                     DeliveryMode::Proxy { upstream, tls } => {
                         tracing::info!(%upstream, tls = ?tls, "delivery mode proxy")
                     }

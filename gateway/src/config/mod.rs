@@ -107,7 +107,11 @@ pub struct Tls {
 
 impl Default for Tls {
     fn default() -> Self {
-        Tls { cert: None, key: None, self_signed: true }
+        Tls {
+            cert: None,
+            key: None,
+            self_signed: true,
+        }
     }
 }
 
@@ -151,7 +155,10 @@ pub struct Relay {
 
 impl Default for Relay {
     fn default() -> Self {
-        Relay { local_domains: vec!["example.test".into()], trusted_networks: vec![] }
+        Relay {
+            local_domains: vec!["example.test".into()],
+            trusted_networks: vec![],
+        }
     }
 }
 

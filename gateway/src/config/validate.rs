@@ -74,7 +74,10 @@ impl Runtime {
     /// Whether `ip` may relay to any domain.
     pub fn relay_allowed(&self, ip: IpAddr) -> bool {
         let ip = match ip {
-            IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(IpAddr::V6(v6)),
+            IpAddr::V6(v6) => v6
+                .to_ipv4_mapped()
+                .map(IpAddr::V4)
+                .unwrap_or(IpAddr::V6(v6)),
             v4 => v4,
         };
         self.trusted_networks.iter().any(|n| n.contains(&ip))
@@ -82,7 +85,10 @@ impl Runtime {
 }
 
 fn invalid(key: &'static str, reason: impl Into<String>) -> ConfigError {
-    ConfigError::Invalid { key, reason: reason.into() }
+    ConfigError::Invalid {
+        key,
+        reason: reason.into(),
+    }
 }
 
 fn addrs(key: &'static str, list: &[String]) -> Result<Vec<SocketAddr>, ConfigError> {
@@ -115,7 +121,10 @@ impl Config {
     pub fn validate(&self) -> Result<Runtime, ConfigError> {
         let s = &self.server;
         if !is_domain(&s.hostname) {
-            return Err(invalid("server.hostname", format!("{:?} is not a domain name", s.hostname)));
+            return Err(invalid(
+                "server.hostname",
+                format!("{:?} is not a domain name", s.hostname),
+            ));
         }
         let listen = addrs("server.listen", &s.listen)?;
         let listen_tls = addrs("server.listen_tls", &s.listen_tls)?;
@@ -126,23 +135,39 @@ impl Config {
             return Err(invalid("server.max_connections", "must be greater than 0"));
         }
         if s.max_connections_per_ip == 0 {
-            return Err(invalid("server.max_connections_per_ip", "must be greater than 0"));
+            return Err(invalid(
+                "server.max_connections_per_ip",
+                "must be greater than 0",
+            ));
         }
         let tls_files = match (&self.tls.cert, &self.tls.key) {
             (Some(c), Some(k)) => Some((c.clone(), k.clone())),
             (None, None) => None,
-            (Some(_), None) => return Err(invalid("tls.key", "tls.cert is set but tls.key is not")),
-            (None, Some(_)) => return Err(invalid("tls.cert", "tls.key is set but tls.cert is not")),
+            (Some(_), None) => {
+                return Err(invalid("tls.key", "tls.cert is set but tls.key is not"));
+            }
+            (None, Some(_)) => {
+                return Err(invalid("tls.cert", "tls.key is set but tls.cert is not"));
+            }
         };
         if !listen_tls.is_empty() && tls_files.is_none() && !self.tls.self_signed {
-            return Err(invalid("server.listen_tls", "needs tls.cert/tls.key or tls.self_signed"));
+            return Err(invalid(
+                "server.listen_tls",
+                "needs tls.cert/tls.key or tls.self_signed",
+            ));
         }
         let l = &self.limits;
         if l.max_command_line < 512 {
-            return Err(invalid("limits.max_command_line", "RFC 5321 requires at least 512"));
+            return Err(invalid(
+                "limits.max_command_line",
+                "RFC 5321 requires at least 512",
+            ));
         }
         if l.max_text_line < 1000 {
-            return Err(invalid("limits.max_text_line", "RFC 5321 requires at least 1000"));
+            return Err(invalid(
+                "limits.max_text_line",
+                "RFC 5321 requires at least 1000",
+            ));
         }
         if l.max_message_size == 0 {
             return Err(invalid("limits.max_message_size", "must be greater than 0"));
@@ -157,7 +182,10 @@ impl Config {
         for d in &self.relay.local_domains {
             let d = d.trim_end_matches('.').to_ascii_lowercase();
             if !is_domain(&d) {
-                return Err(invalid("relay.local_domains", format!("{d:?} is not a domain name")));
+                return Err(invalid(
+                    "relay.local_domains",
+                    format!("{d:?} is not a domain name"),
+                ));
             }
             local_domains.push(d);
         }
@@ -183,21 +211,39 @@ impl Config {
                 ));
             }
         };
-        let mode = d.mode.as_deref().unwrap_or(if d.upstream.is_some() { "proxy" } else { "maildir" });
+        let mode = d.mode.as_deref().unwrap_or(if d.upstream.is_some() {
+            "proxy"
+        } else {
+            "maildir"
+        });
         let delivery = match mode {
             "maildir" => DeliveryMode::Maildir(d.maildir.clone()),
             "proxy" => {
                 let Some(up) = d.upstream.clone().filter(|u| !u.is_empty()) else {
-                    return Err(invalid("delivery.upstream", "proxy mode needs an upstream host:port"));
+                    return Err(invalid(
+                        "delivery.upstream",
+                        "proxy mode needs an upstream host:port",
+                    ));
                 };
                 match up.rsplit_once(':') {
                     Some((h, p)) if !h.is_empty() && p.parse::<u16>().is_ok_and(|p| p > 0) => {}
-                    _ => return Err(invalid("delivery.upstream", format!("{up:?} is not host:port"))),
+                    _ => {
+                        return Err(invalid(
+                            "delivery.upstream",
+                            format!("{up:?} is not host:port"),
+                        ));
+                    }
                 }
-                DeliveryMode::Proxy { upstream: up, tls: upstream_tls }
+                DeliveryMode::Proxy {
+                    upstream: up,
+                    tls: upstream_tls,
+                }
             }
             other => {
-                return Err(invalid("delivery.mode", format!("{other:?}: expected maildir or proxy")));
+                return Err(invalid(
+                    "delivery.mode",
+                    format!("{other:?}: expected maildir or proxy"),
+                ));
             }
         };
         Ok(Runtime {
@@ -237,9 +283,13 @@ mod tests {
 
     #[test]
     fn unknown_key_is_named() {
-        let err = Config::from_toml("[server]\nbogus_key = 1\n").unwrap_err().to_string();
+        let err = Config::from_toml("[server]\nbogus_key = 1\n")
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("bogus_key"), "{err}");
-        let err = Config::from_toml("[nosuchsection]\nx = 1\n").unwrap_err().to_string();
+        let err = Config::from_toml("[nosuchsection]\nx = 1\n")
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("nosuchsection"), "{err}");
     }
 
@@ -249,20 +299,32 @@ mod tests {
         let rt = c.validate().unwrap();
         assert_eq!(
             rt.delivery,
-            DeliveryMode::Proxy { upstream: "127.0.0.1:2626".into(), tls: UpstreamTls::Opportunistic }
+            DeliveryMode::Proxy {
+                upstream: "127.0.0.1:2626".into(),
+                tls: UpstreamTls::Opportunistic
+            }
         );
         let c = Config::from_toml("[delivery]\nmode = \"proxy\"\n").unwrap();
-        assert!(c.validate().unwrap_err().to_string().contains("delivery.upstream"));
+        assert!(
+            c.validate()
+                .unwrap_err()
+                .to_string()
+                .contains("delivery.upstream")
+        );
     }
 
     #[test]
+    #[allow(clippy::result_large_err)] // figment's Jail API
     fn env_overrides_nested_keys() {
         figment::Jail::expect_with(|jail| {
             jail.create_file("g.toml", "[server]\nhostname = \"mx.file.test\"\n")?;
             jail.set_env("MAILGATE_SERVER__HOSTNAME", "mx.env.test");
             jail.set_env("MAILGATE_DELIVERY__UPSTREAM", "127.0.0.1:2626");
             jail.set_env("MAILGATE_RELAY__LOCAL_DOMAINS", "[a.test,b.test]");
-            let rt = Config::load(Some(std::path::Path::new("g.toml"))).unwrap().validate().unwrap();
+            let rt = Config::load(Some(std::path::Path::new("g.toml")))
+                .unwrap()
+                .validate()
+                .unwrap();
             assert_eq!(rt.hostname, "mx.env.test");
             assert!(matches!(rt.delivery, DeliveryMode::Proxy { .. }));
             assert_eq!(rt.local_domains, vec!["a.test", "b.test"]);
@@ -274,20 +336,37 @@ mod tests {
     fn bad_values_name_their_key() {
         for (toml, key) in [
             ("[server]\nlisten = [\"nope\"]", "server.listen"),
-            ("[relay]\ntrusted_networks = [\"10.0.0.0/99\"]", "relay.trusted_networks"),
-            ("[limits]\nmax_command_line = 100", "limits.max_command_line"),
-            ("[delivery]\nupstream_tls = \"maybe\"", "delivery.upstream_tls"),
+            (
+                "[relay]\ntrusted_networks = [\"10.0.0.0/99\"]",
+                "relay.trusted_networks",
+            ),
+            (
+                "[limits]\nmax_command_line = 100",
+                "limits.max_command_line",
+            ),
+            (
+                "[delivery]\nupstream_tls = \"maybe\"",
+                "delivery.upstream_tls",
+            ),
             ("[tls]\ncert = \"/x.pem\"", "tls.key"),
-            ("[relay]\nlocal_domains = [\"bad domain\"]", "relay.local_domains"),
+            (
+                "[relay]\nlocal_domains = [\"bad domain\"]",
+                "relay.local_domains",
+            ),
         ] {
-            let err = Config::from_toml(toml).unwrap().validate().unwrap_err().to_string();
+            let err = Config::from_toml(toml)
+                .unwrap()
+                .validate()
+                .unwrap_err()
+                .to_string();
             assert!(err.contains(key), "{toml}: {err}");
         }
     }
 
     #[test]
     fn trusted_networks_match_v4_mapped() {
-        let c = Config::from_toml("[relay]\ntrusted_networks = [\"192.0.2.0/24\", \"::1\"]").unwrap();
+        let c =
+            Config::from_toml("[relay]\ntrusted_networks = [\"192.0.2.0/24\", \"::1\"]").unwrap();
         let rt = c.validate().unwrap();
         assert!(rt.relay_allowed("192.0.2.7".parse().unwrap()));
         assert!(rt.relay_allowed("::ffff:192.0.2.7".parse().unwrap()));

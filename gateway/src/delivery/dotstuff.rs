@@ -33,7 +33,10 @@ impl Default for DotStuffer {
 impl DotStuffer {
     /// A fresh encoder, positioned at the start of the message.
     pub fn new() -> DotStuffer {
-        DotStuffer { line_start: true, pending_cr: false }
+        DotStuffer {
+            line_start: true,
+            pending_cr: false,
+        }
     }
 
     /// Encodes `input` and appends the result to `out`.
@@ -96,7 +99,10 @@ mod tests {
 
     #[test]
     fn plain_message_gets_terminator() {
-        assert_eq!(s(b"Subject: x\r\n\r\nbody\r\n"), "Subject: x\r\n\r\nbody\r\n.\r\n");
+        assert_eq!(
+            s(b"Subject: x\r\n\r\nbody\r\n"),
+            "Subject: x\r\n\r\nbody\r\n.\r\n"
+        );
     }
 
     #[test]
@@ -106,7 +112,10 @@ mod tests {
 
     #[test]
     fn leading_dots_are_doubled() {
-        assert_eq!(s(b".\r\n..x\r\na.b\r\n.end"), "..\r\n...x\r\na.b\r\n..end\r\n.\r\n");
+        assert_eq!(
+            s(b".\r\n..x\r\na.b\r\n.end"),
+            "..\r\n...x\r\na.b\r\n..end\r\n.\r\n"
+        );
         // A dot that is the very first byte of the message, too.
         assert_eq!(s(b".hidden\r\n"), "..hidden\r\n.\r\n");
     }
@@ -128,7 +137,10 @@ mod tests {
     fn smuggling_sequences_are_neutralised() {
         // LF.LF / CR.CR / LF.CRLF: the dot starts a line after normalisation and is doubled.
         let out = s(b"a\n.\nMAIL FROM:<x>\r.\rb\r\n.\r\nz");
-        assert_eq!(out, "a\r\n..\r\nMAIL FROM:<x>\r\n..\r\nb\r\n..\r\nz\r\n.\r\n");
+        assert_eq!(
+            out,
+            "a\r\n..\r\nMAIL FROM:<x>\r\n..\r\nb\r\n..\r\nz\r\n.\r\n"
+        );
         // Exactly one end-of-data sequence, at the very end.
         assert_eq!(out.matches("\r\n.\r\n").count(), 1);
         assert!(out.ends_with("\r\n.\r\n"));

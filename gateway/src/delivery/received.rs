@@ -1,12 +1,13 @@
 //! The `Received:` trace header (RFC 5321 4.4, RFC 5322 3.6.7).
 //!
-//! The gateway prepends one `Received:` header to every message it passes on:
+//! The gateway prepends one `Received:` header to every message it passes on
+//! (continuation lines start with a TAB, shown here as four spaces):
 //!
 //! ```text
 //! Received: from helo.name ([192.0.2.1])
-//! 	by mx.example.test (mailgate) with ESMTPS id 7f3a.1
-//! 	(version=TLSv1_3 cipher=TLS13_AES_256_GCM_SHA384)
-//! 	for <user@example.test>; Mon, 23 Nov 2026 07:00:00 +0000
+//!     by mx.example.test (mailgate) with ESMTPS id 7f3a.1
+//!     (version=TLSv1_3 cipher=TLS13_AES_256_GCM_SHA384)
+//!     for <user@example.test>; Mon, 23 Nov 2026 07:00:00 +0000
 //! ```
 //!
 //! Each clause starts a new folded line (continuation lines begin with a TAB) and a clause
@@ -29,8 +30,8 @@ use crate::smtp::Trace;
 /// Soft line length limit of RFC 5322 2.1.1, without the CRLF.
 const MAX_LINE: usize = 78;
 
-/// Longest HELO name (or hostname) copied into the header. Longer names are cut, so that
-/// the `from` clause always fits on one line.
+/// Longest HELO name (or hostname) copied into the header; longer names are cut (a
+/// legitimate host name that long is very rare, and this keeps every line within 78).
 const MAX_NAME: usize = 64;
 
 /// Longest session/transaction id and TLS parameter copied into the header.
@@ -58,13 +59,24 @@ pub fn received_header(
     let ip = address_literal(trace.client.ip());
 
     let mut clauses: Vec<Vec<String>> = Vec::with_capacity(4);
-    clauses.push(vec!["Received:".into(), "from".into(), helo, format!("({ip})")]);
+    clauses.push(vec![
+        "Received:".into(),
+        "from".into(),
+        helo,
+        format!("({ip})"),
+    ]);
 
     let protocol = match sanitize_token(trace.protocol) {
         s if s.is_empty() => "SMTP".to_string(),
         s => s,
     };
-    let mut by = vec!["by".into(), host, "(mailgate)".into(), "with".into(), protocol];
+    let mut by = vec![
+        "by".into(),
+        host,
+        "(mailgate)".into(),
+        "with".into(),
+        protocol,
+    ];
     let id = sanitize_token(id);
     if !id.is_empty() {
         by.push("id".into());
@@ -87,7 +99,8 @@ pub fn received_header(
         // The date follows the last clause directly: `...id X; date`.
         prev.push(';');
     }
-    last.extend(rfc5322_date(now).split(' ').map(str::to_string));
+    // The date is kept together on one line.
+    last.push(rfc5322_date(now));
     clauses.push(last);
 
     fold(&clauses)
@@ -171,7 +184,11 @@ fn rfc5322_date(now: SystemTime) -> String {
     // httpdate panics outside 1970..=9999; clamp instead (the clock is not peer input,
     // but a broken clock must not take the gateway down).
     const MAX_SECS: u64 = 253_402_300_799; // 9999-12-31T23:59:59Z
-    let secs = now.duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0).min(MAX_SECS);
+    let secs = now
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+        .min(MAX_SECS);
     let imf = httpdate::fmt_http_date(UNIX_EPOCH + Duration::from_secs(secs));
     match imf.strip_suffix(" GMT") {
         Some(base) => format!("{base} +0000"),
@@ -206,7 +223,10 @@ mod tests {
         assert!(h.ends_with("\r\n"));
         let body = &h[..h.len() - 2];
         for (i, line) in body.split("\r\n").enumerate() {
-            assert!(!line.contains('\r') && !line.contains('\n'), "bare CR/LF in {line:?}");
+            assert!(
+                !line.contains('\r') && !line.contains('\n'),
+                "bare CR/LF in {line:?}"
+            );
             assert!(line.len() <= MAX_LINE, "line too long: {line:?}");
             if i > 0 {
                 assert!(line.starts_with('\t'), "continuation without WSP: {line:?}");
@@ -254,7 +274,13 @@ mod tests {
 
     #[test]
     fn ipv4_mapped_shown_as_ipv4() {
-        let h = received_header(&trace("x", "[::ffff:192.0.2.7]:1", false), "mx", "i", None, at(0));
+        let h = received_header(
+            &trace("x", "[::ffff:192.0.2.7]:1", false),
+            "mx",
+            "i",
+            None,
+            at(0),
+        );
         assert!(h.contains("([192.0.2.7])"), "{h}");
     }
 
@@ -264,10 +290,15 @@ mod tests {
         let h = received_header(&trace(evil, "192.0.2.1:1", false), "mx", "i", None, at(0));
         assert_well_formed(&h);
         assert!(!h.contains("X-Injected: "), "{h}");
-        let first = h.lines().next().unwrap();
-        assert_eq!(first.matches('(').count(), 1);
-        assert_eq!(first.matches(')').count(), 1);
-        assert!(first.starts_with("Received: from evil.example__by_trusted.example__X-Injected:_yes"));
+        // The from clause, up to the by clause: one comment only, the address literal.
+        let (from, _) = h.split_once("\r\n\tby ").unwrap();
+        assert_eq!(from.matches('(').count(), 1, "{from}");
+        assert_eq!(from.matches(')').count(), 1, "{from}");
+        assert!(from.ends_with("([192.0.2.1])"), "{from}");
+        assert!(
+            from.contains("evil.example__by_trusted.example__X-Injected:_yes"),
+            "{from}"
+        );
         // Only the date separator.
         assert_eq!(h.matches(';').count(), 1);
     }
@@ -275,7 +306,10 @@ mod tests {
     #[test]
     fn empty_and_overlong_helo() {
         let h = received_header(&trace("", "192.0.2.1:1", false), "mx", "i", None, at(0));
-        assert!(h.starts_with("Received: from unknown ([192.0.2.1])\r\n"), "{h}");
+        assert!(
+            h.starts_with("Received: from unknown ([192.0.2.1])\r\n"),
+            "{h}"
+        );
         let long = "a".repeat(300);
         let h = received_header(&trace(&long, "192.0.2.1:1", false), "mx", "i", None, at(0));
         assert_well_formed(&h);
@@ -295,7 +329,11 @@ mod tests {
         );
         assert_well_formed(&h);
         assert!(h.contains(&format!("for <{rcpt}>;")));
-        assert!(h.ends_with("Mon, 23 Nov 2026 07:00:00 +0000\r\n") || h.contains("+0000\r\n"));
+        assert!(
+            h.ends_with("; Mon, 23 Nov 2026 07:00:00 +0000\r\n")
+                || h.ends_with("\tMon, 23 Nov 2026 07:00:00 +0000\r\n"),
+            "{h}"
+        );
         assert!(h.lines().count() >= 5);
     }
 
@@ -314,7 +352,10 @@ mod tests {
 
     #[test]
     fn date_is_rfc5322() {
-        assert_eq!(rfc5322_date(at(1_795_417_200)), "Mon, 23 Nov 2026 07:00:00 +0000");
+        assert_eq!(
+            rfc5322_date(at(1_795_417_200)),
+            "Mon, 23 Nov 2026 07:00:00 +0000"
+        );
         // Clock before the epoch: clamped, no panic.
         let before = UNIX_EPOCH - Duration::from_secs(10);
         assert_eq!(rfc5322_date(before), "Thu, 01 Jan 1970 00:00:00 +0000");

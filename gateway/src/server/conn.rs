@@ -53,11 +53,12 @@ pub async fn serve(
         let started = Instant::now();
         let rt = Arc::clone(&shared.runtime);
         let shutdown = shared.shutdown.clone();
+        let shutdown_seen = *shutdown.borrow();
         let outbound = Outbound::new(&shared);
         let mut ctx = Ctx {
             shared: Arc::clone(&shared),
             outbound,
-            shutdown_seen: *shutdown.borrow(),
+            shutdown_seen,
             shutdown,
             greeted: false,
             txn_started: None,
@@ -72,17 +73,27 @@ pub async fn serve(
         };
         let handshake_limit = rt.command_timeout;
         let result = if implicit_tls {
-            let Some(acceptor) = shared.tls.clone() else { return };
+            let Some(acceptor) = shared.tls.clone() else {
+                return;
+            };
             match timeout(handshake_limit, acceptor.accept(tcp)).await {
                 Ok(Ok(mut tls)) => {
                     let info = super::tls::info(tls.get_ref().1);
                     debug!(version = %info.version, cipher = %info.cipher, "implicit TLS established");
-                    let mut session =
-                        Session::new(Arc::clone(&shared.session), ConnInfo { tls: Some(info), ..conn });
+                    let mut session = Session::new(
+                        Arc::clone(&shared.session),
+                        ConnInfo {
+                            tls: Some(info),
+                            ..conn
+                        },
+                    );
                     drive(&mut tls, &mut session, &mut ctx).await.map(|_| ())
                 }
                 Ok(Err(e)) => Err(e),
-                Err(_) => Err(std::io::Error::new(std::io::ErrorKind::TimedOut, "TLS handshake timeout")),
+                Err(_) => Err(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    "TLS handshake timeout",
+                )),
             }
         } else {
             let mut session = Session::new(Arc::clone(&shared.session), conn);
@@ -111,7 +122,9 @@ pub async fn serve(
         let ms = started.elapsed().as_millis() as u64;
         match result {
             Ok(()) => info!(messages = ctx.messages, duration_ms = ms, "disconnect"),
-            Err(e) => info!(messages = ctx.messages, duration_ms = ms, error = %e, "disconnect after error"),
+            Err(e) => {
+                info!(messages = ctx.messages, duration_ms = ms, error = %e, "disconnect after error")
+            }
         }
     };
     tracing::Instrument::instrument(fut, span).await;
@@ -162,7 +175,7 @@ where
                 s.resolve(r);
             }
             Step::Deliver(message) => {
-                let reply = deliver(ctx, message).await;
+                let reply = deliver(ctx, *message).await;
                 s.resolve(Resolution::Reply(reply));
             }
             Step::StartTls => return Ok(Flow::StartTls),

@@ -38,7 +38,11 @@ pub struct ConnGuard {
 impl ConnTracker {
     /// A tracker with the given limits.
     pub fn new(max_total: usize, max_per_ip: usize) -> Arc<ConnTracker> {
-        Arc::new(ConnTracker { max_total, max_per_ip, counts: Mutex::default() })
+        Arc::new(ConnTracker {
+            max_total,
+            max_per_ip,
+            counts: Mutex::default(),
+        })
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Counts> {
@@ -57,7 +61,10 @@ impl ConnTracker {
         }
         *n += 1;
         c.total += 1;
-        Ok(ConnGuard { tracker: Arc::clone(self), ip })
+        Ok(ConnGuard {
+            tracker: Arc::clone(self),
+            ip,
+        })
     }
 
     /// Connections open now.

@@ -56,12 +56,17 @@ impl Listeners {
             let mut out = Vec::new();
             for &addr in addrs {
                 out.push(
-                    TcpListener::bind(addr).await.map_err(|source| ServerError::Bind { addr, source })?,
+                    TcpListener::bind(addr)
+                        .await
+                        .map_err(|source| ServerError::Bind { addr, source })?,
                 );
             }
             Ok(out)
         }
-        Ok(Listeners { smtp: all(&rt.listen).await?, smtps: all(&rt.listen_tls).await? })
+        Ok(Listeners {
+            smtp: all(&rt.listen).await?,
+            smtps: all(&rt.listen_tls).await?,
+        })
     }
 
     /// `(kind, bound address)` for each listener; kind is `smtp` or `smtps`.
@@ -79,7 +84,6 @@ impl Listeners {
 }
 
 /// What every connection shares.
-#[derive(Debug)]
 pub struct Shared {
     /// The validated configuration.
     pub runtime: Arc<Runtime>,
@@ -93,6 +97,16 @@ pub struct Shared {
     pub conns: Arc<ConnTracker>,
     /// The delivery mode.
     pub backend: outbound::Backend,
+}
+
+impl std::fmt::Debug for Shared {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Shared")
+            .field("runtime", &self.runtime)
+            .field("tls", &self.tls.is_some())
+            .field("backend", &self.backend)
+            .finish_non_exhaustive()
+    }
 }
 
 /// Protocol settings derived from the runtime config.
@@ -142,19 +156,33 @@ pub async fn run(
         }
     }
     shutdown.await;
-    info!(open = shared.conns.open(), "shutting down: no new connections");
+    info!(
+        open = shared.conns.open(),
+        "shutting down: no new connections"
+    );
     for a in &accept_loops {
         a.abort();
     }
     let _ = stop_tx.send(true);
     tracker.close();
-    if tokio::time::timeout(rt.shutdown_grace, tracker.wait()).await.is_err() {
-        warn!(open = shared.conns.open(), "grace period over; closing remaining sessions");
+    if tokio::time::timeout(rt.shutdown_grace, tracker.wait())
+        .await
+        .is_err()
+    {
+        warn!(
+            open = shared.conns.open(),
+            "grace period over; closing remaining sessions"
+        );
     }
     Ok(())
 }
 
-async fn accept_loop(listener: TcpListener, implicit_tls: bool, shared: Arc<Shared>, tracker: TaskTracker) {
+async fn accept_loop(
+    listener: TcpListener,
+    implicit_tls: bool,
+    shared: Arc<Shared>,
+    tracker: TaskTracker,
+) {
     loop {
         let (tcp, client) = match listener.accept().await {
             Ok(x) => x,
@@ -165,11 +193,20 @@ async fn accept_loop(listener: TcpListener, implicit_tls: bool, shared: Arc<Shar
                 continue;
             }
         };
-        let local = tcp.local_addr().unwrap_or_else(|_| listener.local_addr().expect("bound"));
+        let local = tcp
+            .local_addr()
+            .unwrap_or_else(|_| listener.local_addr().expect("bound"));
         match shared.conns.acquire(client.ip()) {
             Ok(guard) => {
                 let _ = tcp.set_nodelay(true);
-                tracker.spawn(conn::serve(Arc::clone(&shared), tcp, client, local, implicit_tls, guard));
+                tracker.spawn(conn::serve(
+                    Arc::clone(&shared),
+                    tcp,
+                    client,
+                    local,
+                    implicit_tls,
+                    guard,
+                ));
             }
             Err(hit) => {
                 let (what, reply) = match hit {
@@ -178,7 +215,10 @@ async fn accept_loop(listener: TcpListener, implicit_tls: bool, shared: Arc<Shar
                 };
                 info!(%client, limit = what, "connection refused by limit");
                 if !implicit_tls {
-                    tracker.spawn(refuse(tcp, Reply::new(421, "4.7.0", format!("{} {reply}", shared.runtime.hostname))));
+                    tracker.spawn(refuse(
+                        tcp,
+                        Reply::new(421, "4.7.0", format!("{} {reply}", shared.runtime.hostname)),
+                    ));
                 }
             }
         }

@@ -51,7 +51,7 @@ pub struct Outbound {
 #[derive(Debug)]
 enum Kind {
     Maildir(Arc<Maildir>),
-    Proxy(ProxyTransaction),
+    Proxy(Box<ProxyTransaction>),
 }
 
 impl Outbound {
@@ -59,9 +59,12 @@ impl Outbound {
     pub fn new(shared: &Shared) -> Outbound {
         let kind = match &shared.backend {
             Backend::Maildir(m) => Kind::Maildir(Arc::clone(m)),
-            Backend::Proxy(t) => Kind::Proxy(ProxyTransaction::new(Arc::clone(t))),
+            Backend::Proxy(t) => Kind::Proxy(Box::new(ProxyTransaction::new(Arc::clone(t)))),
         };
-        Outbound { hostname: shared.runtime.hostname.clone(), kind }
+        Outbound {
+            hostname: shared.runtime.hostname.clone(),
+            kind,
+        }
     }
 
     /// `maildir` or `proxy`, for logs.
@@ -94,7 +97,13 @@ impl Outbound {
             [one] => Some(one.as_str()),
             _ => None,
         };
-        let received = received_header(&message.trace, &self.hostname, &message.id, rcpt, SystemTime::now());
+        let received = received_header(
+            &message.trace,
+            &self.hostname,
+            &message.id,
+            rcpt,
+            SystemTime::now(),
+        );
         match &mut self.kind {
             Kind::Maildir(m) => {
                 let m = Arc::clone(m);
@@ -119,7 +128,7 @@ impl Outbound {
     /// The connection is ending: say QUIT upstream.
     pub async fn close(&mut self) {
         if let Kind::Proxy(p) = &mut self.kind {
-            p.reset().await;
+            p.close().await;
         }
     }
 }

@@ -56,7 +56,10 @@ pub fn acceptor(rt: &Runtime) -> Result<Option<TlsAcceptor>, TlsError> {
 }
 
 fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
-    let err = |reason: String| TlsError::Cert { path: path.display().to_string(), reason };
+    let err = |reason: String| TlsError::Cert {
+        path: path.display().to_string(),
+        reason,
+    };
     let certs = CertificateDer::pem_file_iter(path)
         .map_err(|e| err(e.to_string()))?
         .collect::<Result<Vec<_>, _>>()
@@ -68,8 +71,10 @@ fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
 }
 
 fn load_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
-    PrivateKeyDer::from_pem_file(path)
-        .map_err(|e| TlsError::Key { path: path.display().to_string(), reason: e.to_string() })
+    PrivateKeyDer::from_pem_file(path).map_err(|e| TlsError::Key {
+        path: path.display().to_string(),
+        reason: e.to_string(),
+    })
 }
 
 /// A fresh self-signed certificate for `hostname`.
@@ -77,15 +82,24 @@ pub fn self_signed(
     hostname: &str,
 ) -> Result<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>), TlsError> {
     let ck = rcgen::generate_simple_self_signed(vec![hostname.to_string()])?;
-    let key = PrivateKeyDer::try_from(ck.signing_key.serialize_der())
-        .map_err(|e| TlsError::Key { path: "(generated)".into(), reason: e.to_string() })?;
+    let key =
+        PrivateKeyDer::try_from(ck.signing_key.serialize_der()).map_err(|e| TlsError::Key {
+            path: "(generated)".into(),
+            reason: e.to_string(),
+        })?;
     Ok((vec![ck.cert.der().clone()], key))
 }
 
 /// What the session and the logs learn about an established TLS connection.
 pub fn info(conn: &rustls::ServerConnection) -> TlsInfo {
     TlsInfo {
-        version: conn.protocol_version().map(|v| format!("{v:?}")).unwrap_or_default(),
-        cipher: conn.negotiated_cipher_suite().map(|s| format!("{:?}", s.suite())).unwrap_or_default(),
+        version: conn
+            .protocol_version()
+            .map(|v| format!("{v:?}"))
+            .unwrap_or_default(),
+        cipher: conn
+            .negotiated_cipher_suite()
+            .map(|s| format!("{:?}", s.suite()))
+            .unwrap_or_default(),
     }
 }

@@ -23,3 +23,6 @@ pub mod session;
 pub use envelope::{BodyType, Envelope, MailParams, Message, TlsInfo, Trace};
 pub use reply::{Enhanced, Reply};
 pub use session::{ConnInfo, Hook, ReadTimeout, Resolution, Session, SessionConfig, Step};
+
+#[cfg(test)]
+mod transcript_tests;

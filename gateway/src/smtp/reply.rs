@@ -50,19 +50,35 @@ impl Reply {
     /// Only on a programming error in a literal (bad enhanced code); never on peer input.
     pub fn new(code: u16, enhanced: &str, text: impl Into<String>) -> Reply {
         let enhanced = Enhanced::parse(enhanced).expect("valid enhanced status code literal");
-        debug_assert_eq!(u16::from(enhanced.0), code / 100, "enhanced class matches code");
-        Reply { code, enhanced: Some(enhanced), lines: vec![text.into()] }
+        debug_assert_eq!(
+            u16::from(enhanced.0),
+            code / 100,
+            "enhanced class matches code"
+        );
+        Reply {
+            code,
+            enhanced: Some(enhanced),
+            lines: vec![text.into()],
+        }
     }
 
     /// A reply without an enhanced code (only the greeting and EHLO's first line use this).
     pub fn plain(code: u16, text: impl Into<String>) -> Reply {
-        Reply { code, enhanced: None, lines: vec![text.into()] }
+        Reply {
+            code,
+            enhanced: None,
+            lines: vec![text.into()],
+        }
     }
 
     /// A multi-line reply with the same enhanced code on every line (or none).
     pub fn multiline(code: u16, enhanced: Option<Enhanced>, lines: Vec<String>) -> Reply {
         assert!(!lines.is_empty(), "a reply has at least one line");
-        Reply { code, enhanced, lines }
+        Reply {
+            code,
+            enhanced,
+            lines,
+        }
     }
 
     /// Builds a reply from untrusted parts (upstream server or plugin): the code must be
@@ -96,7 +112,11 @@ impl Reply {
         if out.is_empty() {
             out.push(String::new());
         }
-        Some(Reply { code, enhanced: Some(enhanced), lines: out })
+        Some(Reply {
+            code,
+            enhanced: Some(enhanced),
+            lines: out,
+        })
     }
 
     /// The three digit code.
@@ -172,7 +192,10 @@ mod tests {
 
     #[test]
     fn wire_form_single_and_multi() {
-        assert_eq!(Reply::new(250, "2.0.0", "Ok").to_bytes(), b"250 2.0.0 Ok\r\n");
+        assert_eq!(
+            Reply::new(250, "2.0.0", "Ok").to_bytes(),
+            b"250 2.0.0 Ok\r\n"
+        );
         let r = Reply::multiline(250, None, vec!["mx".into(), "SIZE 10".into()]);
         assert_eq!(r.to_bytes(), b"250-mx\r\n250 SIZE 10\r\n");
     }
