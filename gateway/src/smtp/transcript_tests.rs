@@ -7,13 +7,16 @@ use super::envelope::{Message, TlsInfo};
 use super::reply::Reply;
 use super::session::{ConnInfo, Hook, ReadTimeout, Resolution, Session, SessionConfig, Step};
 
+/// A test's hook answer: when the hook matches, resolve with the reply.
+type Rule = (fn(&Hook) -> bool, Reply);
+
 /// Drives a session; hooks continue unless a rule says otherwise.
 struct T {
     s: Session,
     got: Vec<u8>,
     hooks: Vec<Hook>,
     delivered: Vec<Message>,
-    rules: Vec<(fn(&Hook) -> bool, Reply)>,
+    rules: Vec<Rule>,
     deliver_reply: Option<Reply>,
     closed: bool,
     starttls: bool,
