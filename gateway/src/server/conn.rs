@@ -144,6 +144,11 @@ where
             Step::Send(bytes) => {
                 io.write_all(&bytes).await?;
                 io.flush().await?;
+                if let Some(r) = s.take_refused() {
+                    let started = ctx.txn_started.take().unwrap_or_else(Instant::now);
+                    ctx.messages += 1;
+                    log_message(s, "-", &r.envelope, r.size, "session", &r.reply, started);
+                }
             }
             Step::NeedInput => {
                 let limit = match s.read_timeout() {
@@ -220,29 +225,59 @@ async fn deliver(ctx: &mut Ctx, message: crate::smtp::Message) -> Reply {
     let started = ctx.txn_started.take().unwrap_or_else(Instant::now);
     let reply = ctx.outbound.deliver(&message).await;
     ctx.messages += 1;
-    let outcome = if reply.is_positive() {
-        "accepted"
-    } else if reply.is_transient() {
-        "tempfail"
-    } else {
-        "rejected"
-    };
+    let m = &message;
     info!(
-        msg = %message.id,
-        client = %message.trace.client,
-        helo = %message.trace.helo,
-        from = %format_args!("<{}>", message.envelope.mail_from),
-        rcpts = %message.envelope.rcpt_to.join(","),
-        nrcpt = message.envelope.rcpt_to.len(),
-        size = message.data.len(),
-        protocol = message.trace.protocol,
+        msg = %m.id,
+        client = %m.trace.client,
+        helo = %m.trace.helo,
+        from = %format_args!("<{}>", m.envelope.mail_from),
+        rcpts = %m.envelope.rcpt_to.join(","),
+        nrcpt = m.envelope.rcpt_to.len(),
+        size = m.data.len(),
+        protocol = m.trace.protocol,
         mode = ctx.outbound.mode(),
-        outcome,
+        outcome = outcome(&reply),
         reply = %reply,
         duration_ms = started.elapsed().as_millis() as u64,
         "message"
     );
     reply
+}
+
+fn outcome(reply: &Reply) -> &'static str {
+    if reply.is_positive() {
+        "accepted"
+    } else if reply.is_transient() {
+        "tempfail"
+    } else {
+        "rejected"
+    }
+}
+
+/// The summary line for a message the session refused itself (size, bare CR/LF, ...).
+fn log_message(
+    s: &Session,
+    id: &str,
+    envelope: &crate::smtp::Envelope,
+    size: usize,
+    by: &str,
+    reply: &Reply,
+    started: Instant,
+) {
+    info!(
+        msg = id,
+        client = %s.conn().client,
+        helo = s.helo().unwrap_or(""),
+        from = %format_args!("<{}>", envelope.mail_from),
+        rcpts = %envelope.rcpt_to.join(","),
+        nrcpt = envelope.rcpt_to.len(),
+        size,
+        refused_by = by,
+        outcome = outcome(reply),
+        reply = %reply,
+        duration_ms = started.elapsed().as_millis() as u64,
+        "message"
+    );
 }
 
 /// A short random id for the session: 12 upper-case hex digits.

@@ -22,7 +22,7 @@ pub mod session;
 
 pub use envelope::{BodyType, Envelope, MailParams, Message, TlsInfo, Trace};
 pub use reply::{Enhanced, Reply};
-pub use session::{ConnInfo, Hook, ReadTimeout, Resolution, Session, SessionConfig, Step};
+pub use session::{ConnInfo, Hook, ReadTimeout, Refused, Resolution, Session, SessionConfig, Step};
 
 #[cfg(test)]
 mod transcript_tests;

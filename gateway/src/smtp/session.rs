@@ -126,6 +126,18 @@ pub enum Resolution {
     Reply(Reply),
 }
 
+/// A message the session refused after receiving it (content checks or the DATA hook),
+/// for the driver's per-message log line.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Refused {
+    /// The transaction's envelope.
+    pub envelope: Envelope,
+    /// Octets received (after dot-unstuffing; capped counting stops at the size limit).
+    pub size: usize,
+    /// The reply the client got.
+    pub reply: Reply,
+}
+
 /// Which read timeout applies now.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ReadTimeout {
@@ -202,6 +214,8 @@ pub struct Session {
     timed_out: bool,
     shutting_down: bool,
     messages: usize,
+    received: usize,
+    refused: Option<Refused>,
 }
 
 impl Session {
@@ -229,7 +243,25 @@ impl Session {
             timed_out: false,
             shutting_down: false,
             messages: 0,
+            received: 0,
+            refused: None,
         }
+    }
+
+    /// The last message refused after it was received, once (see [`Refused`]).
+    pub fn take_refused(&mut self) -> Option<Refused> {
+        self.refused.take()
+    }
+
+    /// Refuses the message just received: records it for the log, resets, replies.
+    fn refuse_message(&mut self, reply: Reply) {
+        self.refused = Some(Refused {
+            envelope: std::mem::take(&mut self.envelope),
+            size: self.received,
+            reply: reply.clone(),
+        });
+        self.reset_txn();
+        self.send(reply);
     }
 
     /// Bytes read from the client.
@@ -321,6 +353,7 @@ impl Session {
     }
 
     fn reset_txn(&mut self) {
+        self.received = 0;
         self.in_txn = false;
         self.envelope = Envelope::default();
         self.data = Vec::new();
@@ -405,10 +438,7 @@ impl Session {
                 }
             },
             Pending::Data => match refused {
-                Some(r) => {
-                    self.reset_txn();
-                    self.send(r);
-                }
+                Some(r) => self.refuse_message(r),
                 None => {
                     self.messages += 1;
                     let helo = self.helo.clone().unwrap_or_default();
@@ -835,6 +865,7 @@ impl Session {
 
     /// Appends message content within the size limit.
     fn store(&mut self, bytes: &[u8]) {
+        self.received += bytes.len();
         if self.content.too_big {
             return;
         }
@@ -926,10 +957,7 @@ impl Session {
         }
         self.phase = Phase::Command;
         match self.content_verdict() {
-            Some(r) => {
-                self.reset_txn();
-                self.send(r);
-            }
+            Some(r) => self.refuse_message(r),
             None => self.pause(Pending::Data, Hook::Data),
         }
         None
@@ -994,8 +1022,7 @@ impl Session {
             self.content.bare = true;
         }
         if let Some(r) = self.content_verdict() {
-            self.reset_txn();
-            self.send(r);
+            self.refuse_message(r);
             return None;
         }
         if !last {
@@ -1005,8 +1032,7 @@ impl Session {
         if !self.data.is_empty() && !self.data.ends_with(b"\r\n") {
             self.store(b"\r\n");
             if let Some(r) = self.content_verdict() {
-                self.reset_txn();
-                self.send(r);
+                self.refuse_message(r);
                 return None;
             }
         }

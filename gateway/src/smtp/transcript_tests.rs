@@ -536,6 +536,11 @@ fn message_size_limit_reads_to_end_and_stays_usable() {
     body.extend_from_slice(b".\r\n");
     assert!(t.send(&body).starts_with("552 5.3.4"));
     assert!(t.delivered.is_empty());
+    let refused = t.s.take_refused().expect("refusal recorded for the log");
+    assert_eq!(refused.envelope.rcpt_to, vec!["u@example.test"]);
+    assert_eq!(refused.reply.code(), 552);
+    assert_eq!(refused.size, 20 * 12);
+    assert!(t.s.take_refused().is_none());
     txn(&mut t);
     t.cmd("DATA", "354");
     assert!(t.send(b"small\r\n.\r\n").starts_with("250 2.0.0"));
