@@ -36,9 +36,9 @@ pub struct Mailbox {
 }
 
 impl Mailbox {
-    /// `local@domain`.
+    /// `local@domain`, without a trailing dot on the domain (`a@b.test.` is `a@b.test`).
     pub fn address(&self) -> String {
-        format!("{}@{}", self.local, self.domain)
+        format!("{}@{}", self.local, self.domain.trim_end_matches('.'))
     }
 
     /// Domain lowercased without a trailing dot (for comparisons).

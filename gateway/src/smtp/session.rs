@@ -643,8 +643,14 @@ impl Session {
                 return self.send(Reply::new(555, "5.5.4", "Unsupported parameter"));
             }
             Err(CommandError::BadChunkSize) => {
+                // The chunk boundary is lost: nothing after this can be read as a command.
                 self.send(Reply::new(501, "5.5.4", "Syntax: BDAT <size> [LAST]"));
-                self.closing = true;
+                let host = self.cfg.hostname.clone();
+                self.send(Reply::new(
+                    421,
+                    "4.5.0",
+                    format!("{host} Error: BDAT chunk boundary lost, closing"),
+                ));
                 return;
             }
         };
@@ -877,6 +883,16 @@ impl Session {
         }
     }
 
+    /// Content that is read but not kept (the rest of an over-long line) still counts
+    /// toward the size limit, so the size verdict does not depend on line lengths.
+    fn count_unstored(&mut self, n: usize) {
+        self.received += n;
+        if self.received > self.cfg.max_message_size {
+            self.content.too_big = true;
+            self.data = Vec::new();
+        }
+    }
+
     /// The reply refusing the content just received, if any.
     fn content_verdict(&self) -> Option<Reply> {
         let c = &self.content;
@@ -930,7 +946,9 @@ impl Session {
             }
             let was = self.content.prev_crlf;
             self.content.prev_crlf = crlf;
-            if !skipping {
+            if skipping {
+                self.count_unstored(line.len());
+            } else {
                 let line = line.to_vec();
                 let start = usize::from(was && line.first() == Some(&b'.'));
                 let body = &line[start..body_len];
@@ -946,6 +964,7 @@ impl Session {
                     self.content.bare = true;
                 }
                 let keep_cr = self.input.last() == Some(&b'\r');
+                self.count_unstored(self.input.len() - usize::from(keep_cr));
                 self.input.clear();
                 if keep_cr {
                     self.input.push(b'\r');

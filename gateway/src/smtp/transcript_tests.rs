@@ -661,6 +661,7 @@ fn bdat_errors_consume_the_chunk() {
     // Bad size: the boundary is lost, so the session closes.
     let r = t.send(b"BDAT abc\r\n");
     assert!(r.starts_with("501 5.5.4"), "{r}");
+    assert!(r.contains("\r\n421 4.5.0"), "{r}");
     assert!(t.closed);
 }
 
@@ -883,4 +884,30 @@ fn byte_at_a_time_matches_all_at_once() {
     assert_eq!(whole.delivered, bytewise.delivered);
     assert!(whole.closed && bytewise.closed);
     assert!(T::codes(&all).contains(&"221"));
+}
+
+#[test]
+fn size_limit_wins_over_long_lines() {
+    let mut t = T::with(
+        SessionConfig {
+            max_message_size: 200,
+            ..cfg()
+        },
+        conn(false),
+    );
+    t.connect();
+    t.cmd("EHLO c.test", "250");
+    txn(&mut t);
+    t.cmd("DATA", "354");
+    let mut body = vec![b'x'; 5000];
+    body.extend_from_slice(b"\r\n.\r\n");
+    let r = t.send(&body);
+    assert!(r.starts_with("552 5.3.4"), "{r}");
+    // Fed in pieces, the verdict is the same.
+    txn(&mut t);
+    t.cmd("DATA", "354");
+    for piece in body.chunks(700) {
+        t.send(piece);
+    }
+    assert_eq!(t.s.take_refused().map(|r| r.reply.code()), Some(552));
 }
