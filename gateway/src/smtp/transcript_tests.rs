@@ -361,7 +361,7 @@ fn rcpt_local_domain_and_relay_denied() {
         t.s.envelope().rcpt_to,
         vec![
             "u@Example.TEST",
-            "u@example.test.",
+            "u@example.test",
             "postmaster@example.test"
         ]
     );
