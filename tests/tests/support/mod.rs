@@ -1,0 +1,385 @@
+//! Test support: the real `mailgate` binary on 127.0.0.1:0, a real upstream (aiosmtpd),
+//! and real clients (Python smtplib, swaks). Readiness is read from the processes' own
+//! output, never guessed with sleeps; every wait has a deadline.
+
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::OnceLock;
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+/// How long any single readiness wait may take.
+pub const READY: Duration = Duration::from_secs(60);
+
+fn workspace() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
+}
+
+/// The mailgate binary: `MAILGATE_BIN`, else the workspace target dir (built once if absent).
+pub fn binary() -> PathBuf {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| {
+        if let Ok(p) = std::env::var("MAILGATE_BIN") {
+            return PathBuf::from(p);
+        }
+        let target = std::env::var("CARGO_TARGET_DIR")
+            .map(PathBuf::from)
+            .unwrap_or_else(|_| workspace().join("target"));
+        let bin = target.join("debug").join("mailgate");
+        if !bin.exists() {
+            let st = Command::new(env!("CARGO"))
+                .args(["build", "-p", "mailgate", "--bin", "mailgate"])
+                .current_dir(workspace())
+                .status()
+                .expect("cargo build");
+            assert!(st.success(), "building mailgate failed");
+        }
+        bin
+    })
+    .clone()
+}
+
+pub fn peer(script: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("peers")
+        .join(script)
+}
+
+/// Reads lines from a child's pipe on a thread, so waits can have deadlines.
+fn line_reader(r: impl Read + Send + 'static) -> mpsc::Receiver<String> {
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(r).lines() {
+            let Ok(line) = line else { break };
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    rx
+}
+
+/// A running gateway.
+pub struct Gateway {
+    child: Child,
+    pub smtp: SocketAddr,
+    pub smtps: Option<SocketAddr>,
+    pub dir: tempfile::TempDir,
+    pub maildir: PathBuf,
+    stderr: PathBuf,
+}
+
+/// Builds a gateway config: `server` lines go into `[server]`, `rest` is appended as
+/// further sections (a `[delivery]` there replaces the default maildir section).
+pub struct Setup {
+    pub server: String,
+    pub rest: String,
+    pub env: Vec<(String, String)>,
+    pub tls_listener: bool,
+}
+
+impl Default for Setup {
+    fn default() -> Self {
+        Setup {
+            server: String::new(),
+            rest: String::new(),
+            env: vec![],
+            tls_listener: false,
+        }
+    }
+}
+
+impl Setup {
+    pub fn server(mut self, s: &str) -> Self {
+        self.server.push_str(s);
+        self.server.push('\n');
+        self
+    }
+    pub fn section(mut self, s: &str) -> Self {
+        self.rest.push_str(s);
+        self.rest.push('\n');
+        self
+    }
+    pub fn env(mut self, k: &str, v: &str) -> Self {
+        self.env.push((k.into(), v.into()));
+        self
+    }
+    pub fn tls_listener(mut self) -> Self {
+        self.tls_listener = true;
+        self
+    }
+    pub fn start(self) -> Gateway {
+        Gateway::start(self)
+    }
+}
+
+impl Gateway {
+    pub fn default_setup() -> Gateway {
+        Setup::default().start()
+    }
+
+    fn start(setup: Setup) -> Gateway {
+        let dir = tempfile::tempdir().unwrap();
+        let maildir = dir.path().join("mail");
+        let tls = if setup.tls_listener {
+            "listen_tls = [\"127.0.0.1:0\"]\n"
+        } else {
+            ""
+        };
+        let mut cfg = format!(
+            "[server]\nlisten = [\"127.0.0.1:0\"]\n{tls}{}\n",
+            setup.server
+        );
+        if !setup.rest.contains("[delivery]") {
+            cfg.push_str(&format!(
+                "[delivery]\nmaildir = {:?}\n",
+                maildir.display().to_string()
+            ));
+        }
+        cfg.push_str(&setup.rest);
+        let path = dir.path().join("gateway.toml");
+        std::fs::write(&path, cfg).unwrap();
+        let stderr = dir.path().join("stderr.log");
+        let mut cmd = Command::new(binary());
+        cmd.args(["run", "--config"])
+            .arg(&path)
+            .current_dir(dir.path())
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(std::fs::File::create(&stderr).unwrap());
+        for (k, v) in &setup.env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().expect("spawn mailgate");
+        let lines = line_reader(child.stdout.take().unwrap());
+        let (mut smtp, mut smtps) = (None, None);
+        let deadline = Instant::now() + READY;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match lines.recv_timeout(left) {
+                Ok(l) if l == "ready" => break,
+                Ok(l) => {
+                    let parts: Vec<&str> = l.split_whitespace().collect();
+                    if let ["listening", kind, addr] = parts[..] {
+                        let a: SocketAddr = addr.parse().unwrap();
+                        if kind == "smtp" {
+                            smtp = Some(a)
+                        } else {
+                            smtps = Some(a)
+                        }
+                    }
+                }
+                Err(_) => {
+                    let _ = child.kill();
+                    panic!(
+                        "mailgate not ready: {}",
+                        std::fs::read_to_string(&stderr).unwrap_or_default()
+                    );
+                }
+            }
+        }
+        Gateway {
+            child,
+            smtp: smtp.expect("smtp listener"),
+            smtps,
+            dir,
+            maildir,
+            stderr,
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    pub fn port(&self) -> String {
+        self.smtp.port().to_string()
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.stderr).unwrap_or_default()
+    }
+
+    /// Files delivered to `<maildir>/<domain>/<local>/new`.
+    pub fn mailbox(&self, domain: &str, local: &str) -> Vec<Vec<u8>> {
+        let dir = self.maildir.join(domain).join(local).join("new");
+        let mut files: Vec<_> = match std::fs::read_dir(&dir) {
+            Ok(rd) => rd.map(|e| e.unwrap().path()).collect(),
+            Err(_) => return vec![],
+        };
+        files.sort();
+        files.iter().map(|p| std::fs::read(p).unwrap()).collect()
+    }
+
+    /// SIGTERM, then wait (bounded) for exit; returns the exit status.
+    pub fn terminate(&mut self) -> std::process::ExitStatus {
+        let st = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(st.success());
+        self.wait(Duration::from_secs(60))
+            .expect("gateway exits after SIGTERM")
+    }
+
+    pub fn wait(&mut self, limit: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + limit;
+        while Instant::now() < deadline {
+            if let Some(st) = self.child.try_wait().unwrap() {
+                return Some(st);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A real SMTP server (aiosmtpd, `peers/upstream.py`) for proxy mode.
+pub struct Upstream {
+    child: Child,
+    pub port: u16,
+    pub dir: tempfile::TempDir,
+}
+
+impl Upstream {
+    pub fn start(args: &[&str]) -> Upstream {
+        let dir = tempfile::tempdir().unwrap();
+        let mut child = Command::new("python3")
+            .arg(peer("upstream.py"))
+            .arg(dir.path())
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("python3 upstream.py");
+        let lines = line_reader(child.stdout.take().unwrap());
+        let line = lines.recv_timeout(READY).expect("upstream ready");
+        let port = line
+            .strip_prefix("port ")
+            .expect("port line")
+            .parse()
+            .unwrap();
+        Upstream { child, port, dir }
+    }
+
+    pub fn addr(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    /// Messages received so far: (raw bytes, envelope JSON).
+    pub fn received(&self) -> Vec<(Vec<u8>, String)> {
+        let mut out = Vec::new();
+        for n in 1.. {
+            let eml = self.dir.path().join(format!("{n}.eml"));
+            if !eml.exists() {
+                break;
+            }
+            let meta = std::fs::read_to_string(self.dir.path().join(format!("{n}.json"))).unwrap();
+            out.push((std::fs::read(eml).unwrap(), meta));
+        }
+        out
+    }
+}
+
+impl Drop for Upstream {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Runs `peers/client.py` (smtplib) and returns its JSON output as text.
+pub fn smtplib(args: &[&str]) -> String {
+    let out = Command::new("python3")
+        .arg(peer("client.py"))
+        .args(args)
+        .output()
+        .expect("python3");
+    assert!(
+        out.status.success(),
+        "client.py failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// Runs swaks; returns (success, transcript).
+pub fn swaks(args: &[&str]) -> (bool, String) {
+    let out = Command::new("swaks")
+        .args(args)
+        .output()
+        .expect("swaks is installed (.ci/setup)");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
+}
+
+pub fn write_file(dir: &Path, name: &str, bytes: &[u8]) -> String {
+    let p = dir.join(name);
+    std::fs::write(&p, bytes).unwrap();
+    p.display().to_string()
+}
+
+/// A raw SMTP connection for protocol cases no ordinary client will send.
+pub struct Raw {
+    pub s: TcpStream,
+    r: BufReader<TcpStream>,
+}
+
+impl Raw {
+    pub fn connect(addr: SocketAddr) -> Raw {
+        let s = TcpStream::connect(addr).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+        let r = BufReader::new(s.try_clone().unwrap());
+        Raw { s, r }
+    }
+
+    /// Reads one complete (possibly multi-line) reply; "" on EOF.
+    pub fn reply(&mut self) -> String {
+        let mut all = String::new();
+        for _ in 0..100 {
+            let mut line = String::new();
+            if self.r.read_line(&mut line).unwrap_or(0) == 0 {
+                break;
+            }
+            all.push_str(&line);
+            if line.len() < 4 || line.as_bytes()[3] == b' ' {
+                break;
+            }
+        }
+        all
+    }
+
+    pub fn send(&mut self, bytes: &[u8]) {
+        self.s.write_all(bytes).unwrap();
+    }
+
+    pub fn cmd(&mut self, line: &str) -> String {
+        self.send(format!("{line}\r\n").as_bytes());
+        self.reply()
+    }
+
+    /// True once the server has closed the connection (bounded by the read timeout).
+    pub fn closed(&mut self) -> bool {
+        let mut buf = [0u8; 64];
+        matches!(self.r.read(&mut buf), Ok(0))
+    }
+}
