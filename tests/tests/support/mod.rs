@@ -78,22 +78,12 @@ pub struct Gateway {
 
 /// Builds a gateway config: `server` lines go into `[server]`, `rest` is appended as
 /// further sections (a `[delivery]` there replaces the default maildir section).
+#[derive(Default)]
 pub struct Setup {
     pub server: String,
     pub rest: String,
     pub env: Vec<(String, String)>,
     pub tls_listener: bool,
-}
-
-impl Default for Setup {
-    fn default() -> Self {
-        Setup {
-            server: String::new(),
-            rest: String::new(),
-            env: vec![],
-            tls_listener: false,
-        }
-    }
 }
 
 impl Setup {
