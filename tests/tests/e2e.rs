@@ -670,3 +670,95 @@ fn sigterm_lets_a_transaction_finish_then_exits() {
 fn gw_pid(gw: &Gateway) -> String {
     gw.pid().to_string()
 }
+
+#[test]
+fn tls_certificate_from_pem_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+    let st = std::process::Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=mx.pem.test",
+            "-keyout",
+        ])
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .output()
+        .unwrap();
+    assert!(
+        st.status.success(),
+        "{}",
+        String::from_utf8_lossy(&st.stderr)
+    );
+    let gw = Setup::default()
+        .tls_listener()
+        .section(&format!(
+            "[tls]\ncert = {:?}\nkey = {:?}\nself_signed = false",
+            cert.display().to_string(),
+            key.display().to_string()
+        ))
+        .start();
+    // The certificate the gateway serves, read by Python's ssl module on both listeners.
+    let script = r#"
+import smtplib, ssl, sys
+c = ssl.create_default_context(); c.check_hostname = False; c.verify_mode = ssl.CERT_NONE
+s = smtplib.SMTP("127.0.0.1", int(sys.argv[1]), timeout=30); s.starttls(context=c)
+print(ssl.DER_cert_to_PEM_cert(s.sock.getpeercert(True)).strip())
+t = smtplib.SMTP_SSL("127.0.0.1", int(sys.argv[2]), context=c, timeout=30)
+print(ssl.DER_cert_to_PEM_cert(t.sock.getpeercert(True)).strip())
+"#;
+    let tls_port = gw.smtps.unwrap().port().to_string();
+    let out = std::process::Command::new("python3")
+        .args(["-c", script, &gw.port(), &tls_port])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let served = String::from_utf8(out.stdout).unwrap();
+    let ours = std::fs::read_to_string(&cert).unwrap();
+    let ours = ours.trim();
+    assert_eq!(
+        served.matches(ours).count(),
+        2,
+        "served:\n{served}\nconfigured:\n{ours}"
+    );
+}
+
+#[test]
+fn tls_disabled_means_no_starttls() {
+    let gw = Setup::default()
+        .section("[tls]\nself_signed = false")
+        .start();
+    let out = json(&smtplib(&["ehlo", HOST, &gw.port()]));
+    assert!(
+        !out["features"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|v| v == "STARTTLS"),
+        "{out}"
+    );
+}
+
+#[test]
+fn total_connection_limit() {
+    let gw = Setup::default().server("max_connections = 1").start();
+    let mut a = Raw::connect(gw.smtp);
+    assert!(a.reply().starts_with("220"));
+    let mut b = Raw::connect(gw.smtp);
+    let r = b.reply();
+    assert!(r.starts_with("421 4.7.0"), "{r}");
+    assert!(r.contains("Too many connections"), "{r}");
+    assert!(a.cmd("NOOP").starts_with("250"));
+}
