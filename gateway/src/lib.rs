@@ -7,5 +7,6 @@
 
 pub mod config;
 pub mod delivery;
+pub mod plugin;
 pub mod server;
 pub mod smtp;

@@ -27,11 +27,26 @@ enum Command {
         #[arg(long, value_enum, default_value_t = LogFormat::Text)]
         log_format: LogFormat,
     },
-    /// Load and validate a configuration, print the effective settings, and exit.
+    /// Load and validate a configuration and every configured plugin, print the
+    /// effective settings, and exit.
     CheckConfig {
         /// TOML configuration file; MAILGATE_* environment variables override it.
         #[arg(long, short)]
         config: Option<PathBuf>,
+    },
+    /// Plugin tools.
+    Plugin {
+        #[command(subcommand)]
+        command: PluginCommand,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum PluginCommand {
+    /// Show a plugin's world version, the hooks it implements and the capabilities it imports.
+    Inspect {
+        /// The component file (.wasm).
+        file: PathBuf,
     },
 }
 
@@ -103,11 +118,55 @@ fn main() -> anyhow::Result<()> {
                 println!("listen smtps: {a}");
             }
             println!("local domains: {}", rt.local_domains.join(", "));
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()?;
+            let generation = runtime.block_on(mailgate::plugin::registry::load_all(&rt.plugins))?;
+            for p in generation.iter().flat_map(|g| g.plugins.iter()) {
+                println!(
+                    "plugin {}: {} (world {}, sha256 {}, hooks {:?}, on_error {:?})",
+                    p.spec.name, p.version, p.world, p.sha256, p.hooks, p.spec.on_error
+                );
+            }
             match &rt.delivery {
                 DeliveryMode::Maildir(p) => println!("delivery: maildir {}", p.display()),
                 DeliveryMode::Proxy { upstream, tls } => {
                     println!("delivery: proxy {upstream} (tls {tls:?})")
                 }
+            }
+            Ok(())
+        }
+        Command::Plugin {
+            command: PluginCommand::Inspect { file },
+        } => {
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()?;
+            let d = runtime.block_on(mailgate::plugin::registry::describe(&file))?;
+            println!("file: {}", file.display());
+            println!("sha256: {}", d.sha256);
+            match &d.inspection.world {
+                Some(w) => println!("world: mailgate:plugin@{w}"),
+                None => {
+                    println!("world: none (not a mailgate plugin: no mailgate:plugin/hooks export)")
+                }
+            }
+            if let Some((name, sdk, hooks)) = &d.manifest {
+                println!("plugin: {name}");
+                println!("sdk: {sdk}");
+                println!("hooks: {hooks:?}");
+            }
+            println!(
+                "capabilities imported: {}",
+                d.inspection.capabilities.join(", ")
+            );
+            println!("imports:");
+            for i in &d.inspection.imports {
+                println!("  {i}");
+            }
+            println!("exports:");
+            for e in &d.inspection.exports {
+                println!("  {e}");
             }
             Ok(())
         }
@@ -119,6 +178,7 @@ fn main() -> anyhow::Result<()> {
                 .enable_all()
                 .build()?;
             runtime.block_on(async move {
+                let plugins = mailgate::plugin::registry::load_all(&rt.plugins).await?;
                 let listeners = Listeners::bind(&rt).await?;
                 let mut out = std::io::stdout().lock();
                 for (kind, addr) in listeners.addresses() {
@@ -136,7 +196,7 @@ fn main() -> anyhow::Result<()> {
                         tracing::info!(%upstream, tls = ?tls, "delivery mode proxy")
                     }
                 }
-                server::run(Arc::clone(&rt), listeners, shutdown_signal()).await?;
+                server::run(Arc::clone(&rt), listeners, plugins, shutdown_signal()).await?;
                 tracing::info!("stopped");
                 Ok(())
             })

@@ -13,7 +13,7 @@ use figment::Figment;
 use figment::providers::{Env, Format, Serialized, Toml};
 use serde::{Deserialize, Serialize};
 
-pub use validate::{DeliveryMode, Runtime, UpstreamTls};
+pub use validate::{Capability, DeliveryMode, OnError, PluginSpec, Runtime, UpstreamTls};
 
 /// Errors while loading or validating configuration.
 #[derive(Debug, thiserror::Error)]
@@ -51,6 +51,80 @@ pub struct Config {
     pub relay: Relay,
     /// Where accepted mail goes.
     pub delivery: Delivery,
+    /// Settings for the plugin chain as a whole.
+    pub chain: Chain,
+    /// The plugin chain, in order (`[[plugin]]` tables).
+    #[serde(rename = "plugin")]
+    pub plugins: Vec<Plugin>,
+}
+
+/// `[chain]`
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Chain {
+    /// Add an `X-Mailgate-Trace` header with the plugin decision trace to delivered mail.
+    pub trace_header: bool,
+    /// Maildir root for messages a plugin quarantines.
+    pub quarantine: PathBuf,
+}
+
+impl Default for Chain {
+    fn default() -> Self {
+        Chain {
+            trace_header: false,
+            quarantine: PathBuf::from("./var/quarantine"),
+        }
+    }
+}
+
+/// One `[[plugin]]`: a WebAssembly component in the chain.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Plugin {
+    /// Name in logs, traces and metrics (`a-z 0-9 - _`).
+    pub name: String,
+    /// The component file (`.wasm`, built for `wasm32-wasip2`).
+    pub path: PathBuf,
+    /// Refuse the file unless its SHA-256 (hex) matches.
+    #[serde(default)]
+    pub sha256: Option<String>,
+    /// What a failure of this plugin (trap, deadline, memory, invalid verdict) means:
+    /// `tempfail` (451 4.7.0, the default), `continue` (skip the plugin) or `reject`
+    /// (550 5.7.0).
+    #[serde(default = "default_on_error")]
+    pub on_error: String,
+    /// Host capabilities granted: `log`, `clock`, `dns`, `kv`, `auth-results`, `metrics`.
+    #[serde(default)]
+    pub capabilities: Vec<String>,
+    /// Per-call limits.
+    #[serde(default)]
+    pub limits: PluginLimits,
+    /// The plugin's own settings, handed to its `init` as key/value pairs.
+    #[serde(default)]
+    pub config: std::collections::BTreeMap<String, serde_json::Value>,
+}
+
+fn default_on_error() -> String {
+    "tempfail".into()
+}
+
+/// `[plugin.limits]`
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct PluginLimits {
+    /// Wall-clock budget of one hook call, host calls included.
+    pub deadline_ms: u64,
+    /// Linear memory cap.
+    pub memory_mb: u64,
+}
+
+impl Default for PluginLimits {
+    fn default() -> Self {
+        PluginLimits {
+            deadline_ms: 1000,
+            memory_mb: 32,
+        }
+    }
 }
 
 /// `[server]`

@@ -33,6 +33,175 @@ pub enum DeliveryMode {
     },
 }
 
+/// What a plugin failure means for the stage it happened in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OnError {
+    /// `451 4.7.0`: the client retries later (the default).
+    Tempfail,
+    /// Skip the plugin for this call, as if it answered `continue`.
+    Continue,
+    /// `550 5.7.0`.
+    Reject,
+}
+
+/// A host capability a plugin can be granted.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Capability {
+    /// `mailgate:plugin/log`
+    Log,
+    /// `mailgate:plugin/clock`
+    Clock,
+    /// `mailgate:plugin/dns`
+    Dns,
+    /// `mailgate:plugin/kv`
+    Kv,
+    /// `mailgate:plugin/auth-results`
+    AuthResults,
+    /// `mailgate:plugin/metrics`
+    Metrics,
+}
+
+impl Capability {
+    /// All capabilities, in WIT order.
+    pub const ALL: [Capability; 6] = [
+        Capability::Log,
+        Capability::Clock,
+        Capability::Dns,
+        Capability::Kv,
+        Capability::AuthResults,
+        Capability::Metrics,
+    ];
+
+    /// The config and WIT interface name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Capability::Log => "log",
+            Capability::Clock => "clock",
+            Capability::Dns => "dns",
+            Capability::Kv => "kv",
+            Capability::AuthResults => "auth-results",
+            Capability::Metrics => "metrics",
+        }
+    }
+
+    /// Parses a config name.
+    pub fn parse(s: &str) -> Option<Capability> {
+        Capability::ALL.into_iter().find(|c| c.name() == s)
+    }
+}
+
+/// A validated `[[plugin]]` entry.
+#[derive(Clone, Debug, PartialEq)]
+pub struct PluginSpec {
+    /// Name in logs and traces.
+    pub name: String,
+    /// Component file.
+    pub path: PathBuf,
+    /// Expected SHA-256, lowercase hex.
+    pub sha256: Option<String>,
+    /// Failure policy.
+    pub on_error: OnError,
+    /// Granted capabilities.
+    pub capabilities: Vec<Capability>,
+    /// Per-call deadline.
+    pub deadline: Duration,
+    /// Linear memory cap in bytes.
+    pub memory: usize,
+    /// `config` flattened to key/value pairs (nested tables as dotted keys, arrays as JSON).
+    pub config: Vec<(String, String)>,
+}
+
+fn flatten(prefix: &str, v: &serde_json::Value, out: &mut Vec<(String, String)>) {
+    match v {
+        serde_json::Value::Object(map) => {
+            for (k, v) in map {
+                flatten(&format!("{prefix}.{k}"), v, out);
+            }
+        }
+        serde_json::Value::String(s) => out.push((prefix.to_string(), s.clone())),
+        other => out.push((prefix.to_string(), other.to_string())),
+    }
+}
+
+fn plugin_spec(p: &super::Plugin, seen: &mut Vec<String>) -> Result<PluginSpec, ConfigError> {
+    let ok_name = !p.name.is_empty()
+        && p.name.len() <= 64
+        && p.name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_');
+    if !ok_name {
+        return Err(invalid(
+            "plugin.name",
+            format!("{:?}: use 1-64 of a-z 0-9 - _", p.name),
+        ));
+    }
+    if seen.contains(&p.name) {
+        return Err(invalid(
+            "plugin.name",
+            format!("{:?} appears twice", p.name),
+        ));
+    }
+    seen.push(p.name.clone());
+    let on_error = match p.on_error.as_str() {
+        "tempfail" => OnError::Tempfail,
+        "continue" => OnError::Continue,
+        "reject" => OnError::Reject,
+        o => {
+            return Err(invalid(
+                "plugin.on_error",
+                format!("{o:?}: expected tempfail, continue or reject"),
+            ));
+        }
+    };
+    let mut capabilities = Vec::new();
+    for c in &p.capabilities {
+        let cap = Capability::parse(c).ok_or_else(|| {
+            invalid(
+                "plugin.capabilities",
+                format!(
+                    "{c:?} (plugin {}): expected one of log, clock, dns, kv, auth-results, metrics",
+                    p.name
+                ),
+            )
+        })?;
+        if !capabilities.contains(&cap) {
+            capabilities.push(cap);
+        }
+    }
+    let sha256 = match &p.sha256 {
+        Some(h) if h.len() == 64 && h.bytes().all(|b| b.is_ascii_hexdigit()) => {
+            Some(h.to_ascii_lowercase())
+        }
+        Some(h) => {
+            return Err(invalid(
+                "plugin.sha256",
+                format!("{h:?} is not 64 hex digits"),
+            ));
+        }
+        None => None,
+    };
+    if p.limits.deadline_ms == 0 || p.limits.deadline_ms > 60_000 {
+        return Err(invalid("plugin.limits.deadline_ms", "must be 1..=60000"));
+    }
+    if !(2..=4096).contains(&p.limits.memory_mb) {
+        return Err(invalid("plugin.limits.memory_mb", "must be 2..=4096"));
+    }
+    let mut config = Vec::new();
+    for (k, v) in &p.config {
+        flatten(k, v, &mut config);
+    }
+    Ok(PluginSpec {
+        name: p.name.clone(),
+        path: p.path.clone(),
+        sha256,
+        on_error,
+        capabilities,
+        deadline: Duration::from_millis(p.limits.deadline_ms),
+        memory: (p.limits.memory_mb as usize) << 20,
+        config,
+    })
+}
+
 /// The validated configuration.
 #[derive(Clone, Debug)]
 pub struct Runtime {
@@ -68,6 +237,12 @@ pub struct Runtime {
     pub delivery: DeliveryMode,
     /// Upstream connect timeout.
     pub connect_timeout: Duration,
+    /// The plugin chain, in order.
+    pub plugins: Vec<PluginSpec>,
+    /// Add the decision trace as a header.
+    pub trace_header: bool,
+    /// Quarantine Maildir root.
+    pub quarantine: PathBuf,
 }
 
 impl Runtime {
@@ -246,7 +421,16 @@ impl Config {
                 ));
             }
         };
+        let mut seen = Vec::new();
+        let plugins = self
+            .plugins
+            .iter()
+            .map(|p| plugin_spec(p, &mut seen))
+            .collect::<Result<Vec<_>, _>>()?;
         Ok(Runtime {
+            plugins,
+            trace_header: self.chain.trace_header,
+            quarantine: self.chain.quarantine.clone(),
             hostname: s.hostname.to_ascii_lowercase(),
             listen,
             listen_tls,
@@ -364,6 +548,69 @@ mod tests {
     }
 
     #[test]
+    fn plugins_validate() {
+        let c = Config::from_toml(
+            r#"
+[[plugin]]
+name = "hello"
+path = "hello.wasm"
+capabilities = ["log", "kv", "log"]
+on_error = "continue"
+limits = { deadline_ms = 50, memory_mb = 8 }
+config = { reject = "nobody", n = 3, nested = { a = true }, list = [1, 2] }
+"#,
+        )
+        .unwrap();
+        let rt = c.validate().unwrap();
+        let p = &rt.plugins[0];
+        assert_eq!(p.capabilities, vec![Capability::Log, Capability::Kv]);
+        assert_eq!(p.on_error, OnError::Continue);
+        assert_eq!(p.memory, 8 << 20);
+        assert_eq!(
+            p.config,
+            vec![
+                ("list".into(), "[1,2]".into()),
+                ("n".into(), "3".into()),
+                ("nested.a".into(), "true".into()),
+                ("reject".into(), "nobody".into()),
+            ]
+        );
+        for (toml, key) in [
+            (
+                "[[plugin]]\nname = \"Bad Name\"\npath = \"x\"",
+                "plugin.name",
+            ),
+            (
+                "[[plugin]]\nname = \"a\"\npath = \"x\"\non_error = \"explode\"",
+                "plugin.on_error",
+            ),
+            (
+                "[[plugin]]\nname = \"a\"\npath = \"x\"\ncapabilities = [\"fs\"]",
+                "plugin.capabilities",
+            ),
+            (
+                "[[plugin]]\nname = \"a\"\npath = \"x\"\nsha256 = \"abc\"",
+                "plugin.sha256",
+            ),
+            (
+                "[[plugin]]\nname = \"a\"\npath = \"x\"\n[[plugin]]\nname = \"a\"\npath = \"y\"",
+                "plugin.name",
+            ),
+        ] {
+            let err = Config::from_toml(toml)
+                .unwrap()
+                .validate()
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(key), "{toml}: {err}");
+        }
+        let err = Config::from_toml("[[plugin]]\nname = \"a\"\npath = \"x\"\nbogus = 1")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("bogus"), "{err}");
+    }
+
+    #[test]
     fn trusted_networks_match_v4_mapped() {
         let c =
             Config::from_toml("[relay]\ntrusted_networks = [\"192.0.2.0/24\", \"::1\"]").unwrap();
@@ -387,7 +634,7 @@ mod example_tests {
         assert_eq!(Config::from_toml(&text).unwrap(), Config::default());
         assert_eq!(
             toml_keys(&text),
-            vec!["server", "tls", "limits", "relay", "delivery"],
+            vec!["server", "tls", "limits", "relay", "delivery", "chain"],
             "example lists every section"
         );
     }

@@ -18,6 +18,9 @@ use tracing::{debug, info, warn};
 use super::Shared;
 use super::limits::ConnGuard;
 use super::outbound::Outbound;
+use crate::plugin::convert::{self, SessionView};
+use crate::plugin::message::ParsedMessage;
+use crate::plugin::{Call, Chain, Decision, edits, wit};
 use crate::smtp::{ConnInfo, Hook, ReadTimeout, Reply, Resolution, Session, Step};
 
 /// How a drive over one stream ended.
@@ -35,6 +38,13 @@ struct Ctx {
     greeted: bool,
     txn_started: Option<Instant>,
     messages: usize,
+    listener: &'static str,
+    chain: Option<Chain>,
+    /// Edits the chain returned for the current transaction, applied at delivery.
+    header_edits: Vec<wit::HeaderEdit>,
+    recipient_edits: Vec<wit::RecipientEdit>,
+    /// Discard or quarantine decided at DATA.
+    data_decision: Option<Decision>,
 }
 
 /// Serves one accepted TCP connection until it closes. `implicit_tls` for `listen_tls`.
@@ -63,6 +73,14 @@ pub async fn serve(
             greeted: false,
             txn_started: None,
             messages: 0,
+            listener: if implicit_tls { "smtps" } else { "smtp" },
+            chain: shared
+                .plugins
+                .as_ref()
+                .map(|g| Chain::new(Arc::clone(g), session_id.clone())),
+            header_edits: Vec::new(),
+            recipient_edits: Vec::new(),
+            data_decision: None,
         };
         let conn = ConnInfo {
             session_id: session_id.clone(),
@@ -208,22 +226,181 @@ where
     }
 }
 
-/// The plugin seam. Without plugins every stage continues; in proxy mode MAIL and RCPT
-/// are answered by the upstream.
-async fn on_hook(ctx: &mut Ctx, _s: &Session, hook: Hook) -> Resolution {
-    match hook {
-        Hook::Connect | Hook::Helo { .. } | Hook::Data => Resolution::Continue,
-        Hook::MailFrom { address, params } => {
-            ctx.txn_started = Some(Instant::now());
-            ctx.outbound.mail_from(&address, &params).await
+/// What a stage decision means for the session.
+fn resolution(d: &Decision) -> Resolution {
+    match d {
+        Decision::Reply(r) => Resolution::Reply(r.clone()),
+        Decision::Disconnect(r) => Resolution::Disconnect(r.clone()),
+        Decision::Continue | Decision::Accept | Decision::Discard(_) | Decision::Quarantine(_) => {
+            Resolution::Continue
         }
-        Hook::RcptTo { address } => ctx.outbound.rcpt_to(&address).await,
     }
 }
 
-async fn deliver(ctx: &mut Ctx, message: crate::smtp::Message) -> Reply {
+fn refuses(r: &Resolution) -> bool {
+    !matches!(r, Resolution::Continue)
+}
+
+fn session_view(ctx: &Ctx, s: &Session, helo: Option<(String, bool)>) -> SessionView {
+    let chain = ctx.chain.as_ref();
+    SessionView {
+        id: s.conn().session_id.clone(),
+        client: s.conn().client,
+        local: s.conn().local,
+        listener: ctx.listener,
+        trusted: s.conn().relay_allowed,
+        tls: s.tls().cloned(),
+        helo: helo.or_else(|| s.helo().map(|h| (h.to_string(), true))),
+        score: chain.map(Chain::score).unwrap_or(0.0),
+        tags: chain.map(|c| c.tags().to_vec()).unwrap_or_default(),
+    }
+}
+
+/// The plugin seam: the chain decides first; in proxy mode MAIL and RCPT then go to the
+/// upstream, whose answer the client gets.
+async fn on_hook(ctx: &mut Ctx, s: &Session, hook: Hook) -> Resolution {
+    match hook {
+        Hook::Connect => {
+            let view = session_view(ctx, s, None);
+            match ctx.chain.as_mut() {
+                Some(chain) => resolution(
+                    &chain
+                        .run(Call::Connect(&convert::session_info(&view)))
+                        .await
+                        .decision,
+                ),
+                None => Resolution::Continue,
+            }
+        }
+        Hook::Helo { name, extended } => {
+            let view = session_view(ctx, s, Some((name.clone(), extended)));
+            match ctx.chain.as_mut() {
+                Some(chain) => {
+                    let helo = wit::HeloInfo { name, extended };
+                    resolution(
+                        &chain
+                            .run(Call::Helo(&convert::session_info(&view), &helo))
+                            .await
+                            .decision,
+                    )
+                }
+                None => Resolution::Continue,
+            }
+        }
+        Hook::MailFrom { address, params } => {
+            ctx.txn_started = Some(Instant::now());
+            ctx.header_edits.clear();
+            ctx.recipient_edits.clear();
+            ctx.data_decision = None;
+            if let Some(chain) = ctx.chain.as_mut() {
+                chain.new_transaction();
+            }
+            let view = session_view(ctx, s, None);
+            if let Some(chain) = ctx.chain.as_mut() {
+                let sender = convert::reverse_path(&address);
+                let p = convert::mail_params(&params);
+                let r = resolution(
+                    &chain
+                        .run(Call::MailFrom(&convert::session_info(&view), &sender, &p))
+                        .await
+                        .decision,
+                );
+                if refuses(&r) {
+                    return r;
+                }
+            }
+            ctx.outbound.mail_from(&address, &params).await
+        }
+        Hook::RcptTo { address } => {
+            let view = session_view(ctx, s, None);
+            if let Some(chain) = ctx.chain.as_mut() {
+                let txn = convert::transaction(&s.transaction_id(), s.envelope());
+                let rcpt = wit::Recipient {
+                    address: convert::address(&address),
+                    params: vec![],
+                };
+                let out = chain
+                    .run(Call::RcptTo(&convert::session_info(&view), &txn, &rcpt))
+                    .await;
+                let r = resolution(&out.decision);
+                if refuses(&r) {
+                    return r;
+                }
+                ctx.recipient_edits.extend(out.recipient_edits);
+            }
+            ctx.outbound.rcpt_to(&address).await
+        }
+        Hook::Data => {
+            let view = session_view(ctx, s, None);
+            let Some(chain) = ctx.chain.as_mut() else {
+                return Resolution::Continue;
+            };
+            let id = s.transaction_id();
+            let now_ms = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_millis() as u64)
+                .unwrap_or(0);
+            let raw: Arc<[u8]> = Arc::from(s.message().unwrap_or_default());
+            let msg = Arc::new(ParsedMessage::new(id.clone(), now_ms, raw));
+            let txn = convert::transaction(&id, s.envelope());
+            let out = chain
+                .run(Call::Data(&convert::session_info(&view), &txn, msg))
+                .await;
+            let r = resolution(&out.decision);
+            if !refuses(&r) {
+                ctx.header_edits.extend(out.header_edits);
+                ctx.recipient_edits.extend(out.recipient_edits);
+                if matches!(out.decision, Decision::Discard(_) | Decision::Quarantine(_)) {
+                    ctx.data_decision = Some(out.decision);
+                }
+            }
+            r
+        }
+    }
+}
+
+/// Applies the chain's edits to the message before delivery.
+fn apply_edits(ctx: &mut Ctx, message: &mut crate::smtp::Message) {
+    let mut headers = std::mem::take(&mut ctx.header_edits);
+    if let Some(chain) = ctx
+        .chain
+        .as_ref()
+        .filter(|_| ctx.shared.runtime.trace_header)
+    {
+        headers.push(wit::HeaderEdit::Prepend(wit::Header {
+            name: "X-Mailgate-Trace".into(),
+            value: chain.trace_text(),
+        }));
+    }
+    if !headers.is_empty() {
+        message.data = edits::apply_headers(&message.data, &headers);
+    }
+    let rcpt_edits = std::mem::take(&mut ctx.recipient_edits);
+    if !rcpt_edits.is_empty() {
+        if ctx.outbound.mode() == "proxy" {
+            // The upstream already has the recipients (before-queue): edits cannot apply.
+            warn!(msg = %message.id, "recipient edits are not applied in proxy mode");
+        } else {
+            edits::apply_recipients(&mut message.envelope.rcpt_to, &rcpt_edits);
+        }
+    }
+}
+
+async fn deliver(ctx: &mut Ctx, mut message: crate::smtp::Message) -> Reply {
     let started = ctx.txn_started.take().unwrap_or_else(Instant::now);
-    let reply = ctx.outbound.deliver(&message).await;
+    apply_edits(ctx, &mut message);
+    let reply = match ctx.data_decision.take() {
+        Some(Decision::Discard(_)) => {
+            info!(msg = %message.id, "message discarded by plugin");
+            Reply::new(250, "2.0.0", format!("Ok: queued as {}", message.id))
+        }
+        Some(Decision::Quarantine(why)) => quarantine(ctx, &mut message, &why).await,
+        _ if message.envelope.rcpt_to.is_empty() => {
+            info!(msg = %message.id, "no recipients left after plugin edits; nothing delivered");
+            Reply::new(250, "2.0.0", format!("Ok: queued as {}", message.id))
+        }
+        _ => ctx.outbound.deliver(&message).await,
+    };
     ctx.messages += 1;
     let m = &message;
     info!(
@@ -242,6 +419,29 @@ async fn deliver(ctx: &mut Ctx, message: crate::smtp::Message) -> Reply {
         "message"
     );
     reply
+}
+
+/// Keeps the message in the quarantine Maildir (`chain.quarantine`), with the reason.
+async fn quarantine(ctx: &mut Ctx, message: &mut crate::smtp::Message, why: &str) -> Reply {
+    let root = ctx.shared.runtime.quarantine.clone();
+    let header = edits::fold("X-Mailgate-Quarantine", why);
+    let received = header.clone();
+    let msg = message.clone();
+    let id = message.id.clone();
+    let result = tokio::task::spawn_blocking(move || {
+        crate::delivery::Maildir::new(root).deliver(&msg, &received)
+    })
+    .await;
+    match result {
+        Ok(Ok(())) => {
+            info!(msg = %id, reason = why, "message quarantined by plugin");
+            Reply::new(250, "2.0.0", format!("Ok: queued as {id}"))
+        }
+        _ => {
+            warn!(msg = %id, "quarantine write failed");
+            Reply::new(451, "4.3.0", "Local delivery failed, try again later")
+        }
+    }
 }
 
 fn outcome(reply: &Reply) -> &'static str {

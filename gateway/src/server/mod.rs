@@ -97,6 +97,8 @@ pub struct Shared {
     pub conns: Arc<ConnTracker>,
     /// The delivery mode.
     pub backend: outbound::Backend,
+    /// The loaded plugins, if any are configured.
+    pub plugins: Option<Arc<crate::plugin::Generation>>,
 }
 
 impl std::fmt::Debug for Shared {
@@ -128,6 +130,7 @@ pub fn session_config(rt: &Runtime, tls_available: bool) -> SessionConfig {
 pub async fn run(
     rt: Arc<Runtime>,
     listeners: Listeners,
+    plugins: Option<Arc<crate::plugin::Generation>>,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), ServerError> {
     let acceptor = tls::acceptor(&rt)?;
@@ -141,6 +144,7 @@ pub async fn run(
         shutdown: stop_rx,
         conns: ConnTracker::new(rt.max_connections, rt.max_connections_per_ip),
         backend: outbound::Backend::new(&rt),
+        plugins,
         runtime: Arc::clone(&rt),
     });
     let tracker = TaskTracker::new();

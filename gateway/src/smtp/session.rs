@@ -124,6 +124,8 @@ pub enum Resolution {
     Continue,
     /// Use this reply (2xx accepts, 4xx/5xx refuses, 421 closes).
     Reply(Reply),
+    /// Refuse with this reply, then close the connection.
+    Disconnect(Reply),
 }
 
 /// A message the session refused after receiving it (content checks or the DATA hook),
@@ -317,6 +319,11 @@ impl Session {
         self.tls.as_ref()
     }
 
+    /// The id the current (or next) transaction's message gets: `<session-id>.<n>`.
+    pub fn transaction_id(&self) -> String {
+        format!("{}.{}", self.conn.session_id, self.messages + 1)
+    }
+
     /// The connection facts.
     pub fn conn(&self) -> &ConnInfo {
         &self.conn
@@ -372,14 +379,19 @@ impl Session {
             debug_assert!(false, "resolve() without a pending hook");
             return;
         };
+        let disconnect = matches!(resolution, Resolution::Disconnect(_));
         let refused = match &resolution {
             Resolution::Reply(r) if !r.is_positive() => Some(r.clone()),
+            Resolution::Disconnect(r) => Some(r.clone()),
             _ => None,
         };
         let given = match resolution {
-            Resolution::Reply(r) => Some(r),
+            Resolution::Reply(r) | Resolution::Disconnect(r) => Some(r),
             Resolution::Continue => None,
         };
+        if disconnect {
+            self.closing = true;
+        }
         let host = self.cfg.hostname.clone();
         match pending {
             Pending::Connect => match refused {

@@ -911,3 +911,23 @@ fn size_limit_wins_over_long_lines() {
     }
     assert_eq!(t.s.take_refused().map(|r| r.reply.code()), Some(552));
 }
+
+#[test]
+fn disconnect_resolution_sends_and_closes() {
+    let mut t = T::ready();
+    t.cmd("MAIL FROM:<a@b.test>", "250");
+    match t.s.step() {
+        Step::NeedInput => {}
+        s => panic!("{s:?}"),
+    }
+    assert_eq!(t.s.transaction_id(), "S1.1");
+    t.s.feed(b"RCPT TO:<u@example.test>\r\n");
+    match t.s.step() {
+        Step::Hook(Hook::RcptTo { .. }) => {}
+        s => panic!("{s:?}"),
+    }
+    t.s.resolve(Resolution::Disconnect(Reply::new(554, "5.7.1", "go away")));
+    t.pump();
+    assert_eq!(t.take(), "554 5.7.1 go away\r\n");
+    assert!(t.closed);
+}

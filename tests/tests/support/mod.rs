@@ -373,3 +373,66 @@ impl Raw {
         matches!(self.r.read(&mut buf), Ok(0))
     }
 }
+
+/// Builds the fixture plugins (tests/fixtures, wasm32-wasip2) once per test run and
+/// returns the directory holding the `.wasm` files.
+pub fn fixtures() -> PathBuf {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| {
+        let manifest = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("fixtures")
+            .join("Cargo.toml");
+        let target = std::env::var("CARGO_TARGET_DIR")
+            .map(PathBuf::from)
+            .unwrap_or_else(|_| workspace().join("target"))
+            .join("fixtures");
+        let out = Command::new(env!("CARGO"))
+            .args([
+                "build",
+                "--release",
+                "--target",
+                "wasm32-wasip2",
+                "--manifest-path",
+            ])
+            .arg(&manifest)
+            .arg("--target-dir")
+            .arg(&target)
+            .output()
+            .expect("cargo build fixtures");
+        assert!(
+            out.status.success(),
+            "building fixture plugins failed:\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        target.join("wasm32-wasip2").join("release")
+    })
+    .clone()
+}
+
+/// The `.wasm` of one fixture crate (`reject-rcpt` → `reject_rcpt.wasm`).
+pub fn fixture(name: &str) -> PathBuf {
+    let p = fixtures().join(format!("{}.wasm", name.replace('-', "_")));
+    assert!(p.exists(), "fixture {name} not built at {}", p.display());
+    p
+}
+
+/// A `[[plugin]]` table for a fixture.
+pub fn plugin_toml(name: &str, fixture_name: &str, extra: &str) -> String {
+    format!(
+        "[[plugin]]\nname = {name:?}\npath = {:?}\n{extra}\n",
+        fixture(fixture_name).display().to_string()
+    )
+}
+
+/// Runs the mailgate binary with arguments; returns (success, stdout, stderr).
+pub fn mailgate(args: &[&str]) -> (bool, String, String) {
+    let out = Command::new(binary())
+        .args(args)
+        .output()
+        .expect("run mailgate");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}

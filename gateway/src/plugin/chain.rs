@@ -1,0 +1,516 @@
+//! The plugin chain of one SMTP session.
+//!
+//! Plugins run in config order at each stage they implement. An instance is created
+//! lazily, the first time one of its hooks fires in the session, and kept for the rest
+//! of the session (state across one session's hooks, never across sessions). Every call
+//! has a wall-clock deadline (epoch interruption inside wasm, a timeout around host
+//! calls), runs under the memory cap and the wasm stack cap, and its output is
+//! validated. A trap, panic, deadline, memory cap or invalid output runs the plugin's
+//! `on_error` policy and drops the instance (the next hook gets a fresh one).
+//!
+//! The first `reject`/`tempfail`/`disconnect` ends the stage; `accept` skips the rest of
+//! the stage; edits accumulate in chain order; scores sum.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::time::timeout;
+use wasmtime::Store;
+use wasmtime::component::Resource;
+
+use super::bindings::Plugin;
+use super::bindings::exports::mailgate::plugin::hooks::{
+    DataOutcome, HookSet, Outcome, RcptOutcome,
+};
+use super::bindings::mailgate::plugin::types as wit;
+use super::convert::{self, Decision, Invalid};
+use super::message::{MessageHandle, ParsedMessage};
+use super::registry::{Generation, LoadedPlugin, store};
+use super::state::State;
+use crate::config::OnError;
+use crate::smtp::Reply;
+
+/// Extra time around a call for the timeout that bounds host calls.
+const GRACE: Duration = Duration::from_millis(50);
+
+/// A stage of the SMTP session.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Stage {
+    /// Before the greeting.
+    Connect,
+    /// HELO/EHLO.
+    Helo,
+    /// MAIL FROM.
+    MailFrom,
+    /// RCPT TO.
+    RcptTo,
+    /// End of DATA/BDAT.
+    Data,
+}
+
+impl Stage {
+    fn flag(self) -> HookSet {
+        match self {
+            Stage::Connect => HookSet::CONNECT,
+            Stage::Helo => HookSet::HELO,
+            Stage::MailFrom => HookSet::MAIL_FROM,
+            Stage::RcptTo => HookSet::RCPT_TO,
+            Stage::Data => HookSet::DATA,
+        }
+    }
+
+    /// Name in logs and traces.
+    pub fn name(self) -> &'static str {
+        match self {
+            Stage::Connect => "connect",
+            Stage::Helo => "helo",
+            Stage::MailFrom => "mail",
+            Stage::RcptTo => "rcpt",
+            Stage::Data => "data",
+        }
+    }
+}
+
+/// Why a plugin call failed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Failure {
+    /// The call ran past its deadline.
+    Deadline,
+    /// The memory cap refused a growth.
+    Memory,
+    /// The wasm stack overflowed.
+    Stack,
+    /// A trap (a Rust panic is an `unreachable` trap) or a host error.
+    Trap(String),
+    /// `init` refused the session's instance.
+    Init(String),
+    /// The output broke a rule.
+    Invalid(String),
+    /// No instance slot free: gateway capacity, not the plugin's fault.
+    Capacity,
+}
+
+impl std::fmt::Display for Failure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Failure::Deadline => write!(f, "deadline exceeded"),
+            Failure::Memory => write!(f, "memory cap reached"),
+            Failure::Stack => write!(f, "stack overflow"),
+            Failure::Trap(t) => write!(f, "trap: {t}"),
+            Failure::Init(m) => write!(f, "init failed: {m}"),
+            Failure::Invalid(m) => write!(f, "{m}"),
+            Failure::Capacity => write!(f, "no free instance slot"),
+        }
+    }
+}
+
+/// One line of the decision trace.
+#[derive(Clone, Debug, PartialEq)]
+pub struct TraceEntry {
+    /// Plugin name.
+    pub plugin: String,
+    /// Stage.
+    pub stage: Stage,
+    /// `continue`, `accept`, `reject 550`, `failed: deadline exceeded`, ...
+    pub outcome: String,
+    /// The plugin's reason, if it gave one.
+    pub reason: Option<String>,
+    /// Time taken.
+    pub micros: u64,
+}
+
+/// What a stage came to.
+#[derive(Clone, Debug)]
+pub struct StageOutcome {
+    /// The decision for the stage.
+    pub decision: Decision,
+    /// Header edits (DATA), in chain order.
+    pub header_edits: Vec<wit::HeaderEdit>,
+    /// Recipient edits, in chain order.
+    pub recipient_edits: Vec<wit::RecipientEdit>,
+}
+
+/// The arguments of one hook call.
+#[derive(Debug)]
+pub enum Call<'a> {
+    /// `on-connect`
+    Connect(&'a wit::SessionInfo),
+    /// `on-helo`
+    Helo(&'a wit::SessionInfo, &'a wit::HeloInfo),
+    /// `on-mail-from`
+    MailFrom(
+        &'a wit::SessionInfo,
+        &'a Option<wit::Address>,
+        &'a wit::MailParams,
+    ),
+    /// `on-rcpt-to`
+    RcptTo(
+        &'a wit::SessionInfo,
+        &'a wit::Transaction,
+        &'a wit::Recipient,
+    ),
+    /// `on-data`
+    Data(
+        &'a wit::SessionInfo,
+        &'a wit::Transaction,
+        Arc<ParsedMessage>,
+    ),
+}
+
+impl Call<'_> {
+    fn stage(&self) -> Stage {
+        match self {
+            Call::Connect(..) => Stage::Connect,
+            Call::Helo(..) => Stage::Helo,
+            Call::MailFrom(..) => Stage::MailFrom,
+            Call::RcptTo(..) => Stage::RcptTo,
+            Call::Data(..) => Stage::Data,
+        }
+    }
+}
+
+enum Returned {
+    Outcome(Outcome),
+    Rcpt(RcptOutcome),
+    Data(DataOutcome),
+}
+
+struct Live {
+    store: Store<State>,
+    inst: Plugin,
+}
+
+struct Slot {
+    plugin: Arc<LoadedPlugin>,
+    live: Option<Live>,
+}
+
+/// The chain for one session.
+pub struct Chain {
+    generation: Arc<Generation>,
+    slots: Vec<Slot>,
+    session_id: String,
+    session_score: f64,
+    txn_score: f64,
+    tags: Vec<String>,
+    /// The decisions of the current transaction (and the session before it).
+    pub trace: Vec<TraceEntry>,
+}
+
+impl std::fmt::Debug for Chain {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Chain")
+            .field("session", &self.session_id)
+            .field("plugins", &self.slots.len())
+            .finish()
+    }
+}
+
+impl Chain {
+    /// A chain over `generation` for one session; nothing is instantiated yet.
+    pub fn new(generation: Arc<Generation>, session_id: String) -> Chain {
+        let slots = generation
+            .plugins
+            .iter()
+            .map(|p| Slot {
+                plugin: Arc::clone(p),
+                live: None,
+            })
+            .collect();
+        Chain {
+            generation,
+            slots,
+            session_id,
+            session_score: 0.0,
+            txn_score: 0.0,
+            tags: Vec::new(),
+            trace: Vec::new(),
+        }
+    }
+
+    /// Score so far (session and current transaction).
+    pub fn score(&self) -> f64 {
+        self.session_score + self.txn_score
+    }
+
+    /// Tags so far.
+    pub fn tags(&self) -> &[String] {
+        &self.tags
+    }
+
+    /// Live instances (for tests and status).
+    pub fn live_instances(&self) -> usize {
+        self.slots.iter().filter(|s| s.live.is_some()).count()
+    }
+
+    /// A new transaction starts: its score and trace start afresh.
+    pub fn new_transaction(&mut self) {
+        self.txn_score = 0.0;
+        self.trace.clear();
+    }
+
+    /// The trace as one header value: `plugin/stage=outcome(ms)` entries.
+    pub fn trace_text(&self) -> String {
+        self.trace
+            .iter()
+            .map(|t| {
+                format!(
+                    "{}/{}={} ({}us)",
+                    t.plugin,
+                    t.stage.name(),
+                    t.outcome,
+                    t.micros
+                )
+            })
+            .collect::<Vec<_>>()
+            .join("; ")
+    }
+
+    /// Runs one stage through the chain.
+    pub async fn run(&mut self, call: Call<'_>) -> StageOutcome {
+        let stage = call.stage();
+        let mut out = StageOutcome {
+            decision: Decision::Continue,
+            header_edits: vec![],
+            recipient_edits: vec![],
+        };
+        for i in 0..self.slots.len() {
+            if !self.slots[i].plugin.hooks.contains(stage.flag()) {
+                continue;
+            }
+            let started = Instant::now();
+            let result = self
+                .invoke(i, &call)
+                .await
+                .and_then(|r| validate(r).map_err(|e| Failure::Invalid(e.0)));
+            let micros = started.elapsed().as_micros() as u64;
+            let name = self.slots[i].plugin.spec.name.clone();
+            let (decision, reason, outcome) = match result {
+                Ok(v) => {
+                    self.txn_score += v.points;
+                    for t in v.tags {
+                        if !self.tags.contains(&t) {
+                            self.tags.push(t);
+                        }
+                    }
+                    out.header_edits.extend(v.header_edits);
+                    out.recipient_edits.extend(v.recipient_edits);
+                    let label = describe(&v.decision);
+                    (v.decision, v.reason, label)
+                }
+                Err(failure) => {
+                    let d = self.on_failure(i, stage, &failure);
+                    let label = format!("failed ({failure}) -> {}", describe(&d));
+                    (d, None, label)
+                }
+            };
+            tracing::debug!(plugin = %name, stage = stage.name(), outcome = %outcome, micros, "plugin decision");
+            if !matches!(decision, Decision::Continue) {
+                tracing::info!(plugin = %name, stage = stage.name(), outcome = %outcome, reason = reason.as_deref().unwrap_or(""), "plugin decision");
+            }
+            self.trace.push(TraceEntry {
+                plugin: name,
+                stage,
+                outcome,
+                reason,
+                micros,
+            });
+            match decision {
+                Decision::Continue => continue,
+                Decision::Reply(ref r) if !r.is_positive() => {
+                    out.header_edits.clear();
+                    out.recipient_edits.clear();
+                    out.decision = decision;
+                    return out;
+                }
+                Decision::Disconnect(_) => {
+                    out.header_edits.clear();
+                    out.recipient_edits.clear();
+                    out.decision = decision;
+                    return out;
+                }
+                other => {
+                    out.decision = other;
+                    return out;
+                }
+            }
+        }
+        out
+    }
+
+    fn on_failure(&mut self, i: usize, stage: Stage, failure: &Failure) -> Decision {
+        let slot = &mut self.slots[i];
+        let output = slot
+            .live
+            .as_ref()
+            .map(|l| l.store.data().output_text())
+            .unwrap_or_default();
+        slot.live = None;
+        let spec = &slot.plugin.spec;
+        tracing::warn!(
+            plugin = %spec.name,
+            stage = stage.name(),
+            cause = %failure,
+            policy = ?spec.on_error,
+            plugin_output = %output,
+            "plugin failed; instance dropped"
+        );
+        if *failure == Failure::Capacity {
+            return Decision::Reply(Reply::new(451, "4.3.2", "System busy, try again later"));
+        }
+        match spec.on_error {
+            OnError::Tempfail => Decision::Reply(Reply::new(
+                451,
+                "4.7.0",
+                "Temporary policy failure, try again later",
+            )),
+            OnError::Continue => Decision::Continue,
+            OnError::Reject => Decision::Reply(Reply::new(550, "5.7.0", "Refused by policy")),
+        }
+    }
+
+    async fn invoke(&mut self, i: usize, call: &Call<'_>) -> Result<Returned, Failure> {
+        let generation = Arc::clone(&self.generation);
+        let session_id = self.session_id.clone();
+        let slot = &mut self.slots[i];
+        let spec = Arc::clone(&slot.plugin.spec);
+        let limit = spec.deadline + GRACE;
+        if slot.live.is_none() {
+            let mut st = store(
+                &generation.engine,
+                Arc::clone(&spec),
+                Arc::clone(&generation.kv),
+                session_id,
+            );
+            st.data_mut().deadline = Instant::now() + spec.deadline;
+            let pre = &slot.plugin.pre;
+            let fut = async {
+                let inst = pre.instantiate_async(&mut st).await?;
+                let init = inst
+                    .mailgate_plugin_hooks()
+                    .call_init(&mut st, &spec.config)
+                    .await?;
+                Ok::<_, wasmtime::Error>((inst, init))
+            };
+            match timeout(limit, fut).await {
+                Ok(Ok((inst, Ok(())))) => slot.live = Some(Live { store: st, inst }),
+                Ok(Ok((_, Err(msg)))) => {
+                    return Err(Failure::Init(msg.chars().take(400).collect()));
+                }
+                Ok(Err(e)) => return Err(classify(&e, st.data())),
+                Err(_) => return Err(Failure::Deadline),
+            }
+        }
+        let Some(Live { store: st, inst }) = slot.live.as_mut() else {
+            return Err(Failure::Trap("instance missing".into()));
+        };
+        st.data_mut().deadline = Instant::now() + spec.deadline;
+        st.set_epoch_deadline(1);
+        let hooks = inst.mailgate_plugin_hooks();
+        let result = match call {
+            Call::Connect(s) => timeout(limit, hooks.call_on_connect(&mut *st, s))
+                .await
+                .map(|r| r.map(Returned::Outcome)),
+            Call::Helo(s, h) => timeout(limit, hooks.call_on_helo(&mut *st, s, h))
+                .await
+                .map(|r| r.map(Returned::Outcome)),
+            Call::MailFrom(s, a, p) => timeout(limit, hooks.call_on_mail_from(&mut *st, s, a, p))
+                .await
+                .map(|r| r.map(Returned::Outcome)),
+            Call::RcptTo(s, t, r) => timeout(limit, hooks.call_on_rcpt_to(&mut *st, s, t, r))
+                .await
+                .map(|r| r.map(Returned::Rcpt)),
+            Call::Data(s, t, m) => {
+                let handle = st
+                    .data_mut()
+                    .table()
+                    .push(MessageHandle(Arc::clone(m)))
+                    .map_err(|e| Failure::Trap(e.to_string()))?;
+                let borrow = Resource::<MessageHandle>::new_borrow(handle.rep());
+                let r = timeout(limit, hooks.call_on_data(&mut *st, s, t, borrow)).await;
+                let _ = st.data_mut().table().delete(handle);
+                r.map(|r| r.map(Returned::Data))
+            }
+        };
+        match result {
+            Ok(Ok(r)) => Ok(r),
+            Ok(Err(e)) => Err(classify(&e, st.data())),
+            Err(_) => Err(Failure::Deadline),
+        }
+    }
+}
+
+/// A validated call result.
+struct Valid {
+    decision: Decision,
+    points: f64,
+    tags: Vec<String>,
+    reason: Option<String>,
+    header_edits: Vec<wit::HeaderEdit>,
+    recipient_edits: Vec<wit::RecipientEdit>,
+}
+
+fn validate(r: Returned) -> Result<Valid, Invalid> {
+    let (decision, marks, header_edits, recipient_edits) = match r {
+        Returned::Outcome(o) => (convert::verdict(&o.verdict)?, o.marks, vec![], vec![]),
+        Returned::Rcpt(o) => {
+            convert::recipient_edits(&o.recipient_edits)?;
+            (
+                convert::verdict(&o.verdict)?,
+                o.marks,
+                vec![],
+                o.recipient_edits,
+            )
+        }
+        Returned::Data(o) => {
+            convert::header_edits(&o.header_edits)?;
+            convert::recipient_edits(&o.recipient_edits)?;
+            (
+                convert::data_verdict(&o.verdict)?,
+                o.marks,
+                o.header_edits,
+                o.recipient_edits,
+            )
+        }
+    };
+    convert::marks(&marks)?;
+    Ok(Valid {
+        decision,
+        points: marks.score.iter().map(|s| s.points).sum(),
+        tags: marks.tags,
+        reason: marks.reason,
+        header_edits,
+        recipient_edits,
+    })
+}
+
+fn describe(d: &Decision) -> String {
+    match d {
+        Decision::Continue => "continue".into(),
+        Decision::Accept => "accept".into(),
+        Decision::Reply(r) if r.is_transient() => format!("tempfail {}", r.code()),
+        Decision::Reply(r) => format!("reject {}", r.code()),
+        Decision::Disconnect(r) => format!("disconnect {}", r.code()),
+        Decision::Discard(_) => "discard".into(),
+        Decision::Quarantine(_) => "quarantine".into(),
+    }
+}
+
+fn classify(e: &wasmtime::Error, st: &State) -> Failure {
+    if st.limiter.hit {
+        return Failure::Memory;
+    }
+    if let Some(t) = e.downcast_ref::<wasmtime::Trap>() {
+        return match t {
+            wasmtime::Trap::Interrupt => Failure::Deadline,
+            wasmtime::Trap::StackOverflow => Failure::Stack,
+            other => Failure::Trap(other.to_string()),
+        };
+    }
+    if e.downcast_ref::<wasmtime::PoolConcurrencyLimitError>()
+        .is_some()
+    {
+        return Failure::Capacity;
+    }
+    Failure::Trap(format!("{e:#}").chars().take(400).collect())
+}

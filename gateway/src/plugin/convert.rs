@@ -1,0 +1,451 @@
+//! Between our types and the generated WIT types, in one place: session facts go in,
+//! verdicts and edits come out validated. Anything a plugin hands back that breaks a
+//! rule (code class, control characters, lengths, counts, header syntax) is
+//! [`Invalid`], which the chain treats as a plugin failure.
+
+use std::net::{IpAddr, SocketAddr};
+
+use super::bindings::mailgate::plugin::types as wit;
+use crate::smtp::{BodyType, Enhanced, Envelope, MailParams, Reply, TlsInfo};
+
+/// Lines in a plugin's reply.
+pub const MAX_REPLY_LINES: usize = 8;
+/// Characters per reply line.
+pub const MAX_REPLY_LINE: usize = 400;
+/// Header edits per plugin per message.
+pub const MAX_HEADER_EDITS: usize = 64;
+/// Length of a header value set by a plugin.
+pub const MAX_HEADER_VALUE: usize = 4096;
+/// Recipient edits per plugin per call.
+pub const MAX_RECIPIENT_EDITS: usize = 64;
+/// Score entries and tags per plugin per call.
+pub const MAX_MARKS: usize = 64;
+/// Length of a reason or quarantine note.
+pub const MAX_REASON: usize = 1024;
+
+/// A verdict or edit that breaks the rules.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("invalid plugin output: {0}")]
+pub struct Invalid(pub String);
+
+fn invalid<T>(what: impl Into<String>) -> Result<T, Invalid> {
+    Err(Invalid(what.into()))
+}
+
+/// What a plugin decided for one call, after validation.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Decision {
+    /// Ask the next plugin.
+    Continue,
+    /// Skip the rest of the chain for this stage.
+    Accept,
+    /// Refuse with this reply (4xx or 5xx).
+    Reply(Reply),
+    /// Send this reply, then close.
+    Disconnect(Reply),
+    /// 250, then drop the message.
+    Discard(Option<String>),
+    /// 250, then keep the message in quarantine.
+    Quarantine(String),
+}
+
+/// Facts about the session for `session-info`.
+#[derive(Clone, Debug)]
+pub struct SessionView {
+    /// Session id.
+    pub id: String,
+    /// Client address.
+    pub client: SocketAddr,
+    /// Our address.
+    pub local: SocketAddr,
+    /// `smtp` or `smtps`.
+    pub listener: &'static str,
+    /// Client in trusted networks.
+    pub trusted: bool,
+    /// TLS in use.
+    pub tls: Option<TlsInfo>,
+    /// HELO name and whether it was EHLO.
+    pub helo: Option<(String, bool)>,
+    /// Score so far.
+    pub score: f64,
+    /// Tags so far.
+    pub tags: Vec<String>,
+}
+
+/// `ip-address`, with v4-mapped v6 reported as v4.
+pub fn ip(a: IpAddr) -> wit::IpAddress {
+    match a {
+        IpAddr::V4(v4) => {
+            let o = v4.octets();
+            wit::IpAddress::Ipv4((o[0], o[1], o[2], o[3]))
+        }
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => ip(IpAddr::V4(v4)),
+            None => {
+                let s = v6.segments();
+                wit::IpAddress::Ipv6((s[0], s[1], s[2], s[3], s[4], s[5], s[6], s[7]))
+            }
+        },
+    }
+}
+
+fn sock(a: SocketAddr) -> wit::SocketAddress {
+    wit::SocketAddress {
+        ip: ip(a.ip()),
+        port: a.port(),
+    }
+}
+
+/// `session-info`.
+pub fn session_info(s: &SessionView) -> wit::SessionInfo {
+    wit::SessionInfo {
+        id: s.id.clone(),
+        client: wit::ClientInfo {
+            address: sock(s.client),
+            local: sock(s.local),
+            listener: s.listener.to_string(),
+            ptr_name: None,
+            trusted: s.trusted,
+        },
+        tls: s.tls.as_ref().map(|t| wit::TlsInfo {
+            version: t.version.clone(),
+            cipher: t.cipher.clone(),
+            sni: None,
+        }),
+        helo: s.helo.as_ref().map(|(name, extended)| wit::HeloInfo {
+            name: name.clone(),
+            extended: *extended,
+        }),
+        authenticated: None,
+        score: s.score,
+        tags: s.tags.clone(),
+    }
+}
+
+/// `address` from `local@domain` (domain lowercased).
+pub fn address(a: &str) -> wit::Address {
+    match a.rsplit_once('@') {
+        Some((l, d)) => wit::Address {
+            local_part: l.to_string(),
+            domain: d.to_lowercase(),
+        },
+        None => wit::Address {
+            local_part: a.to_string(),
+            domain: String::new(),
+        },
+    }
+}
+
+/// `local@domain` from `address`.
+pub fn address_text(a: &wit::Address) -> String {
+    if a.domain.is_empty() {
+        a.local_part.clone()
+    } else {
+        format!("{}@{}", a.local_part, a.domain)
+    }
+}
+
+/// `mail-params`.
+pub fn mail_params(p: &MailParams) -> wit::MailParams {
+    wit::MailParams {
+        size: p.size,
+        body: match p.body {
+            BodyType::SevenBit => wit::BodyType::SevenBit,
+            BodyType::EightBitMime => wit::BodyType::EightBitMime,
+        },
+        smtputf8: p.smtputf8,
+        other: vec![],
+    }
+}
+
+/// `reverse-path`.
+pub fn reverse_path(sender: &str) -> Option<wit::Address> {
+    (!sender.is_empty()).then(|| address(sender))
+}
+
+/// `transaction`.
+pub fn transaction(id: &str, env: &Envelope) -> wit::Transaction {
+    wit::Transaction {
+        id: id.to_string(),
+        sender: reverse_path(&env.mail_from),
+        params: mail_params(&env.params),
+        recipients: env
+            .rcpt_to
+            .iter()
+            .map(|r| wit::Recipient {
+                address: address(r),
+                params: vec![],
+            })
+            .collect(),
+    }
+}
+
+fn clean_text(what: &str, s: &str, max: usize) -> Result<(), Invalid> {
+    if s.len() > max {
+        return invalid(format!("{what} longer than {max} octets"));
+    }
+    if s.chars().any(char::is_control) {
+        return invalid(format!("{what} contains control characters"));
+    }
+    Ok(())
+}
+
+fn reply(r: &wit::Reply, ok: impl Fn(u16) -> bool, what: &str) -> Result<Reply, Invalid> {
+    if !ok(r.code) {
+        return invalid(format!("{what} reply code {} not allowed", r.code));
+    }
+    if r.lines.is_empty() || r.lines.len() > MAX_REPLY_LINES {
+        return invalid(format!("{what} reply needs 1..={MAX_REPLY_LINES} lines"));
+    }
+    for l in &r.lines {
+        clean_text("reply text", l, MAX_REPLY_LINE)?;
+    }
+    let class = (r.code / 100) as u8;
+    let enhanced = match r.enhanced {
+        Some(e) if e.subject <= 999 && e.detail <= 999 => {
+            Some(Enhanced(class, e.subject, e.detail))
+        }
+        Some(_) => return invalid("enhanced status out of range"),
+        None => Some(Enhanced(class, 0, 0)),
+    };
+    let lines: Vec<&str> = r.lines.iter().map(String::as_str).collect();
+    Reply::sanitized(r.code, enhanced, &lines)
+        .ok_or_else(|| Invalid("reply code out of range".into()))
+}
+
+fn reject_code(c: u16) -> bool {
+    (500..=599).contains(&c)
+}
+fn tempfail_code(c: u16) -> bool {
+    (400..=499).contains(&c)
+}
+fn disconnect_code(c: u16) -> bool {
+    c == 421 || reject_code(c)
+}
+
+/// Validates a stage verdict.
+pub fn verdict(v: &wit::Verdict) -> Result<Decision, Invalid> {
+    Ok(match v {
+        wit::Verdict::Continue => Decision::Continue,
+        wit::Verdict::Accept => Decision::Accept,
+        wit::Verdict::Reject(r) => Decision::Reply(reply(r, reject_code, "reject")?),
+        wit::Verdict::Tempfail(r) => Decision::Reply(reply(r, tempfail_code, "tempfail")?),
+        wit::Verdict::Disconnect(r) => {
+            Decision::Disconnect(reply(r, disconnect_code, "disconnect")?)
+        }
+    })
+}
+
+/// Validates a DATA verdict.
+pub fn data_verdict(v: &wit::DataVerdict) -> Result<Decision, Invalid> {
+    Ok(match v {
+        wit::DataVerdict::Continue => Decision::Continue,
+        wit::DataVerdict::Accept => Decision::Accept,
+        wit::DataVerdict::Reject(r) => Decision::Reply(reply(r, reject_code, "reject")?),
+        wit::DataVerdict::Tempfail(r) => Decision::Reply(reply(r, tempfail_code, "tempfail")?),
+        wit::DataVerdict::Disconnect(r) => {
+            Decision::Disconnect(reply(r, disconnect_code, "disconnect")?)
+        }
+        wit::DataVerdict::Discard => Decision::Discard(None),
+        wit::DataVerdict::Quarantine(why) => {
+            clean_text("quarantine reason", why, MAX_REASON)?;
+            Decision::Quarantine(why.clone())
+        }
+    })
+}
+
+/// Validates score entries, tags and the reason.
+pub fn marks(m: &wit::Marks) -> Result<(), Invalid> {
+    if m.score.len() > MAX_MARKS || m.tags.len() > MAX_MARKS {
+        return invalid("too many score entries or tags");
+    }
+    for s in &m.score {
+        let ok = !s.rule.is_empty()
+            && s.rule.len() <= 64
+            && s.rule
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"_-.".contains(&b));
+        if !ok {
+            return invalid(format!("bad score rule name {:?}", cut(&s.rule)));
+        }
+        if !s.points.is_finite() || s.points.abs() > 1000.0 {
+            return invalid("score points must be finite and within ±1000");
+        }
+    }
+    for t in &m.tags {
+        let ok = !t.is_empty()
+            && t.len() <= 64
+            && t.bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"_-.:".contains(&b));
+        if !ok {
+            return invalid(format!("bad tag {:?}", cut(t)));
+        }
+    }
+    if let Some(r) = &m.reason {
+        clean_text("reason", r, MAX_REASON)?;
+    }
+    Ok(())
+}
+
+fn cut(s: &str) -> String {
+    s.chars().take(40).collect()
+}
+
+fn header_name(n: &str) -> Result<(), Invalid> {
+    let ok =
+        !n.is_empty() && n.len() <= 76 && n.bytes().all(|b| (33..=126).contains(&b) && b != b':');
+    if ok {
+        Ok(())
+    } else {
+        invalid(format!("bad header name {:?}", cut(n)))
+    }
+}
+
+fn header_value(v: &str) -> Result<(), Invalid> {
+    if v.len() > MAX_HEADER_VALUE {
+        return invalid(format!(
+            "header value longer than {MAX_HEADER_VALUE} octets"
+        ));
+    }
+    if v.chars().any(|c| c.is_control() && c != '\t') {
+        return invalid("header value contains CR, LF or other control characters");
+    }
+    Ok(())
+}
+
+/// Validates header edits.
+pub fn header_edits(e: &[wit::HeaderEdit]) -> Result<(), Invalid> {
+    if e.len() > MAX_HEADER_EDITS {
+        return invalid(format!("more than {MAX_HEADER_EDITS} header edits"));
+    }
+    for edit in e {
+        match edit {
+            wit::HeaderEdit::Append(h) | wit::HeaderEdit::Prepend(h) => {
+                header_name(&h.name)?;
+                header_value(&h.value)?;
+            }
+            wit::HeaderEdit::Remove(r) => header_name(&r.name)?,
+            wit::HeaderEdit::Replace(r) => {
+                header_name(&r.target.name)?;
+                header_value(&r.value)?;
+            }
+        }
+    }
+    Ok(())
+}
+
+fn mailbox(a: &wit::Address) -> Result<(), Invalid> {
+    let text = address_text(a);
+    let path = format!("<{text}>");
+    match crate::smtp::address::parse_forward_path(&path) {
+        Ok(crate::smtp::address::Path::Mailbox(m)) if !m.has_routing() => Ok(()),
+        _ => invalid(format!("bad recipient address {:?}", cut(&text))),
+    }
+}
+
+/// Validates recipient edits.
+pub fn recipient_edits(e: &[wit::RecipientEdit]) -> Result<(), Invalid> {
+    if e.len() > MAX_RECIPIENT_EDITS {
+        return invalid(format!("more than {MAX_RECIPIENT_EDITS} recipient edits"));
+    }
+    for edit in e {
+        match edit {
+            wit::RecipientEdit::Add(a) | wit::RecipientEdit::Remove(a) => mailbox(a)?,
+            wit::RecipientEdit::Rewrite(r) => {
+                mailbox(&r.original)?;
+                mailbox(&r.replacement)?;
+            }
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn r(code: u16, text: &str) -> wit::Reply {
+        wit::Reply {
+            code,
+            enhanced: Some(wit::EnhancedStatus {
+                subject: 7,
+                detail: 1,
+            }),
+            lines: vec![text.into()],
+        }
+    }
+
+    #[test]
+    fn verdict_codes_must_match_their_kind() {
+        assert!(
+            matches!(verdict(&wit::Verdict::Reject(r(550, "no"))), Ok(Decision::Reply(x)) if x.to_bytes() == b"550 5.7.1 no\r\n")
+        );
+        assert!(verdict(&wit::Verdict::Reject(r(450, "no"))).is_err());
+        assert!(verdict(&wit::Verdict::Tempfail(r(550, "no"))).is_err());
+        assert!(verdict(&wit::Verdict::Reject(r(250, "no"))).is_err());
+        assert!(verdict(&wit::Verdict::Disconnect(r(421, "bye"))).is_ok());
+        assert!(verdict(&wit::Verdict::Disconnect(r(451, "bye"))).is_err());
+        assert!(
+            verdict(&wit::Verdict::Reject(r(550, "a\r\n250 ok"))).is_err(),
+            "CR/LF refused"
+        );
+        assert!(verdict(&wit::Verdict::Reject(r(550, &"x".repeat(401)))).is_err());
+        let mut many = r(550, "x");
+        many.lines = vec!["x".into(); 9];
+        assert!(verdict(&wit::Verdict::Reject(many)).is_err());
+        let mut none = r(550, "x");
+        none.enhanced = None;
+        assert!(
+            matches!(verdict(&wit::Verdict::Reject(none)), Ok(Decision::Reply(x)) if x.to_bytes() == b"550 5.0.0 x\r\n")
+        );
+    }
+
+    #[test]
+    fn header_edits_are_checked() {
+        let h = |n: &str, v: &str| {
+            wit::HeaderEdit::Append(wit::Header {
+                name: n.into(),
+                value: v.into(),
+            })
+        };
+        assert!(header_edits(&[h("X-Ok", "fine\tvalue")]).is_ok());
+        assert!(header_edits(&[h("X-Bad", "a\r\nBcc: evil@x.test")]).is_err());
+        assert!(header_edits(&[h("Bad Name", "v")]).is_err());
+        assert!(header_edits(&[h("X:y", "v")]).is_err());
+        assert!(header_edits(&vec![h("X", "v"); MAX_HEADER_EDITS + 1]).is_err());
+    }
+
+    #[test]
+    fn marks_and_recipients_are_checked() {
+        let m = |rule: &str, points: f64, tag: &str| wit::Marks {
+            score: vec![wit::ScoreEntry {
+                rule: rule.into(),
+                points,
+            }],
+            tags: vec![tag.into()],
+            reason: None,
+        };
+        assert!(marks(&m("DNSBL_X", 2.5, "listed")).is_ok());
+        assert!(marks(&m("bad rule", 1.0, "t")).is_err());
+        assert!(marks(&m("R", f64::NAN, "t")).is_err());
+        assert!(marks(&m("R", 1.0, "Upper")).is_err());
+        let a = |s: &str| wit::RecipientEdit::Add(address(s));
+        assert!(recipient_edits(&[a("archive@example.test")]).is_ok());
+        assert!(recipient_edits(&[a("a%b@example.test")]).is_err());
+        assert!(recipient_edits(&[a("no-at-sign")]).is_err());
+    }
+
+    #[test]
+    fn addresses_and_ips() {
+        assert_eq!(address("User@Example.TEST").domain, "example.test");
+        assert_eq!(address_text(&address("u@d.test")), "u@d.test");
+        assert!(matches!(
+            ip("::ffff:192.0.2.1".parse().unwrap()),
+            wit::IpAddress::Ipv4((192, 0, 2, 1))
+        ));
+        assert!(matches!(
+            ip("2001:db8::1".parse().unwrap()),
+            wit::IpAddress::Ipv6((0x2001, 0xdb8, 0, 0, 0, 0, 0, 1))
+        ));
+    }
+}

@@ -1,0 +1,54 @@
+//! The one wasmtime `Engine`: component model, epoch interruption for deadlines, a
+//! bounded wasm stack, and the pooling allocator sized for the configured plugins. A
+//! tokio task ticks the epoch.
+
+use std::time::Duration;
+
+use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
+
+/// How often the epoch advances; deadlines are checked at this granularity.
+pub const EPOCH_TICK: Duration = Duration::from_millis(5);
+/// Stack available to wasm code (deep recursion traps with a stack overflow).
+pub const MAX_WASM_STACK: usize = 512 * 1024;
+
+/// Builds the engine. `max_memory` is the largest per-plugin memory cap.
+pub fn build(max_memory: usize) -> wasmtime::Result<Engine> {
+    let mut c = Config::new();
+    c.epoch_interruption(true);
+    c.max_wasm_stack(MAX_WASM_STACK);
+    c.async_stack_size(4 << 20);
+    let slot = max_memory.max(16 << 20).next_power_of_two() as u64;
+    c.memory_reservation(slot);
+    c.memory_guard_size(64 << 10);
+    c.memory_reservation_for_growth(0);
+    let mut pool = PoolingAllocationConfig::default();
+    pool.total_component_instances(512)
+        .total_core_instances(2048)
+        .total_memories(512)
+        .total_tables(1024)
+        .total_stacks(512)
+        .max_memory_size(slot as usize)
+        .max_component_instance_size(4 << 20)
+        .max_core_instance_size(4 << 20)
+        .max_tables_per_module(4)
+        .max_memories_per_module(1)
+        .table_elements(100_000);
+    c.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
+    Engine::new(&c)
+}
+
+/// Ticks the engine's epoch until the engine is dropped.
+pub fn spawn_ticker(engine: &Engine) {
+    let weak = engine.weak();
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(EPOCH_TICK);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+        loop {
+            tick.tick().await;
+            match weak.upgrade() {
+                Some(e) => e.increment_epoch(),
+                None => break,
+            }
+        }
+    });
+}

@@ -1,0 +1,411 @@
+//! Loading plugins: read the file, check the optional SHA-256 pin, compile, check the
+//! world version, link, and instantiate once to read the manifest and run `init`, so a
+//! broken plugin or a bad plugin config is refused before it takes traffic. Also
+//! [`inspect`] for `mailgate plugin inspect`.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use sha2::{Digest, Sha256};
+use wasmtime::component::{Component, HasSelf, Linker, types::ComponentItem};
+use wasmtime::{Engine, Store};
+
+use super::bindings::exports::mailgate::plugin::hooks::HookSet;
+use super::bindings::{Plugin, PluginPre};
+use super::kv::Kv;
+use super::state::State;
+use crate::config::{Capability, PluginSpec};
+
+/// The world major.minor this host implements.
+pub const WORLD: &str = "0.1";
+const HOOKS_EXPORT: &str = "mailgate:plugin/hooks@";
+/// Time allowed for `manifest` and `init` at load.
+const LOAD_DEADLINE: Duration = Duration::from_secs(5);
+
+/// Why a plugin could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    /// The file could not be read.
+    #[error("plugin {name}: cannot read {path}: {source}")]
+    Read {
+        /// Plugin name.
+        name: String,
+        /// File path.
+        path: String,
+        /// OS error.
+        source: std::io::Error,
+    },
+    /// The SHA-256 pin does not match.
+    #[error("plugin {name}: sha256 mismatch: file has {actual}, config pins {expected}")]
+    Digest {
+        /// Plugin name.
+        name: String,
+        /// Digest of the file.
+        actual: String,
+        /// Configured digest.
+        expected: String,
+    },
+    /// Not a valid component, or not built for this world.
+    #[error("plugin {name}: {reason}")]
+    Invalid {
+        /// Plugin name.
+        name: String,
+        /// What is wrong.
+        reason: String,
+    },
+    /// `init` refused the plugin's config.
+    #[error("plugin {name}: init failed: {reason}")]
+    Init {
+        /// Plugin name.
+        name: String,
+        /// The plugin's message.
+        reason: String,
+    },
+}
+
+/// A plugin ready to instantiate per session.
+pub struct LoadedPlugin {
+    /// Its config entry.
+    pub spec: Arc<PluginSpec>,
+    /// Linked and ready.
+    pub pre: PluginPre<State>,
+    /// Hooks it implements.
+    pub hooks: HookSet,
+    /// Name and version it reports.
+    pub version: String,
+    /// The world version it was built for (from its exports).
+    pub world: String,
+    /// SHA-256 of the file.
+    pub sha256: String,
+    /// Capabilities it imports but is not granted.
+    pub ungranted: Vec<String>,
+    /// When it was loaded.
+    pub loaded_at: std::time::SystemTime,
+}
+
+impl std::fmt::Debug for LoadedPlugin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LoadedPlugin")
+            .field("name", &self.spec.name)
+            .field("hooks", &self.hooks)
+            .field("world", &self.world)
+            .field("sha256", &self.sha256)
+            .finish()
+    }
+}
+
+/// A set of loaded plugins sharing one engine (a "generation").
+#[derive(Debug)]
+pub struct Generation {
+    /// The engine that compiled them.
+    pub engine: Engine,
+    /// In chain order.
+    pub plugins: Vec<Arc<LoadedPlugin>>,
+    /// Shared key/value store.
+    pub kv: Arc<Kv>,
+}
+
+/// What `inspect` learns from a component file without running it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Inspection {
+    /// World version from the hooks export, if it has one.
+    pub world: Option<String>,
+    /// Import names.
+    pub imports: Vec<String>,
+    /// Export names.
+    pub exports: Vec<String>,
+    /// `mailgate:plugin` capabilities imported.
+    pub capabilities: Vec<String>,
+}
+
+/// Reads a component's type.
+pub fn inspect(engine: &Engine, component: &Component) -> Inspection {
+    let ty = component.component_type();
+    let imports: Vec<String> = ty.imports(engine).map(|(n, _)| n.to_string()).collect();
+    let exports: Vec<String> = ty
+        .exports(engine)
+        .filter(|(_, e)| {
+            matches!(
+                e.ty,
+                ComponentItem::ComponentInstance(_) | ComponentItem::ComponentFunc(_)
+            )
+        })
+        .map(|(n, _)| n.to_string())
+        .collect();
+    let world = exports
+        .iter()
+        .find_map(|e| e.strip_prefix(HOOKS_EXPORT))
+        .map(str::to_string);
+    let capabilities = imports
+        .iter()
+        .filter_map(|i| i.strip_prefix("mailgate:plugin/"))
+        .filter_map(|i| i.split('@').next())
+        .filter(|i| Capability::parse(i).is_some())
+        .map(str::to_string)
+        .collect();
+    Inspection {
+        world,
+        imports,
+        exports,
+        capabilities,
+    }
+}
+
+/// The linker every plugin is instantiated through: locked-down WASI plus our imports.
+pub fn linker(engine: &Engine) -> wasmtime::Result<Linker<State>> {
+    let mut l = Linker::new(engine);
+    wasmtime_wasi::p2::add_to_linker_async(&mut l)?;
+    Plugin::add_to_linker::<State, HasSelf<State>>(&mut l, |s| s)?;
+    Ok(l)
+}
+
+/// A store for one instance of `spec`, with limits and the deadline callback set.
+pub fn store(
+    engine: &Engine,
+    spec: Arc<PluginSpec>,
+    kv: Arc<Kv>,
+    session_id: String,
+) -> Store<State> {
+    let mut store = Store::new(engine, State::new(spec, kv, session_id));
+    store.limiter(|s| &mut s.limiter);
+    store.set_epoch_deadline(1);
+    store.epoch_deadline_callback(|ctx| {
+        if Instant::now() < ctx.data().deadline {
+            Ok(wasmtime::UpdateDeadline::Yield(1))
+        } else {
+            Ok(wasmtime::UpdateDeadline::Interrupt)
+        }
+    });
+    store
+}
+
+/// Compiles a component from bytes (CPU-heavy: call from a blocking thread).
+pub fn compile(engine: &Engine, name: &str, bytes: &[u8]) -> Result<Component, LoadError> {
+    Component::new(engine, bytes).map_err(|e| LoadError::Invalid {
+        name: name.into(),
+        reason: format!("not a valid WebAssembly component: {e:#}"),
+    })
+}
+
+/// Loads one plugin.
+pub async fn load(
+    engine: &Engine,
+    linker: &Linker<State>,
+    spec: PluginSpec,
+    kv: Arc<Kv>,
+) -> Result<LoadedPlugin, LoadError> {
+    let name = spec.name.clone();
+    let bytes = tokio::fs::read(&spec.path)
+        .await
+        .map_err(|source| LoadError::Read {
+            name: name.clone(),
+            path: spec.path.display().to_string(),
+            source,
+        })?;
+    let sha256 = hex::encode(Sha256::digest(&bytes));
+    if let Some(expected) = spec.sha256.as_ref().filter(|e| **e != sha256) {
+        return Err(LoadError::Digest {
+            name,
+            actual: sha256,
+            expected: expected.clone(),
+        });
+    }
+    let component = {
+        let engine = engine.clone();
+        let name = name.clone();
+        tokio::task::spawn_blocking(move || compile(&engine, &name, &bytes))
+            .await
+            .map_err(|e| LoadError::Invalid {
+                name: spec.name.clone(),
+                reason: e.to_string(),
+            })??
+    };
+    let info = inspect(engine, &component);
+    let invalid = |reason: String| LoadError::Invalid {
+        name: name.clone(),
+        reason,
+    };
+    let world = info.world.clone().ok_or_else(|| {
+        invalid(format!(
+            "not a mailgate plugin: it does not export {HOOKS_EXPORT}{WORLD}.x (exports: {})",
+            info.exports.join(", ")
+        ))
+    })?;
+    if !(world.starts_with(&format!("{WORLD}.")) || world == WORLD) {
+        return Err(invalid(format!(
+            "built for world {world}, this gateway implements {WORLD}.x"
+        )));
+    }
+    let pre = linker
+        .instantiate_pre(&component)
+        .and_then(PluginPre::new)
+        .map_err(|e| invalid(format!("cannot link: {e:#}")))?;
+    let spec = Arc::new(spec);
+    let mut st = store(engine, Arc::clone(&spec), kv, "load".into());
+    st.data_mut().deadline = Instant::now() + LOAD_DEADLINE;
+    let run = async {
+        let inst = pre.instantiate_async(&mut st).await?;
+        let hooks = inst.mailgate_plugin_hooks();
+        let manifest = hooks.call_manifest(&mut st).await?;
+        let init = hooks.call_init(&mut st, &spec.config).await?;
+        Ok::<_, wasmtime::Error>((manifest, init))
+    };
+    let (manifest, init) = match tokio::time::timeout(LOAD_DEADLINE, run).await {
+        Ok(Ok(x)) => x,
+        Ok(Err(e)) => return Err(invalid(format!("failed at load: {e:#}"))),
+        Err(_) => return Err(invalid("manifest/init did not finish within 5 s".into())),
+    };
+    if let Err(reason) = init {
+        let reason: String = reason
+            .chars()
+            .filter(|c| !c.is_control())
+            .take(400)
+            .collect();
+        return Err(LoadError::Init { name, reason });
+    }
+    let ungranted = info
+        .capabilities
+        .iter()
+        .filter(|c| Capability::parse(c).is_some_and(|c| !spec.capabilities.contains(&c)))
+        .cloned()
+        .collect::<Vec<_>>();
+    if !ungranted.is_empty() {
+        tracing::warn!(plugin = %name, capabilities = ?ungranted, "plugin imports capabilities it is not granted; they will answer denied");
+    }
+    tracing::info!(
+        plugin = %name,
+        version = %manifest.version,
+        world = %world,
+        sha256 = %sha256,
+        hooks = ?manifest.hooks,
+        "plugin loaded"
+    );
+    Ok(LoadedPlugin {
+        spec,
+        pre,
+        hooks: manifest.hooks,
+        version: format!("{} {}", manifest.name, manifest.version),
+        world,
+        sha256,
+        ungranted,
+        loaded_at: std::time::SystemTime::now(),
+    })
+}
+
+/// Loads every configured plugin, in order; the first failure refuses the generation.
+pub async fn load_all(specs: &[PluginSpec]) -> Result<Option<Arc<Generation>>, LoadError> {
+    if specs.is_empty() {
+        return Ok(None);
+    }
+    let max_memory = specs.iter().map(|s| s.memory).max().unwrap_or(0);
+    let engine = super::engine::build(max_memory).map_err(|e| LoadError::Invalid {
+        name: "(engine)".into(),
+        reason: format!("{e:#}"),
+    })?;
+    let linker = linker(&engine).map_err(|e| LoadError::Invalid {
+        name: "(linker)".into(),
+        reason: format!("{e:#}"),
+    })?;
+    let kv = Arc::new(Kv::default());
+    let mut plugins = Vec::new();
+    super::engine::spawn_ticker(&engine);
+    for spec in specs {
+        plugins.push(Arc::new(
+            load(&engine, &linker, spec.clone(), Arc::clone(&kv)).await?,
+        ));
+    }
+    Ok(Some(Arc::new(Generation {
+        engine,
+        plugins,
+        kv,
+    })))
+}
+
+/// What `mailgate plugin inspect` prints about a component file.
+#[derive(Debug)]
+pub struct Description {
+    /// SHA-256 of the file.
+    pub sha256: String,
+    /// The component's type.
+    pub inspection: Inspection,
+    /// `name version`, SDK and hooks from `manifest` (the plugin is instantiated with
+    /// every capability denied; `init` is not called).
+    pub manifest: Option<(String, String, HookSet)>,
+}
+
+/// Describes a component file without running its `init`.
+pub async fn describe(path: &std::path::Path) -> Result<Description, LoadError> {
+    let name = path.display().to_string();
+    let bytes = tokio::fs::read(path)
+        .await
+        .map_err(|source| LoadError::Read {
+            name: name.clone(),
+            path: name.clone(),
+            source,
+        })?;
+    let sha256 = hex::encode(Sha256::digest(&bytes));
+    let engine = super::engine::build(64 << 20).map_err(|e| LoadError::Invalid {
+        name: name.clone(),
+        reason: format!("{e:#}"),
+    })?;
+    super::engine::spawn_ticker(&engine);
+    let component = {
+        let (engine, n) = (engine.clone(), name.clone());
+        tokio::task::spawn_blocking(move || compile(&engine, &n, &bytes))
+            .await
+            .map_err(|e| LoadError::Invalid {
+                name: name.clone(),
+                reason: e.to_string(),
+            })??
+    };
+    let inspection = inspect(&engine, &component);
+    let mut manifest = None;
+    if inspection.world.is_some() {
+        let l = linker(&engine).map_err(|e| LoadError::Invalid {
+            name: name.clone(),
+            reason: format!("{e:#}"),
+        })?;
+        let spec = PluginSpec {
+            name: "inspect".into(),
+            path: path.to_path_buf(),
+            sha256: None,
+            on_error: crate::config::OnError::Tempfail,
+            capabilities: vec![],
+            deadline: LOAD_DEADLINE,
+            memory: 64 << 20,
+            config: vec![],
+        };
+        let mut st = store(
+            &engine,
+            Arc::new(spec),
+            Arc::new(Kv::default()),
+            "inspect".into(),
+        );
+        st.data_mut().deadline = Instant::now() + LOAD_DEADLINE;
+        let run = async {
+            let pre = PluginPre::new(l.instantiate_pre(&component)?)?;
+            let inst = pre.instantiate_async(&mut st).await?;
+            inst.mailgate_plugin_hooks().call_manifest(&mut st).await
+        };
+        match tokio::time::timeout(LOAD_DEADLINE, run).await {
+            Ok(Ok(m)) => manifest = Some((format!("{} {}", m.name, m.version), m.sdk, m.hooks)),
+            Ok(Err(e)) => {
+                return Err(LoadError::Invalid {
+                    name,
+                    reason: format!("cannot instantiate: {e:#}"),
+                });
+            }
+            Err(_) => {
+                return Err(LoadError::Invalid {
+                    name,
+                    reason: "manifest did not return within 5 s".into(),
+                });
+            }
+        }
+    }
+    Ok(Description {
+        sha256,
+        inspection,
+        manifest,
+    })
+}
