@@ -276,7 +276,8 @@ impl Config {
         if let Some(path) = file {
             f = f.merge(Toml::file_exact(path));
         }
-        f.merge(Env::prefixed("MAILGATE_").split("__"))
+        // MAILGATE_LOG is the log filter, not a config key.
+        f.merge(Env::prefixed("MAILGATE_").ignore(&["log"]).split("__"))
     }
 
     /// Extracts a config from a prepared figment.

@@ -505,6 +505,7 @@ mod tests {
             jail.set_env("MAILGATE_SERVER__HOSTNAME", "mx.env.test");
             jail.set_env("MAILGATE_DELIVERY__UPSTREAM", "127.0.0.1:2626");
             jail.set_env("MAILGATE_RELAY__LOCAL_DOMAINS", "[a.test,b.test]");
+            jail.set_env("MAILGATE_LOG", "debug");
             let rt = Config::load(Some(std::path::Path::new("g.toml")))
                 .unwrap()
                 .validate()

@@ -98,7 +98,7 @@ impl std::fmt::Display for Failure {
             Failure::Stack => write!(f, "stack overflow"),
             Failure::Trap(t) => write!(f, "trap: {t}"),
             Failure::Init(m) => write!(f, "init failed: {m}"),
-            Failure::Invalid(m) => write!(f, "{m}"),
+            Failure::Invalid(m) => write!(f, "invalid plugin output: {m}"),
             Failure::Capacity => write!(f, "no free instance slot"),
         }
     }

@@ -37,18 +37,24 @@ pub fn build(max_memory: usize) -> wasmtime::Result<Engine> {
     Engine::new(&c)
 }
 
-/// Ticks the engine's epoch until the engine is dropped.
+/// Ticks the engine's epoch until the engine is dropped. A dedicated OS thread, not a
+/// tokio task: a task could sit in the run queue of the very worker a spinning plugin
+/// occupies, and then the epoch would never advance to interrupt it.
 pub fn spawn_ticker(engine: &Engine) {
     let weak = engine.weak();
-    tokio::spawn(async move {
-        let mut tick = tokio::time::interval(EPOCH_TICK);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
-        loop {
-            tick.tick().await;
-            match weak.upgrade() {
-                Some(e) => e.increment_epoch(),
-                None => break,
+    let spawned = std::thread::Builder::new()
+        .name("mailgate-epoch".into())
+        .spawn(move || {
+            // Bounded by the engine's life: the loop ends when the engine is dropped.
+            loop {
+                std::thread::sleep(EPOCH_TICK);
+                match weak.upgrade() {
+                    Some(e) => e.increment_epoch(),
+                    None => break,
+                }
             }
-        }
-    });
+        });
+    if let Err(e) = spawned {
+        tracing::error!(error = %e, "cannot start the epoch thread; plugin deadlines will not be enforced");
+    }
 }

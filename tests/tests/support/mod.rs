@@ -382,10 +382,9 @@ pub fn fixtures() -> PathBuf {
         let manifest = Path::new(env!("CARGO_MANIFEST_DIR"))
             .join("fixtures")
             .join("Cargo.toml");
-        let target = std::env::var("CARGO_TARGET_DIR")
-            .map(PathBuf::from)
-            .unwrap_or_else(|_| workspace().join("target"))
-            .join("fixtures");
+        let target = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("fixtures")
+            .join("target");
         let out = Command::new(env!("CARGO"))
             .args([
                 "build",

@@ -1,0 +1,54 @@
+//! The gateway's SPF, DKIM, DMARC, ARC and iprev results for the current session and
+//! message (capability `auth-results`).
+//!
+//! The host computes each on first use and shares it between plugins. Each function
+//! answers [`AuthError::Unavailable`] before its stage (SPF from `on_mail_from`, DKIM,
+//! DMARC and ARC from `on_data`, iprev from `on_connect`) or when the check is disabled,
+//! and [`AuthError::Denied`] without the grant.
+
+use crate::bindings::mailgate::plugin::auth_results as raw;
+
+pub use raw::{
+    ArcResult, AuthError, DkimCheck, DkimResult, DmarcCheck, DmarcPolicy, DmarcResult, IprevResult,
+    SpfCheck, SpfResult, SpfScope,
+};
+
+/// SPF for the MAIL FROM identity (the HELO identity for `<>`).
+pub fn spf() -> Result<SpfCheck, AuthError> {
+    raw::spf()
+}
+
+/// SPF for the HELO identity.
+pub fn spf_helo() -> Result<SpfCheck, AuthError> {
+    raw::spf_helo()
+}
+
+/// One entry per DKIM signature (a single `none` entry if there is none).
+pub fn dkim() -> Result<Vec<DkimCheck>, AuthError> {
+    raw::dkim()
+}
+
+/// `true` if at least one DKIM signature passed.
+pub fn dkim_pass() -> Result<bool, AuthError> {
+    Ok(raw::dkim()?.iter().any(|c| c.outcome == DkimResult::Pass))
+}
+
+/// DMARC for the RFC5322.From domain.
+pub fn dmarc() -> Result<DmarcCheck, AuthError> {
+    raw::dmarc()
+}
+
+/// ARC chain validation.
+pub fn arc() -> Result<ArcResult, AuthError> {
+    raw::arc()
+}
+
+/// iprev (forward-confirmed reverse DNS) for the client.
+pub fn iprev() -> Result<IprevResult, AuthError> {
+    raw::iprev()
+}
+
+/// The `Authentication-Results:` value the gateway will add for these results.
+pub fn header_value() -> Result<String, AuthError> {
+    raw::header_value()
+}

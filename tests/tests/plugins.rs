@@ -1,0 +1,302 @@
+//! The plugin platform end to end: fixture plugins built to wasm32-wasip2 by this test
+//! run, loaded by the real gateway, exercised over real SMTP (smtplib and raw sockets for
+//! the abusive cases). Each abusive plugin must be contained: the configured policy reply
+//! within its deadline, the process alive, other sessions unaffected, and the next
+//! session served by a fresh instance.
+
+mod support;
+
+use std::io::Read;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use support::{Gateway, Raw, Setup, fixture, mailgate, plugin_toml, smtplib, write_file};
+
+const HOST: &str = "127.0.0.1";
+
+fn json(s: &str) -> Value {
+    serde_json::from_str(s.trim()).unwrap_or_else(|e| panic!("bad JSON {s:?}: {e}"))
+}
+
+fn with_plugin(name: &str, fixture_name: &str, extra: &str) -> Gateway {
+    Setup::default()
+        .section(&plugin_toml(name, fixture_name, extra))
+        .start()
+}
+
+/// EHLO, MAIL, then RCPT for `rcpt`: returns the RCPT reply and how long it took.
+fn rcpt_reply(gw: &Gateway, rcpt: &str) -> (String, Duration) {
+    let mut raw = Raw::connect(gw.smtp);
+    assert!(raw.reply().starts_with("220"));
+    raw.cmd("EHLO c.test");
+    assert!(raw.cmd("MAIL FROM:<a@client.test>").starts_with("250"));
+    let t = Instant::now();
+    let r = raw.cmd(&format!("RCPT TO:<{rcpt}>"));
+    (r, t.elapsed())
+}
+
+fn gateway_alive(gw: &Gateway) {
+    let mut raw = Raw::connect(gw.smtp);
+    assert!(raw.reply().starts_with("220"), "gateway still serving");
+    assert!(raw.cmd("NOOP").starts_with("250"));
+}
+
+#[test]
+fn reject_at_rcpt_over_smtp() {
+    let gw = with_plugin("reject", "reject-rcpt", "");
+    let out = json(&smtplib(&[
+        "send",
+        HOST,
+        &gw.port(),
+        "--to",
+        "blocked@example.test",
+        "--to",
+        "ok@example.test",
+    ]));
+    assert_eq!(out["rcpt"]["blocked@example.test"]["code"], 550, "{out}");
+    assert_eq!(
+        out["rcpt"]["blocked@example.test"]["text"], "5.7.1 blocked by fixture",
+        "{out}"
+    );
+    assert_eq!(out["rcpt"]["ok@example.test"]["code"], 250, "{out}");
+    assert_eq!(out["data"]["code"], 250, "{out}");
+    assert_eq!(gw.mailbox("example.test", "ok").len(), 1);
+    assert!(gw.mailbox("example.test", "blocked").is_empty());
+}
+
+#[test]
+fn header_adder_edits_the_delivered_message() {
+    let gw = with_plugin(
+        "adder",
+        "header-adder",
+        "config = { stamp = \"from-config\" }",
+    );
+    let out = json(&smtplib(&[
+        "send",
+        HOST,
+        &gw.port(),
+        "--to",
+        "h@example.test",
+    ]));
+    assert_eq!(out["data"]["code"], 250, "{out}");
+    let files = gw.mailbox("example.test", "h");
+    let text = String::from_utf8_lossy(&files[0]);
+    assert!(text.contains("X-Fixture: header-adder\r\n"), "{text}");
+    assert!(text.contains("from-config"), "{text}");
+}
+
+#[test]
+fn trace_header_when_enabled() {
+    let gw = Setup::default()
+        .section("[chain]\ntrace_header = true")
+        .section(&plugin_toml(
+            "adder",
+            "header-adder",
+            "config = { stamp = \"s\" }",
+        ))
+        .start();
+    smtplib(&["send", HOST, &gw.port(), "--to", "t@example.test"]);
+    let text = String::from_utf8_lossy(&gw.mailbox("example.test", "t")[0]).into_owned();
+    assert!(
+        text.contains("X-Mailgate-Trace: adder/data=continue"),
+        "{text}"
+    );
+}
+
+/// Each abusive plugin, at RCPT, with the default policy: 451 4.7.0 within the deadline,
+/// a log line naming the cause, the gateway alive.
+#[test]
+fn abusive_plugins_are_contained_at_rcpt() {
+    for (fixture_name, cause) in [
+        ("infinite-loop", "deadline exceeded"),
+        ("memory-bomb", "memory cap reached"),
+        ("deep-recursion", "stack overflow"),
+        ("panic", "trap"),
+        ("slow-host", "deadline exceeded"),
+    ] {
+        let gw = with_plugin(
+            "abuser",
+            fixture_name,
+            "limits = { deadline_ms = 300, memory_mb = 16 }",
+        );
+        let (r, took) = rcpt_reply(&gw, "victim@example.test");
+        assert!(r.starts_with("451 4.7.0"), "{fixture_name}: {r}");
+        assert!(
+            took < Duration::from_secs(10),
+            "{fixture_name}: took {took:?}"
+        );
+        gateway_alive(&gw);
+        let log = gw.log();
+        assert!(
+            log.contains(&format!("cause={cause}")) || log.contains(&format!("cause=\"{cause}")),
+            "{fixture_name}: {log}"
+        );
+        assert!(log.contains("instance dropped"), "{log}");
+    }
+}
+
+#[test]
+fn abusive_output_at_data_is_refused() {
+    for fixture_name in ["huge-output", "header-injection"] {
+        let gw = with_plugin("abuser", fixture_name, "");
+        let out = json(&smtplib(&[
+            "send",
+            HOST,
+            &gw.port(),
+            "--to",
+            "u@example.test",
+        ]));
+        let code = out["data"]["code"]
+            .as_i64()
+            .or(out["rcpt"]["u@example.test"]["code"].as_i64());
+        assert_eq!(code, Some(451), "{fixture_name}: {out}");
+        assert!(
+            gw.mailbox("example.test", "u").is_empty(),
+            "{fixture_name}: nothing delivered"
+        );
+        assert!(
+            gw.log().contains("invalid plugin output"),
+            "{fixture_name}: {}",
+            gw.log()
+        );
+        gateway_alive(&gw);
+    }
+}
+
+#[test]
+fn failure_policies_continue_and_reject() {
+    let gw = with_plugin("p", "panic", "on_error = \"continue\"");
+    let (r, _) = rcpt_reply(&gw, "u@example.test");
+    assert!(r.starts_with("250"), "{r}");
+    let gw = with_plugin("p", "panic", "on_error = \"reject\"");
+    let (r, _) = rcpt_reply(&gw, "u@example.test");
+    assert!(r.starts_with("550 5.7.0"), "{r}");
+}
+
+#[test]
+fn looping_plugin_does_not_stall_other_sessions() {
+    let gw = with_plugin("loop", "infinite-loop", "limits = { deadline_ms = 3000 }");
+    let mut a = Raw::connect(gw.smtp);
+    a.reply();
+    a.cmd("EHLO a.test");
+    a.cmd("MAIL FROM:<a@client.test>");
+    a.send(b"RCPT TO:<x@example.test>\r\n");
+    // While A's plugin call spins, B is served at once.
+    let mut b = Raw::connect(gw.smtp);
+    assert!(b.reply().starts_with("220"));
+    assert!(b.cmd("EHLO b.test").starts_with("250"));
+    assert!(b.cmd("NOOP").starts_with("250"));
+    // A has not been answered yet (its deadline has not passed) ...
+    a.s.set_nonblocking(true).unwrap();
+    let mut buf = [0u8; 16];
+    assert!(
+        matches!(a.s.read(&mut buf), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock),
+        "B was served while A's plugin ran"
+    );
+    a.s.set_nonblocking(false).unwrap();
+    // ... and then gets the policy reply.
+    assert!(a.reply().starts_with("451 4.7.0"));
+}
+
+#[test]
+fn state_never_leaks_across_sessions() {
+    let gw = with_plugin("counter", "state-leak", "");
+    for round in 0..3 {
+        let out = json(&smtplib(&[
+            "send",
+            HOST,
+            &gw.port(),
+            "--to",
+            "s1@example.test",
+            "--to",
+            "s2@example.test",
+        ]));
+        assert_eq!(out["data"]["code"], 250, "round {round}: {out}");
+    }
+    let files = gw.mailbox("example.test", "s1");
+    assert_eq!(files.len(), 3);
+    for f in files {
+        let text = String::from_utf8_lossy(&f);
+        assert!(
+            text.contains("X-Count: 2\r\n"),
+            "a fresh instance per session counts 2 rcpts: {text}"
+        );
+    }
+}
+
+#[test]
+fn next_session_gets_a_fresh_instance_after_a_failure() {
+    // A panicking plugin fails in every session: each failure drops that session's
+    // instance and the next session instantiates afresh (and fails again, contained).
+    let gw = with_plugin("p", "panic", "");
+    for _ in 0..3 {
+        let (r, _) = rcpt_reply(&gw, "u@example.test");
+        assert!(r.starts_with("451 4.7.0"), "{r}");
+    }
+    assert_eq!(
+        gw.log().matches("instance dropped").count(),
+        3,
+        "{}",
+        gw.log()
+    );
+}
+
+#[test]
+fn broken_plugins_are_refused_at_load() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = |extra: &str| {
+        let p = dir.path().join("g.toml");
+        std::fs::write(&p, extra).unwrap();
+        p.display().to_string()
+    };
+    // init fails
+    let (ok, _, err) = mailgate(&[
+        "check-config",
+        "--config",
+        &cfg(&plugin_toml("bad", "init-fails", "")),
+    ]);
+    assert!(!ok);
+    assert!(err.contains("init failed: bad config"), "{err}");
+    // not a component
+    let junk = write_file(dir.path(), "junk.wasm", b"\0asm this is not a component");
+    let (ok, _, err) = mailgate(&[
+        "check-config",
+        "--config",
+        &cfg(&format!("[[plugin]]\nname = \"junk\"\npath = {junk:?}\n")),
+    ]);
+    assert!(!ok);
+    assert!(err.contains("not a valid WebAssembly component"), "{err}");
+    // sha256 pin mismatch
+    let pinned = plugin_toml(
+        "pinned",
+        "reject-rcpt",
+        &format!("sha256 = \"{}\"", "0".repeat(64)),
+    );
+    let (ok, _, err) = mailgate(&["check-config", "--config", &cfg(&pinned)]);
+    assert!(!ok);
+    assert!(err.contains("sha256 mismatch"), "{err}");
+    // a good one loads and is described
+    let (ok, out, err) = mailgate(&[
+        "check-config",
+        "--config",
+        &cfg(&plugin_toml("good", "reject-rcpt", "")),
+    ]);
+    assert!(ok, "{err}");
+    assert!(
+        out.contains("plugin good:") && out.contains("world 0.1."),
+        "{out}"
+    );
+}
+
+#[test]
+fn plugin_inspect_describes_a_component() {
+    let (ok, out, err) = mailgate(&[
+        "plugin",
+        "inspect",
+        &fixture("reject-rcpt").display().to_string(),
+    ]);
+    assert!(ok, "{err}");
+    assert!(out.contains("world: mailgate:plugin@0.1."), "{out}");
+    assert!(out.contains("RCPT_TO"), "{out}");
+    assert!(out.contains("mailgate:plugin/hooks@0.1."), "{out}");
+}
