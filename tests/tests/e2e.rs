@@ -762,3 +762,71 @@ fn total_connection_limit() {
     assert!(r.contains("Too many connections"), "{r}");
     assert!(a.cmd("NOOP").starts_with("250"));
 }
+
+/// Postfix from Debian's packages as the real next hop: its own refusal reaches the client,
+/// and what it stores is our Received: header plus the message, unchanged.
+#[test]
+fn proxy_into_postfix_delivers_and_passes_postfix_refusals() {
+    let mut pf = support::Postfix::start(&["pat@example.test"]);
+    let gw = Setup::default()
+        .env("MAILGATE_DELIVERY__UPSTREAM", &pf.addr.to_string())
+        .start();
+    let mut body =
+        b"Date: Mon, 23 Nov 2026 07:00:00 +0000\r\nMessage-ID: <pf@client.test>\r\n".to_vec();
+    body.extend(tricky_body());
+    let data = write_file(gw.dir.path(), "m.eml", &body);
+    let out = json(&smtplib(&[
+        "send",
+        HOST,
+        &gw.port(),
+        "--to",
+        "nobody@example.test",
+        "--to",
+        "pat@example.test",
+        "--data",
+        &data,
+    ]));
+    assert_eq!(out["rcpt"]["nobody@example.test"]["code"], 550, "{out}");
+    assert!(
+        out["rcpt"]["nobody@example.test"]["text"]
+            .as_str()
+            .unwrap()
+            .contains("User unknown"),
+        "{out}"
+    );
+    assert_eq!(out["rcpt"]["pat@example.test"]["code"], 250, "{out}");
+    assert_eq!(out["data"]["code"], 250, "{out}");
+    assert!(
+        out["data"]["text"].as_str().unwrap().contains("queued as"),
+        "{out}"
+    );
+    // Postfix delivers after its 250 and gives no other signal than its log.
+    assert!(
+        pf.wait_log_count("status=sent", 1, Duration::from_secs(30)),
+        "postfix did not deliver:\n{}",
+        pf.maillog()
+    );
+    let files = pf.mailbox("example.test", "pat");
+    assert_eq!(files.len(), 1, "{}", pf.maillog());
+    // Postfix stores LF line ends and prepends its own trace headers; after them come our
+    // Received: header and the message, unstuffed and otherwise unchanged.
+    let stored = String::from_utf8(files[0].clone()).unwrap();
+    let ours = stored
+        .find("Received: from client.test ([127.0.0.1])")
+        .unwrap_or_else(|| panic!("no mailgate Received:\n{stored}"));
+    assert!(
+        stored[..ours].contains("by upstream.postfix.test (Postfix)"),
+        "{stored}"
+    );
+    let want = String::from_utf8(body).unwrap().replace("\r\n", "\n");
+    let mut lines = stored[ours..].split_inclusive('\n');
+    lines.next();
+    let rest: String = lines
+        .skip_while(|l| l.starts_with('\t') || l.starts_with(' '))
+        .collect();
+    assert!(
+        rest == want,
+        "body altered on the way into Postfix:\n{rest}"
+    );
+    pf.stop();
+}

@@ -300,3 +300,44 @@ fn plugin_inspect_describes_a_component() {
     assert!(out.contains("RCPT_TO"), "{out}");
     assert!(out.contains("mailgate:plugin/hooks@0.1."), "{out}");
 }
+
+/// The quick start, as a plugin author follows it: build `examples/hello-plugin` with one
+/// cargo command, point the config at it, see it reject a recipient over real SMTP.
+#[test]
+fn hello_plugin_quick_start() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/hello-plugin");
+    let out = std::process::Command::new(env!("CARGO"))
+        .args(["build", "--release", "--target", "wasm32-wasip2"])
+        .current_dir(&dir)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let wasm = dir.join("target/wasm32-wasip2/release/hello_plugin.wasm");
+    let gw = Setup::default()
+        .section(&format!(
+            "[[plugin]]\nname = \"hello\"\npath = {:?}\nconfig = {{ reject = \"nobody\" }}\n",
+            wasm.display().to_string()
+        ))
+        .start();
+    let out = json(&smtplib(&[
+        "send",
+        HOST,
+        &gw.port(),
+        "--to",
+        "nobody@example.test",
+        "--to",
+        "alice@example.test",
+    ]));
+    assert_eq!(out["rcpt"]["nobody@example.test"]["code"], 550, "{out}");
+    assert_eq!(
+        out["rcpt"]["nobody@example.test"]["text"], "5.1.1 No such user here",
+        "{out}"
+    );
+    assert_eq!(out["data"]["code"], 250, "{out}");
+    let text = String::from_utf8_lossy(&gw.mailbox("example.test", "alice")[0]).into_owned();
+    assert!(text.contains("X-Hello: mailgate\r\n"), "{text}");
+}

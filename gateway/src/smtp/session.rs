@@ -1007,9 +1007,12 @@ impl Session {
                 if c.prev_cr {
                     c.bare = true;
                 }
-                c.line_len += 1;
-                if c.line_len + 2 > max_line {
-                    c.long_line = true;
+                // The line's text, without its CRLF: at most max_line - 2 octets.
+                if b != b'\r' {
+                    c.line_len += 1;
+                    if c.line_len + 2 > max_line {
+                        c.long_line = true;
+                    }
                 }
             }
             c.prev_cr = b == b'\r';

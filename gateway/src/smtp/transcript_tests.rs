@@ -931,3 +931,32 @@ fn disconnect_resolution_sends_and_closes() {
     assert_eq!(t.take(), "554 5.7.1 go away\r\n");
     assert!(t.closed);
 }
+
+/// The longest legal line (998 octets + CRLF = 1000) passes over DATA and BDAT alike;
+/// one more octet is refused by both.
+#[test]
+fn text_line_limit_is_the_same_for_data_and_bdat() {
+    for (len, ok) in [(998, true), (999, false)] {
+        let mut line = vec![b'x'; len];
+        line.extend_from_slice(b"\r\n");
+        let mut t = T::ready();
+        txn(&mut t);
+        t.cmd("DATA", "354");
+        let mut data = line.clone();
+        data.extend_from_slice(b".\r\n");
+        assert_eq!(t.send(&data).starts_with("250"), ok, "DATA {len}");
+        txn(&mut t);
+        let mut bdat = format!("BDAT {} LAST\r\n", line.len()).into_bytes();
+        bdat.extend_from_slice(&line);
+        assert_eq!(t.send(&bdat).starts_with("250"), ok, "BDAT {len}");
+        // Split between CR and LF across chunks: same verdict.
+        txn(&mut t);
+        let (a, b) = line.split_at(len + 1);
+        let mut first = format!("BDAT {}\r\n", a.len()).into_bytes();
+        first.extend_from_slice(a);
+        t.send(&first);
+        let mut last = format!("BDAT {} LAST\r\n", b.len()).into_bytes();
+        last.extend_from_slice(b);
+        assert_eq!(t.send(&last).starts_with("250"), ok, "BDAT split {len}");
+    }
+}

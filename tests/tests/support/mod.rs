@@ -435,3 +435,222 @@ pub fn mailgate(args: &[&str]) -> (bool, String, String) {
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )
 }
+
+// ------------------------------------------------------------------ Postfix as upstream
+
+/// A private Postfix instance (Debian's package) as a real next hop: its own config
+/// directory, queue and log in a temp dir, `smtpd` on 127.0.0.1 only, delivering with the
+/// `virtual` agent into `<dir>/mail/<domain>/<local>/` maildirs for the listed addresses
+/// (any other recipient is refused at RCPT with Postfix's own 550 5.1.1). Nothing is ever
+/// sent on: `default_transport` is `error`.
+#[derive(Debug)]
+pub struct Postfix {
+    /// The temp dir holding `conf/`, `queue/`, `data/`, `mail/` and `maillog`.
+    pub dir: tempfile::TempDir,
+    /// Where its smtpd listens.
+    pub addr: SocketAddr,
+    running: bool,
+}
+
+impl Postfix {
+    /// Writes the instance's main.cf/master.cf and runs `postfix -c DIR start`, which
+    /// returns once the master process has bound its listener.
+    ///
+    /// master.cf needs a fixed port: one is taken from the OS (bound and released) just
+    /// before, so another process could in principle grab it in between.
+    pub fn start(mailboxes: &[&str]) -> Postfix {
+        assert!(
+            Path::new("/usr/sbin/postfix").exists(),
+            "postfix is not installed (.ci/setup installs it)"
+        );
+        let dir = tempfile::Builder::new()
+            .prefix("mailgate-postfix-")
+            .tempdir()
+            .expect("temp dir");
+        let d = dir.path();
+        // Postfix daemons run as `postfix`/`nobody` and must reach paths below the dir.
+        let chmod = Command::new("chmod").arg("755").arg(d).status().unwrap();
+        assert!(chmod.success());
+        for sub in ["conf", "queue", "data", "mail"] {
+            std::fs::create_dir(d.join(sub)).unwrap();
+        }
+        let chown = Command::new("chown")
+            .arg("postfix")
+            .arg(d.join("data"))
+            .status()
+            .unwrap();
+        assert!(chown.success());
+        let chown = Command::new("chown")
+            .arg("nobody")
+            .arg(d.join("mail"))
+            .status()
+            .unwrap();
+        assert!(chown.success());
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let maps: Vec<String> = mailboxes
+            .iter()
+            .map(|a| {
+                let (local, domain) = a.rsplit_once('@').expect("address");
+                format!("{a}={domain}/{local}/")
+            })
+            .collect();
+        let domains: Vec<&str> = mailboxes
+            .iter()
+            .map(|a| a.rsplit_once('@').unwrap().1)
+            .collect();
+        let main_cf = format!(
+            "compatibility_level = 3.6\n\
+             queue_directory = {d}/queue\n\
+             data_directory = {d}/data\n\
+             mail_owner = postfix\n\
+             setgid_group = postdrop\n\
+             myhostname = upstream.postfix.test\n\
+             mydomain = postfix.test\n\
+             mydestination =\n\
+             inet_interfaces = 127.0.0.1\n\
+             inet_protocols = ipv4\n\
+             mynetworks = 127.0.0.0/8\n\
+             smtpd_relay_restrictions = permit_mynetworks, reject_unauth_destination\n\
+             local_header_rewrite_clients =\n\
+             alias_maps =\n\
+             alias_database =\n\
+             default_transport = error:this test instance sends nothing on\n\
+             relay_transport = error:this test instance sends nothing on\n\
+             smtp_dns_support_level = disabled\n\
+             maillog_file = {d}/maillog\n\
+             maillog_file_prefixes = {d}\n\
+             virtual_mailbox_domains = {domains}\n\
+             virtual_mailbox_base = {d}/mail\n\
+             virtual_mailbox_maps = inline:{{ {maps} }}\n\
+             virtual_uid_maps = static:65534\n\
+             virtual_gid_maps = static:65534\n\
+             smtpd_banner = $myhostname ESMTP Postfix\n\
+             biff = no\n",
+            d = d.display(),
+            domains = domains.join(", "),
+            maps = maps.join(", "),
+        );
+        std::fs::write(d.join("conf/main.cf"), main_cf).unwrap();
+        let master_cf = format!(
+            "127.0.0.1:{port} inet n - n - - smtpd\n\
+             pickup unix n - n 60 1 pickup\n\
+             cleanup unix n - n - 0 cleanup\n\
+             qmgr unix n - n 300 1 qmgr\n\
+             tlsmgr unix - - n 1000? 1 tlsmgr\n\
+             rewrite unix - - n - - trivial-rewrite\n\
+             bounce unix - - n - 0 bounce\n\
+             defer unix - - n - 0 bounce\n\
+             trace unix - - n - 0 bounce\n\
+             verify unix - - n - 1 verify\n\
+             flush unix n - n 1000? 0 flush\n\
+             proxymap unix - - n - - proxymap\n\
+             smtp unix - - n - - smtp\n\
+             relay unix - - n - - smtp\n\
+             showq unix n - n - - showq\n\
+             error unix - - n - - error\n\
+             retry unix - - n - - error\n\
+             discard unix - - n - - discard\n\
+             local unix - n n - - local\n\
+             virtual unix - n n - - virtual\n\
+             anvil unix - - n - 1 anvil\n\
+             scache unix - - n - 1 scache\n\
+             postlog unix-dgram n - n - 1 postlogd\n"
+        );
+        std::fs::write(d.join("conf/master.cf"), master_cf).unwrap();
+        let mut pf = Postfix {
+            addr: SocketAddr::from(([127, 0, 0, 1], port)),
+            dir,
+            running: false,
+        };
+        for action in ["check", "start"] {
+            let (st, out, err) = pf.postfix(action);
+            assert!(
+                st.success(),
+                "postfix {action} failed:\n{out}{err}\nmaillog:\n{}",
+                pf.maillog()
+            );
+            pf.running = action == "start";
+        }
+        pf
+    }
+
+    fn postfix(&self, action: &str) -> (std::process::ExitStatus, String, String) {
+        let out = Command::new("/usr/sbin/postfix")
+            .arg("-c")
+            .arg(self.dir.path().join("conf"))
+            .arg(action)
+            .output()
+            .expect("run postfix");
+        (
+            out.status,
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    }
+
+    /// The instance's log so far.
+    pub fn maillog(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("maillog")).unwrap_or_default()
+    }
+
+    /// Waits until the log has `count` lines containing `needle` (delivery by the queue
+    /// manager happens after smtpd's 250). Postfix gives no other signal, so this re-reads
+    /// the log file every 50 ms, bounded by `timeout`.
+    pub fn wait_log_count(&self, needle: &str, count: usize, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if self.maillog().matches(needle).count() >= count {
+                return true;
+            }
+            if Instant::now() >= deadline {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Files delivered to `<domain>/<local>/new`.
+    pub fn mailbox(&self, domain: &str, local: &str) -> Vec<Vec<u8>> {
+        let dir = self
+            .dir
+            .path()
+            .join("mail")
+            .join(domain)
+            .join(local)
+            .join("new");
+        let mut files: Vec<PathBuf> = match std::fs::read_dir(&dir) {
+            Ok(rd) => rd.map(|e| e.unwrap().path()).collect(),
+            Err(_) => return vec![],
+        };
+        files.sort();
+        files
+            .iter()
+            .map(|p| std::fs::read(p).expect("read"))
+            .collect()
+    }
+
+    /// `postfix stop` (bounded).
+    pub fn stop(&mut self) {
+        if std::mem::take(&mut self.running) {
+            let (st, _, _) = self.postfix("stop");
+            if !st.success() {
+                let _ = self.postfix("abort");
+            }
+        }
+    }
+}
+
+impl Drop for Postfix {
+    fn drop(&mut self) {
+        if self.running {
+            self.running = false;
+            let mut cmd = Command::new("/usr/sbin/postfix");
+            cmd.arg("-c").arg(self.dir.path().join("conf")).arg("abort");
+            let _ = cmd.status();
+        }
+    }
+}
