@@ -7,6 +7,7 @@
 
 pub mod config;
 pub mod delivery;
+pub mod dns;
 pub mod plugin;
 pub mod server;
 pub mod smtp;

@@ -121,7 +121,11 @@ fn main() -> anyhow::Result<()> {
             let runtime = tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
                 .build()?;
-            let generation = runtime.block_on(mailgate::plugin::registry::load_all(&rt.plugins))?;
+            let generation = runtime.block_on(async {
+                let dns = Arc::new(mailgate::dns::Resolver::new(rt.dns.clone()));
+                let services = mailgate::plugin::registry::Services::new(dns);
+                mailgate::plugin::registry::load_all(&rt.plugins, &services).await
+            })?;
             for p in generation.iter().flat_map(|g| g.plugins.iter()) {
                 println!(
                     "plugin {}: {} (world {}, sha256 {}, hooks {:?}, on_error {:?})",
@@ -178,7 +182,9 @@ fn main() -> anyhow::Result<()> {
                 .enable_all()
                 .build()?;
             runtime.block_on(async move {
-                let plugins = mailgate::plugin::registry::load_all(&rt.plugins).await?;
+                let dns = Arc::new(mailgate::dns::Resolver::new(rt.dns.clone()));
+                let services = mailgate::plugin::registry::Services::new(Arc::clone(&dns));
+                let plugins = mailgate::plugin::registry::load_all(&rt.plugins, &services).await?;
                 let listeners = Listeners::bind(&rt).await?;
                 let mut out = std::io::stdout().lock();
                 for (kind, addr) in listeners.addresses() {
@@ -196,7 +202,7 @@ fn main() -> anyhow::Result<()> {
                         tracing::info!(%upstream, tls = ?tls, "delivery mode proxy")
                     }
                 }
-                server::run(Arc::clone(&rt), listeners, plugins, shutdown_signal()).await?;
+                server::run(Arc::clone(&rt), listeners, plugins, dns, shutdown_signal()).await?;
                 tracing::info!("stopped");
                 Ok(())
             })

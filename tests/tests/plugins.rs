@@ -10,7 +10,7 @@ use std::io::Read;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use support::{Gateway, Raw, Setup, fixture, mailgate, plugin_toml, smtplib, write_file};
+use support::{Gateway, Nsd, Raw, Setup, fixture, mailgate, plugin_toml, smtplib, write_file};
 
 const HOST: &str = "127.0.0.1";
 
@@ -340,4 +340,122 @@ fn hello_plugin_quick_start() {
     assert_eq!(out["data"]["code"], 250, "{out}");
     let text = String::from_utf8_lossy(&gw.mailbox("example.test", "alice")[0]).into_owned();
     assert!(text.contains("X-Hello: mailgate\r\n"), "{text}");
+}
+
+/// The test zones NSD serves: forward names under `mailgate.test`, and the PTR of
+/// 192.0.2.25. (Reverse names of 127/8 and ::1 never reach a server: the resolver answers
+/// `localhost` itself, as RFC 6761 asks, so loopback clients are `localhost`.)
+const FORWARD_ZONE: &str = "$ORIGIN mailgate.test.
+$TTL 300
+@       SOA ns hostmaster 1 3600 600 86400 300
+@       NS  ns
+ns      A   127.0.0.1
+@       MX  20 mx2
+@       MX  10 mx1
+@       TXT \"v=spf1 ip4:127.0.0.1 -all\"
+@       TXT \"split \" \"string\"
+mx1     A   127.0.0.1
+mx2     A   127.0.0.1
+client  A   127.0.0.1
+v6      AAAA 2001:db8::25
+1.0.0.127.bl A 127.0.0.2
+";
+const REVERSE_ZONE: &str = "$ORIGIN 2.0.192.in-addr.arpa.
+$TTL 300
+@       SOA ns.mailgate.test. hostmaster.mailgate.test. 1 3600 600 86400 300
+@       NS  ns.mailgate.test.
+25      PTR relay.mailgate.test.
+";
+
+fn header<'a>(text: &'a str, name: &str) -> &'a str {
+    let prefix = format!("\r\n{name}: ");
+    let at = text
+        .find(&prefix)
+        .unwrap_or_else(|| panic!("no {name} in {text}"));
+    let rest = &text[at + prefix.len()..];
+    &rest[..rest.find("\r\n").unwrap()]
+}
+
+fn probe_message(gw: &Gateway, rcpt: &str) -> String {
+    let out = json(&smtplib(&["send", HOST, &gw.port(), "--to", rcpt]));
+    assert_eq!(out["data"]["code"], 250, "{out}");
+    let (local, domain) = rcpt.split_once('@').unwrap();
+    let files = gw.mailbox(domain, local);
+    assert_eq!(files.len(), 1);
+    String::from_utf8_lossy(&files[0]).into_owned()
+}
+
+#[test]
+fn dns_capability_answers_from_a_real_server() {
+    let nsd = Nsd::start(&[
+        ("mailgate.test", FORWARD_ZONE),
+        ("2.0.192.in-addr.arpa", REVERSE_ZONE),
+    ]);
+    let gw = Setup::default()
+        .section(&format!(
+            "[dns]\nservers = [\"{}\"]\nplugin_queries_per_session = 12\n",
+            nsd.addr
+        ))
+        .section(&plugin_toml(
+            "probe",
+            "dns-probe",
+            "capabilities = [\"dns\"]\nconfig = { domain = \"mailgate.test\" }",
+        ))
+        .start();
+    let text = probe_message(&gw, "d@example.test");
+    // The reverse name found at connect, forward-confirmed, in Received: and for plugins.
+    assert!(text.contains("(localhost [127.0.0.1])"), "{text}");
+    assert_eq!(header(&text, "X-Ptr-Name"), "localhost");
+    assert_eq!(
+        header(&text, "X-Txt"),
+        "split string,v=spf1 ip4:127.0.0.1 -all",
+        "TXT strings concatenated per record"
+    );
+    assert_eq!(header(&text, "X-A"), "127.0.0.1");
+    assert_eq!(header(&text, "X-Aaaa"), "2001:db8::25");
+    assert_eq!(
+        header(&text, "X-Mx"),
+        "10 mx1.mailgate.test,20 mx2.mailgate.test",
+        "sorted by preference"
+    );
+    assert_eq!(header(&text, "X-Ptr"), "relay.mailgate.test");
+    assert_eq!(header(&text, "X-Nx"), "nxdomain");
+    assert_eq!(header(&text, "X-Dnsbl"), "127.0.0.2");
+    // 7 lookups above (the DNSBL one included), 12 allowed: 5 more, then the budget.
+    assert_eq!(header(&text, "X-Budget"), "5 then budget-exceeded");
+    // A new session has a fresh budget.
+    let text = probe_message(&gw, "e@example.test");
+    assert_eq!(header(&text, "X-Budget"), "5 then budget-exceeded");
+}
+
+#[test]
+fn dns_without_the_grant_or_with_a_dead_server() {
+    // Not granted: denied, without a query.
+    let gw = Setup::default()
+        .section(&plugin_toml("probe", "dns-probe", ""))
+        .start();
+    let text = probe_message(&gw, "d@example.test");
+    assert_eq!(header(&text, "X-Txt"), "denied");
+    assert_eq!(header(&text, "X-Budget"), "0 then denied");
+    drop(gw);
+
+    // A server that never answers: each lookup ends at dns.timeout_ms with `timeout` and
+    // the message is still accepted.
+    let silent = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let gw = Setup::default()
+        .section(&format!(
+            "[dns]\nservers = [\"{}\"]\ntimeout_ms = 200\nattempts = 1\nplugin_queries_per_session = 8\n",
+            silent.local_addr().unwrap()
+        ))
+        .section(&plugin_toml(
+            "probe",
+            "dns-probe",
+            "capabilities = [\"dns\"]\nlimits = { deadline_ms = 10000 }",
+        ))
+        .start();
+    let text = probe_message(&gw, "t@example.test");
+    for h in ["X-Txt", "X-A", "X-Mx", "X-Ptr", "X-Nx", "X-Dnsbl"] {
+        assert_eq!(header(&text, h), "timeout", "{h}");
+    }
+    assert_eq!(header(&text, "X-Budget"), "0 then timeout");
 }

@@ -51,11 +51,45 @@ pub struct Config {
     pub relay: Relay,
     /// Where accepted mail goes.
     pub delivery: Delivery,
+    /// The resolver (plugins' `dns` capability, client reverse names, MX routing).
+    pub dns: Dns,
     /// Settings for the plugin chain as a whole.
     pub chain: Chain,
     /// The plugin chain, in order (`[[plugin]]` tables).
     #[serde(rename = "plugin")]
     pub plugins: Vec<Plugin>,
+}
+
+/// `[dns]`
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Dns {
+    /// Name servers, `ip` or `ip:port`; empty means the system's (`/etc/resolv.conf`).
+    pub servers: Vec<String>,
+    /// Bound on one lookup, all attempts included.
+    pub timeout_ms: u64,
+    /// Tries per name server within that bound.
+    pub attempts: usize,
+    /// Answers cached (TTLs honoured).
+    pub cache_size: u64,
+    /// Lookups each plugin may make per SMTP session; more answer `budget-exceeded`.
+    pub plugin_queries_per_session: u32,
+    /// Look up and forward-confirm each client's reverse name at connect.
+    pub reverse_lookup: bool,
+}
+
+impl Default for Dns {
+    fn default() -> Self {
+        let d = crate::dns::Settings::default();
+        Dns {
+            servers: vec![],
+            timeout_ms: d.timeout.as_millis() as u64,
+            attempts: d.attempts,
+            cache_size: d.cache_size,
+            plugin_queries_per_session: d.plugin_budget,
+            reverse_lookup: d.reverse_lookup,
+        }
+    }
 }
 
 /// `[chain]`

@@ -389,6 +389,7 @@ mod tests {
             },
             data: data.to_vec(),
             trace: Trace {
+                ptr_name: None,
                 client: "192.0.2.1:1234".parse().unwrap(),
                 helo: "client".into(),
                 protocol: "ESMTP",

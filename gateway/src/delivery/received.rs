@@ -4,7 +4,7 @@
 //! (continuation lines start with a TAB, shown here as four spaces):
 //!
 //! ```text
-//! Received: from helo.name ([192.0.2.1])
+//! Received: from helo.name (client.example [192.0.2.1])
 //!     by mx.example.test (mailgate) with ESMTPS id 7f3a.1
 //!     (version=TLSv1_3 cipher=TLS13_AES_256_GCM_SHA384)
 //!     for <user@example.test>; Mon, 23 Nov 2026 07:00:00 +0000
@@ -15,7 +15,8 @@
 //! the client (the HELO name) or from configuration is sanitised first: no control
 //! characters, no parentheses or backslashes that could close or open a comment, no `;`
 //! that would be mistaken for the start of the date, and a bounded length. The client
-//! address is written as an RFC 5321 address literal (`[192.0.2.1]`, `[IPv6:2001:db8::1]`);
+//! reverse name (forward-confirmed, when known) comes first inside the comment, as
+//! Postfix writes it; the address is written as an RFC 5321 address literal (`[192.0.2.1]`, `[IPv6:2001:db8::1]`);
 //! the client port is not included, as the TCP-info grammar has no place for it.
 //!
 //! Lines stay within 78 characters unless a single word is longer than that (only a very
@@ -56,7 +57,10 @@ pub fn received_header(
         s if s.is_empty() => "localhost".to_string(),
         s => s,
     };
-    let ip = address_literal(trace.client.ip());
+    let ip = match trace.ptr_name.as_deref().map(sanitize_name) {
+        Some(name) if !name.is_empty() => format!("{name} {}", address_literal(trace.client.ip())),
+        _ => address_literal(trace.client.ip()),
+    };
 
     let mut clauses: Vec<Vec<String>> = Vec::with_capacity(4);
     clauses.push(vec![
@@ -180,7 +184,7 @@ fn sanitize_address(s: &str) -> String {
 }
 
 /// `now` in RFC 5322 3.3 form, UTC: `Mon, 23 Nov 2026 07:00:00 +0000`.
-fn rfc5322_date(now: SystemTime) -> String {
+pub(crate) fn rfc5322_date(now: SystemTime) -> String {
     // httpdate panics outside 1970..=9999; clamp instead (the clock is not peer input,
     // but a broken clock must not take the gateway down).
     const MAX_SECS: u64 = 253_402_300_799; // 9999-12-31T23:59:59Z
@@ -203,6 +207,7 @@ mod tests {
 
     fn trace(helo: &str, client: &str, tls: bool) -> Trace {
         Trace {
+            ptr_name: None,
             client: client.parse().unwrap(),
             helo: helo.into(),
             protocol: if tls { "ESMTPS" } else { "ESMTP" },
@@ -232,6 +237,23 @@ mod tests {
                 assert!(line.starts_with('\t'), "continuation without WSP: {line:?}");
             }
         }
+    }
+
+    #[test]
+    fn confirmed_reverse_name_is_written_before_the_address() {
+        let mut t = trace("helo.name", "192.0.2.1:40000", false);
+        t.ptr_name = Some("client.example.test".into());
+        let h = received_header(&t, "mx.example.test", "abc.1", None, at(1_795_417_200));
+        assert!(
+            h.starts_with("Received: from helo.name (client.example.test [192.0.2.1])\r\n"),
+            "{h}"
+        );
+        t.ptr_name = Some("evil) (x;y".into());
+        let h = received_header(&t, "mx.example.test", "abc.1", None, at(1_795_417_200));
+        let first = h.lines().next().unwrap();
+        assert_eq!(first.matches('(').count(), 1, "{first}");
+        assert!(!first.contains(';'), "{first}");
+        assert_well_formed(&h);
     }
 
     #[test]

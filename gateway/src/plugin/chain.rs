@@ -379,7 +379,7 @@ impl Chain {
             let mut st = store(
                 &generation.engine,
                 Arc::clone(&spec),
-                Arc::clone(&generation.kv),
+                Arc::clone(&generation.services),
                 session_id,
             );
             st.data_mut().deadline = Instant::now() + spec.deadline;

@@ -60,6 +60,8 @@ pub struct SessionView {
     pub local: SocketAddr,
     /// `smtp` or `smtps`.
     pub listener: &'static str,
+    /// Forward-confirmed reverse DNS name.
+    pub ptr_name: Option<String>,
     /// Client in trusted networks.
     pub trusted: bool,
     /// TLS in use.
@@ -89,6 +91,14 @@ pub fn ip(a: IpAddr) -> wit::IpAddress {
     }
 }
 
+/// `ip-address` back to std.
+pub fn std_ip(a: &wit::IpAddress) -> IpAddr {
+    match *a {
+        wit::IpAddress::Ipv4((a, b, c, d)) => IpAddr::from([a, b, c, d]),
+        wit::IpAddress::Ipv6((a, b, c, d, e, f, g, h)) => IpAddr::from([a, b, c, d, e, f, g, h]),
+    }
+}
+
 fn sock(a: SocketAddr) -> wit::SocketAddress {
     wit::SocketAddress {
         ip: ip(a.ip()),
@@ -104,7 +114,7 @@ pub fn session_info(s: &SessionView) -> wit::SessionInfo {
             address: sock(s.client),
             local: sock(s.local),
             listener: s.listener.to_string(),
-            ptr_name: None,
+            ptr_name: s.ptr_name.clone(),
             trusted: s.trusted,
         },
         tls: s.tls.as_ref().map(|t| wit::TlsInfo {

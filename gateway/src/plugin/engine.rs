@@ -1,6 +1,6 @@
 //! The one wasmtime `Engine`: component model, epoch interruption for deadlines, a
 //! bounded wasm stack, and the pooling allocator sized for the configured plugins. A
-//! tokio task ticks the epoch.
+//! dedicated OS thread ticks the epoch.
 
 use std::time::Duration;
 

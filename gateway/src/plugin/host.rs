@@ -1,6 +1,6 @@
 //! Host capabilities as the WIT imports them. Each checks its grant first: an ungranted
-//! capability answers `denied` (`log` and `metrics` do nothing). DNS answers
-//! `other("…not available yet")` until the resolver lands; auth results answer
+//! capability answers `denied` (`log` and `metrics` do nothing). DNS goes through the
+//! gateway's resolver ([`crate::dns`]) within the per-session budget; auth results answer
 //! `unavailable` until the SPF/DKIM/DMARC checks land.
 
 use std::time::SystemTime;
@@ -10,6 +10,7 @@ use wasmtime::component::Resource;
 use super::bindings::mailgate::plugin::{
     auth_results, clock, dns, kv, log, message, metrics, types,
 };
+use super::convert;
 use super::kv::KvFault;
 use super::message::{MessageHandle, chunk};
 use super::state::{MAX_LOG_LINES, State};
@@ -96,34 +97,66 @@ impl clock::Host for State {
 }
 
 impl State {
-    fn dns_gate<T>(&self) -> R<Result<T, dns::DnsError>> {
+    /// Grant and budget check before a lookup; counts the lookup.
+    fn dns_admit(&mut self) -> Result<std::sync::Arc<crate::dns::Resolver>, dns::DnsError> {
         if !self.granted(Capability::Dns) {
-            return Ok(Err(dns::DnsError::Denied));
+            return Err(dns::DnsError::Denied);
         }
-        Ok(Err(dns::DnsError::Other(
-            "dns lookups are not available in this version".into(),
-        )))
+        let dns = &self.services.dns;
+        if self.dns_queries >= dns.settings().plugin_budget {
+            return Err(dns::DnsError::BudgetExceeded);
+        }
+        self.dns_queries += 1;
+        Ok(std::sync::Arc::clone(dns))
     }
 }
 
-impl dns::Host for State {
-    async fn lookup_txt(&mut self, _name: String) -> R<Result<Vec<String>, dns::DnsError>> {
-        self.dns_gate()
+fn dns_err(e: crate::dns::DnsError) -> dns::DnsError {
+    use crate::dns::DnsError as E;
+    match e {
+        E::Timeout => dns::DnsError::Timeout,
+        E::NxDomain => dns::DnsError::Nxdomain,
+        E::ServerFailure(_) => dns::DnsError::ServerFailure,
+        E::InvalidName => dns::DnsError::InvalidName,
+        E::Other(m) => dns::DnsError::Other(m),
     }
-    async fn lookup_a(&mut self, _name: String) -> R<Result<Vec<types::IpAddress>, dns::DnsError>> {
-        self.dns_gate()
+}
+
+/// Runs one admitted lookup and converts its answer.
+macro_rules! lookup {
+    ($self:ident, |$r:ident| $query:expr, $map:expr) => {{
+        let $r = match $self.dns_admit() {
+            Ok(r) => r,
+            Err(e) => return Ok(Err(e)),
+        };
+        Ok($query
+            .await
+            .map(|v| v.into_iter().map($map).collect())
+            .map_err(dns_err))
+    }};
+}
+
+impl dns::Host for State {
+    async fn lookup_txt(&mut self, name: String) -> R<Result<Vec<String>, dns::DnsError>> {
+        lookup!(self, |r| r.txt(&name), |t| t)
+    }
+    async fn lookup_a(&mut self, name: String) -> R<Result<Vec<types::IpAddress>, dns::DnsError>> {
+        lookup!(self, |r| r.a(&name), convert::ip)
     }
     async fn lookup_aaaa(
         &mut self,
-        _name: String,
+        name: String,
     ) -> R<Result<Vec<types::IpAddress>, dns::DnsError>> {
-        self.dns_gate()
+        lookup!(self, |r| r.aaaa(&name), convert::ip)
     }
-    async fn lookup_mx(&mut self, _name: String) -> R<Result<Vec<dns::MxRecord>, dns::DnsError>> {
-        self.dns_gate()
+    async fn lookup_mx(&mut self, name: String) -> R<Result<Vec<dns::MxRecord>, dns::DnsError>> {
+        lookup!(self, |r| r.mx(&name), |m| dns::MxRecord {
+            preference: m.preference,
+            exchange: m.exchange,
+        })
     }
-    async fn lookup_ptr(&mut self, _ip: types::IpAddress) -> R<Result<Vec<String>, dns::DnsError>> {
-        self.dns_gate()
+    async fn lookup_ptr(&mut self, ip: types::IpAddress) -> R<Result<Vec<String>, dns::DnsError>> {
+        lookup!(self, |r| r.ptr(convert::std_ip(&ip)), |n| n)
     }
 }
 
@@ -141,7 +174,7 @@ impl kv::Host for State {
         if !self.granted(Capability::Kv) {
             return Ok(Err(kv::KvError::Denied));
         }
-        Ok(self.kv.get(&self.spec.name, &key).map_err(kv_err))
+        Ok(self.services.kv.get(&self.spec.name, &key).map_err(kv_err))
     }
     async fn set(
         &mut self,
@@ -153,6 +186,7 @@ impl kv::Host for State {
             return Ok(Err(kv::KvError::Denied));
         }
         Ok(self
+            .services
             .kv
             .set(&self.spec.name, &key, value, ttl)
             .map_err(kv_err))
@@ -167,6 +201,7 @@ impl kv::Host for State {
             return Ok(Err(kv::KvError::Denied));
         }
         Ok(self
+            .services
             .kv
             .set_if_absent(&self.spec.name, &key, value, ttl)
             .map_err(kv_err))
@@ -175,7 +210,11 @@ impl kv::Host for State {
         if !self.granted(Capability::Kv) {
             return Ok(Err(kv::KvError::Denied));
         }
-        Ok(self.kv.delete(&self.spec.name, &key).map_err(kv_err))
+        Ok(self
+            .services
+            .kv
+            .delete(&self.spec.name, &key)
+            .map_err(kv_err))
     }
     async fn increment(
         &mut self,
@@ -187,6 +226,7 @@ impl kv::Host for State {
             return Ok(Err(kv::KvError::Denied));
         }
         Ok(self
+            .services
             .kv
             .increment(&self.spec.name, &key, delta, ttl)
             .map_err(kv_err))

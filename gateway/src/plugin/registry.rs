@@ -15,6 +15,7 @@ use super::bindings::{Plugin, PluginPre};
 use super::kv::Kv;
 use super::state::State;
 use crate::config::{Capability, PluginSpec};
+use crate::dns::Resolver;
 
 /// The world major.minor this host implements.
 pub const WORLD: &str = "0.1";
@@ -101,8 +102,28 @@ pub struct Generation {
     pub engine: Engine,
     /// In chain order.
     pub plugins: Vec<Arc<LoadedPlugin>>,
+    /// Gateway services behind the capabilities.
+    pub services: Arc<Services>,
+}
+
+/// The gateway services host capabilities reach, shared by every generation (a reload
+/// keeps the kv contents and the DNS cache).
+#[derive(Debug)]
+pub struct Services {
     /// Shared key/value store.
     pub kv: Arc<Kv>,
+    /// The gateway's resolver.
+    pub dns: Arc<Resolver>,
+}
+
+impl Services {
+    /// Services with an empty kv store and `dns`.
+    pub fn new(dns: Arc<Resolver>) -> Arc<Services> {
+        Arc::new(Services {
+            kv: Arc::new(Kv::default()),
+            dns,
+        })
+    }
 }
 
 /// What `inspect` learns from a component file without running it.
@@ -163,10 +184,10 @@ pub fn linker(engine: &Engine) -> wasmtime::Result<Linker<State>> {
 pub fn store(
     engine: &Engine,
     spec: Arc<PluginSpec>,
-    kv: Arc<Kv>,
+    services: Arc<Services>,
     session_id: String,
 ) -> Store<State> {
-    let mut store = Store::new(engine, State::new(spec, kv, session_id));
+    let mut store = Store::new(engine, State::new(spec, services, session_id));
     store.limiter(|s| &mut s.limiter);
     store.set_epoch_deadline(1);
     store.epoch_deadline_callback(|ctx| {
@@ -192,7 +213,7 @@ pub async fn load(
     engine: &Engine,
     linker: &Linker<State>,
     spec: PluginSpec,
-    kv: Arc<Kv>,
+    services: Arc<Services>,
 ) -> Result<LoadedPlugin, LoadError> {
     let name = spec.name.clone();
     let bytes = tokio::fs::read(&spec.path)
@@ -241,7 +262,7 @@ pub async fn load(
         .and_then(PluginPre::new)
         .map_err(|e| invalid(format!("cannot link: {e:#}")))?;
     let spec = Arc::new(spec);
-    let mut st = store(engine, Arc::clone(&spec), kv, "load".into());
+    let mut st = store(engine, Arc::clone(&spec), services, "load".into());
     st.data_mut().deadline = Instant::now() + LOAD_DEADLINE;
     let run = async {
         let inst = pre.instantiate_async(&mut st).await?;
@@ -293,7 +314,10 @@ pub async fn load(
 }
 
 /// Loads every configured plugin, in order; the first failure refuses the generation.
-pub async fn load_all(specs: &[PluginSpec]) -> Result<Option<Arc<Generation>>, LoadError> {
+pub async fn load_all(
+    specs: &[PluginSpec],
+    services: &Arc<Services>,
+) -> Result<Option<Arc<Generation>>, LoadError> {
     if specs.is_empty() {
         return Ok(None);
     }
@@ -306,18 +330,17 @@ pub async fn load_all(specs: &[PluginSpec]) -> Result<Option<Arc<Generation>>, L
         name: "(linker)".into(),
         reason: format!("{e:#}"),
     })?;
-    let kv = Arc::new(Kv::default());
     let mut plugins = Vec::new();
     super::engine::spawn_ticker(&engine);
     for spec in specs {
         plugins.push(Arc::new(
-            load(&engine, &linker, spec.clone(), Arc::clone(&kv)).await?,
+            load(&engine, &linker, spec.clone(), Arc::clone(services)).await?,
         ));
     }
     Ok(Some(Arc::new(Generation {
         engine,
         plugins,
-        kv,
+        services: Arc::clone(services),
     })))
 }
 
@@ -378,7 +401,7 @@ pub async fn describe(path: &std::path::Path) -> Result<Description, LoadError> 
         let mut st = store(
             &engine,
             Arc::new(spec),
-            Arc::new(Kv::default()),
+            Services::new(Arc::new(Resolver::new(Default::default()))),
             "inspect".into(),
         );
         st.data_mut().deadline = Instant::now() + LOAD_DEADLINE;

@@ -12,7 +12,7 @@ use wasmtime_wasi::{
     HostMonotonicClock, HostWallClock, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView,
 };
 
-use super::kv::Kv;
+use super::registry::Services;
 use crate::config::{Capability, PluginSpec};
 
 /// Bytes of plugin stdout/stderr kept per session (for the log after a failure).
@@ -100,8 +100,10 @@ pub struct State {
     pub limiter: Limiter,
     /// The plugin's config entry.
     pub spec: Arc<PluginSpec>,
-    /// Shared key/value store.
-    pub kv: Arc<Kv>,
+    /// Gateway services (kv, DNS).
+    pub services: Arc<Services>,
+    /// DNS lookups made in this session.
+    pub dns_queries: u32,
     /// When the call in progress must end.
     pub deadline: Instant,
     /// Plugin stdout and stderr.
@@ -125,7 +127,7 @@ impl std::fmt::Debug for State {
 
 impl State {
     /// Fresh state: no files, no environment, no network, clocks frozen unless granted.
-    pub fn new(spec: Arc<PluginSpec>, kv: Arc<Kv>, session_id: String) -> State {
+    pub fn new(spec: Arc<PluginSpec>, services: Arc<Services>, session_id: String) -> State {
         let output = MemoryOutputPipe::new(PIPE_CAPACITY);
         let mut b = WasiCtxBuilder::new();
         b.stdout(output.clone()).stderr(output.clone());
@@ -150,7 +152,8 @@ impl State {
                     .build(),
                 hit: false,
             },
-            kv,
+            services,
+            dns_queries: 0,
             deadline: Instant::now(),
             output,
             session_id,

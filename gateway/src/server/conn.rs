@@ -82,12 +82,23 @@ pub async fn serve(
             recipient_edits: Vec::new(),
             data_decision: None,
         };
+        let ptr_name = if rt.dns.reverse_lookup {
+            let name = shared.dns.confirmed_name(client.ip()).await;
+            debug!(
+                ptr = name.as_deref().unwrap_or("unknown"),
+                "client reverse name"
+            );
+            name
+        } else {
+            None
+        };
         let conn = ConnInfo {
             session_id: session_id.clone(),
             client,
             local,
             tls: None,
             relay_allowed: rt.relay_allowed(client.ip()),
+            ptr_name,
         };
         let handshake_limit = rt.command_timeout;
         let result = if implicit_tls {
@@ -248,6 +259,7 @@ fn session_view(ctx: &Ctx, s: &Session, helo: Option<(String, bool)>) -> Session
         client: s.conn().client,
         local: s.conn().local,
         listener: ctx.listener,
+        ptr_name: s.conn().ptr_name.clone(),
         trusted: s.conn().relay_allowed,
         tls: s.tls().cloned(),
         helo: helo.or_else(|| s.helo().map(|h| (h.to_string(), true))),

@@ -99,6 +99,8 @@ pub struct Shared {
     pub backend: outbound::Backend,
     /// The loaded plugins, if any are configured.
     pub plugins: Option<Arc<crate::plugin::Generation>>,
+    /// The resolver (client reverse names).
+    pub dns: Arc<crate::dns::Resolver>,
 }
 
 impl std::fmt::Debug for Shared {
@@ -131,6 +133,7 @@ pub async fn run(
     rt: Arc<Runtime>,
     listeners: Listeners,
     plugins: Option<Arc<crate::plugin::Generation>>,
+    dns: Arc<crate::dns::Resolver>,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), ServerError> {
     let acceptor = tls::acceptor(&rt)?;
@@ -145,6 +148,7 @@ pub async fn run(
         conns: ConnTracker::new(rt.max_connections, rt.max_connections_per_ip),
         backend: outbound::Backend::new(&rt),
         plugins,
+        dns,
         runtime: Arc::clone(&rt),
     });
     let tracker = TaskTracker::new();

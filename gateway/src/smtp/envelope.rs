@@ -49,6 +49,8 @@ pub struct TlsInfo {
 pub struct Trace {
     /// The client's address.
     pub client: SocketAddr,
+    /// The client's forward-confirmed reverse DNS name.
+    pub ptr_name: Option<String>,
     /// The HELO/EHLO name the client gave.
     pub helo: String,
     /// `SMTP`, `ESMTP`, `ESMTPS`, `UTF8SMTP` or `UTF8SMTPS` (RFC 3848, RFC 6531).

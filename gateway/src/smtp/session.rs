@@ -70,6 +70,8 @@ pub struct ConnInfo {
     pub tls: Option<TlsInfo>,
     /// The client may relay to any domain.
     pub relay_allowed: bool,
+    /// The client's forward-confirmed reverse DNS name, if it has one.
+    pub ptr_name: Option<String>,
 }
 
 /// What the driver must do next.
@@ -472,6 +474,7 @@ impl Session {
                         data: std::mem::take(&mut self.data),
                         trace: Trace {
                             client: self.conn.client,
+                            ptr_name: self.conn.ptr_name.clone(),
                             helo,
                             protocol,
                             tls: self.tls.clone(),

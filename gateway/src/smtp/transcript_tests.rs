@@ -38,6 +38,7 @@ fn conn(relay: bool) -> ConnInfo {
         local: "192.0.2.1:25".parse().unwrap(),
         tls: None,
         relay_allowed: relay,
+        ptr_name: None,
     }
 }
 

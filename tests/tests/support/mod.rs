@@ -133,6 +133,10 @@ impl Gateway {
                 maildir.display().to_string()
             ));
         }
+        if !setup.rest.contains("[dns]") {
+            // Hermetic: no lookups against the machine's resolver unless a test asks.
+            cfg.push_str("[dns]\nreverse_lookup = false\n");
+        }
         cfg.push_str(&setup.rest);
         let path = dir.path().join("gateway.toml");
         std::fs::write(&path, cfg).unwrap();
@@ -652,5 +656,99 @@ impl Drop for Postfix {
             cmd.arg("-c").arg(self.dir.path().join("conf")).arg("abort");
             let _ = cmd.status();
         }
+    }
+}
+
+// ------------------------------------------------------------------ NSD as the DNS server
+
+/// A private NSD (NLnet Labs' authoritative server, Debian's package) on 127.0.0.1,
+/// serving the given zones (`(origin, zone file text)`) over UDP and TCP from a temp dir.
+/// Ready when NSD logs "nsd started"; stopped on drop.
+pub struct Nsd {
+    child: Child,
+    pub dir: tempfile::TempDir,
+    /// `127.0.0.1:port`, for `dns.servers`.
+    pub addr: SocketAddr,
+}
+
+/// A port free for both UDP and TCP on 127.0.0.1 at the time of the call (taken from the
+/// OS and released, so another process could in principle grab it before it is used).
+pub fn free_port() -> u16 {
+    for _ in 0..100 {
+        let tcp = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = tcp.local_addr().unwrap().port();
+        if std::net::UdpSocket::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no port free for both UDP and TCP");
+}
+
+impl Nsd {
+    pub fn start(zones: &[(&str, &str)]) -> Nsd {
+        assert!(
+            Path::new("/usr/sbin/nsd").exists(),
+            "nsd is not installed (.ci/setup installs it)"
+        );
+        let dir = tempfile::Builder::new()
+            .prefix("mailgate-nsd-")
+            .tempdir()
+            .unwrap();
+        let d = dir.path().display().to_string();
+        let port = free_port();
+        let mut conf = format!(
+            "server:\n  ip-address: 127.0.0.1\n  port: {port}\n  server-count: 1\n  \
+             username: \"\"\n  chroot: \"\"\n  zonesdir: \"{d}\"\n  database: \"\"\n  \
+             zonelistfile: \"{d}/zone.list\"\n  xfrdfile: \"{d}/xfrd.state\"\n  \
+             xfrdir: \"{d}\"\n  pidfile: \"{d}/nsd.pid\"\n  verbosity: 1\n\
+             remote-control:\n  control-enable: no\n"
+        );
+        for (origin, text) in zones {
+            let file = format!("{origin}.zone");
+            std::fs::write(dir.path().join(&file), text).unwrap();
+            conf.push_str(&format!("zone:\n  name: {origin}\n  zonefile: {file}\n"));
+        }
+        let conf_path = dir.path().join("nsd.conf");
+        std::fs::write(&conf_path, conf).unwrap();
+        let mut child = Command::new("/usr/sbin/nsd")
+            .arg("-d")
+            .arg("-c")
+            .arg(&conf_path)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn nsd");
+        let lines = line_reader(child.stderr.take().unwrap());
+        let deadline = Instant::now() + READY;
+        let mut seen = String::new();
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match lines.recv_timeout(left) {
+                Ok(l) if l.contains("nsd started") => break,
+                Ok(l) => {
+                    seen.push_str(&l);
+                    seen.push('\n');
+                }
+                Err(_) => {
+                    let _ = child.kill();
+                    panic!("nsd not ready:\n{seen}");
+                }
+            }
+        }
+        // Keep draining its log so it never blocks on a full pipe.
+        std::thread::spawn(move || for _ in lines {});
+        Nsd {
+            child,
+            dir,
+            addr: SocketAddr::from(([127, 0, 0, 1], port)),
+        }
+    }
+}
+
+impl Drop for Nsd {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }

@@ -1,0 +1,175 @@
+//! Per-hook plugin overhead, measured against the same session without plugins.
+//!
+//! - `rcpt/no-plugins`: one RCPT stage through an empty chain (the baseline);
+//! - `rcpt/live-instance`: one RCPT hook call into a live instance of the `reject-rcpt`
+//!   fixture (answers continue) — the cost every hook pays per plugin;
+//! - `rcpt/fresh-instance`: a new session's first hook: instantiate (pooling allocator),
+//!   `init`, then the call — the cost a plugin adds once per session;
+//! - `data/live-instance`: the DATA hook of the `header-adder` fixture on a 10 KiB
+//!   message handed over as a resource.
+//!
+//! Needs the fixtures: `cargo build --release --target wasm32-wasip2 --manifest-path
+//! tests/fixtures/Cargo.toml --target-dir tests/fixtures/target` (the tests build them too).
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use criterion::{Criterion, criterion_group, criterion_main};
+use mailgate::config::{OnError, PluginSpec};
+use mailgate::dns::Resolver;
+use mailgate::plugin::convert::{self, SessionView};
+use mailgate::plugin::message::ParsedMessage;
+use mailgate::plugin::registry::{Services, load_all};
+use mailgate::plugin::{Call, Chain, Generation, wit};
+use mailgate::smtp::Envelope;
+
+fn fixture(name: &str) -> PathBuf {
+    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../tests/fixtures/target/wasm32-wasip2/release")
+        .join(format!("{name}.wasm"));
+    assert!(
+        p.exists(),
+        "{} missing: build the fixtures first (see the module docs)",
+        p.display()
+    );
+    p
+}
+
+fn spec(name: &str, file: &str, config: Vec<(String, String)>) -> PluginSpec {
+    PluginSpec {
+        name: name.into(),
+        path: fixture(file),
+        sha256: None,
+        on_error: OnError::Tempfail,
+        capabilities: vec![],
+        deadline: Duration::from_secs(1),
+        memory: 32 << 20,
+        config,
+    }
+}
+
+fn view() -> SessionView {
+    SessionView {
+        id: "BENCH".into(),
+        client: "192.0.2.1:40000".parse().unwrap(),
+        local: "192.0.2.2:25".parse().unwrap(),
+        listener: "smtp",
+        ptr_name: None,
+        trusted: false,
+        tls: None,
+        helo: Some(("client.test".into(), true)),
+        score: 0.0,
+        tags: vec![],
+    }
+}
+
+fn generation(rt: &tokio::runtime::Runtime, specs: Vec<PluginSpec>) -> Arc<Generation> {
+    let services = Services::new(Arc::new(Resolver::new(Default::default())));
+    rt.block_on(load_all(&specs, &services))
+        .expect("load")
+        .expect("plugins configured")
+}
+
+fn empty_generation(g: &Arc<Generation>) -> Arc<Generation> {
+    Arc::new(Generation {
+        engine: g.engine.clone(),
+        plugins: vec![],
+        services: Arc::clone(&g.services),
+    })
+}
+
+fn bench(c: &mut Criterion) {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let reject = generation(&rt, vec![spec("reject", "reject_rcpt", vec![])]);
+    let empty = empty_generation(&reject);
+    let session = convert::session_info(&view());
+    let env = Envelope {
+        mail_from: "a@client.test".into(),
+        ..Envelope::default()
+    };
+    let txn = convert::transaction("BENCH.1", &env);
+    let rcpt = wit::Recipient {
+        address: convert::address("ok@example.test"),
+        params: vec![],
+    };
+
+    let mut g = c.benchmark_group("rcpt");
+    g.bench_function("no-plugins", |b| {
+        let mut chain = Chain::new(Arc::clone(&empty), "BENCH".into());
+        b.iter_custom(|iters| {
+            rt.block_on(async {
+                let t = Instant::now();
+                for _ in 0..iters {
+                    std::hint::black_box(chain.run(Call::RcptTo(&session, &txn, &rcpt)).await);
+                }
+                t.elapsed()
+            })
+        })
+    });
+    g.bench_function("live-instance", |b| {
+        let mut chain = Chain::new(Arc::clone(&reject), "BENCH".into());
+        b.iter_custom(|iters| {
+            rt.block_on(async {
+                chain.run(Call::RcptTo(&session, &txn, &rcpt)).await;
+                let t = Instant::now();
+                for _ in 0..iters {
+                    std::hint::black_box(chain.run(Call::RcptTo(&session, &txn, &rcpt)).await);
+                }
+                t.elapsed()
+            })
+        })
+    });
+    g.bench_function("fresh-instance", |b| {
+        b.iter_custom(|iters| {
+            rt.block_on(async {
+                let t = Instant::now();
+                for _ in 0..iters {
+                    let mut chain = Chain::new(Arc::clone(&reject), "BENCH".into());
+                    std::hint::black_box(chain.run(Call::RcptTo(&session, &txn, &rcpt)).await);
+                }
+                t.elapsed()
+            })
+        })
+    });
+    g.finish();
+
+    let adder = generation(
+        &rt,
+        vec![spec(
+            "adder",
+            "header_adder",
+            vec![("stamp".into(), "bench".into())],
+        )],
+    );
+    let mut body = b"From: a@client.test\r\nTo: ok@example.test\r\nSubject: bench\r\n\r\n".to_vec();
+    while body.len() < 10 * 1024 {
+        body.extend_from_slice(b"a line of body text that is about sixty four octets long....\r\n");
+    }
+    let raw: Arc<[u8]> = Arc::from(body);
+    let mut g = c.benchmark_group("data");
+    g.bench_function("live-instance", |b| {
+        let mut chain = Chain::new(Arc::clone(&adder), "BENCH".into());
+        b.iter_custom(|iters| {
+            rt.block_on(async {
+                let t = Instant::now();
+                for _ in 0..iters {
+                    let msg = Arc::new(ParsedMessage::new("BENCH.1".into(), 0, Arc::clone(&raw)));
+                    std::hint::black_box(chain.run(Call::Data(&session, &txn, msg)).await);
+                }
+                t.elapsed()
+            })
+        })
+    });
+    g.finish();
+}
+
+criterion_group! {
+    name = benches;
+    config = Criterion::default().sample_size(30).measurement_time(Duration::from_secs(3));
+    targets = bench
+}
+criterion_main!(benches);
