@@ -39,6 +39,108 @@ enum Command {
         #[command(subcommand)]
         command: PluginCommand,
     },
+    /// Inspect and manage the queue: through the running gateway's admin socket, or on
+    /// the spool itself when no gateway is running.
+    Queue {
+        /// The gateway's configuration (for the admin socket and spool paths).
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// Print the gateway's JSON answer instead of text.
+        #[arg(long)]
+        json: bool,
+        #[command(subcommand)]
+        command: QueueCommand,
+    },
+    /// Show the running gateway's status (delivery mode, queue figures).
+    Status {
+        /// The gateway's configuration (for the admin socket path).
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum QueueCommand {
+    /// List queued messages, oldest first, with each recipient's state.
+    List,
+    /// Show one message's state and headers.
+    Show {
+        /// Queue id.
+        id: String,
+    },
+    /// Attempt every queued message now (not held ones).
+    Flush,
+    /// Attempt one message now.
+    Retry {
+        /// Queue id.
+        id: String,
+    },
+    /// Delete a message without notifying anyone.
+    Delete {
+        /// Queue id.
+        id: String,
+    },
+    /// Keep a message in the queue without attempting it.
+    Hold {
+        /// Queue id.
+        id: String,
+    },
+    /// Release a held message (attempted at once).
+    Release {
+        /// Queue id.
+        id: String,
+    },
+}
+
+impl QueueCommand {
+    fn line(&self) -> String {
+        match self {
+            QueueCommand::List => "queue list".into(),
+            QueueCommand::Show { id } => format!("queue show {id}"),
+            QueueCommand::Flush => "queue flush".into(),
+            QueueCommand::Retry { id } => format!("queue retry {id}"),
+            QueueCommand::Delete { id } => format!("queue delete {id}"),
+            QueueCommand::Hold { id } => format!("queue hold {id}"),
+            QueueCommand::Release { id } => format!("queue release {id}"),
+        }
+    }
+}
+
+/// Prints an admin answer as text.
+fn print_answer(v: &serde_json::Value) {
+    if let Some(entries) = v["entries"].as_array() {
+        for e in entries {
+            println!(
+                "{} {} octets, {} attempt(s){}, from <{}>",
+                e["id"].as_str().unwrap_or("?"),
+                e["size"],
+                e["attempts"],
+                if e["held"].as_bool() == Some(true) {
+                    ", held"
+                } else {
+                    ""
+                },
+                e["sender"].as_str().unwrap_or(""),
+            );
+            for r in e["recipients"].as_array().into_iter().flatten() {
+                println!(
+                    "    {} {} {}",
+                    r["address"].as_str().unwrap_or("?"),
+                    r["status"].as_str().unwrap_or("?"),
+                    r["last_reply"].as_str().unwrap_or(""),
+                );
+            }
+        }
+        println!("{} message(s)", entries.len());
+    } else if let Some(h) = v["headers"].as_str() {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&v["entry"]).unwrap_or_default()
+        );
+        print!("{h}");
+    } else {
+        println!("{}", serde_json::to_string_pretty(v).unwrap_or_default());
+    }
 }
 
 #[derive(Subcommand, Debug)]
@@ -137,6 +239,7 @@ fn main() -> anyhow::Result<()> {
                 DeliveryMode::Proxy { upstream, tls } => {
                     println!("delivery: proxy {upstream} (tls {tls:?})")
                 }
+                DeliveryMode::Queue(q) => println!("delivery: queue {}", q.spool.display()),
             }
             Ok(())
         }
@@ -174,6 +277,45 @@ fn main() -> anyhow::Result<()> {
             }
             Ok(())
         }
+        Command::Queue {
+            config,
+            json,
+            command,
+        } => {
+            let (cfg, rt) = load(config.as_deref())?;
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            let line = command.line();
+            let answer = runtime.block_on(async {
+                match mailgate::admin::request(&rt.admin_socket, &line).await? {
+                    Some(v) => Ok::<_, anyhow::Error>(v),
+                    None => Ok(mailgate::admin::offline(&cfg.queue.spool, &line).await),
+                }
+            })?;
+            if json {
+                println!("{answer}");
+            } else if answer["ok"].as_bool() == Some(true) {
+                print_answer(&answer);
+            }
+            if answer["ok"].as_bool() != Some(true) {
+                anyhow::bail!("{}", answer["error"].as_str().unwrap_or("failed"));
+            }
+            Ok(())
+        }
+        Command::Status { config } => {
+            let (_cfg, rt) = load(config.as_deref())?;
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            match runtime.block_on(mailgate::admin::request(&rt.admin_socket, "status"))? {
+                Some(v) => {
+                    println!("{}", serde_json::to_string_pretty(&v)?);
+                    Ok(())
+                }
+                None => anyhow::bail!("no gateway answers on {}", rt.admin_socket.display()),
+            }
+        }
         Command::Run { config, log_format } => {
             init_logs(log_format);
             let (_cfg, rt) = load(config.as_deref())?;
@@ -200,6 +342,9 @@ fn main() -> anyhow::Result<()> {
                     }
                     DeliveryMode::Proxy { upstream, tls } => {
                         tracing::info!(%upstream, tls = ?tls, "delivery mode proxy")
+                    }
+                    DeliveryMode::Queue(q) => {
+                        tracing::info!(spool = %q.spool.display(), "delivery mode queue")
                     }
                 }
                 server::run(Arc::clone(&rt), listeners, plugins, dns, shutdown_signal()).await?;

@@ -2,9 +2,12 @@
 
 Binds 127.0.0.1:0, prints "port N" on stdout once listening (the readiness signal), and
 stores each accepted message as <dir>/<n>.eml (exact bytes received) plus <n>.json
-(envelope, whether the session used TLS).
+(envelope, whether the session used TLS), then prints "stored n".
 
-  upstream.py DIR [--reject ADDR]... [--tempfail] [--starttls]
+  upstream.py DIR [--port N] [--reject ADDR]... [--tempfail] [--tempfail-first N] [--starttls]
+
+--port binds a given port (to come back on the same address after being stopped);
+--tempfail-first N answers the first N DATA commands with 451, then accepts.
 """
 import argparse
 import asyncio
@@ -21,6 +24,7 @@ class Handler:
     def __init__(self, args):
         self.args = args
         self.count = 0
+        self.tempfailed = 0
 
     async def handle_RCPT(self, server, session, envelope, address, rcpt_options):
         if address in self.args.reject:
@@ -29,7 +33,8 @@ class Handler:
         return "250 2.1.5 OK"
 
     async def handle_DATA(self, server, session, envelope):
-        if self.args.tempfail:
+        if self.args.tempfail or self.tempfailed < self.args.tempfail_first:
+            self.tempfailed += 1
             return "451 4.3.0 Upstream says try again later"
         self.count += 1
         base = os.path.join(self.args.dir, str(self.count))
@@ -44,6 +49,7 @@ class Handler:
         with open(base + ".json", "w") as f:
             json.dump(meta, f)
         os.rename(base + ".eml.tmp", base + ".eml")
+        print("stored", self.count, flush=True)
         return "250 2.0.0 Ok: queued upstream"
 
 
@@ -65,6 +71,8 @@ async def main():
     p.add_argument("--reject", action="append", default=[])
     p.add_argument("--tempfail", action="store_true")
     p.add_argument("--starttls", action="store_true")
+    p.add_argument("--port", type=int, default=0)
+    p.add_argument("--tempfail-first", type=int, default=0)
     args = p.parse_args()
     handler = Handler(args)
     ctx = tls_context(args.dir) if args.starttls else None
@@ -72,7 +80,7 @@ async def main():
     server = await loop.create_server(
         lambda: SMTP(handler, hostname="upstream.test", decode_data=False,
                      enable_SMTPUTF8=True, tls_context=ctx, require_starttls=False),
-        "127.0.0.1", 0,
+        "127.0.0.1", args.port, reuse_address=True,
     )
     print("port", server.sockets[0].getsockname()[1], flush=True)
     async with server:

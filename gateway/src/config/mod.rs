@@ -51,13 +51,91 @@ pub struct Config {
     pub relay: Relay,
     /// Where accepted mail goes.
     pub delivery: Delivery,
+    /// The store-and-forward queue (`delivery.mode = "queue"`).
+    pub queue: Queue,
     /// The resolver (plugins' `dns` capability, client reverse names, MX routing).
     pub dns: Dns,
     /// Settings for the plugin chain as a whole.
     pub chain: Chain,
+    /// The local admin socket (`mailgate queue`, `mailgate status`).
+    pub admin: Admin,
     /// The plugin chain, in order (`[[plugin]]` tables).
     #[serde(rename = "plugin")]
     pub plugins: Vec<Plugin>,
+}
+
+/// `[admin]`
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Admin {
+    /// Unix socket path (mode 0600).
+    pub socket: PathBuf,
+}
+
+impl Default for Admin {
+    fn default() -> Self {
+        Admin {
+            socket: PathBuf::from("./var/admin.sock"),
+        }
+    }
+}
+
+/// `[queue]`
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Queue {
+    /// Spool directory.
+    pub spool: PathBuf,
+    /// Delivery attempts at once.
+    pub concurrency: usize,
+    /// Delivery attempts at once to one next hop.
+    pub per_destination: usize,
+    /// First retry delay.
+    pub retry_initial_secs: u64,
+    /// Longest retry delay.
+    pub retry_max_secs: u64,
+    /// Bounce what is still undelivered after this long.
+    pub max_lifetime_secs: u64,
+    /// Send one "delayed" notice after this long; 0 = never.
+    pub delay_warning_secs: u64,
+    /// Keep idle connections to next hops open this long for reuse; 0 = no reuse.
+    pub connection_idle_secs: u64,
+    /// Port of MX hosts.
+    pub mx_port: u16,
+    /// Recipient domain → next hop, instead of MX lookup.
+    pub routes: std::collections::BTreeMap<String, Route>,
+}
+
+/// A `[queue.routes]` entry.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Route {
+    /// `host:port`.
+    pub host: String,
+    /// `none`, `opportunistic` or `required` STARTTLS.
+    #[serde(default = "opportunistic")]
+    pub tls: String,
+}
+
+fn opportunistic() -> String {
+    "opportunistic".into()
+}
+
+impl Default for Queue {
+    fn default() -> Self {
+        Queue {
+            spool: PathBuf::from("./var/spool"),
+            concurrency: 20,
+            per_destination: 4,
+            retry_initial_secs: 300,
+            retry_max_secs: 4000,
+            max_lifetime_secs: 5 * 86400,
+            delay_warning_secs: 0,
+            connection_idle_secs: 10,
+            mx_port: 25,
+            routes: Default::default(),
+        }
+    }
 }
 
 /// `[dns]`
@@ -274,11 +352,13 @@ impl Default for Relay {
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct Delivery {
-    /// `maildir` or `proxy`; unset means `proxy` when `upstream` is set, else `maildir`.
+    /// `maildir`, `proxy` or `queue`; unset means `proxy` when `upstream` is set, else
+    /// `maildir`.
     pub mode: Option<String>,
     /// Maildir root for `maildir` mode.
     pub maildir: PathBuf,
-    /// Next hop `host:port` for `proxy` mode.
+    /// Next hop `host:port` for `proxy` mode; in `queue` mode, the next hop of every
+    /// recipient without a `[queue.routes]` entry (unset: MX lookup).
     pub upstream: Option<String>,
     /// `none`, `opportunistic` or `required` STARTTLS towards the upstream.
     pub upstream_tls: String,

@@ -31,6 +31,8 @@ pub enum DeliveryMode {
         /// STARTTLS towards the upstream.
         tls: UpstreamTls,
     },
+    /// Store durably, then deliver in the background (store-and-forward).
+    Queue(Box<crate::queue::Settings>),
 }
 
 /// What a plugin failure means for the stage it happened in.
@@ -245,6 +247,8 @@ pub struct Runtime {
     pub quarantine: PathBuf,
     /// Resolver settings.
     pub dns: crate::dns::Settings,
+    /// Admin socket path.
+    pub admin_socket: PathBuf,
 }
 
 impl Runtime {
@@ -291,6 +295,94 @@ fn is_domain(d: &str) -> bool {
                 && !l.ends_with('-')
                 && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
         })
+}
+
+fn host_port(key: &'static str, v: &str) -> Result<(), ConfigError> {
+    match v.rsplit_once(':') {
+        Some((h, p)) if !h.is_empty() && p.parse::<u16>().is_ok_and(|p| p > 0) => Ok(()),
+        _ => Err(invalid(key, format!("{v:?} is not host:port"))),
+    }
+}
+
+fn tls_policy(key: &'static str, v: &str) -> Result<crate::delivery::TlsPolicy, ConfigError> {
+    use crate::delivery::TlsPolicy;
+    match v {
+        "none" => Ok(TlsPolicy::None),
+        "opportunistic" => Ok(TlsPolicy::Opportunistic),
+        "required" => Ok(TlsPolicy::Required),
+        other => Err(invalid(
+            key,
+            format!("{other:?}: expected none, opportunistic or required"),
+        )),
+    }
+}
+
+impl Config {
+    fn queue_settings(
+        &self,
+        upstream_tls: UpstreamTls,
+    ) -> Result<crate::queue::Settings, ConfigError> {
+        use crate::queue::route::{Hop, Routing};
+        let q = &self.queue;
+        let mut routes = std::collections::BTreeMap::new();
+        for (domain, r) in &q.routes {
+            let d = domain.trim_end_matches('.').to_ascii_lowercase();
+            if !is_domain(&d) {
+                return Err(invalid(
+                    "queue.routes",
+                    format!("{domain:?} is not a domain name"),
+                ));
+            }
+            host_port("queue.routes", &r.host)?;
+            routes.insert(
+                d,
+                Hop {
+                    addr: r.host.clone(),
+                    tls: tls_policy("queue.routes", &r.tls)?,
+                },
+            );
+        }
+        let default = match &self.delivery.upstream {
+            Some(up) if !up.is_empty() => {
+                host_port("delivery.upstream", up)?;
+                Some(Hop {
+                    addr: up.clone(),
+                    tls: match upstream_tls {
+                        UpstreamTls::None => crate::delivery::TlsPolicy::None,
+                        UpstreamTls::Opportunistic => crate::delivery::TlsPolicy::Opportunistic,
+                        UpstreamTls::Required => crate::delivery::TlsPolicy::Required,
+                    },
+                })
+            }
+            _ => None,
+        };
+        for (key, v) in [
+            ("queue.concurrency", q.concurrency as u64),
+            ("queue.per_destination", q.per_destination as u64),
+            ("queue.retry_initial_secs", q.retry_initial_secs),
+            ("queue.retry_max_secs", q.retry_max_secs),
+            ("queue.max_lifetime_secs", q.max_lifetime_secs),
+            ("queue.mx_port", q.mx_port as u64),
+        ] {
+            positive(key, v)?;
+        }
+        Ok(crate::queue::Settings {
+            spool: q.spool.clone(),
+            concurrency: q.concurrency,
+            per_destination: q.per_destination,
+            retry_initial: Duration::from_secs(q.retry_initial_secs),
+            retry_max: Duration::from_secs(q.retry_max_secs.max(q.retry_initial_secs)),
+            max_lifetime: Duration::from_secs(q.max_lifetime_secs),
+            delay_warning: Duration::from_secs(q.delay_warning_secs),
+            connection_idle: Duration::from_secs(q.connection_idle_secs),
+            connect_timeout: Duration::from_secs(self.delivery.connect_timeout_secs.max(1)),
+            routing: Routing {
+                routes,
+                default,
+                mx_port: q.mx_port,
+            },
+        })
+    }
 }
 
 fn dns(d: &super::Dns) -> Result<crate::dns::Settings, ConfigError> {
@@ -421,6 +513,7 @@ impl Config {
         });
         let delivery = match mode {
             "maildir" => DeliveryMode::Maildir(d.maildir.clone()),
+            "queue" => DeliveryMode::Queue(Box::new(self.queue_settings(upstream_tls)?)),
             "proxy" => {
                 let Some(up) = d.upstream.clone().filter(|u| !u.is_empty()) else {
                     return Err(invalid(
@@ -445,7 +538,7 @@ impl Config {
             other => {
                 return Err(invalid(
                     "delivery.mode",
-                    format!("{other:?}: expected maildir or proxy"),
+                    format!("{other:?}: expected maildir, proxy or queue"),
                 ));
             }
         };
@@ -460,6 +553,7 @@ impl Config {
             trace_header: self.chain.trace_header,
             quarantine: self.chain.quarantine.clone(),
             dns: dns(&self.dns)?,
+            admin_socket: self.admin.socket.clone(),
             hostname: s.hostname.to_ascii_lowercase(),
             listen,
             listen_tls,
@@ -641,6 +735,45 @@ config = { reject = "nobody", n = 3, nested = { a = true }, list = [1, 2] }
     }
 
     #[test]
+    fn queue_mode_routes_and_errors() {
+        let c = Config::from_toml(
+            "[delivery]\nmode = \"queue\"\nupstream = \"10.0.0.1:25\"\n\
+             [queue.routes]\n\"A.test\" = { host = \"10.0.0.2:2525\", tls = \"required\" }\n",
+        )
+        .unwrap();
+        let rt = c.validate().unwrap();
+        let DeliveryMode::Queue(q) = rt.delivery else {
+            panic!("queue mode")
+        };
+        assert_eq!(q.routing.routes["a.test"].addr, "10.0.0.2:2525");
+        assert_eq!(
+            q.routing.routes["a.test"].tls,
+            crate::delivery::TlsPolicy::Required
+        );
+        assert_eq!(q.routing.default.as_ref().unwrap().addr, "10.0.0.1:25");
+        for (toml, key) in [
+            (
+                "[delivery]\nmode = \"queue\"\n[queue.routes]\n\"a.test\" = { host = \"nohost\" }",
+                "queue.routes",
+            ),
+            (
+                "[delivery]\nmode = \"queue\"\n[queue.routes]\n\"a.test\" = { host = \"h:25\", tls = \"maybe\" }",
+                "queue.routes",
+            ),
+            (
+                "[delivery]\nmode = \"queue\"\n[queue]\nconcurrency = 0",
+                "queue.concurrency",
+            ),
+        ] {
+            let err = Config::from_toml(toml).unwrap().validate().unwrap_err();
+            assert!(err.to_string().contains(key), "{toml}: {err}");
+        }
+        let err = Config::from_toml("[queue.routes]\n\"a.test\" = { host = \"h:25\", bogus = 1 }")
+            .unwrap_err();
+        assert!(err.to_string().contains("bogus"), "{err}");
+    }
+
+    #[test]
     fn trusted_networks_match_v4_mapped() {
         let c =
             Config::from_toml("[relay]\ntrusted_networks = [\"192.0.2.0/24\", \"::1\"]").unwrap();
@@ -670,7 +803,11 @@ mod example_tests {
             .filter(|(_, v)| v.is_object())
             .map(|(k, _)| k.as_str())
             .collect();
-        let mut listed = toml_keys(&text);
+        // Top-level sections only (`[queue.routes]` belongs to `[queue]`).
+        let mut listed: Vec<&str> = toml_keys(&text)
+            .into_iter()
+            .filter(|k| !k.contains('.'))
+            .collect();
         sections.sort_unstable();
         listed.sort_unstable();
         assert_eq!(listed, sections, "example lists every section");

@@ -38,6 +38,9 @@ pub enum ServerError {
     /// TLS could not be set up.
     #[error(transparent)]
     Tls(#[from] tls::TlsError),
+    /// The queue's spool could not be opened or recovered.
+    #[error("queue: {0}")]
+    Queue(#[from] crate::queue::QueueError),
 }
 
 /// Bound listening sockets, plain and implicit TLS.
@@ -136,6 +139,14 @@ pub async fn run(
     dns: Arc<crate::dns::Resolver>,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), ServerError> {
+    let queue = match &rt.delivery {
+        crate::config::DeliveryMode::Queue(s) => Some(crate::queue::Queue::open(
+            (**s).clone(),
+            rt.hostname.clone(),
+            Arc::clone(&dns),
+        )?),
+        _ => None,
+    };
     let acceptor = tls::acceptor(&rt)?;
     if acceptor.is_none() && !listeners.smtps.is_empty() {
         warn!("implicit-TLS listeners configured without TLS; they will close connections");
@@ -146,12 +157,30 @@ pub async fn run(
         tls: acceptor,
         shutdown: stop_rx,
         conns: ConnTracker::new(rt.max_connections, rt.max_connections_per_ip),
-        backend: outbound::Backend::new(&rt),
+        backend: outbound::Backend::new(&rt, queue.clone()),
         plugins,
         dns,
         runtime: Arc::clone(&rt),
     });
     let tracker = TaskTracker::new();
+    let admin = crate::admin::Admin {
+        queue: queue.clone(),
+        started: crate::queue::entry::now_ms() / 1000,
+        mode: match &rt.delivery {
+            crate::config::DeliveryMode::Maildir(_) => "maildir",
+            crate::config::DeliveryMode::Proxy { .. } => "proxy",
+            crate::config::DeliveryMode::Queue(_) => "queue",
+        },
+    };
+    let socket = rt.admin_socket.clone();
+    let admin_rx = shared.shutdown.clone();
+    tokio::spawn(async move {
+        if let Err(e) = crate::admin::serve(socket, admin, admin_rx).await {
+            warn!(error = %e, "admin socket unavailable");
+        }
+    });
+    // The queue's scheduler stops with the listeners; its attempts in progress finish.
+    let scheduler = queue.map(|q| tokio::spawn(q.run(shared.shutdown.clone())));
     let mut accept_loops = Vec::new();
     for (list, implicit) in [(listeners.smtp, false), (listeners.smtps, true)] {
         for l in list {
@@ -181,6 +210,11 @@ pub async fn run(
             open = shared.conns.open(),
             "grace period over; closing remaining sessions"
         );
+    }
+    if let Some(s) = scheduler
+        && tokio::time::timeout(rt.shutdown_grace, s).await.is_err()
+    {
+        warn!("grace period over; queue deliveries in progress are retried at next start");
     }
     Ok(())
 }

@@ -20,11 +20,16 @@ pub enum Backend {
     Maildir(Arc<Maildir>),
     /// In-line relay to the upstream.
     Proxy(Arc<ProxyTarget>),
+    /// Durable queue, delivered in the background.
+    Queue(Arc<crate::queue::Queue>),
 }
 
 impl Backend {
     /// Builds the backend for the runtime config.
-    pub fn new(rt: &Runtime) -> Backend {
+    pub fn new(rt: &Runtime, queue: Option<Arc<crate::queue::Queue>>) -> Backend {
+        if let Some(q) = queue {
+            return Backend::Queue(q);
+        }
         match &rt.delivery {
             DeliveryMode::Maildir(root) => Backend::Maildir(Arc::new(Maildir::new(root.clone()))),
             DeliveryMode::Proxy { upstream, tls } => {
@@ -36,6 +41,11 @@ impl Backend {
                 };
                 target.timeouts.connect = rt.connect_timeout;
                 Backend::Proxy(Arc::new(target))
+            }
+            // The server opens the queue and passes it in; without one, mail is kept
+            // in Maildirs under the spool rather than lost.
+            DeliveryMode::Queue(s) => {
+                Backend::Maildir(Arc::new(Maildir::new(s.spool.join("unqueued"))))
             }
         }
     }
@@ -52,6 +62,7 @@ pub struct Outbound {
 enum Kind {
     Maildir(Arc<Maildir>),
     Proxy(Box<ProxyTransaction>),
+    Queue(Arc<crate::queue::Queue>),
 }
 
 impl Outbound {
@@ -60,6 +71,7 @@ impl Outbound {
         let kind = match &shared.backend {
             Backend::Maildir(m) => Kind::Maildir(Arc::clone(m)),
             Backend::Proxy(t) => Kind::Proxy(Box::new(ProxyTransaction::new(Arc::clone(t)))),
+            Backend::Queue(q) => Kind::Queue(Arc::clone(q)),
         };
         Outbound {
             hostname: shared.runtime.hostname.clone(),
@@ -72,13 +84,14 @@ impl Outbound {
         match self.kind {
             Kind::Maildir(_) => "maildir",
             Kind::Proxy(_) => "proxy",
+            Kind::Queue(_) => "queue",
         }
     }
 
     /// MAIL FROM passed our checks and the hooks.
     pub async fn mail_from(&mut self, sender: &str, params: &MailParams) -> Resolution {
         match &mut self.kind {
-            Kind::Maildir(_) => Resolution::Continue,
+            Kind::Maildir(_) | Kind::Queue(_) => Resolution::Continue,
             Kind::Proxy(p) => Resolution::Reply(p.mail_from(sender, params).await),
         }
     }
@@ -86,7 +99,7 @@ impl Outbound {
     /// RCPT TO passed our checks and the hooks.
     pub async fn rcpt_to(&mut self, rcpt: &str) -> Resolution {
         match &mut self.kind {
-            Kind::Maildir(_) => Resolution::Continue,
+            Kind::Maildir(_) | Kind::Queue(_) => Resolution::Continue,
             Kind::Proxy(p) => Resolution::Reply(p.rcpt_to(rcpt).await),
         }
     }
@@ -122,6 +135,13 @@ impl Outbound {
                 }
             }
             Kind::Proxy(p) => p.data(message, &received).await,
+            Kind::Queue(q) => match q.enqueue(message, &received).await {
+                Ok(id) => Reply::new(250, "2.0.0", format!("Ok: queued as {id}")),
+                Err(e) => {
+                    warn!(msg = %message.id, error = %e, "cannot queue message");
+                    Reply::new(451, "4.3.0", "Queue write failed, try again later")
+                }
+            },
         }
     }
 

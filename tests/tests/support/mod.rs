@@ -69,6 +69,8 @@ fn line_reader(r: impl Read + Send + 'static) -> mpsc::Receiver<String> {
 /// A running gateway.
 pub struct Gateway {
     child: Child,
+    /// Its config file.
+    pub config: PathBuf,
     pub smtp: SocketAddr,
     pub smtps: Option<SocketAddr>,
     pub dir: tempfile::TempDir,
@@ -84,6 +86,10 @@ pub struct Setup {
     pub rest: String,
     pub env: Vec<(String, String)>,
     pub tls_listener: bool,
+    /// Run in this directory (config, spool, logs) instead of a new temp dir.
+    pub dir: Option<PathBuf>,
+    /// Listen on this port instead of an ephemeral one.
+    pub port: Option<u16>,
 }
 
 impl Setup {
@@ -105,6 +111,11 @@ impl Setup {
         self.tls_listener = true;
         self
     }
+    pub fn in_dir(mut self, dir: &Path, port: u16) -> Self {
+        self.dir = Some(dir.to_path_buf());
+        self.port = Some(port);
+        self
+    }
     pub fn start(self) -> Gateway {
         Gateway::start(self)
     }
@@ -116,21 +127,35 @@ impl Gateway {
     }
 
     fn start(setup: Setup) -> Gateway {
-        let dir = tempfile::tempdir().unwrap();
-        let maildir = dir.path().join("mail");
+        let dir = match &setup.dir {
+            Some(d) => tempfile::TempDir::with_prefix_in("gw-", d).unwrap(),
+            None => tempfile::tempdir().unwrap(),
+        };
+        let workdir = setup
+            .dir
+            .clone()
+            .unwrap_or_else(|| dir.path().to_path_buf());
+        let maildir = workdir.join("mail");
         let tls = if setup.tls_listener {
             "listen_tls = [\"127.0.0.1:0\"]\n"
         } else {
             ""
         };
         let mut cfg = format!(
-            "[server]\nlisten = [\"127.0.0.1:0\"]\n{tls}{}\n",
+            "[server]\nlisten = [\"127.0.0.1:{}\"]\n{tls}{}\n",
+            setup.port.unwrap_or(0),
             setup.server
         );
         if !setup.rest.contains("[delivery]") {
             cfg.push_str(&format!(
                 "[delivery]\nmaildir = {:?}\n",
                 maildir.display().to_string()
+            ));
+        }
+        if !setup.rest.contains("[admin]") {
+            cfg.push_str(&format!(
+                "[admin]\nsocket = {:?}\n",
+                workdir.join("admin.sock").display().to_string()
             ));
         }
         if !setup.rest.contains("[dns]") {
@@ -144,7 +169,7 @@ impl Gateway {
         let mut cmd = Command::new(binary());
         cmd.args(["run", "--config"])
             .arg(&path)
-            .current_dir(dir.path())
+            .current_dir(&workdir)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(std::fs::File::create(&stderr).unwrap());
@@ -181,6 +206,7 @@ impl Gateway {
         }
         Gateway {
             child,
+            config: path,
             smtp: smtp.expect("smtp listener"),
             smtps,
             dir,
@@ -223,6 +249,22 @@ impl Gateway {
             .expect("gateway exits after SIGTERM")
     }
 
+    /// SIGKILL (`kill -9`): no shutdown, no flush, nothing.
+    pub fn kill9(&mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+    }
+
+    /// `mailgate queue --json --config <this gateway's config> ARGS…` as JSON.
+    pub fn queue(&self, args: &[&str]) -> serde_json::Value {
+        let cfg = self.config.display().to_string();
+        let mut all = vec!["queue", "--json", "--config", cfg.as_str()];
+        all.extend_from_slice(args);
+        let (_, out, err) = mailgate(&all);
+        serde_json::from_str(out.trim())
+            .unwrap_or_else(|e| panic!("mailgate queue {args:?}: {e}: {out} {err}"))
+    }
+
     pub fn wait(&mut self, limit: Duration) -> Option<std::process::ExitStatus> {
         let deadline = Instant::now() + limit;
         while Instant::now() < deadline {
@@ -247,11 +289,41 @@ pub struct Upstream {
     child: Child,
     pub port: u16,
     pub dir: tempfile::TempDir,
+    lines: mpsc::Receiver<String>,
+    stored: usize,
 }
 
 impl Upstream {
     pub fn start(args: &[&str]) -> Upstream {
-        let dir = tempfile::tempdir().unwrap();
+        Self::start_in(tempfile::tempdir().unwrap(), args)
+    }
+
+    /// Starts on a given port (e.g. the one a stopped upstream had).
+    pub fn start_on(port: u16, args: &[&str]) -> Upstream {
+        let port = port.to_string();
+        let mut all = vec!["--port", port.as_str()];
+        all.extend_from_slice(args);
+        Self::start_in(tempfile::tempdir().unwrap(), &all)
+    }
+
+    /// Waits (bounded) until it has stored at least `n` messages in all; true if so.
+    pub fn wait_stored(&mut self, n: usize, limit: Duration) -> bool {
+        let deadline = Instant::now() + limit;
+        while self.stored < n {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(l) => {
+                    if let Some(k) = l.strip_prefix("stored ") {
+                        self.stored = k.trim().parse().unwrap_or(self.stored);
+                    }
+                }
+                Err(_) => return false,
+            }
+        }
+        true
+    }
+
+    fn start_in(dir: tempfile::TempDir, args: &[&str]) -> Upstream {
         let mut child = Command::new("python3")
             .arg(peer("upstream.py"))
             .arg(dir.path())
@@ -268,7 +340,13 @@ impl Upstream {
             .expect("port line")
             .parse()
             .unwrap();
-        Upstream { child, port, dir }
+        Upstream {
+            child,
+            port,
+            dir,
+            lines,
+            stored: 0,
+        }
     }
 
     pub fn addr(&self) -> String {

@@ -1,0 +1,765 @@
+//! Store-and-forward queue (`delivery.mode = "queue"`): a message is written durably to
+//! the spool before the client gets its 250, then delivered in the background to each
+//! recipient's next hop, retried with exponential backoff while next hops are down or
+//! answer 4xx, and reported to the sender (RFC 3464 DSN) when a recipient fails for good
+//! or the message expires.
+//!
+//! - [`spool`]: the crash-safe on-disk format and recovery;
+//! - [`entry`]: envelope and per-recipient state;
+//! - [`route`]: static routes, default upstream, MX lookup;
+//! - [`deliver`]: one attempt to one destination, connection reuse;
+//! - [`dsn`]: delivery status notifications;
+//! - this module: the scheduler ([`Queue::run`]) and the operations the admin socket and
+//!   the `mailgate queue` commands use.
+
+pub mod deliver;
+pub mod dsn;
+pub mod entry;
+pub mod route;
+pub mod spool;
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use serde::Serialize;
+use tokio::sync::{Notify, Semaphore, watch};
+
+use self::deliver::{Attempt, Outcome, Pool};
+use self::entry::{Entry, RcptStatus, from_secs, now_ms};
+use self::route::{Destination, NoRoute, Routing};
+use self::spool::{Spool, SpoolError};
+use crate::delivery::Timeouts;
+use crate::dns::Resolver;
+use crate::smtp::Message;
+
+/// Queue settings, checked (`[queue]`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Settings {
+    /// Spool directory.
+    pub spool: PathBuf,
+    /// Delivery attempts at once, over all destinations.
+    pub concurrency: usize,
+    /// Delivery attempts at once to one destination.
+    pub per_destination: usize,
+    /// First retry delay.
+    pub retry_initial: Duration,
+    /// Longest retry delay.
+    pub retry_max: Duration,
+    /// Give up (bounce) after this long in the queue.
+    pub max_lifetime: Duration,
+    /// Send a "delayed" notice once after this long; zero = never.
+    pub delay_warning: Duration,
+    /// Keep idle connections to next hops this long for reuse; zero = no reuse.
+    pub connection_idle: Duration,
+    /// Connect timeout.
+    pub connect_timeout: Duration,
+    /// Routing.
+    pub routing: Routing,
+}
+
+/// Why a queue operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum QueueError {
+    /// The spool failed.
+    #[error(transparent)]
+    Spool(#[from] SpoolError),
+    /// No such entry.
+    #[error("no queue entry {0}")]
+    NotFound(String),
+    /// A background task failed.
+    #[error("queue task failed: {0}")]
+    Task(String),
+}
+
+/// Scheduler bookkeeping of one entry.
+#[derive(Debug, Clone, Copy)]
+struct Meta {
+    next_ms: u64,
+    held: bool,
+    busy: bool,
+    arrival: u64,
+}
+
+/// Delivery counters since start.
+#[derive(Debug, Default)]
+pub struct Counters {
+    /// Recipients accepted by their next hop.
+    pub delivered: AtomicU64,
+    /// Recipient attempts that will be retried.
+    pub deferred: AtomicU64,
+    /// Recipients refused for good.
+    pub failed: AtomicU64,
+    /// Recipients given up on after the maximum lifetime.
+    pub expired: AtomicU64,
+    /// Notifications queued to senders.
+    pub dsn_sent: AtomicU64,
+}
+
+/// Queue figures for `status` and metrics.
+#[derive(Debug, Serialize, PartialEq, Eq)]
+pub struct Stats {
+    /// Messages in the queue.
+    pub depth: usize,
+    /// Of which held.
+    pub held: usize,
+    /// Age of the oldest message, seconds.
+    pub oldest_age_secs: u64,
+    /// Recipients delivered since start.
+    pub delivered: u64,
+    /// Recipient attempts deferred since start.
+    pub deferred: u64,
+    /// Recipients failed since start.
+    pub failed: u64,
+    /// Recipients expired since start.
+    pub expired: u64,
+    /// Notifications queued since start.
+    pub dsn_sent: u64,
+}
+
+/// The queue.
+pub struct Queue {
+    spool: Spool,
+    settings: Settings,
+    hostname: String,
+    dns: Arc<Resolver>,
+    index: Mutex<HashMap<String, Meta>>,
+    wake: Notify,
+    pool: Pool,
+    global: Arc<Semaphore>,
+    per_dest: Mutex<HashMap<Destination, Arc<Semaphore>>>,
+    /// Counters since start.
+    pub counters: Counters,
+}
+
+impl std::fmt::Debug for Queue {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Queue")
+            .field("spool", &self.spool.root())
+            .finish()
+    }
+}
+
+impl Queue {
+    /// Opens the spool, recovers it and indexes what is there. Nothing is delivered
+    /// until [`Queue::run`].
+    pub fn open(
+        settings: Settings,
+        hostname: String,
+        dns: Arc<Resolver>,
+    ) -> Result<Arc<Queue>, QueueError> {
+        let spool = Spool::open(&settings.spool)?;
+        let rec = spool.recover()?;
+        tracing::info!(
+            spool = %settings.spool.display(),
+            entries = rec.entries.len(),
+            incomplete_removed = rec.incomplete,
+            corrupt = rec.corrupt,
+            "queue recovered"
+        );
+        let index = rec
+            .entries
+            .iter()
+            .map(|e| {
+                (
+                    e.id.clone(),
+                    Meta {
+                        next_ms: e.next_attempt_ms,
+                        held: e.held,
+                        busy: false,
+                        arrival: e.arrival,
+                    },
+                )
+            })
+            .collect();
+        Ok(Arc::new(Queue {
+            spool,
+            global: Arc::new(Semaphore::new(settings.concurrency.max(1))),
+            settings,
+            hostname,
+            dns,
+            index: Mutex::new(index),
+            wake: Notify::new(),
+            pool: Pool::default(),
+            per_dest: Mutex::new(HashMap::new()),
+            counters: Counters::default(),
+        }))
+    }
+
+    fn index(&self) -> std::sync::MutexGuard<'_, HashMap<String, Meta>> {
+        self.index.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Stores an accepted message durably (the `Received:` header in front) and returns
+    /// its queue id. Only after `Ok` may the client be told 250.
+    pub async fn enqueue(&self, message: &Message, received: &str) -> Result<String, QueueError> {
+        let id = message.id.clone();
+        let entry = Entry::new(
+            id.clone(),
+            &message.envelope.mail_from,
+            &message.envelope.params,
+            &message.envelope.rcpt_to,
+            (received.len() + message.data.len()) as u64,
+            message.trace.client.ip().to_string(),
+        );
+        let spool = self.spool.clone();
+        let header = received.as_bytes().to_vec();
+        let data = message.data.clone();
+        let e = entry.clone();
+        tokio::task::spawn_blocking(move || spool.store(&e, &[&header, &data]))
+            .await
+            .map_err(|e| QueueError::Task(e.to_string()))??;
+        self.add(&entry);
+        Ok(id)
+    }
+
+    fn add(&self, e: &Entry) {
+        self.index().insert(
+            e.id.clone(),
+            Meta {
+                next_ms: e.next_attempt_ms,
+                held: e.held,
+                busy: false,
+                arrival: e.arrival,
+            },
+        );
+        self.wake.notify_one();
+    }
+
+    /// Runs the scheduler until `shutdown` turns true; attempts in progress finish.
+    pub async fn run(self: Arc<Self>, mut shutdown: watch::Receiver<bool>) {
+        let tasks = tokio_util::task::TaskTracker::new();
+        loop {
+            if *shutdown.borrow() {
+                break;
+            }
+            let now = now_ms();
+            let mut due = Vec::new();
+            let mut next = now + 60_000;
+            {
+                let mut index = self.index();
+                for (id, m) in index.iter_mut() {
+                    if m.held || m.busy {
+                        continue;
+                    }
+                    if m.next_ms <= now {
+                        m.busy = true;
+                        due.push(id.clone());
+                    } else {
+                        next = next.min(m.next_ms);
+                    }
+                }
+            }
+            for id in due {
+                let q = Arc::clone(&self);
+                tasks.spawn(async move { q.attempt(id).await });
+            }
+            self.pool.expire(self.settings.connection_idle);
+            let sleep = Duration::from_millis(next.saturating_sub(now).max(10));
+            tokio::select! {
+                _ = self.wake.notified() => {}
+                _ = tokio::time::sleep(sleep) => {}
+                _ = shutdown.changed() => {}
+            }
+        }
+        tasks.close();
+        tasks.wait().await;
+    }
+
+    /// Looks up one entry from disk.
+    async fn load(&self, id: &str) -> Result<(Entry, Vec<u8>), QueueError> {
+        let spool = self.spool.clone();
+        let id = id.to_string();
+        tokio::task::spawn_blocking(move || {
+            let e = spool.load(&id)?;
+            let m = spool.message(&id)?;
+            Ok::<_, SpoolError>((e, m))
+        })
+        .await
+        .map_err(|e| QueueError::Task(e.to_string()))?
+        .map_err(QueueError::from)
+    }
+
+    async fn save(&self, e: &Entry) -> Result<(), QueueError> {
+        let spool = self.spool.clone();
+        let e = e.clone();
+        tokio::task::spawn_blocking(move || spool.update(&e))
+            .await
+            .map_err(|e| QueueError::Task(e.to_string()))??;
+        Ok(())
+    }
+
+    async fn remove_files(&self, id: &str) -> Result<(), QueueError> {
+        let spool = self.spool.clone();
+        let id = id.to_string();
+        tokio::task::spawn_blocking(move || spool.remove(&id))
+            .await
+            .map_err(|e| QueueError::Task(e.to_string()))??;
+        Ok(())
+    }
+
+    fn dest_limit(&self, d: &Destination) -> Arc<Semaphore> {
+        let mut m = self.per_dest.lock().unwrap_or_else(|e| e.into_inner());
+        Arc::clone(
+            m.entry(d.clone())
+                .or_insert_with(|| Arc::new(Semaphore::new(self.settings.per_destination.max(1)))),
+        )
+    }
+
+    /// One delivery attempt of entry `id`; reschedules, bounces or removes it.
+    async fn attempt(self: Arc<Self>, id: String) {
+        let Ok(_permit) = Arc::clone(&self.global).acquire_owned().await else {
+            return;
+        };
+        let (mut entry, message) = match self.load(&id).await {
+            Ok(x) => x,
+            Err(e) => {
+                // Deleted meanwhile (admin) or unreadable: forget it.
+                tracing::warn!(queue_id = %id, error = %e, "queue entry unavailable");
+                self.index().remove(&id);
+                return;
+            }
+        };
+        if entry.held {
+            self.set_meta(&entry);
+            return;
+        }
+        entry.attempts += 1;
+        // Group pending recipients by destination.
+        let mut groups: BTreeMap<Destination, Vec<usize>> = BTreeMap::new();
+        for (i, r) in entry.recipients.iter().enumerate() {
+            if r.status == RcptStatus::Pending {
+                let d = self
+                    .settings
+                    .routing
+                    .destination(&r.address, r.route.as_deref());
+                groups.entry(d).or_default().push(i);
+            }
+        }
+        let n_groups = groups.len();
+        for (gi, (dest, idx)) in groups.into_iter().enumerate() {
+            let results = self.deliver_group(&dest, &entry, &idx, &message).await;
+            for (i, (outcome, host)) in idx.iter().zip(results) {
+                let r = &mut entry.recipients[*i];
+                r.remote = (!host.is_empty()).then_some(host);
+                match outcome {
+                    Outcome::Delivered(reply) => {
+                        tracing::info!(queue_id = %id, rcpt = %r.address, next_hop = %dest, %reply, "delivered");
+                        r.status = RcptStatus::Delivered;
+                        r.last_reply = Some(reply);
+                        self.counters.delivered.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Outcome::Failed(reply) => {
+                        tracing::info!(queue_id = %id, rcpt = %r.address, next_hop = %dest, %reply, "failed");
+                        r.status = RcptStatus::Failed;
+                        r.last_reply = Some(reply);
+                        self.counters.failed.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Outcome::Deferred(reply) => {
+                        tracing::info!(queue_id = %id, rcpt = %r.address, next_hop = %dest, %reply, "deferred");
+                        r.last_reply = Some(reply);
+                        self.counters.deferred.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            }
+            // Persist progress between destinations, so a crash re-sends less.
+            if gi + 1 < n_groups
+                && let Err(e) = self.save(&entry).await
+            {
+                tracing::error!(queue_id = %id, error = %e, "cannot save queue state");
+            }
+        }
+        if let Err(e) = self.settle(entry).await {
+            tracing::error!(queue_id = %id, error = %e, "cannot update queue entry; retried later");
+            let mut index = self.index();
+            if let Some(m) = index.get_mut(&id) {
+                m.busy = false;
+                m.next_ms = now_ms() + self.settings.retry_initial.as_millis() as u64;
+            }
+        }
+        self.wake.notify_one();
+    }
+
+    async fn deliver_group(
+        &self,
+        dest: &Destination,
+        entry: &Entry,
+        idx: &[usize],
+        message: &[u8],
+    ) -> Vec<(Outcome, String)> {
+        let limit = self.dest_limit(dest);
+        let Ok(_permit) = limit.acquire().await else {
+            return idx
+                .iter()
+                .map(|_| {
+                    (
+                        Outcome::Deferred("4.3.0 shutting down".into()),
+                        String::new(),
+                    )
+                })
+                .collect();
+        };
+        let targets = match self.settings.routing.targets(dest, &self.dns).await {
+            Ok(t) => t,
+            Err(NoRoute::Permanent(why, code)) => {
+                return idx
+                    .iter()
+                    .map(|_| (Outcome::Failed(format!("550 {code} {why}")), String::new()))
+                    .collect();
+            }
+            Err(NoRoute::Temporary(why, code)) => {
+                return idx
+                    .iter()
+                    .map(|_| {
+                        (
+                            Outcome::Deferred(format!("451 {code} {why}")),
+                            String::new(),
+                        )
+                    })
+                    .collect();
+            }
+        };
+        let rcpts: Vec<String> = idx
+            .iter()
+            .map(|i| entry.recipients[*i].address.clone())
+            .collect();
+        let timeouts = Timeouts {
+            connect: self.settings.connect_timeout,
+            ..Timeouts::default()
+        };
+        let attempt = Attempt {
+            helo: &self.hostname,
+            timeouts,
+            max_idle: self.settings.connection_idle,
+            sender: &entry.sender,
+            params: entry.params(),
+            message,
+        };
+        deliver::deliver(&self.pool, &targets, &rcpts, &attempt).await
+    }
+
+    /// After an attempt: remove a finished entry (bouncing failures), expire an old one,
+    /// or schedule the next attempt.
+    async fn settle(&self, mut entry: Entry) -> Result<(), QueueError> {
+        let now = now_ms();
+        let age = Duration::from_millis(now.saturating_sub(entry.arrival * 1000));
+        if !entry.done() && age >= self.settings.max_lifetime {
+            for r in entry.recipients.iter_mut() {
+                if r.status == RcptStatus::Pending {
+                    let last = r.last_reply.take().unwrap_or_default();
+                    r.last_reply = Some(format!(
+                        "4.4.7 delivery time expired after {} attempts; last answer: {last}",
+                        entry.attempts
+                    ));
+                    r.status = RcptStatus::Failed;
+                    self.counters.expired.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+            tracing::warn!(queue_id = %entry.id, "message expired in the queue");
+        }
+        if entry.done() {
+            self.notify_sender(&entry, dsn::Action::Failed).await?;
+            self.remove_files(&entry.id).await?;
+            self.index().remove(&entry.id);
+            tracing::info!(queue_id = %entry.id, attempts = entry.attempts, "removed from queue");
+            return Ok(());
+        }
+        if !self.settings.delay_warning.is_zero()
+            && !entry.warned
+            && age >= self.settings.delay_warning
+        {
+            self.notify_sender(&entry, dsn::Action::Delayed).await?;
+            entry.warned = true;
+        }
+        entry.next_attempt_ms = now + backoff(&self.settings, entry.attempts).as_millis() as u64;
+        self.save(&entry).await?;
+        self.set_meta(&entry);
+        Ok(())
+    }
+
+    fn set_meta(&self, e: &Entry) {
+        self.index().insert(
+            e.id.clone(),
+            Meta {
+                next_ms: e.next_attempt_ms,
+                held: e.held,
+                busy: false,
+                arrival: e.arrival,
+            },
+        );
+    }
+
+    /// Queues a DSN to the sender for the recipients in `kind`'s state (failed ones, or
+    /// pending ones for a delay notice). Never to the null sender.
+    async fn notify_sender(&self, entry: &Entry, kind: dsn::Action) -> Result<(), QueueError> {
+        let want = match kind {
+            dsn::Action::Failed => RcptStatus::Failed,
+            dsn::Action::Delayed => RcptStatus::Pending,
+        };
+        let rcpts: Vec<dsn::DsnRecipient> = entry
+            .recipients
+            .iter()
+            .filter(|r| r.status == want)
+            .map(|r| dsn::DsnRecipient {
+                address: r.address.clone(),
+                action: kind,
+                status: status_of(r.last_reply.as_deref(), kind),
+                remote_mta: r.remote.clone(),
+                diagnostic: r.last_reply.clone(),
+                last_attempt: Some(SystemTime::now()),
+                will_retry_until: (kind == dsn::Action::Delayed)
+                    .then(|| from_secs(entry.arrival) + self.settings.max_lifetime),
+            })
+            .collect();
+        if rcpts.is_empty() {
+            return Ok(());
+        }
+        if entry.sender.is_empty() {
+            tracing::warn!(queue_id = %entry.id, "undeliverable notification or null-sender message: no notice sent");
+            return Ok(());
+        }
+        let spool = self.spool.clone();
+        let id = entry.id.clone();
+        let original = tokio::task::spawn_blocking(move || spool.message(&id))
+            .await
+            .map_err(|e| QueueError::Task(e.to_string()))??;
+        let bytes = dsn::build(&dsn::DsnRequest {
+            reporting_mta: &self.hostname,
+            sender: &entry.sender,
+            queue_id: &entry.id,
+            arrival: from_secs(entry.arrival),
+            recipients: &rcpts,
+            original: &original,
+            now: SystemTime::now(),
+            boundary_seed: rand::random(),
+        });
+        let dsn_id = format!(
+            "{}.{}",
+            entry.id,
+            if kind == dsn::Action::Failed {
+                "bounce"
+            } else {
+                "delay"
+            }
+        );
+        let e = Entry::new(
+            dsn_id.clone(),
+            "",
+            &crate::smtp::MailParams {
+                smtputf8: !entry.sender.is_ascii(),
+                ..Default::default()
+            },
+            std::slice::from_ref(&entry.sender),
+            bytes.len() as u64,
+            "local".into(),
+        );
+        let spool = self.spool.clone();
+        let stored = e.clone();
+        tokio::task::spawn_blocking(move || spool.store(&stored, &[&bytes]))
+            .await
+            .map_err(|e| QueueError::Task(e.to_string()))??;
+        self.counters.dsn_sent.fetch_add(1, Ordering::Relaxed);
+        tracing::info!(queue_id = %entry.id, dsn = %dsn_id, to = %entry.sender, kind = ?kind, "delivery status notification queued");
+        self.add(&e);
+        Ok(())
+    }
+
+    // ------------------------------------------------------------------ operations
+
+    /// Every entry, oldest first.
+    pub async fn list(&self) -> Result<Vec<Entry>, QueueError> {
+        list_spool(self.spool.clone()).await
+    }
+
+    /// One entry and its message.
+    pub async fn show(&self, id: &str) -> Result<(Entry, Vec<u8>), QueueError> {
+        self.load(id)
+            .await
+            .map_err(|_| QueueError::NotFound(id.to_string()))
+    }
+
+    /// Makes every entry due now (held ones stay held).
+    pub fn flush(&self) -> usize {
+        let now = now_ms();
+        let mut n = 0;
+        for m in self.index().values_mut() {
+            if !m.held {
+                m.next_ms = m.next_ms.min(now);
+                n += 1;
+            }
+        }
+        self.wake.notify_one();
+        n
+    }
+
+    /// Makes one entry due now.
+    pub fn retry(&self, id: &str) -> Result<(), QueueError> {
+        let mut index = self.index();
+        let m = index
+            .get_mut(id)
+            .ok_or_else(|| QueueError::NotFound(id.to_string()))?;
+        m.next_ms = now_ms();
+        drop(index);
+        self.wake.notify_one();
+        Ok(())
+    }
+
+    /// Holds (`true`) or releases an entry.
+    pub async fn set_held(&self, id: &str, held: bool) -> Result<(), QueueError> {
+        if !self.index().contains_key(id) {
+            return Err(QueueError::NotFound(id.to_string()));
+        }
+        let (mut e, _) = self.load(id).await?;
+        e.held = held;
+        if !held {
+            e.next_attempt_ms = now_ms();
+        }
+        self.save(&e).await?;
+        if let Some(m) = self.index().get_mut(id) {
+            m.held = held;
+            m.next_ms = e.next_attempt_ms;
+        }
+        self.wake.notify_one();
+        Ok(())
+    }
+
+    /// Deletes an entry without notifying anyone.
+    pub async fn delete(&self, id: &str) -> Result<(), QueueError> {
+        if self.index().remove(id).is_none() {
+            return Err(QueueError::NotFound(id.to_string()));
+        }
+        self.remove_files(id).await
+    }
+
+    /// Queue figures.
+    pub fn stats(&self) -> Stats {
+        let now = now_ms() / 1000;
+        let index = self.index();
+        let c = &self.counters;
+        Stats {
+            depth: index.len(),
+            held: index.values().filter(|m| m.held).count(),
+            oldest_age_secs: index
+                .values()
+                .map(|m| now.saturating_sub(m.arrival))
+                .max()
+                .unwrap_or(0),
+            delivered: c.delivered.load(Ordering::Relaxed),
+            deferred: c.deferred.load(Ordering::Relaxed),
+            failed: c.failed.load(Ordering::Relaxed),
+            expired: c.expired.load(Ordering::Relaxed),
+            dsn_sent: c.dsn_sent.load(Ordering::Relaxed),
+        }
+    }
+}
+
+/// Lists a spool's entries (also with no gateway running), oldest first.
+pub async fn list_spool(spool: Spool) -> Result<Vec<Entry>, QueueError> {
+    tokio::task::spawn_blocking(move || {
+        let mut out = Vec::new();
+        for id in spool.ids()? {
+            if let Ok(e) = spool.load(&id) {
+                out.push(e);
+            }
+        }
+        out.sort_by(|a, b| (a.arrival, &a.id).cmp(&(b.arrival, &b.id)));
+        Ok::<_, SpoolError>(out)
+    })
+    .await
+    .map_err(|e| QueueError::Task(e.to_string()))?
+    .map_err(QueueError::from)
+}
+
+/// The delay before attempt `attempts + 1`: `retry_initial` doubled per attempt, capped
+/// at `retry_max`, with ±20 % jitter so a burst does not retry in lockstep.
+pub fn backoff(s: &Settings, attempts: u32) -> Duration {
+    let base = s
+        .retry_initial
+        .saturating_mul(1u32 << attempts.saturating_sub(1).min(20))
+        .min(s.retry_max);
+    let jitter = 0.8 + rand::random::<f64>() * 0.4;
+    base.mul_f64(jitter).max(Duration::from_millis(10))
+}
+
+/// The enhanced status code for a DSN from a reply like `550 5.1.1 text`.
+fn status_of(reply: Option<&str>, kind: dsn::Action) -> String {
+    let fallback = match kind {
+        dsn::Action::Failed => "5.0.0",
+        dsn::Action::Delayed => "4.0.0",
+    };
+    reply
+        .and_then(|r| {
+            r.split_whitespace()
+                .take(2)
+                .find(|w| w.matches('.').count() == 2 && w.starts_with(['2', '4', '5']))
+        })
+        .map(|s| match kind {
+            // An expired or failed recipient whose last answer was 4xx is reported as 4.x.x
+            // in Status only for delays; a final failure is permanent.
+            dsn::Action::Failed if s.starts_with('4') => format!("5{}", &s[1..]),
+            _ => s.to_string(),
+        })
+        .unwrap_or_else(|| fallback.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn settings() -> Settings {
+        Settings {
+            spool: PathBuf::from("/nonexistent"),
+            concurrency: 4,
+            per_destination: 2,
+            retry_initial: Duration::from_secs(60),
+            retry_max: Duration::from_secs(3600),
+            max_lifetime: Duration::from_secs(5 * 86400),
+            delay_warning: Duration::ZERO,
+            connection_idle: Duration::from_secs(10),
+            connect_timeout: Duration::from_secs(30),
+            routing: Routing {
+                routes: Default::default(),
+                default: None,
+                mx_port: 25,
+            },
+        }
+    }
+
+    #[test]
+    fn backoff_doubles_with_jitter_and_cap() {
+        let s = settings();
+        for (attempt, base) in [
+            (1u32, 60.0),
+            (2, 120.0),
+            (3, 240.0),
+            (7, 3600.0),
+            (40, 3600.0),
+        ] {
+            let d = backoff(&s, attempt).as_secs_f64();
+            assert!(
+                d >= base * 0.8 - 0.001 && d <= base * 1.2 + 0.001,
+                "{attempt}: {d}"
+            );
+        }
+    }
+
+    #[test]
+    fn dsn_status_codes() {
+        assert_eq!(
+            status_of(Some("550 5.1.1 unknown"), dsn::Action::Failed),
+            "5.1.1"
+        );
+        assert_eq!(
+            status_of(Some("4.4.7 delivery time expired"), dsn::Action::Failed),
+            "5.4.7"
+        );
+        assert_eq!(
+            status_of(Some("451 4.3.0 later"), dsn::Action::Delayed),
+            "4.3.0"
+        );
+        assert_eq!(status_of(None, dsn::Action::Failed), "5.0.0");
+        assert_eq!(status_of(Some("garbage"), dsn::Action::Delayed), "4.0.0");
+    }
+}
