@@ -421,3 +421,92 @@ fn kill_dash_nine_loses_nothing() {
     );
     drop(gw);
 }
+
+/// Queue mode in front of Postfix (Debian's package) as the default next hop: Postfix
+/// offers PIPELINING, so MAIL and both RCPTs go out together; its own 550 5.1.1 for the
+/// unknown user comes back to the sender as a bounce, which Postfix then delivers too.
+#[test]
+fn queue_into_postfix_delivers_and_bounces_its_refusals() {
+    let pf = support::Postfix::start(&["pat@example.test", "sender@client.test"]);
+    let dir = tempfile::tempdir().unwrap();
+    let gw = queue_setup(dir.path(), &[], "")
+        .env("MAILGATE_DELIVERY__UPSTREAM", &pf.addr.to_string())
+        .env("MAILGATE_DELIVERY__UPSTREAM_TLS", "none")
+        .start();
+    send(
+        &gw,
+        "sender@client.test",
+        &["pat@example.test", "nobody@example.test"],
+    );
+    assert!(
+        pf.wait_log_count("status=sent", 2, Duration::from_secs(60)),
+        "postfix did not deliver both:\n{}\n{}",
+        pf.maillog(),
+        gw.log()
+    );
+    let pat = pf.mailbox("example.test", "pat");
+    assert_eq!(pat.len(), 1);
+    assert!(String::from_utf8_lossy(&pat[0]).contains("Received: from client.test"));
+    let bounce = pf.mailbox("client.test", "sender");
+    assert_eq!(bounce.len(), 1, "{}", pf.maillog());
+    let text = String::from_utf8_lossy(&bounce[0]).into_owned();
+    assert!(
+        text.contains("Final-Recipient: rfc822; nobody@example.test"),
+        "{text}"
+    );
+    assert!(text.contains("Status: 5.1.1"), "{text}");
+    assert!(text.contains("Diagnostic-Code: smtp; 550 5.1.1"), "{text}");
+    assert!(!text.contains("Final-Recipient: rfc822; pat@"), "{text}");
+}
+
+/// An unreachable next hop: one "delayed" notice after `delay_warning_secs`, then, at
+/// `max_lifetime_secs`, a bounce saying delivery time expired, and the entry is gone.
+#[test]
+fn delay_notice_then_expiry_bounce() {
+    let dir = tempfile::tempdir().unwrap();
+    let dead = free_port();
+    let mut up = Upstream::start(&[]);
+    let gw = queue_setup(
+        dir.path(),
+        &[
+            ("example.test", format!("127.0.0.1:{dead}")),
+            ("client.test", up.addr()),
+        ],
+        "delay_warning_secs = 1\nmax_lifetime_secs = 3\n",
+    )
+    .start();
+    send(&gw, "sender@client.test", &["u@example.test"]);
+    assert!(up.wait_stored(2, WAIT), "{}", gw.log());
+    let texts: Vec<String> = up
+        .received()
+        .iter()
+        .map(|(raw, _)| String::from_utf8_lossy(raw).into_owned())
+        .collect();
+    assert!(texts[0].contains("Subject: Delayed Mail"), "{}", texts[0]);
+    assert!(texts[0].contains("Action: delayed"), "{}", texts[0]);
+    assert!(texts[0].contains("Will-Retry-Until:"), "{}", texts[0]);
+    assert!(
+        texts[1].contains("Subject: Undelivered Mail"),
+        "{}",
+        texts[1]
+    );
+    assert!(texts[1].contains("Action: failed"), "{}", texts[1]);
+    assert!(texts[1].contains("Status: 5.4.7"), "{}", texts[1]);
+    assert!(texts[1].contains("expired"), "{}", texts[1]);
+    assert!(
+        gw.queue(&["list"])["entries"]
+            .as_array()
+            .unwrap()
+            .is_empty()
+    );
+    let status = {
+        let cfg = gw.config.display().to_string();
+        let (ok, out, err) = support::mailgate(&["status", "--config", &cfg]);
+        assert!(ok, "{err}");
+        json(&out)
+    };
+    assert_eq!(status["delivery"], "queue");
+    assert_eq!(status["queue"]["expired"], 1, "{status}");
+    assert_eq!(status["queue"]["dsn_sent"], 2, "{status}");
+    assert_eq!(status["queue"]["depth"], 0, "{status}");
+}

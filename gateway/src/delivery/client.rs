@@ -606,11 +606,62 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> SmtpClient<S> {
         self.check(r)
     }
 
-    async fn mail_from_inner(
+    /// `MAIL FROM` and one `RCPT TO` per recipient, and their replies. With `PIPELINING`
+    /// (RFC 2920) all commands go out in one write and the replies are read in order;
+    /// otherwise one command at a time. Every recipient gets a reply (`503` ones when
+    /// `MAIL` was refused), so the caller decides per recipient.
+    pub async fn envelope(
         &mut self,
         sender: &str,
         params: &MailParams,
-    ) -> Result<Reply, ClientError> {
+        rcpts: &[&str],
+    ) -> Result<(Reply, Vec<Reply>), ClientError> {
+        if !self.ext.pipelining {
+            let mail = self.mail_from(sender, params).await?;
+            let mut replies = Vec::with_capacity(rcpts.len());
+            for r in rcpts {
+                if mail.code() >= 400 {
+                    replies.push(Reply::new(503, "5.5.1", "MAIL FROM was not accepted"));
+                } else {
+                    replies.push(self.rcpt_to(r).await?);
+                }
+            }
+            return Ok((mail, replies));
+        }
+        let r = self.envelope_pipelined(sender, params, rcpts).await;
+        self.check(r)
+    }
+
+    async fn envelope_pipelined(
+        &mut self,
+        sender: &str,
+        params: &MailParams,
+        rcpts: &[&str],
+    ) -> Result<(Reply, Vec<Reply>), ClientError> {
+        let mut batch = self.mail_command(sender, params)?;
+        for r in rcpts {
+            check_address(r, "recipient")?;
+            batch.push_str(&format!("RCPT TO:<{r}>\r\n"));
+        }
+        let t = self.timeouts;
+        self.write(batch.as_bytes(), t.mail, "sending MAIL and RCPT")
+            .await?;
+        let mail = self
+            .read_response(t.mail, "waiting for MAIL reply")
+            .await?
+            .to_reply();
+        let mut replies = Vec::with_capacity(rcpts.len());
+        for _ in rcpts {
+            replies.push(
+                self.read_response(t.rcpt, "waiting for RCPT reply")
+                    .await?
+                    .to_reply(),
+            );
+        }
+        Ok((mail, replies))
+    }
+
+    fn mail_command(&self, sender: &str, params: &MailParams) -> Result<String, ClientError> {
         check_address(sender, "sender")?;
         if params.smtputf8 && !self.ext.smtputf8 {
             return Err(ClientError::Smtputf8NotSupported);
@@ -626,6 +677,15 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> SmtpClient<S> {
             cmd.push_str(" SMTPUTF8");
         }
         cmd.push_str("\r\n");
+        Ok(cmd)
+    }
+
+    async fn mail_from_inner(
+        &mut self,
+        sender: &str,
+        params: &MailParams,
+    ) -> Result<Reply, ClientError> {
+        let cmd = self.mail_command(sender, params)?;
         let t = self.timeouts.mail;
         Ok(self
             .command(cmd, t, "waiting for MAIL reply")
@@ -1036,6 +1096,78 @@ mod tests {
              DATA\r\n\
              Received: by mx\r\nSubject: t\r\n\r\n..leading dot\r\n...two\r\nbare\r\nlf\r\n..\r\n.\r\n\
              QUIT\r\n"
+        );
+    }
+
+    /// With PIPELINING, MAIL and every RCPT leave before any reply is read: the server
+    /// here reads all three commands before answering (a client waiting for the MAIL
+    /// reply first would time out).
+    #[tokio::test]
+    async fn envelope_is_pipelined_when_offered() {
+        let server = FakeServer::start(vec![vec![
+            Step::Send("220 up.test ESMTP\r\n"),
+            Step::Line,
+            Step::Send("250-up.test\r\n250 PIPELINING\r\n"),
+            Step::Line,
+            Step::Line,
+            Step::Line,
+            Step::Send("250 2.1.0 Ok\r\n550 5.1.1 unknown\r\n250 2.1.5 Ok\r\n"),
+            Step::Line,
+            Step::Send("221 2.0.0 Bye\r\n"),
+        ]])
+        .await;
+        let mut c = SmtpClient::connect(&server.addr, "mx.test", TlsPolicy::None, fast())
+            .await
+            .unwrap();
+        let (mail, rcpts) = c
+            .envelope(
+                "s@a.test",
+                &MailParams::default(),
+                &["x@up.test", "y@up.test"],
+            )
+            .await
+            .unwrap();
+        assert_eq!(mail.code(), 250);
+        assert_eq!(
+            rcpts.iter().map(Reply::code).collect::<Vec<_>>(),
+            vec![550, 250]
+        );
+        c.quit().await.unwrap();
+        let got = server.received().await;
+        assert_eq!(
+            got[0],
+            "EHLO mx.test\r\nMAIL FROM:<s@a.test>\r\nRCPT TO:<x@up.test>\r\n\
+             RCPT TO:<y@up.test>\r\nQUIT\r\n"
+        );
+    }
+
+    /// Without PIPELINING, one command at a time; a refused MAIL leaves every
+    /// recipient with a 503 without sending RCPT.
+    #[tokio::test]
+    async fn envelope_without_pipelining_is_sequential() {
+        let server = FakeServer::start(vec![vec![
+            Step::Send("220 up.test ESMTP\r\n"),
+            Step::Line,
+            Step::Send("250 up.test\r\n"),
+            Step::Line,
+            Step::Send("451 4.3.0 later\r\n"),
+            Step::Line,
+            Step::Send("221 2.0.0 Bye\r\n"),
+        ]])
+        .await;
+        let mut c = SmtpClient::connect(&server.addr, "mx.test", TlsPolicy::None, fast())
+            .await
+            .unwrap();
+        let (mail, rcpts) = c
+            .envelope("s@a.test", &MailParams::default(), &["x@up.test"])
+            .await
+            .unwrap();
+        assert_eq!(mail.code(), 451);
+        assert_eq!(rcpts[0].code(), 503);
+        c.quit().await.unwrap();
+        assert_eq!(
+            server.received().await[0],
+            "EHLO mx.test\r\nMAIL FROM:<s@a.test>\r\nQUIT\r\n"
         );
     }
 

@@ -209,8 +209,21 @@ async fn transaction(
             Some(c),
         ));
     }
-    let r = match c.mail_from(a.sender, &a.params).await {
-        Ok(r) => r,
+    let mut out: Vec<Option<Outcome>> = vec![None; rcpts.len()];
+    // Addresses that cannot be sent are refused here; the rest go out together.
+    let mut sendable = Vec::new();
+    for (i, r) in rcpts.iter().enumerate() {
+        if r.chars().any(char::is_control) {
+            out[i] = Some(Outcome::Failed(
+                "553 5.1.3 invalid recipient address".into(),
+            ));
+        } else {
+            sendable.push(i);
+        }
+    }
+    let addrs: Vec<&str> = sendable.iter().map(|i| rcpts[*i].as_str()).collect();
+    let (r, replies) = match c.envelope(a.sender, &a.params, &addrs).await {
+        Ok(x) => x,
         Err(ClientError::Smtputf8NotSupported) => {
             return Ok((
                 all(Outcome::Failed(
@@ -224,23 +237,17 @@ async fn transaction(
     if r.code() >= 400 {
         let o = Outcome::from_reply(&r);
         let _ = c.rset().await;
-        return Ok((all(o), c.is_usable().then_some(c)));
+        for i in sendable {
+            out[i] = Some(o.clone());
+        }
+        return Ok((finish(out), c.is_usable().then_some(c)));
     }
-    let mut out: Vec<Option<Outcome>> = vec![None; rcpts.len()];
     let mut accepted = Vec::new();
-    for (i, rcpt) in rcpts.iter().enumerate() {
-        match c.rcpt_to(rcpt).await {
-            Ok(r) if r.code() < 300 => accepted.push(i),
-            Ok(r) => out[i] = Some(Outcome::from_reply(&r)),
-            Err(ClientError::InvalidArgument(_)) => {
-                out[i] = Some(Outcome::Failed(
-                    "553 5.1.3 invalid recipient address".into(),
-                ))
-            }
-            Err(e) if accepted.is_empty() => return Err(e),
-            Err(e) => {
-                return Ok((defer_rest(out, &e), None));
-            }
+    for (i, reply) in sendable.into_iter().zip(replies) {
+        if reply.code() < 300 {
+            accepted.push(i);
+        } else {
+            out[i] = Some(Outcome::from_reply(&reply));
         }
     }
     if accepted.is_empty() {
