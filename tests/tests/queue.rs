@@ -510,3 +510,86 @@ fn delay_notice_then_expiry_bounce() {
     assert_eq!(status["queue"]["dsn_sent"], 2, "{status}");
     assert_eq!(status["queue"]["depth"], 0, "{status}");
 }
+
+/// A plugin's `on-deliver` routes recipients: to another next hop, bounced, discarded,
+/// into the local Maildir; the rest keep the configured route.
+#[test]
+fn plugin_routes_recipients_at_delivery() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut main = Upstream::start(&[]);
+    let mut other = Upstream::start(&[]);
+    let gw = queue_setup(
+        dir.path(),
+        &[("example.test", main.addr()), ("client.test", main.addr())],
+        "",
+    )
+    .section(&support::plugin_toml(
+        "router",
+        "router",
+        &format!("config = {{ relay = \"{}\" }}", other.addr()),
+    ))
+    .start();
+    send(
+        &gw,
+        "s@client.test",
+        &[
+            "relay-a@example.test",
+            "bounce-b@example.test",
+            "drop-c@example.test",
+            "local-d@example.test",
+            "plain@example.test",
+        ],
+    );
+    // main: plain@ and the bounce for bounce-b@; other: relay-a@.
+    assert!(other.wait_stored(1, WAIT), "{}", gw.log());
+    assert!(main.wait_stored(2, WAIT), "{}", gw.log());
+    assert_eq!(
+        envelope(&other.received()[0].1)["rcpt_tos"],
+        serde_json::json!(["relay-a@example.test"])
+    );
+    let mut main_rcpts: Vec<String> = main
+        .received()
+        .iter()
+        .map(|(_, m)| envelope(m)["rcpt_tos"][0].as_str().unwrap().to_string())
+        .collect();
+    main_rcpts.sort();
+    assert_eq!(main_rcpts, ["plain@example.test", "s@client.test"]);
+    let bounce = main
+        .received()
+        .into_iter()
+        .find(|(_, m)| envelope(m)["rcpt_tos"][0] == "s@client.test")
+        .unwrap();
+    let text = String::from_utf8_lossy(&bounce.0).into_owned();
+    assert!(
+        text.contains("Final-Recipient: rfc822; bounce-b@example.test"),
+        "{text}"
+    );
+    assert!(text.contains("router fixture"), "{text}");
+    assert!(
+        !text.contains("drop-c@"),
+        "a discarded recipient is not bounced: {text}"
+    );
+    // The local route goes into delivery.maildir (./var/mail under the gateway's
+    // directory); the entry leaves the queue once every recipient is settled.
+    let mut settled = false;
+    for _ in 0..200 {
+        if gw.queue(&["list"])["entries"]
+            .as_array()
+            .unwrap()
+            .is_empty()
+        {
+            settled = true;
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(settled, "{}", gw.log());
+    let local = gw.dir.path().join("var/mail/example.test/local-d/new");
+    assert_eq!(
+        std::fs::read_dir(&local).map(|d| d.count()).unwrap_or(0),
+        1,
+        "{}",
+        gw.log()
+    );
+    assert!(gw.log().contains("discarded by plugin"), "{}", gw.log());
+}

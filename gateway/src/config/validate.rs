@@ -381,6 +381,7 @@ impl Config {
                 default,
                 mx_port: q.mx_port,
             },
+            maildir: self.delivery.maildir.clone(),
         })
     }
 }

@@ -20,7 +20,7 @@ use wasmtime::component::Resource;
 
 use super::bindings::Plugin;
 use super::bindings::exports::mailgate::plugin::hooks::{
-    DataOutcome, HookSet, Outcome, RcptOutcome,
+    DataOutcome, DeliverOutcome, DeliveryInfo, HookSet, Outcome, RcptOutcome,
 };
 use super::bindings::mailgate::plugin::types as wit;
 use super::convert::{self, Decision, Invalid};
@@ -46,16 +46,20 @@ pub enum Stage {
     RcptTo,
     /// End of DATA/BDAT.
     Data,
+    /// Before a queue delivery attempt.
+    Deliver,
 }
 
 impl Stage {
-    fn flag(self) -> HookSet {
+    /// The hook-set flag of this stage.
+    pub fn flag(self) -> HookSet {
         match self {
             Stage::Connect => HookSet::CONNECT,
             Stage::Helo => HookSet::HELO,
             Stage::MailFrom => HookSet::MAIL_FROM,
             Stage::RcptTo => HookSet::RCPT_TO,
             Stage::Data => HookSet::DATA,
+            Stage::Deliver => HookSet::DELIVER,
         }
     }
 
@@ -67,6 +71,7 @@ impl Stage {
             Stage::MailFrom => "mail",
             Stage::RcptTo => "rcpt",
             Stage::Data => "data",
+            Stage::Deliver => "deliver",
         }
     }
 }
@@ -128,6 +133,8 @@ pub struct StageOutcome {
     pub header_edits: Vec<wit::HeaderEdit>,
     /// Recipient edits, in chain order.
     pub recipient_edits: Vec<wit::RecipientEdit>,
+    /// Routes (`on-deliver`), one per recipient: the first plugin to route one wins.
+    pub routes: Vec<wit::RecipientRoute>,
 }
 
 /// The arguments of one hook call.
@@ -155,6 +162,8 @@ pub enum Call<'a> {
         &'a wit::Transaction,
         Arc<ParsedMessage>,
     ),
+    /// `on-deliver`
+    Deliver(&'a DeliveryInfo, &'a wit::Transaction, Arc<ParsedMessage>),
 }
 
 impl Call<'_> {
@@ -165,6 +174,7 @@ impl Call<'_> {
             Call::MailFrom(..) => Stage::MailFrom,
             Call::RcptTo(..) => Stage::RcptTo,
             Call::Data(..) => Stage::Data,
+            Call::Deliver(..) => Stage::Deliver,
         }
     }
 }
@@ -173,6 +183,7 @@ enum Returned {
     Outcome(Outcome),
     Rcpt(RcptOutcome),
     Data(DataOutcome),
+    Deliver(DeliverOutcome),
 }
 
 struct Live {
@@ -273,6 +284,7 @@ impl Chain {
             decision: Decision::Continue,
             header_edits: vec![],
             recipient_edits: vec![],
+            routes: vec![],
         };
         for i in 0..self.slots.len() {
             if !self.slots[i].plugin.hooks.contains(stage.flag()) {
@@ -285,25 +297,34 @@ impl Chain {
                 .and_then(|r| validate(r).map_err(|e| Failure::Invalid(e.0)));
             let micros = started.elapsed().as_micros() as u64;
             let name = self.slots[i].plugin.spec.name.clone();
-            let (decision, reason, outcome) = match result {
-                Ok(v) => {
-                    self.txn_score += v.points;
-                    for t in v.tags {
-                        if !self.tags.contains(&t) {
-                            self.tags.push(t);
+            let (decision, reason, outcome) =
+                match result {
+                    Ok(v) => {
+                        self.txn_score += v.points;
+                        for t in v.tags {
+                            if !self.tags.contains(&t) {
+                                self.tags.push(t);
+                            }
                         }
+                        out.header_edits.extend(v.header_edits);
+                        out.recipient_edits.extend(v.recipient_edits);
+                        for r in v.routes {
+                            let key = convert::address_text(&r.recipient).to_ascii_lowercase();
+                            if !out.routes.iter().any(|o| {
+                                convert::address_text(&o.recipient).eq_ignore_ascii_case(&key)
+                            }) {
+                                out.routes.push(r);
+                            }
+                        }
+                        let label = describe(&v.decision);
+                        (v.decision, v.reason, label)
                     }
-                    out.header_edits.extend(v.header_edits);
-                    out.recipient_edits.extend(v.recipient_edits);
-                    let label = describe(&v.decision);
-                    (v.decision, v.reason, label)
-                }
-                Err(failure) => {
-                    let d = self.on_failure(i, stage, &failure);
-                    let label = format!("failed ({failure}) -> {}", describe(&d));
-                    (d, None, label)
-                }
-            };
+                    Err(failure) => {
+                        let d = self.on_failure(i, stage, &failure);
+                        let label = format!("failed ({failure}) -> {}", describe(&d));
+                        (d, None, label)
+                    }
+                };
             tracing::debug!(plugin = %name, stage = stage.name(), outcome = %outcome, micros, "plugin decision");
             if !matches!(decision, Decision::Continue) {
                 tracing::info!(plugin = %name, stage = stage.name(), outcome = %outcome, reason = reason.as_deref().unwrap_or(""), "plugin decision");
@@ -431,6 +452,17 @@ impl Chain {
                 let _ = st.data_mut().table().delete(handle);
                 r.map(|r| r.map(Returned::Data))
             }
+            Call::Deliver(d, t, m) => {
+                let handle = st
+                    .data_mut()
+                    .table()
+                    .push(MessageHandle(Arc::clone(m)))
+                    .map_err(|e| Failure::Trap(e.to_string()))?;
+                let borrow = Resource::<MessageHandle>::new_borrow(handle.rep());
+                let r = timeout(limit, hooks.call_on_deliver(&mut *st, d, t, borrow)).await;
+                let _ = st.data_mut().table().delete(handle);
+                r.map(|r| r.map(Returned::Deliver))
+            }
         };
         match result {
             Ok(Ok(r)) => Ok(r),
@@ -448,6 +480,7 @@ struct Valid {
     reason: Option<String>,
     header_edits: Vec<wit::HeaderEdit>,
     recipient_edits: Vec<wit::RecipientEdit>,
+    routes: Vec<wit::RecipientRoute>,
 }
 
 fn validate(r: Returned) -> Result<Valid, Invalid> {
@@ -472,6 +505,18 @@ fn validate(r: Returned) -> Result<Valid, Invalid> {
                 o.recipient_edits,
             )
         }
+        Returned::Deliver(o) => {
+            convert::routes(&o.routes)?;
+            return Ok(Valid {
+                decision: Decision::Continue,
+                points: 0.0,
+                tags: vec![],
+                reason: o.reason,
+                header_edits: vec![],
+                recipient_edits: vec![],
+                routes: o.routes,
+            });
+        }
     };
     convert::marks(&marks)?;
     Ok(Valid {
@@ -481,6 +526,7 @@ fn validate(r: Returned) -> Result<Valid, Invalid> {
         reason: marks.reason,
         header_edits,
         recipient_edits,
+        routes: vec![],
     })
 }
 

@@ -353,6 +353,51 @@ fn mailbox(a: &wit::Address) -> Result<(), Invalid> {
     }
 }
 
+/// Most routes one `on-deliver` may return.
+const MAX_ROUTES: usize = 1000;
+
+/// Validates `on-deliver` routes: known-good recipient syntax, each recipient once, relay
+/// hosts that are a host name or IP literal, bounce replies 5xx and defer replies 4xx.
+pub fn routes(routes: &[wit::RecipientRoute]) -> Result<(), Invalid> {
+    if routes.len() > MAX_ROUTES {
+        return invalid(format!("more than {MAX_ROUTES} routes"));
+    }
+    let mut seen = std::collections::HashSet::new();
+    for r in routes {
+        mailbox(&r.recipient)?;
+        if !seen.insert(address_text(&r.recipient).to_ascii_lowercase()) {
+            return invalid(format!(
+                "recipient {:?} routed twice",
+                cut(&address_text(&r.recipient))
+            ));
+        }
+        match &r.route {
+            wit::Route::Relay(h) => {
+                let host = h.host.as_str();
+                let ok = !host.is_empty()
+                    && host.len() <= 253
+                    && (host.parse::<IpAddr>().is_ok()
+                        || host.split('.').all(|l| {
+                            !l.is_empty()
+                                && l.len() <= 63
+                                && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+                        }));
+                if !ok || h.port == 0 {
+                    return invalid(format!("bad relay host {:?}:{}", cut(host), h.port));
+                }
+            }
+            wit::Route::Bounce(rep) => {
+                reply(rep, reject_code, "bounce")?;
+            }
+            wit::Route::Defer(rep) => {
+                reply(rep, tempfail_code, "defer")?;
+            }
+            wit::Route::Mx | wit::Route::Local | wit::Route::Discard => {}
+        }
+    }
+    Ok(())
+}
+
 /// Validates recipient edits.
 pub fn recipient_edits(e: &[wit::RecipientEdit]) -> Result<(), Invalid> {
     if e.len() > MAX_RECIPIENT_EDITS {
@@ -382,6 +427,51 @@ mod tests {
                 detail: 1,
             }),
             lines: vec![text.into()],
+        }
+    }
+
+    #[test]
+    fn deliver_routes_are_validated() {
+        let route = |rcpt: &str, route: wit::Route| wit::RecipientRoute {
+            recipient: address(rcpt),
+            route,
+        };
+        let relay = |host: &str, port: u16| {
+            wit::Route::Relay(wit::RelayHost {
+                host: host.into(),
+                port,
+                tls: wit::TlsPolicy::Opportunistic,
+            })
+        };
+        assert!(
+            routes(&[
+                route("a@x.test", relay("mx.internal", 25)),
+                route("b@x.test", relay("2001:db8::1", 2525)),
+                route("c@x.test", wit::Route::Bounce(r(550, "gone"))),
+                route("d@x.test", wit::Route::Defer(r(451, "later"))),
+                route("e@x.test", wit::Route::Mx),
+            ])
+            .is_ok()
+        );
+        for bad in [
+            vec![route("a@x.test", relay("bad host", 25))],
+            vec![route("a@x.test", relay("h\r\nX", 25))],
+            vec![route("a@x.test", relay("mx.test", 0))],
+            vec![route(
+                "a@x.test",
+                wit::Route::Bounce(r(451, "not permanent")),
+            )],
+            vec![route(
+                "a@x.test",
+                wit::Route::Defer(r(550, "not temporary")),
+            )],
+            vec![
+                route("a@x.test", wit::Route::Mx),
+                route("A@x.test", wit::Route::Local),
+            ],
+            vec![route("a%b@x.test", wit::Route::Mx)],
+        ] {
+            assert!(routes(&bad).is_err(), "{bad:?}");
         }
     }
 

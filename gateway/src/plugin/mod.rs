@@ -18,6 +18,7 @@ pub mod message;
 pub mod registry;
 mod state;
 
+pub use bindings::exports::mailgate::plugin::hooks::DeliveryInfo;
 pub use bindings::mailgate::plugin::types as wit;
 pub use chain::{Call, Chain, Failure, Stage, StageOutcome, TraceEntry};
 pub use convert::Decision;

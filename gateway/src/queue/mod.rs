@@ -58,6 +58,8 @@ pub struct Settings {
     pub connect_timeout: Duration,
     /// Routing.
     pub routing: Routing,
+    /// Maildir root for recipients a plugin routes `local`.
+    pub maildir: PathBuf,
 }
 
 /// Why a queue operation failed.
@@ -125,6 +127,7 @@ pub struct Queue {
     settings: Settings,
     hostname: String,
     dns: Arc<Resolver>,
+    plugins: Option<Arc<crate::plugin::Generation>>,
     index: Mutex<HashMap<String, Meta>>,
     wake: Notify,
     pool: Pool,
@@ -149,6 +152,7 @@ impl Queue {
         settings: Settings,
         hostname: String,
         dns: Arc<Resolver>,
+        plugins: Option<Arc<crate::plugin::Generation>>,
     ) -> Result<Arc<Queue>, QueueError> {
         let spool = Spool::open(&settings.spool)?;
         let rec = spool.recover()?;
@@ -180,6 +184,7 @@ impl Queue {
             settings,
             hostname,
             dns,
+            plugins,
             index: Mutex::new(index),
             wake: Notify::new(),
             pool: Pool::default(),
@@ -322,50 +327,79 @@ impl Queue {
                 return;
             }
         };
+        if !self.still_queued(&mut entry) {
+            let _ = self.remove_files(&id).await;
+            return;
+        }
         if entry.held {
-            self.set_meta(&entry);
+            if let Some(m) = self.index().get_mut(&id) {
+                m.busy = false;
+            }
             return;
         }
         entry.attempts += 1;
-        // Group pending recipients by destination.
+        let plugin_routes = match self.on_deliver(&entry, &message).await {
+            Ok(r) => r,
+            Err(outcome) => {
+                // The chain failed (its failure policy): the whole attempt ends so.
+                let n = entry.pending().count();
+                let pending: Vec<usize> = (0..entry.recipients.len())
+                    .filter(|i| entry.recipients[*i].status == RcptStatus::Pending)
+                    .collect();
+                self.record(
+                    &mut entry,
+                    &Destination::Local,
+                    &pending,
+                    vec![(outcome, String::new()); n],
+                );
+                if let Err(e) = self.settle(entry).await {
+                    tracing::error!(queue_id = %id, error = %e, "cannot update queue entry");
+                }
+                self.wake.notify_one();
+                return;
+            }
+        };
+        // Group pending recipients by destination; a plugin's route wins.
         let mut groups: BTreeMap<Destination, Vec<usize>> = BTreeMap::new();
+        let mut decided: Vec<(usize, Outcome)> = Vec::new();
         for (i, r) in entry.recipients.iter().enumerate() {
-            if r.status == RcptStatus::Pending {
-                let d = self
+            if r.status != RcptStatus::Pending {
+                continue;
+            }
+            let d = match plugin_routes.get(&r.address.to_ascii_lowercase()) {
+                None => self
                     .settings
                     .routing
-                    .destination(&r.address, r.route.as_deref());
-                groups.entry(d).or_default().push(i);
-            }
+                    .destination(&r.address, r.route.as_deref()),
+                Some(route) => match plugin_destination(&r.address, route) {
+                    Ok(d) => d,
+                    Err(o) => {
+                        decided.push((i, o));
+                        continue;
+                    }
+                },
+            };
+            groups.entry(d).or_default().push(i);
+        }
+        for (i, o) in decided {
+            self.record(
+                &mut entry,
+                &Destination::Local,
+                &[i],
+                vec![(o, String::new())],
+            );
         }
         let n_groups = groups.len();
         for (gi, (dest, idx)) in groups.into_iter().enumerate() {
-            let results = self.deliver_group(&dest, &entry, &idx, &message).await;
-            for (i, (outcome, host)) in idx.iter().zip(results) {
-                let r = &mut entry.recipients[*i];
-                r.remote = (!host.is_empty()).then_some(host);
-                match outcome {
-                    Outcome::Delivered(reply) => {
-                        tracing::info!(queue_id = %id, rcpt = %r.address, next_hop = %dest, %reply, "delivered");
-                        r.status = RcptStatus::Delivered;
-                        r.last_reply = Some(reply);
-                        self.counters.delivered.fetch_add(1, Ordering::Relaxed);
-                    }
-                    Outcome::Failed(reply) => {
-                        tracing::info!(queue_id = %id, rcpt = %r.address, next_hop = %dest, %reply, "failed");
-                        r.status = RcptStatus::Failed;
-                        r.last_reply = Some(reply);
-                        self.counters.failed.fetch_add(1, Ordering::Relaxed);
-                    }
-                    Outcome::Deferred(reply) => {
-                        tracing::info!(queue_id = %id, rcpt = %r.address, next_hop = %dest, %reply, "deferred");
-                        r.last_reply = Some(reply);
-                        self.counters.deferred.fetch_add(1, Ordering::Relaxed);
-                    }
-                }
-            }
+            let results = if dest == Destination::Local {
+                self.deliver_local(&entry, &idx, &message).await
+            } else {
+                self.deliver_group(&dest, &entry, &idx, &message).await
+            };
+            self.record(&mut entry, &dest, &idx, results);
             // Persist progress between destinations, so a crash re-sends less.
             if gi + 1 < n_groups
+                && self.still_queued(&mut entry)
                 && let Err(e) = self.save(&entry).await
             {
                 tracing::error!(queue_id = %id, error = %e, "cannot save queue state");
@@ -380,6 +414,161 @@ impl Queue {
             }
         }
         self.wake.notify_one();
+    }
+
+    /// Applies outcomes to recipients `idx` of `entry`.
+    fn record(
+        &self,
+        entry: &mut Entry,
+        dest: &Destination,
+        idx: &[usize],
+        results: Vec<(Outcome, String)>,
+    ) {
+        let id = entry.id.clone();
+        for (i, (outcome, host)) in idx.iter().zip(results) {
+            let r = &mut entry.recipients[*i];
+            r.remote = (!host.is_empty()).then_some(host);
+            match outcome {
+                Outcome::Delivered(reply) => {
+                    tracing::info!(queue_id = %id, rcpt = %r.address, next_hop = %dest, %reply, "delivered");
+                    r.status = RcptStatus::Delivered;
+                    r.last_reply = Some(reply);
+                    self.counters.delivered.fetch_add(1, Ordering::Relaxed);
+                }
+                Outcome::Failed(reply) => {
+                    tracing::info!(queue_id = %id, rcpt = %r.address, next_hop = %dest, %reply, "failed");
+                    r.status = RcptStatus::Failed;
+                    r.last_reply = Some(reply);
+                    self.counters.failed.fetch_add(1, Ordering::Relaxed);
+                }
+                Outcome::Deferred(reply) => {
+                    tracing::info!(queue_id = %id, rcpt = %r.address, next_hop = %dest, %reply, "deferred");
+                    r.last_reply = Some(reply);
+                    self.counters.deferred.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }
+    }
+
+    /// Runs the plugins' `on-deliver` hooks (if any plugin has one): routes by
+    /// lowercased recipient, or the outcome for every recipient when the chain failed.
+    async fn on_deliver(
+        &self,
+        entry: &Entry,
+        message: &[u8],
+    ) -> Result<HashMap<String, crate::plugin::wit::Route>, Outcome> {
+        use crate::plugin::convert::{self, SessionView};
+        use crate::plugin::{Call, Chain, Decision, DeliveryInfo};
+        let Some(g) = &self.plugins else {
+            return Ok(HashMap::new());
+        };
+        if !g
+            .plugins
+            .iter()
+            .any(|p| p.hooks.contains(crate::plugin::Stage::Deliver.flag()))
+        {
+            return Ok(HashMap::new());
+        }
+        let client = entry
+            .client
+            .parse::<std::net::IpAddr>()
+            .unwrap_or(std::net::IpAddr::from([0, 0, 0, 0]));
+        let view = SessionView {
+            id: entry.id.clone(),
+            client: std::net::SocketAddr::new(client, 0),
+            local: std::net::SocketAddr::from(([0, 0, 0, 0], 0)),
+            listener: "smtp",
+            ptr_name: None,
+            trusted: false,
+            tls: None,
+            helo: None,
+            score: 0.0,
+            tags: vec![],
+        };
+        let info = DeliveryInfo {
+            session: convert::session_info(&view),
+            attempt: entry.attempts,
+        };
+        let env = crate::smtp::Envelope {
+            mail_from: entry.sender.clone(),
+            params: entry.params(),
+            rcpt_to: entry.pending().map(|r| r.address.clone()).collect(),
+        };
+        let txn = convert::transaction(&entry.id, &env);
+        let msg = Arc::new(crate::plugin::message::ParsedMessage::new(
+            entry.id.clone(),
+            entry.arrival * 1000,
+            Arc::from(message),
+        ));
+        let mut chain = Chain::new(Arc::clone(g), format!("{}.deliver", entry.id));
+        let out = chain.run(Call::Deliver(&info, &txn, msg)).await;
+        match out.decision {
+            Decision::Reply(r) | Decision::Disconnect(r) if r.is_transient() => {
+                Err(Outcome::Deferred(deliver::one_line(&r.to_string())))
+            }
+            Decision::Reply(r) | Decision::Disconnect(r) => {
+                Err(Outcome::Failed(deliver::one_line(&r.to_string())))
+            }
+            _ => Ok(out
+                .routes
+                .into_iter()
+                .map(|r| {
+                    (
+                        convert::address_text(&r.recipient).to_ascii_lowercase(),
+                        r.route,
+                    )
+                })
+                .collect()),
+        }
+    }
+
+    /// Recipients a plugin routed `local`: into the Maildir under `maildir`.
+    async fn deliver_local(
+        &self,
+        entry: &Entry,
+        idx: &[usize],
+        message: &[u8],
+    ) -> Vec<(Outcome, String)> {
+        let maildir = crate::delivery::Maildir::new(self.settings.maildir.clone())
+            .with_hostname(&self.hostname);
+        let mut out = Vec::new();
+        for i in idx {
+            let rcpt = entry.recipients[*i].address.clone();
+            let msg = crate::smtp::Message {
+                id: entry.id.clone(),
+                envelope: crate::smtp::Envelope {
+                    mail_from: entry.sender.clone(),
+                    params: entry.params(),
+                    rcpt_to: vec![rcpt],
+                },
+                data: message.to_vec(),
+                trace: crate::smtp::Trace {
+                    client: std::net::SocketAddr::from(([0, 0, 0, 0], 0)),
+                    ptr_name: None,
+                    helo: String::new(),
+                    protocol: "ESMTP",
+                    tls: None,
+                    session_id: entry.id.clone(),
+                },
+            };
+            let m = maildir.clone();
+            let r = tokio::task::spawn_blocking(move || m.deliver(&msg, "")).await;
+            out.push(match r {
+                Ok(Ok(())) => (
+                    Outcome::Delivered("250 2.0.0 delivered to the local Maildir".into()),
+                    "local".into(),
+                ),
+                Ok(Err(e)) => (
+                    Outcome::Deferred(format!("4.3.0 local delivery failed: {e}")),
+                    "local".into(),
+                ),
+                Err(e) => (
+                    Outcome::Deferred(format!("4.3.0 local delivery failed: {e}")),
+                    "local".into(),
+                ),
+            });
+        }
+        out
     }
 
     async fn deliver_group(
@@ -443,6 +632,10 @@ impl Queue {
     /// After an attempt: remove a finished entry (bouncing failures), expire an old one,
     /// or schedule the next attempt.
     async fn settle(&self, mut entry: Entry) -> Result<(), QueueError> {
+        if !self.still_queued(&mut entry) {
+            tracing::info!(queue_id = %entry.id, "deleted during its delivery attempt");
+            return self.remove_files(&entry.id).await;
+        }
         let now = now_ms();
         let age = Duration::from_millis(now.saturating_sub(entry.arrival * 1000));
         if !entry.done() && age >= self.settings.max_lifetime {
@@ -606,31 +799,63 @@ impl Queue {
         Ok(())
     }
 
-    /// Holds (`true`) or releases an entry.
+    /// Holds (`true`) or releases an entry. During an attempt in progress only the
+    /// in-memory flag changes; the attempt writes it with its own result.
     pub async fn set_held(&self, id: &str, held: bool) -> Result<(), QueueError> {
-        if !self.index().contains_key(id) {
-            return Err(QueueError::NotFound(id.to_string()));
-        }
-        let (mut e, _) = self.load(id).await?;
-        e.held = held;
-        if !held {
-            e.next_attempt_ms = now_ms();
-        }
-        self.save(&e).await?;
-        if let Some(m) = self.index().get_mut(id) {
+        {
+            let mut index = self.index();
+            let m = index
+                .get_mut(id)
+                .ok_or_else(|| QueueError::NotFound(id.to_string()))?;
             m.held = held;
-            m.next_ms = e.next_attempt_ms;
+            if !held {
+                m.next_ms = now_ms();
+            }
+            if m.busy {
+                return Ok(());
+            }
+            // Keep the scheduler off the entry while its file is rewritten.
+            m.busy = true;
+        }
+        let result = async {
+            let (mut e, _) = self.load(id).await?;
+            e.held = held;
+            if !held {
+                e.next_attempt_ms = now_ms();
+            }
+            self.save(&e).await
+        }
+        .await;
+        if let Some(m) = self.index().get_mut(id) {
+            m.busy = false;
         }
         self.wake.notify_one();
-        Ok(())
+        result
     }
 
-    /// Deletes an entry without notifying anyone.
+    /// Deletes an entry without notifying anyone. During an attempt in progress the
+    /// attempt removes the files when it ends.
     pub async fn delete(&self, id: &str) -> Result<(), QueueError> {
-        if self.index().remove(id).is_none() {
-            return Err(QueueError::NotFound(id.to_string()));
+        let busy = match self.index().remove(id) {
+            None => return Err(QueueError::NotFound(id.to_string())),
+            Some(m) => m.busy,
+        };
+        if busy {
+            return Ok(());
         }
         self.remove_files(id).await
+    }
+
+    /// Whether `id` is still queued (not deleted meanwhile); brings in the held flag an
+    /// admin may have set during the attempt.
+    fn still_queued(&self, entry: &mut Entry) -> bool {
+        match self.index().get(&entry.id) {
+            Some(m) => {
+                entry.held = m.held;
+                true
+            }
+            None => false,
+        }
     }
 
     /// Queue figures.
@@ -653,6 +878,42 @@ impl Queue {
             dsn_sent: c.dsn_sent.load(Ordering::Relaxed),
         }
     }
+}
+
+/// What a plugin's route means for one recipient: a destination, or an outcome at once.
+fn plugin_destination(
+    rcpt: &str,
+    route: &crate::plugin::wit::Route,
+) -> Result<Destination, Outcome> {
+    use crate::plugin::wit::{Route, TlsPolicy as WitTls};
+    match route {
+        Route::Mx => Ok(Destination::Mx(route::domain_of(rcpt))),
+        Route::Relay(h) => {
+            let host = if h.host.contains(':') {
+                format!("[{}]:{}", h.host, h.port)
+            } else {
+                format!("{}:{}", h.host, h.port)
+            };
+            let tls = match h.tls {
+                WitTls::Opportunistic => route::TlsKey::Opportunistic,
+                WitTls::Required => route::TlsKey::Required,
+                WitTls::Disabled => route::TlsKey::None,
+            };
+            Ok(Destination::Relay(host, tls))
+        }
+        Route::Local => Ok(Destination::Local),
+        Route::Discard => Err(Outcome::Delivered("250 2.0.0 discarded by plugin".into())),
+        Route::Bounce(r) => Err(Outcome::Failed(reply_text(r))),
+        Route::Defer(r) => Err(Outcome::Deferred(reply_text(r))),
+    }
+}
+
+fn reply_text(r: &crate::plugin::wit::Reply) -> String {
+    let code = match r.enhanced {
+        Some(e) => format!("{} {}.{}.{}", r.code, r.code / 100, e.subject, e.detail),
+        None => r.code.to_string(),
+    };
+    deliver::one_line(&format!("{code} {}", r.lines.join(" ")))
 }
 
 /// Lists a spool's entries (also with no gateway running), oldest first.
@@ -724,6 +985,7 @@ mod tests {
                 default: None,
                 mx_port: 25,
             },
+            maildir: PathBuf::from("/nonexistent"),
         }
     }
 

@@ -36,6 +36,8 @@ pub enum Destination {
     Relay(String, TlsKey),
     /// The MX hosts of this domain.
     Mx(String),
+    /// The local Maildir (a plugin's `local` route).
+    Local,
 }
 
 /// [`TlsPolicy`] as a map key.
@@ -74,6 +76,7 @@ impl std::fmt::Display for Destination {
         match self {
             Destination::Relay(a, _) => write!(f, "{a}"),
             Destination::Mx(d) => write!(f, "mx:{d}"),
+            Destination::Local => write!(f, "local"),
         }
     }
 }
@@ -138,6 +141,7 @@ impl Routing {
                 tls: (*tls).into(),
             }]),
             Destination::Mx(domain) => self.mx_targets(domain, dns).await,
+            Destination::Local => Ok(vec![]),
         }
     }
 

@@ -144,6 +144,7 @@ pub async fn run(
             (**s).clone(),
             rt.hostname.clone(),
             Arc::clone(&dns),
+            plugins.clone(),
         )?),
         _ => None,
     };
