@@ -3,7 +3,7 @@
 //! and `mailgate status` talk to it; with no gateway running, the queue commands that do
 //! not need the scheduler work on the spool directly ([`offline`]).
 //!
-//! Commands: `status`, `queue list`, `queue show ID`, `queue flush`, `queue retry ID`,
+//! Commands: `status`, `reload`, `queue list`, `queue show ID`, `queue flush`, `queue retry ID`,
 //! `queue delete ID`, `queue hold ID`, `queue release ID`. Answers are
 //! `{"ok":true,…}` or `{"ok":false,"error":"…"}`.
 
@@ -43,6 +43,8 @@ pub enum AdminError {
 /// What the running gateway exposes to the admin socket.
 #[derive(Debug, Clone)]
 pub struct Admin {
+    /// The server (for reloads and generation status).
+    pub shared: Option<Arc<crate::server::Shared>>,
     /// The queue, in queue mode.
     pub queue: Option<Arc<Queue>>,
     /// When the gateway started (unix seconds).
@@ -66,14 +68,35 @@ impl Admin {
         match words.as_slice() {
             ["status"] => {
                 let queue = self.queue.as_ref().map(|q| q.stats());
-                json!({
+                let mut v = json!({
                     "ok": true,
                     "version": env!("CARGO_PKG_VERSION"),
                     "started": self.started,
                     "delivery": self.mode,
                     "queue": queue,
-                })
+                });
+                if let Some(s) = &self.shared {
+                    use std::sync::atomic::Ordering;
+                    let cur = s.current();
+                    let r = &s.reloader;
+                    v["generation"] = json!({
+                        "number": cur.generation,
+                        "since": cur.since,
+                        "plugins": crate::server::reload::plugin_status(cur.plugins.as_ref()),
+                    });
+                    v["reloads"] = json!({
+                        "succeeded": r.succeeded.load(Ordering::Relaxed),
+                        "failed": r.failed.load(Ordering::Relaxed),
+                        "last_error": *r.last_error.lock().unwrap_or_else(|e| e.into_inner()),
+                    });
+                }
+                v
             }
+            ["reload"] => match &self.shared {
+                Some(s) => serde_json::to_value(crate::server::reload::reload(s, "admin").await)
+                    .unwrap_or_else(err),
+                None => err("reload is not available"),
+            },
             ["queue", rest @ ..] => {
                 let Some(q) = &self.queue else {
                     return not_queue();
@@ -187,14 +210,11 @@ pub async fn offline(spool_dir: &Path, line: &str) -> Value {
     }
 }
 
-/// Serves the admin socket until `shutdown`.
-pub async fn serve(
-    path: PathBuf,
-    admin: Admin,
-    mut shutdown: watch::Receiver<bool>,
-) -> Result<(), AdminError> {
+/// Binds the admin socket (mode 0600), replacing a stale socket file nobody answers on.
+/// Must run inside a tokio runtime.
+pub fn bind(path: &Path) -> Result<UnixListener, AdminError> {
     let io = |source| AdminError::Io {
-        path: path.clone(),
+        path: path.to_path_buf(),
         source,
     };
     if let Some(dir) = path.parent()
@@ -203,14 +223,24 @@ pub async fn serve(
         std::fs::create_dir_all(dir).map_err(io)?;
     }
     // A socket file left by a gateway that died: nobody answers on it.
-    if path.exists() && UnixStream::connect(&path).await.is_err() {
-        let _ = std::fs::remove_file(&path);
+    if path.exists() && std::os::unix::net::UnixStream::connect(path).is_err() {
+        let _ = std::fs::remove_file(path);
     }
-    let listener = UnixListener::bind(&path).map_err(io)?;
+    let listener = UnixListener::bind(path).map_err(io)?;
     {
         use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).map_err(io)?;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(io)?;
     }
+    Ok(listener)
+}
+
+/// Serves the bound admin socket at `path` until `shutdown`, then removes the file.
+pub async fn serve(
+    listener: UnixListener,
+    path: PathBuf,
+    admin: Admin,
+    mut shutdown: watch::Receiver<bool>,
+) {
     let admin = Arc::new(admin);
     loop {
         tokio::select! {
@@ -223,7 +253,6 @@ pub async fn serve(
         }
     }
     let _ = std::fs::remove_file(&path);
-    Ok(())
 }
 
 async fn answer(stream: UnixStream, admin: &Admin) {

@@ -51,7 +51,14 @@ enum Command {
         #[command(subcommand)]
         command: QueueCommand,
     },
-    /// Show the running gateway's status (delivery mode, queue figures).
+    /// Reload the running gateway's configuration and plugins (like SIGHUP) and show
+    /// the result: the new generation, or why the current one keeps serving.
+    Reload {
+        /// The gateway's configuration (for the admin socket path).
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+    },
+    /// Show the running gateway's status (delivery mode, plugin generation, queue figures).
     Status {
         /// The gateway's configuration (for the admin socket path).
         #[arg(long, short)]
@@ -104,6 +111,37 @@ impl QueueCommand {
             QueueCommand::Release { id } => format!("queue release {id}"),
         }
     }
+}
+
+/// Sends one command to the running gateway and prints its JSON answer; fails when the
+/// answer says so or nothing answers.
+fn admin_command(config: Option<&std::path::Path>, command: &str) -> anyhow::Result<()> {
+    let (socket, _) = admin_paths(config);
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    match runtime.block_on(mailgate::admin::request(&socket, command))? {
+        Some(v) => {
+            println!("{}", serde_json::to_string_pretty(&v)?);
+            if v["ok"].as_bool() == Some(true) {
+                Ok(())
+            } else {
+                anyhow::bail!("{}", v["error"].as_str().unwrap_or("refused"))
+            }
+        }
+        None => anyhow::bail!("no gateway answers on {}", socket.display()),
+    }
+}
+
+/// The admin socket and spool paths of a configuration, read without validating the
+/// rest of it: an admin can still ask a running gateway why it refused a broken file.
+fn admin_paths(config: Option<&std::path::Path>) -> (PathBuf, PathBuf) {
+    let f = Config::figment(config);
+    let d = Config::default();
+    (
+        f.extract_inner("admin.socket").unwrap_or(d.admin.socket),
+        f.extract_inner("queue.spool").unwrap_or(d.queue.spool),
+    )
 }
 
 /// Prints an admin answer as text.
@@ -282,15 +320,15 @@ fn main() -> anyhow::Result<()> {
             json,
             command,
         } => {
-            let (cfg, rt) = load(config.as_deref())?;
+            let (socket, spool) = admin_paths(config.as_deref());
             let runtime = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()?;
             let line = command.line();
             let answer = runtime.block_on(async {
-                match mailgate::admin::request(&rt.admin_socket, &line).await? {
+                match mailgate::admin::request(&socket, &line).await? {
                     Some(v) => Ok::<_, anyhow::Error>(v),
-                    None => Ok(mailgate::admin::offline(&cfg.queue.spool, &line).await),
+                    None => Ok(mailgate::admin::offline(&spool, &line).await),
                 }
             })?;
             if json {
@@ -303,19 +341,8 @@ fn main() -> anyhow::Result<()> {
             }
             Ok(())
         }
-        Command::Status { config } => {
-            let (_cfg, rt) = load(config.as_deref())?;
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()?;
-            match runtime.block_on(mailgate::admin::request(&rt.admin_socket, "status"))? {
-                Some(v) => {
-                    println!("{}", serde_json::to_string_pretty(&v)?);
-                    Ok(())
-                }
-                None => anyhow::bail!("no gateway answers on {}", rt.admin_socket.display()),
-            }
-        }
+        Command::Status { config } => admin_command(config.as_deref(), "status"),
+        Command::Reload { config } => admin_command(config.as_deref(), "reload"),
         Command::Run { config, log_format } => {
             init_logs(log_format);
             let (_cfg, rt) = load(config.as_deref())?;
@@ -325,7 +352,7 @@ fn main() -> anyhow::Result<()> {
                 .build()?;
             runtime.block_on(async move {
                 let dns = Arc::new(mailgate::dns::Resolver::new(rt.dns.clone()));
-                let services = mailgate::plugin::registry::Services::new(Arc::clone(&dns));
+                let services = mailgate::plugin::registry::Services::new(dns);
                 let plugins = mailgate::plugin::registry::load_all(&rt.plugins, &services).await?;
                 let listeners = Listeners::bind(&rt).await?;
                 let mut out = std::io::stdout().lock();
@@ -333,7 +360,6 @@ fn main() -> anyhow::Result<()> {
                     writeln!(out, "listening {kind} {addr}")?;
                     tracing::info!(%addr, kind, "listening");
                 }
-                writeln!(out, "ready")?;
                 out.flush()?;
                 drop(out);
                 match &rt.delivery {
@@ -347,7 +373,21 @@ fn main() -> anyhow::Result<()> {
                         tracing::info!(spool = %q.spool.display(), "delivery mode queue")
                     }
                 }
-                server::run(Arc::clone(&rt), listeners, plugins, dns, shutdown_signal()).await?;
+                server::run(
+                    Arc::clone(&rt),
+                    listeners,
+                    plugins,
+                    services,
+                    config.clone(),
+                    || {
+                        // Listeners bound, queue recovered, admin socket and watcher set up.
+                        let mut out = std::io::stdout().lock();
+                        let _ = writeln!(out, "ready");
+                        let _ = out.flush();
+                    },
+                    shutdown_signal(),
+                )
+                .await?;
                 tracing::info!("stopped");
                 Ok(())
             })

@@ -294,13 +294,21 @@ fn queue_commands_hold_release_delete_and_offline() {
     send(&gw, "a@client.test", &["u@example.test"]);
     send(&gw, "b@client.test", &["u@example.test"]);
     let list = gw.queue(&["list"]);
-    let ids: Vec<String> = list["entries"]
+    // By sender: a's id first (both arrived in the same second, in random-id order).
+    let mut entries: Vec<(String, String)> = list["entries"]
         .as_array()
         .unwrap()
         .iter()
-        .map(|e| e["id"].as_str().unwrap().to_string())
+        .map(|e| {
+            (
+                e["sender"].as_str().unwrap().to_string(),
+                e["id"].as_str().unwrap().to_string(),
+            )
+        })
         .collect();
-    assert_eq!(ids.len(), 2);
+    entries.sort();
+    let ids: Vec<String> = entries.into_iter().map(|(_, id)| id).collect();
+    assert_eq!(ids.len(), 2, "{list}");
     let shown = gw.queue(&["show", &ids[0]]);
     assert!(
         shown["headers"].as_str().unwrap().starts_with("Received: "),

@@ -261,6 +261,9 @@ pub struct Server {
     pub data_timeout_secs: u64,
     /// On SIGTERM, how long running sessions may take to finish.
     pub shutdown_grace_secs: u64,
+    /// How often the config file and plugin files are checked for changes (a change
+    /// reloads them); 0 = only on SIGHUP or `mailgate reload`.
+    pub watch_interval_ms: u64,
 }
 
 impl Default for Server {
@@ -275,6 +278,7 @@ impl Default for Server {
             command_timeout_secs: 300,
             data_timeout_secs: 180,
             shutdown_grace_secs: 30,
+            watch_interval_ms: 1000,
         }
     }
 }

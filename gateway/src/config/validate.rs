@@ -249,6 +249,8 @@ pub struct Runtime {
     pub dns: crate::dns::Settings,
     /// Admin socket path.
     pub admin_socket: PathBuf,
+    /// File change polling interval; zero = no watching.
+    pub watch_interval: Duration,
 }
 
 impl Runtime {
@@ -555,6 +557,7 @@ impl Config {
             quarantine: self.chain.quarantine.clone(),
             dns: dns(&self.dns)?,
             admin_socket: self.admin.socket.clone(),
+            watch_interval: Duration::from_millis(s.watch_interval_ms),
             hostname: s.hostname.to_ascii_lowercase(),
             listen,
             listen_tls,

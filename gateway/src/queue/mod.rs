@@ -127,7 +127,7 @@ pub struct Queue {
     settings: Settings,
     hostname: String,
     dns: Arc<Resolver>,
-    plugins: Option<Arc<crate::plugin::Generation>>,
+    plugins: std::sync::RwLock<Option<Arc<crate::plugin::Generation>>>,
     index: Mutex<HashMap<String, Meta>>,
     wake: Notify,
     pool: Pool,
@@ -184,7 +184,7 @@ impl Queue {
             settings,
             hostname,
             dns,
-            plugins,
+            plugins: std::sync::RwLock::new(plugins),
             index: Mutex::new(index),
             wake: Notify::new(),
             pool: Pool::default(),
@@ -195,6 +195,11 @@ impl Queue {
 
     fn index(&self) -> std::sync::MutexGuard<'_, HashMap<String, Meta>> {
         self.index.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The plugin generation `on-deliver` runs in from now on (after a reload).
+    pub fn set_plugins(&self, plugins: Option<Arc<crate::plugin::Generation>>) {
+        *self.plugins.write().unwrap_or_else(|e| e.into_inner()) = plugins;
     }
 
     /// Stores an accepted message durably (the `Received:` header in front) and returns
@@ -459,7 +464,12 @@ impl Queue {
     ) -> Result<HashMap<String, crate::plugin::wit::Route>, Outcome> {
         use crate::plugin::convert::{self, SessionView};
         use crate::plugin::{Call, Chain, Decision, DeliveryInfo};
-        let Some(g) = &self.plugins else {
+        let plugins = self
+            .plugins
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        let Some(g) = &plugins else {
             return Ok(HashMap::new());
         };
         if !g
@@ -668,20 +678,24 @@ impl Queue {
         }
         entry.next_attempt_ms = now + backoff(&self.settings, entry.attempts).as_millis() as u64;
         self.save(&entry).await?;
-        self.set_meta(&entry);
+        if !self.set_meta(&entry) {
+            // Deleted by an admin while this attempt was saving: finish the deletion.
+            self.remove_files(&entry.id).await?;
+        }
         Ok(())
     }
 
-    fn set_meta(&self, e: &Entry) {
-        self.index().insert(
-            e.id.clone(),
-            Meta {
-                next_ms: e.next_attempt_ms,
-                held: e.held,
-                busy: false,
-                arrival: e.arrival,
-            },
-        );
+    /// Ends an attempt in the index: the next attempt time, not busy. `false` if the
+    /// entry was deleted meanwhile (it is not brought back).
+    fn set_meta(&self, e: &Entry) -> bool {
+        match self.index().get_mut(&e.id) {
+            Some(m) => {
+                m.next_ms = e.next_attempt_ms;
+                m.busy = false;
+                true
+            }
+            None => false,
+        }
     }
 
     /// Queues a DSN to the sender for the recipients in `kind`'s state (failed ones, or

@@ -31,7 +31,8 @@ enum Flow {
 
 /// Per-connection state the driver keeps beside the session.
 struct Ctx {
-    shared: Arc<Shared>,
+    /// Settings and plugins this session started with (kept to its end).
+    cur: Arc<super::reload::Current>,
     outbound: Outbound,
     shutdown: watch::Receiver<bool>,
     shutdown_seen: bool,
@@ -61,12 +62,13 @@ pub async fn serve(
     let fut = async move {
         info!(%client, %local, tls = implicit_tls, "connect");
         let started = Instant::now();
-        let rt = Arc::clone(&shared.runtime);
+        let cur = shared.current();
+        let rt = Arc::clone(&cur.runtime);
         let shutdown = shared.shutdown.clone();
         let shutdown_seen = *shutdown.borrow();
-        let outbound = Outbound::new(&shared);
+        let outbound = Outbound::new(&shared, &rt.hostname);
         let mut ctx = Ctx {
-            shared: Arc::clone(&shared),
+            cur: Arc::clone(&cur),
             outbound,
             shutdown_seen,
             shutdown,
@@ -74,7 +76,7 @@ pub async fn serve(
             txn_started: None,
             messages: 0,
             listener: if implicit_tls { "smtps" } else { "smtp" },
-            chain: shared
+            chain: cur
                 .plugins
                 .as_ref()
                 .map(|g| Chain::new(Arc::clone(g), session_id.clone())),
@@ -110,7 +112,7 @@ pub async fn serve(
                     let info = super::tls::info(tls.get_ref().1);
                     debug!(version = %info.version, cipher = %info.cipher, "implicit TLS established");
                     let mut session = Session::new(
-                        Arc::clone(&shared.session),
+                        Arc::clone(&cur.session),
                         ConnInfo {
                             tls: Some(info),
                             ..conn
@@ -125,7 +127,7 @@ pub async fn serve(
                 )),
             }
         } else {
-            let mut session = Session::new(Arc::clone(&shared.session), conn);
+            let mut session = Session::new(Arc::clone(&cur.session), conn);
             match drive(&mut tcp, &mut session, &mut ctx).await {
                 Ok(Flow::StartTls) => match shared.tls.clone() {
                     Some(acceptor) => match timeout(handshake_limit, acceptor.accept(tcp)).await {
@@ -164,7 +166,7 @@ async fn drive<S>(io: &mut S, s: &mut Session, ctx: &mut Ctx) -> std::io::Result
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    let rt = Arc::clone(&ctx.shared.runtime);
+    let rt = Arc::clone(&ctx.cur.runtime);
     let mut buf = vec![0u8; 16 * 1024];
     // Bounded: every iteration either consumes input, writes output, or resolves a pause
     // the session asked for; the session closes on EOF, timeout and error limits.
@@ -374,11 +376,7 @@ async fn on_hook(ctx: &mut Ctx, s: &Session, hook: Hook) -> Resolution {
 /// Applies the chain's edits to the message before delivery.
 fn apply_edits(ctx: &mut Ctx, message: &mut crate::smtp::Message) {
     let mut headers = std::mem::take(&mut ctx.header_edits);
-    if let Some(chain) = ctx
-        .chain
-        .as_ref()
-        .filter(|_| ctx.shared.runtime.trace_header)
-    {
+    if let Some(chain) = ctx.chain.as_ref().filter(|_| ctx.cur.runtime.trace_header) {
         headers.push(wit::HeaderEdit::Prepend(wit::Header {
             name: "X-Mailgate-Trace".into(),
             value: chain.trace_text(),
@@ -435,7 +433,7 @@ async fn deliver(ctx: &mut Ctx, mut message: crate::smtp::Message) -> Reply {
 
 /// Keeps the message in the quarantine Maildir (`chain.quarantine`), with the reason.
 async fn quarantine(ctx: &mut Ctx, message: &mut crate::smtp::Message, why: &str) -> Reply {
-    let root = ctx.shared.runtime.quarantine.clone();
+    let root = ctx.cur.runtime.quarantine.clone();
     let header = edits::fold("X-Mailgate-Quarantine", why);
     let received = header.clone();
     let msg = message.clone();

@@ -7,6 +7,7 @@
 pub mod conn;
 pub mod limits;
 pub mod outbound;
+pub mod reload;
 pub mod tls;
 
 use std::future::Future;
@@ -88,10 +89,12 @@ impl Listeners {
 
 /// What every connection shares.
 pub struct Shared {
-    /// The validated configuration.
-    pub runtime: Arc<Runtime>,
-    /// Protocol settings for sessions.
-    pub session: Arc<SessionConfig>,
+    /// Settings and plugins for new sessions (replaced by a reload).
+    pub current: std::sync::RwLock<Arc<reload::Current>>,
+    /// Reload bookkeeping.
+    pub reloader: reload::Reloader,
+    /// The queue, in queue mode.
+    pub queue: Option<Arc<crate::queue::Queue>>,
     /// TLS acceptor, if TLS is available.
     pub tls: Option<TlsAcceptor>,
     /// Flips to `true` when shutdown begins.
@@ -100,16 +103,21 @@ pub struct Shared {
     pub conns: Arc<ConnTracker>,
     /// The delivery mode.
     pub backend: outbound::Backend,
-    /// The loaded plugins, if any are configured.
-    pub plugins: Option<Arc<crate::plugin::Generation>>,
     /// The resolver (client reverse names).
     pub dns: Arc<crate::dns::Resolver>,
+}
+
+impl Shared {
+    /// What a session starting now uses.
+    pub fn current(&self) -> Arc<reload::Current> {
+        Arc::clone(&self.current.read().unwrap_or_else(|e| e.into_inner()))
+    }
 }
 
 impl std::fmt::Debug for Shared {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Shared")
-            .field("runtime", &self.runtime)
+            .field("generation", &self.current().generation)
             .field("tls", &self.tls.is_some())
             .field("backend", &self.backend)
             .finish_non_exhaustive()
@@ -136,9 +144,12 @@ pub async fn run(
     rt: Arc<Runtime>,
     listeners: Listeners,
     plugins: Option<Arc<crate::plugin::Generation>>,
-    dns: Arc<crate::dns::Resolver>,
+    services: Arc<crate::plugin::registry::Services>,
+    config_path: Option<std::path::PathBuf>,
+    ready: impl FnOnce(),
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), ServerError> {
+    let dns = Arc::clone(&services.dns);
     let queue = match &rt.delivery {
         crate::config::DeliveryMode::Queue(s) => Some(crate::queue::Queue::open(
             (**s).clone(),
@@ -154,17 +165,36 @@ pub async fn run(
     }
     let (stop_tx, stop_rx) = watch::channel(false);
     let shared = Arc::new(Shared {
-        session: Arc::new(session_config(&rt, acceptor.is_some())),
+        current: std::sync::RwLock::new(Arc::new(reload::Current {
+            session: Arc::new(session_config(&rt, acceptor.is_some())),
+            runtime: Arc::clone(&rt),
+            plugins,
+            generation: 1,
+            since: crate::queue::entry::now_ms() / 1000,
+        })),
+        reloader: reload::Reloader::new(config_path, services),
+        queue: queue.clone(),
         tls: acceptor,
         shutdown: stop_rx,
         conns: ConnTracker::new(rt.max_connections, rt.max_connections_per_ip),
         backend: outbound::Backend::new(&rt, queue.clone()),
-        plugins,
         dns,
-        runtime: Arc::clone(&rt),
     });
+    tokio::spawn(reload::on_sighup(
+        Arc::clone(&shared),
+        shared.shutdown.clone(),
+    ));
+    if !rt.watch_interval.is_zero() {
+        tokio::spawn(reload::watch_files(
+            Arc::clone(&shared),
+            rt.watch_interval,
+            reload::baseline(&shared),
+            shared.shutdown.clone(),
+        ));
+    }
     let tracker = TaskTracker::new();
     let admin = crate::admin::Admin {
+        shared: Some(Arc::clone(&shared)),
         queue: queue.clone(),
         started: crate::queue::entry::now_ms() / 1000,
         mode: match &rt.delivery {
@@ -173,13 +203,17 @@ pub async fn run(
             crate::config::DeliveryMode::Queue(_) => "queue",
         },
     };
-    let socket = rt.admin_socket.clone();
-    let admin_rx = shared.shutdown.clone();
-    tokio::spawn(async move {
-        if let Err(e) = crate::admin::serve(socket, admin, admin_rx).await {
-            warn!(error = %e, "admin socket unavailable");
+    match crate::admin::bind(&rt.admin_socket) {
+        Ok(l) => {
+            tokio::spawn(crate::admin::serve(
+                l,
+                rt.admin_socket.clone(),
+                admin,
+                shared.shutdown.clone(),
+            ));
         }
-    });
+        Err(e) => warn!(error = %e, "admin socket unavailable"),
+    }
     // The queue's scheduler stops with the listeners; its attempts in progress finish.
     let scheduler = queue.map(|q| tokio::spawn(q.run(shared.shutdown.clone())));
     let mut accept_loops = Vec::new();
@@ -193,6 +227,7 @@ pub async fn run(
             )));
         }
     }
+    ready();
     shutdown.await;
     info!(
         open = shared.conns.open(),
@@ -260,7 +295,11 @@ async fn accept_loop(
                 if !implicit_tls {
                     tracker.spawn(refuse(
                         tcp,
-                        Reply::new(421, "4.7.0", format!("{} {reply}", shared.runtime.hostname)),
+                        Reply::new(
+                            421,
+                            "4.7.0",
+                            format!("{} {reply}", shared.current().runtime.hostname),
+                        ),
                     ));
                 }
             }

@@ -67,14 +67,14 @@ enum Kind {
 
 impl Outbound {
     /// The outbound side for a new connection.
-    pub fn new(shared: &Shared) -> Outbound {
+    pub fn new(shared: &Shared, hostname: &str) -> Outbound {
         let kind = match &shared.backend {
             Backend::Maildir(m) => Kind::Maildir(Arc::clone(m)),
             Backend::Proxy(t) => Kind::Proxy(Box::new(ProxyTransaction::new(Arc::clone(t)))),
             Backend::Queue(q) => Kind::Queue(Arc::clone(q)),
         };
         Outbound {
-            hostname: shared.runtime.hostname.clone(),
+            hostname: hostname.to_string(),
             kind,
         }
     }

@@ -1,0 +1,415 @@
+//! Hot reload: a new configuration and plugin generation, built off the hot path and
+//! swapped in atomically.
+//!
+//! What a session uses is one [`Current`]: the runtime settings, the protocol settings
+//! and the plugin generation. A connection takes the `Current` of the moment it is
+//! accepted and keeps it to the end, so a session is evaluated entirely by one
+//! generation; new connections get the new one. A reload (SIGHUP, `mailgate reload`,
+//! or a change of the config file or a plugin file seen by the watcher):
+//!
+//! 1. reads and validates the config file again (unknown keys, bad values: refused);
+//! 2. loads the plugins again if their entries or their files changed: read, sha256 pin,
+//!    compile, link, world and capability checks, `init` (a file caught half-written
+//!    fails here too);
+//! 3. on any error keeps the current generation and reports exactly why (log, admin
+//!    answer, failure counter); otherwise swaps in the new `Current`.
+//!
+//! Applied live: the plugin chain and plugin configs, `server.hostname`, greeting delay and
+//! timeouts, `[limits]`, `[relay]`, `[chain]`. Settings that cannot change under a running
+//! process (listeners, TLS, connection limits, delivery mode and queue, admin socket,
+//! DNS, the watch interval) keep their old value and are reported as needing a restart.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, SystemTime};
+
+use serde::Serialize;
+use tokio::sync::watch;
+use tracing::{info, warn};
+
+use super::Shared;
+use crate::config::{Config, Runtime};
+use crate::plugin::Generation;
+use crate::plugin::registry::{Services, load_all};
+use crate::smtp::SessionConfig;
+
+/// What new sessions start with.
+#[derive(Debug)]
+pub struct Current {
+    /// Runtime settings.
+    pub runtime: Arc<Runtime>,
+    /// Protocol settings.
+    pub session: Arc<SessionConfig>,
+    /// The plugin generation, if plugins are configured.
+    pub plugins: Option<Arc<Generation>>,
+    /// Generation number: 1 at start, +1 per successful reload.
+    pub generation: u64,
+    /// When it became current (unix seconds).
+    pub since: u64,
+}
+
+/// Reload bookkeeping.
+#[derive(Debug)]
+pub struct Reloader {
+    /// The config file reloads read (`None`: built-in defaults and environment).
+    pub config_path: Option<PathBuf>,
+    /// Services plugins reach (kept across generations).
+    pub services: Arc<Services>,
+    /// One reload at a time.
+    lock: tokio::sync::Mutex<()>,
+    /// Successful reloads.
+    pub succeeded: AtomicU64,
+    /// Refused reloads.
+    pub failed: AtomicU64,
+    /// The last refusal, for `status`.
+    pub last_error: std::sync::Mutex<Option<String>>,
+}
+
+impl Reloader {
+    /// A reloader for `config_path`.
+    pub fn new(config_path: Option<PathBuf>, services: Arc<Services>) -> Reloader {
+        Reloader {
+            config_path,
+            services,
+            lock: tokio::sync::Mutex::new(()),
+            succeeded: AtomicU64::new(0),
+            failed: AtomicU64::new(0),
+            last_error: std::sync::Mutex::new(None),
+        }
+    }
+}
+
+/// One plugin of a generation, for `status` and reload answers.
+#[derive(Debug, Serialize, PartialEq, Eq)]
+pub struct PluginStatus {
+    /// Config name.
+    pub name: String,
+    /// What the plugin reports.
+    pub version: String,
+    /// SHA-256 of its file.
+    pub sha256: String,
+    /// When it was loaded (unix seconds).
+    pub loaded_at: u64,
+}
+
+/// The answer to a reload.
+#[derive(Debug, Serialize)]
+pub struct ReloadReport {
+    /// Whether a new generation is current.
+    pub ok: bool,
+    /// The current generation after the reload.
+    pub generation: u64,
+    /// Why it was refused.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// Whether the plugins were loaded again.
+    pub plugins_reloaded: bool,
+    /// Changed settings that keep their old value until a restart.
+    pub restart_needed: Vec<&'static str>,
+    /// The plugins now current.
+    pub plugins: Vec<PluginStatus>,
+}
+
+fn unix(t: SystemTime) -> u64 {
+    t.duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs()
+}
+
+/// The plugins of `g`.
+pub fn plugin_status(g: Option<&Arc<Generation>>) -> Vec<PluginStatus> {
+    g.map(|g| {
+        g.plugins
+            .iter()
+            .map(|p| PluginStatus {
+                name: p.spec.name.clone(),
+                version: p.version.clone(),
+                sha256: p.sha256.clone(),
+                loaded_at: unix(p.loaded_at),
+            })
+            .collect()
+    })
+    .unwrap_or_default()
+}
+
+/// Settings that a running process cannot change, with their names.
+fn restart_needed(old: &Runtime, new: &Runtime) -> Vec<&'static str> {
+    let mut v = Vec::new();
+    let mut check = |changed: bool, key: &'static str| {
+        if changed {
+            v.push(key);
+        }
+    };
+    check(old.listen != new.listen, "server.listen");
+    check(old.listen_tls != new.listen_tls, "server.listen_tls");
+    check(
+        old.max_connections != new.max_connections,
+        "server.max_connections",
+    );
+    check(
+        old.max_connections_per_ip != new.max_connections_per_ip,
+        "server.max_connections_per_ip",
+    );
+    check(
+        old.shutdown_grace != new.shutdown_grace,
+        "server.shutdown_grace_secs",
+    );
+    check(
+        old.tls_files != new.tls_files || old.tls_self_signed != new.tls_self_signed,
+        "tls",
+    );
+    check(
+        old.delivery != new.delivery || old.connect_timeout != new.connect_timeout,
+        "delivery / queue",
+    );
+    check(old.admin_socket != new.admin_socket, "admin.socket");
+    check(
+        old.watch_interval != new.watch_interval,
+        "server.watch_interval_ms",
+    );
+    check(old.dns != new.dns, "dns");
+    v
+}
+
+/// `new`, with the settings that need a restart taken from `old`.
+fn merged(old: &Runtime, mut new: Runtime) -> Runtime {
+    new.listen = old.listen.clone();
+    new.listen_tls = old.listen_tls.clone();
+    new.max_connections = old.max_connections;
+    new.max_connections_per_ip = old.max_connections_per_ip;
+    new.shutdown_grace = old.shutdown_grace;
+    new.tls_files = old.tls_files.clone();
+    new.tls_self_signed = old.tls_self_signed;
+    new.delivery = old.delivery.clone();
+    new.connect_timeout = old.connect_timeout;
+    new.admin_socket = old.admin_socket.clone();
+    new.watch_interval = old.watch_interval;
+    new.dns = old.dns.clone();
+    new
+}
+
+/// SHA-256 of a file, hex.
+fn file_sha256(p: &Path) -> Option<String> {
+    use sha2::Digest;
+    std::fs::read(p)
+        .ok()
+        .map(|b| hex::encode(sha2::Sha256::digest(&b)))
+}
+
+/// Whether the plugins must be loaded again: entries changed, or a file's content.
+async fn plugins_changed(old: Option<&Arc<Generation>>, new: &Runtime) -> bool {
+    let old_specs: Vec<&crate::config::PluginSpec> = old
+        .map(|g| g.plugins.iter().map(|p| &*p.spec).collect())
+        .unwrap_or_default();
+    if old_specs.len() != new.plugins.len()
+        || old_specs.iter().zip(&new.plugins).any(|(a, b)| **a != *b)
+    {
+        return true;
+    }
+    let Some(g) = old else {
+        return false;
+    };
+    let files: Vec<(PathBuf, String)> = g
+        .plugins
+        .iter()
+        .map(|p| (p.spec.path.clone(), p.sha256.clone()))
+        .collect();
+    tokio::task::spawn_blocking(move || {
+        files
+            .iter()
+            .any(|(path, sha)| file_sha256(path).as_deref() != Some(sha.as_str()))
+    })
+    .await
+    .unwrap_or(true)
+}
+
+/// Reloads configuration and plugins; `why` names the trigger for the log.
+pub async fn reload(shared: &Shared, why: &str) -> ReloadReport {
+    let r = &shared.reloader;
+    let _one = r.lock.lock().await;
+    let cur = shared.current();
+    let fail = |error: String| {
+        r.failed.fetch_add(1, Ordering::Relaxed);
+        warn!(trigger = why, %error, generation = cur.generation, "reload refused; the current generation keeps serving");
+        *r.last_error.lock().unwrap_or_else(|e| e.into_inner()) = Some(error.clone());
+        ReloadReport {
+            ok: false,
+            generation: cur.generation,
+            error: Some(error),
+            plugins_reloaded: false,
+            restart_needed: vec![],
+            plugins: plugin_status(cur.plugins.as_ref()),
+        }
+    };
+    let path = r.config_path.clone();
+    let loaded = tokio::task::spawn_blocking(move || {
+        let cfg = Config::load(path.as_deref()).map_err(|e| e.to_string())?;
+        cfg.validate().map_err(|e| e.to_string())
+    })
+    .await;
+    let new_rt = match loaded {
+        Ok(Ok(rt)) => rt,
+        Ok(Err(e)) => return fail(format!("configuration: {e}")),
+        Err(e) => return fail(format!("configuration: {e}")),
+    };
+    let restart = restart_needed(&cur.runtime, &new_rt);
+    let new_rt = merged(&cur.runtime, new_rt);
+    let reload_plugins = plugins_changed(cur.plugins.as_ref(), &new_rt).await;
+    let plugins = if reload_plugins {
+        match load_all(&new_rt.plugins, &r.services).await {
+            Ok(g) => g,
+            Err(e) => return fail(format!("plugins: {e}")),
+        }
+    } else {
+        cur.plugins.clone()
+    };
+    let next = Arc::new(Current {
+        session: Arc::new(super::session_config(&new_rt, shared.tls.is_some())),
+        runtime: Arc::new(new_rt),
+        plugins,
+        generation: cur.generation + 1,
+        since: unix(SystemTime::now()),
+    });
+    if let Some(q) = &shared.queue {
+        q.set_plugins(next.plugins.clone());
+    }
+    *shared.current.write().unwrap_or_else(|e| e.into_inner()) = Arc::clone(&next);
+    r.succeeded.fetch_add(1, Ordering::Relaxed);
+    *r.last_error.lock().unwrap_or_else(|e| e.into_inner()) = None;
+    let plugins = plugin_status(next.plugins.as_ref());
+    info!(
+        trigger = why,
+        generation = next.generation,
+        plugins_reloaded = reload_plugins,
+        plugins = %plugins.iter().map(|p| format!("{}@{}", p.name, &p.sha256[..12.min(p.sha256.len())])).collect::<Vec<_>>().join(","),
+        restart_needed = %restart.join(","),
+        "reloaded"
+    );
+    if !restart.is_empty() {
+        warn!(settings = %restart.join(", "), "changed settings need a restart to take effect");
+    }
+    ReloadReport {
+        ok: true,
+        generation: next.generation,
+        error: None,
+        plugins_reloaded: reload_plugins,
+        restart_needed: restart,
+        plugins,
+    }
+}
+
+/// A file's identity for change detection.
+fn stamp(p: &Path) -> Option<(SystemTime, u64)> {
+    let m = std::fs::metadata(p).ok()?;
+    Some((m.modified().ok()?, m.len()))
+}
+
+/// The files the watcher looks at and their state.
+#[derive(Debug)]
+pub struct Baseline {
+    paths: Vec<PathBuf>,
+    seen: Vec<Option<(SystemTime, u64)>>,
+}
+
+type Stamps = Vec<Option<(SystemTime, u64)>>;
+
+fn snapshot(paths: &[PathBuf]) -> Stamps {
+    paths.iter().map(|p| stamp(p)).collect()
+}
+
+/// The config file and the current plugin files, as they are now (taken before the
+/// gateway reports ready, so no change after that is missed).
+pub fn baseline(shared: &Shared) -> Baseline {
+    let mut paths: Vec<PathBuf> = shared.reloader.config_path.iter().cloned().collect();
+    paths.extend(
+        shared
+            .current()
+            .runtime
+            .plugins
+            .iter()
+            .map(|p| p.path.clone()),
+    );
+    let seen = snapshot(&paths);
+    Baseline { paths, seen }
+}
+
+/// Watches the files of `base` (polling every `every`); a change that has settled (same
+/// size and time on two polls in a row) triggers a reload.
+pub async fn watch_files(
+    shared: Arc<Shared>,
+    every: Duration,
+    base: Baseline,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let Baseline {
+        mut paths,
+        mut seen,
+    } = base;
+    let mut pending: Option<Stamps> = None;
+    loop {
+        tokio::select! {
+            _ = shutdown.changed() => return,
+            _ = tokio::time::sleep(every) => {}
+        }
+        let now = snapshot(&paths);
+        if now == seen {
+            pending = None;
+            continue;
+        }
+        // Changed: wait until it stops changing before reloading.
+        if pending.as_ref() != Some(&now) {
+            pending = Some(now);
+            continue;
+        }
+        pending = None;
+        reload(&shared, "file change").await;
+        let b = baseline(&shared);
+        paths = b.paths;
+        seen = b.seen;
+    }
+}
+
+/// Reloads on SIGHUP until shutdown.
+pub async fn on_sighup(shared: Arc<Shared>, mut shutdown: watch::Receiver<bool>) {
+    let Ok(mut hup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) else {
+        warn!("cannot listen for SIGHUP; reload with `mailgate reload` instead");
+        return;
+    };
+    loop {
+        tokio::select! {
+            _ = shutdown.changed() => return,
+            got = hup.recv() => {
+                if got.is_none() {
+                    return;
+                }
+                reload(&shared, "SIGHUP").await;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rt(toml: &str) -> Runtime {
+        Config::from_toml(toml).unwrap().validate().unwrap()
+    }
+
+    #[test]
+    fn live_settings_apply_and_the_rest_waits_for_a_restart() {
+        let old = rt("");
+        let new = rt(
+            "[server]\nlisten = [\"127.0.0.1:2626\"]\nhostname = \"mx2.example.test\"\n\
+                      [limits]\nmax_recipients = 7\n[dns]\ntimeout_ms = 100\n",
+        );
+        assert_eq!(restart_needed(&old, &new), vec!["server.listen", "dns"]);
+        let m = merged(&old, new);
+        assert_eq!(m.listen, old.listen, "listeners stay");
+        assert_eq!(m.dns, old.dns, "resolver settings stay");
+        assert_eq!(m.hostname, "mx2.example.test", "hostname applies");
+        assert_eq!(m.limits.max_recipients, 7, "limits apply");
+        assert!(restart_needed(&old, &rt("")).is_empty());
+    }
+}
