@@ -263,7 +263,8 @@ fn main() -> anyhow::Result<()> {
                 .build()?;
             let generation = runtime.block_on(async {
                 let dns = Arc::new(mailgate::dns::Resolver::new(rt.dns.clone()));
-                let services = mailgate::plugin::registry::Services::new(dns);
+                let services =
+                    mailgate::plugin::registry::Services::with_cache(dns, rt.compile_cache.clone());
                 mailgate::plugin::registry::load_all(&rt.plugins, &services).await
             })?;
             for p in generation.iter().flat_map(|g| g.plugins.iter()) {
@@ -352,7 +353,8 @@ fn main() -> anyhow::Result<()> {
                 .build()?;
             runtime.block_on(async move {
                 let dns = Arc::new(mailgate::dns::Resolver::new(rt.dns.clone()));
-                let services = mailgate::plugin::registry::Services::new(dns);
+                let services =
+                    mailgate::plugin::registry::Services::with_cache(dns, rt.compile_cache.clone());
                 let plugins = mailgate::plugin::registry::load_all(&rt.plugins, &services).await?;
                 let listeners = Listeners::bind(&rt).await?;
                 let mut out = std::io::stdout().lock();

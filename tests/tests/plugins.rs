@@ -459,3 +459,61 @@ fn dns_without_the_grant_or_with_a_dead_server() {
     }
     assert_eq!(header(&text, "X-Budget"), "0 then timeout");
 }
+
+/// Compiled plugins are cached on disk: a restart loads the cached form instead of
+/// compiling; an unusable cache file is replaced by a fresh compilation.
+#[test]
+fn compiled_plugins_are_cached_across_restarts() {
+    let cache = tempfile::tempdir().unwrap();
+    let setup = || {
+        Setup::default()
+            .section(&format!(
+                "[chain]\ncompile_cache = {:?}\n",
+                cache.path().display().to_string()
+            ))
+            .section(&plugin_toml("reject", "reject-rcpt", ""))
+            .start()
+    };
+    let cached = || -> Vec<std::path::PathBuf> {
+        std::fs::read_dir(cache.path())
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| p.extension().is_some_and(|e| e == "cwasm"))
+            .collect()
+    };
+    let mut gw = setup();
+    let files = cached();
+    assert_eq!(files.len(), 1, "one compiled component");
+    let name = files[0].file_name().unwrap().to_string_lossy().into_owned();
+    let out = std::process::Command::new("sha256sum")
+        .arg(fixture("reject-rcpt"))
+        .output()
+        .unwrap();
+    let sha = String::from_utf8(out.stdout).unwrap()[..64].to_string();
+    assert!(name.starts_with(&sha), "{name} keyed by the file's SHA-256");
+    assert!(!gw.log().contains("loaded from the cache"));
+    gw.terminate();
+
+    let mut gw = setup();
+    assert!(
+        gw.log().contains("compiled plugin loaded from the cache"),
+        "{}",
+        gw.log()
+    );
+    assert!(rcpt_reply(&gw, "blocked@example.test").0.starts_with("550"));
+    gw.terminate();
+
+    std::fs::write(&files[0], b"not a compiled component").unwrap();
+    let gw = setup();
+    assert!(
+        gw.log().contains("unusable compile cache entry"),
+        "{}",
+        gw.log()
+    );
+    assert!(rcpt_reply(&gw, "blocked@example.test").0.starts_with("550"));
+    assert_ne!(
+        std::fs::read(&files[0]).unwrap(),
+        b"not a compiled component",
+        "rewritten"
+    );
+}

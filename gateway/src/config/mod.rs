@@ -178,6 +178,9 @@ pub struct Chain {
     pub trace_header: bool,
     /// Maildir root for messages a plugin quarantines.
     pub quarantine: PathBuf,
+    /// Directory for compiled plugins (reused by restarts and reloads of unchanged
+    /// files); empty = no cache.
+    pub compile_cache: PathBuf,
 }
 
 impl Default for Chain {
@@ -185,6 +188,7 @@ impl Default for Chain {
         Chain {
             trace_header: false,
             quarantine: PathBuf::from("./var/quarantine"),
+            compile_cache: PathBuf::from("./var/cache/plugins"),
         }
     }
 }

@@ -249,6 +249,8 @@ pub struct Runtime {
     pub dns: crate::dns::Settings,
     /// Admin socket path.
     pub admin_socket: PathBuf,
+    /// Compiled-plugin cache directory, if enabled.
+    pub compile_cache: Option<PathBuf>,
     /// File change polling interval; zero = no watching.
     pub watch_interval: Duration,
 }
@@ -557,6 +559,8 @@ impl Config {
             quarantine: self.chain.quarantine.clone(),
             dns: dns(&self.dns)?,
             admin_socket: self.admin.socket.clone(),
+            compile_cache: Some(self.chain.compile_cache.clone())
+                .filter(|p| !p.as_os_str().is_empty()),
             watch_interval: Duration::from_millis(s.watch_interval_ms),
             hostname: s.hostname.to_ascii_lowercase(),
             listen,

@@ -3,6 +3,7 @@
 //! broken plugin or a bad plugin config is refused before it takes traffic. Also
 //! [`inspect`] for `mailgate plugin inspect`.
 
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -114,14 +115,22 @@ pub struct Services {
     pub kv: Arc<Kv>,
     /// The gateway's resolver.
     pub dns: Arc<Resolver>,
+    /// Where compiled plugins are cached, if anywhere.
+    pub compile_cache: Option<PathBuf>,
 }
 
 impl Services {
-    /// Services with an empty kv store and `dns`.
+    /// Services with an empty kv store and `dns`, without a compile cache.
     pub fn new(dns: Arc<Resolver>) -> Arc<Services> {
+        Self::with_cache(dns, None)
+    }
+
+    /// Services with an empty kv store, `dns`, and compiled plugins cached in `cache`.
+    pub fn with_cache(dns: Arc<Resolver>, cache: Option<PathBuf>) -> Arc<Services> {
         Arc::new(Services {
             kv: Arc::new(Kv::default()),
             dns,
+            compile_cache: cache,
         })
     }
 }
@@ -208,6 +217,71 @@ pub fn compile(engine: &Engine, name: &str, bytes: &[u8]) -> Result<Component, L
     })
 }
 
+/// The compiled form of a component in `cache`: `<sha256>-<engine settings hash>.cwasm`.
+fn cache_path(engine: &Engine, cache: &Path, sha256: &str) -> PathBuf {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    engine.precompile_compatibility_hash().hash(&mut h);
+    env!("CARGO_PKG_VERSION").hash(&mut h);
+    cache.join(format!("{sha256}-{:016x}.cwasm", h.finish()))
+}
+
+/// Loads a compiled component written by [`compile_cached`].
+#[allow(unsafe_code)]
+fn load_compiled(engine: &Engine, path: &Path) -> wasmtime::Result<Component> {
+    // SAFETY: wasmtime requires that the file is a trusted result of its own
+    // `precompile_component`. It is: the cache directory is ours (created 0700), every
+    // file in it is written by `compile_cached` from the engine's own output, atomically
+    // (temp file + rename), and named after the SHA-256 of the source component and the
+    // engine's settings; wasmtime also checks the engine version and settings recorded
+    // in the file and refuses a mismatch.
+    unsafe { Component::deserialize_file(engine, path) }
+}
+
+/// Compiles `bytes`, or loads the result of an earlier compilation of the same bytes
+/// with the same engine settings from `cache`, writing it there after a compilation.
+/// A cache that cannot be read or written only costs a compilation (with a warning).
+pub fn compile_cached(
+    engine: &Engine,
+    name: &str,
+    bytes: &[u8],
+    sha256: &str,
+    cache: Option<&Path>,
+) -> Result<Component, LoadError> {
+    let Some(dir) = cache else {
+        return compile(engine, name, bytes);
+    };
+    let path = cache_path(engine, dir, sha256);
+    if path.exists() {
+        match load_compiled(engine, &path) {
+            Ok(c) => {
+                tracing::info!(plugin = name, cache = %path.display(), "compiled plugin loaded from the cache");
+                return Ok(c);
+            }
+            Err(e) => {
+                tracing::warn!(plugin = name, cache = %path.display(), error = %e, "unusable compile cache entry; compiling again");
+                let _ = std::fs::remove_file(&path);
+            }
+        }
+    }
+    let component = compile(engine, name, bytes)?;
+    let store = || -> std::io::Result<()> {
+        use std::os::unix::fs::DirBuilderExt;
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)?;
+        let compiled = component.serialize().map_err(std::io::Error::other)?;
+        let tmp = dir.join(format!(".{sha256}.{:x}.tmp", rand::random::<u32>()));
+        std::fs::write(&tmp, compiled)?;
+        std::fs::rename(&tmp, &path)
+    };
+    if let Err(e) = store() {
+        tracing::warn!(plugin = name, cache = %dir.display(), error = %e, "cannot write the compile cache");
+    }
+    Ok(component)
+}
+
 /// Loads one plugin.
 pub async fn load(
     engine: &Engine,
@@ -234,12 +308,16 @@ pub async fn load(
     let component = {
         let engine = engine.clone();
         let name = name.clone();
-        tokio::task::spawn_blocking(move || compile(&engine, &name, &bytes))
-            .await
-            .map_err(|e| LoadError::Invalid {
-                name: spec.name.clone(),
-                reason: e.to_string(),
-            })??
+        let cache = services.compile_cache.clone();
+        let sha = sha256.clone();
+        tokio::task::spawn_blocking(move || {
+            compile_cached(&engine, &name, &bytes, &sha, cache.as_deref())
+        })
+        .await
+        .map_err(|e| LoadError::Invalid {
+            name: spec.name.clone(),
+            reason: e.to_string(),
+        })??
     };
     let info = inspect(engine, &component);
     let invalid = |reason: String| LoadError::Invalid {
