@@ -299,3 +299,43 @@ fn file_changes_and_sighup_reload() {
         "{stamps:?}"
     );
 }
+
+/// In queue mode a route change applies with a reload: the next message goes to the new
+/// next hop, and nothing is reported as needing a restart.
+#[test]
+fn queue_routes_change_live() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut one = support::Upstream::start(&[]);
+    let mut two = support::Upstream::start(&[]);
+    let queue = |up: &support::Upstream| {
+        format!(
+            "[delivery]\nmode = \"queue\"\n[queue]\nspool = {:?}\n[queue.routes]\n\"example.test\" = {{ host = \"{}\", tls = \"none\" }}\n",
+            dir.path().join("spool").display().to_string(),
+            up.addr()
+        )
+    };
+    let gw = Setup::default()
+        .server("watch_interval_ms = 0")
+        .section(&queue(&one))
+        .start();
+    let send = || {
+        let out: Value = serde_json::from_str(
+            support::smtplib(&["send", HOST, &gw.port(), "--to", "r@example.test"]).trim(),
+        )
+        .unwrap();
+        assert_eq!(out["data"]["code"], 250, "{out}");
+    };
+    send();
+    assert!(one.wait_stored(1, Duration::from_secs(60)));
+    let text = std::fs::read_to_string(&gw.config).unwrap();
+    install(
+        &gw.config,
+        text.replace(&one.addr(), &two.addr()).as_bytes(),
+    );
+    let (ok, v) = admin(&gw, "reload");
+    assert!(ok, "{v}");
+    assert_eq!(v["restart_needed"], serde_json::json!([]), "{v}");
+    send();
+    assert!(two.wait_stored(1, Duration::from_secs(60)), "{}", gw.log());
+    assert_eq!(one.received().len(), 1);
+}

@@ -128,6 +128,7 @@ pub struct Queue {
     hostname: String,
     dns: Arc<Resolver>,
     plugins: std::sync::RwLock<Option<Arc<crate::plugin::Generation>>>,
+    routing: std::sync::RwLock<Arc<Routing>>,
     index: Mutex<HashMap<String, Meta>>,
     wake: Notify,
     pool: Pool,
@@ -181,6 +182,7 @@ impl Queue {
         Ok(Arc::new(Queue {
             spool,
             global: Arc::new(Semaphore::new(settings.concurrency.max(1))),
+            routing: std::sync::RwLock::new(Arc::new(settings.routing.clone())),
             settings,
             hostname,
             dns,
@@ -195,6 +197,15 @@ impl Queue {
 
     fn index(&self) -> std::sync::MutexGuard<'_, HashMap<String, Meta>> {
         self.index.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The routing used from the next attempt on (after a reload).
+    pub fn set_routing(&self, routing: Routing) {
+        *self.routing.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(routing);
+    }
+
+    fn routing(&self) -> Arc<Routing> {
+        Arc::clone(&self.routing.read().unwrap_or_else(|e| e.into_inner()))
     }
 
     /// The plugin generation `on-deliver` runs in from now on (after a reload).
@@ -365,6 +376,7 @@ impl Queue {
             }
         };
         // Group pending recipients by destination; a plugin's route wins.
+        let routing = self.routing();
         let mut groups: BTreeMap<Destination, Vec<usize>> = BTreeMap::new();
         let mut decided: Vec<(usize, Outcome)> = Vec::new();
         for (i, r) in entry.recipients.iter().enumerate() {
@@ -372,10 +384,7 @@ impl Queue {
                 continue;
             }
             let d = match plugin_routes.get(&r.address.to_ascii_lowercase()) {
-                None => self
-                    .settings
-                    .routing
-                    .destination(&r.address, r.route.as_deref()),
+                None => routing.destination(&r.address, r.route.as_deref()),
                 Some(route) => match plugin_destination(&r.address, route) {
                     Ok(d) => d,
                     Err(o) => {
@@ -600,7 +609,7 @@ impl Queue {
                 })
                 .collect();
         };
-        let targets = match self.settings.routing.targets(dest, &self.dns).await {
+        let targets = match self.routing().targets(dest, &self.dns).await {
             Ok(t) => t,
             Err(NoRoute::Permanent(why, code)) => {
                 return idx

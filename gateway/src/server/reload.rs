@@ -15,7 +15,8 @@
 //!    answer, failure counter); otherwise swaps in the new `Current`.
 //!
 //! Applied live: the plugin chain and plugin configs, `server.hostname`, greeting delay and
-//! timeouts, `[limits]`, `[relay]`, `[chain]`. Settings that cannot change under a running
+//! timeouts, `[limits]`, `[relay]`, `[chain]`, and in queue mode the routes
+//! (`[queue.routes]`, `delivery.upstream`). Settings that cannot change under a running
 //! process (listeners, TLS, connection limits, delivery mode and queue, admin socket,
 //! DNS, the watch interval) keep their old value and are reported as needing a restart.
 
@@ -29,7 +30,7 @@ use tokio::sync::watch;
 use tracing::{info, warn};
 
 use super::Shared;
-use crate::config::{Config, Runtime};
+use crate::config::{Config, DeliveryMode, Runtime};
 use crate::plugin::Generation;
 use crate::plugin::registry::{Services, load_all};
 use crate::smtp::SessionConfig;
@@ -160,7 +161,8 @@ fn restart_needed(old: &Runtime, new: &Runtime) -> Vec<&'static str> {
         "tls",
     );
     check(
-        old.delivery != new.delivery || old.connect_timeout != new.connect_timeout,
+        !same_delivery_but_routes(&old.delivery, &new.delivery)
+            || old.connect_timeout != new.connect_timeout,
         "delivery / queue",
     );
     check(old.admin_socket != new.admin_socket, "admin.socket");
@@ -172,8 +174,24 @@ fn restart_needed(old: &Runtime, new: &Runtime) -> Vec<&'static str> {
     v
 }
 
-/// `new`, with the settings that need a restart taken from `old`.
+/// Whether two delivery settings differ at most in their queue routes (which apply live).
+fn same_delivery_but_routes(old: &DeliveryMode, new: &DeliveryMode) -> bool {
+    match (old, new) {
+        (DeliveryMode::Queue(a), DeliveryMode::Queue(b)) => {
+            let mut b = (**b).clone();
+            b.routing = a.routing.clone();
+            **a == b
+        }
+        (a, b) => a == b,
+    }
+}
+
+/// `new`, with the settings that need a restart taken from `old` (queue routes apply).
 fn merged(old: &Runtime, mut new: Runtime) -> Runtime {
+    let routes = match &new.delivery {
+        DeliveryMode::Queue(q) => Some(q.routing.clone()),
+        _ => None,
+    };
     new.listen = old.listen.clone();
     new.listen_tls = old.listen_tls.clone();
     new.max_connections = old.max_connections;
@@ -182,6 +200,9 @@ fn merged(old: &Runtime, mut new: Runtime) -> Runtime {
     new.tls_files = old.tls_files.clone();
     new.tls_self_signed = old.tls_self_signed;
     new.delivery = old.delivery.clone();
+    if let (DeliveryMode::Queue(q), Some(r)) = (&mut new.delivery, routes) {
+        q.routing = r;
+    }
     new.connect_timeout = old.connect_timeout;
     new.admin_socket = old.admin_socket.clone();
     new.watch_interval = old.watch_interval;
@@ -273,6 +294,9 @@ pub async fn reload(shared: &Shared, why: &str) -> ReloadReport {
     });
     if let Some(q) = &shared.queue {
         q.set_plugins(next.plugins.clone());
+        if let DeliveryMode::Queue(s) = &next.runtime.delivery {
+            q.set_routing(s.routing.clone());
+        }
     }
     *shared.current.write().unwrap_or_else(|e| e.into_inner()) = Arc::clone(&next);
     r.succeeded.fetch_add(1, Ordering::Relaxed);
@@ -411,5 +435,21 @@ mod tests {
         assert_eq!(m.hostname, "mx2.example.test", "hostname applies");
         assert_eq!(m.limits.max_recipients, 7, "limits apply");
         assert!(restart_needed(&old, &rt("")).is_empty());
+    }
+
+    #[test]
+    fn queue_routes_apply_live() {
+        let q = "[delivery]\nmode = \"queue\"\n[queue.routes]\n";
+        let old = rt(&format!("{q}\"a.test\" = {{ host = \"10.0.0.1:25\" }}\n"));
+        let new = rt(&format!("{q}\"a.test\" = {{ host = \"10.0.0.2:25\" }}\n"));
+        assert!(restart_needed(&old, &new).is_empty());
+        let m = merged(&old, new);
+        let DeliveryMode::Queue(s) = &m.delivery else {
+            panic!("queue mode")
+        };
+        assert_eq!(s.routing.routes["a.test"].addr, "10.0.0.2:25");
+        let spool = rt(&format!("{q}[queue]\nspool = \"/elsewhere\"\n")
+            .replace("[queue.routes]\n[queue]", "[queue]"));
+        assert_eq!(restart_needed(&old, &spool), vec!["delivery / queue"]);
     }
 }
