@@ -465,6 +465,9 @@ fn queue_into_postfix_delivers_and_bounces_its_refusals() {
     assert!(text.contains("Status: 5.1.1"), "{text}");
     assert!(text.contains("Diagnostic-Code: smtp; 550 5.1.1"), "{text}");
     assert!(!text.contains("Final-Recipient: rfc822; pat@"), "{text}");
+    // The bounce went out on the connection the delivery used (kept idle for reuse).
+    let log = pf.maillog();
+    assert_eq!(log.matches("]: connect from ").count(), 1, "{log}");
 }
 
 /// An unreachable next hop: one "delayed" notice after `delay_warning_secs`, then, at
