@@ -549,6 +549,7 @@ fn plugin_routes_recipients_at_delivery() {
             "drop-c@example.test",
             "local-d@example.test",
             "plain@example.test",
+            "whoami-e@example.test",
         ],
     );
     // main: plain@ and the bounce for bounce-b@; other: relay-a@.
@@ -576,6 +577,12 @@ fn plugin_routes_recipients_at_delivery() {
         "{text}"
     );
     assert!(text.contains("router fixture"), "{text}");
+    // on-deliver saw the session the message was accepted in.
+    assert!(
+        text.contains("helo=client.test ehlo=true attempt=1"),
+        "{text}"
+    );
+    assert!(text.contains("listener=smtp tls=false"), "{text}");
     assert!(
         !text.contains("drop-c@"),
         "a discarded recipient is not bounced: {text}"

@@ -37,6 +37,38 @@ pub struct Recipient {
     pub route: Option<String>,
 }
 
+/// The session a message was accepted in, as `on-deliver` sees it.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Origin {
+    /// HELO/EHLO name.
+    #[serde(default)]
+    pub helo: String,
+    /// Whether it was EHLO.
+    #[serde(default)]
+    pub ehlo: bool,
+    /// Forward-confirmed reverse name of the client.
+    #[serde(default)]
+    pub ptr_name: Option<String>,
+    /// TLS version and cipher, if TLS was used.
+    #[serde(default)]
+    pub tls: Option<(String, String)>,
+    /// The client was in trusted networks.
+    #[serde(default)]
+    pub trusted: bool,
+    /// Our address the client connected to.
+    #[serde(default)]
+    pub local: Option<std::net::SocketAddr>,
+    /// Listener kind (`smtp`, `smtps`).
+    #[serde(default)]
+    pub listener: String,
+    /// Final plugin score of the transaction.
+    #[serde(default)]
+    pub score: f64,
+    /// Plugin tags.
+    #[serde(default)]
+    pub tags: Vec<String>,
+}
+
 /// A queued message.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Entry {
@@ -67,6 +99,9 @@ pub struct Entry {
     /// The client that sent it, for logs and notices.
     #[serde(default)]
     pub client: String,
+    /// The session it was accepted in (for `on-deliver`).
+    #[serde(default)]
+    pub origin: Origin,
     /// The recipients, in envelope order.
     pub recipients: Vec<Recipient>,
 }
@@ -109,6 +144,7 @@ impl Entry {
             held: false,
             warned: false,
             client,
+            origin: Origin::default(),
             recipients: recipients
                 .iter()
                 .map(|r| Recipient {

@@ -215,9 +215,14 @@ impl Queue {
 
     /// Stores an accepted message durably (the `Received:` header in front) and returns
     /// its queue id. Only after `Ok` may the client be told 250.
-    pub async fn enqueue(&self, message: &Message, received: &str) -> Result<String, QueueError> {
+    pub async fn enqueue(
+        &self,
+        message: &Message,
+        received: &str,
+        origin: entry::Origin,
+    ) -> Result<String, QueueError> {
         let id = message.id.clone();
-        let entry = Entry::new(
+        let mut entry = Entry::new(
             id.clone(),
             &message.envelope.mail_from,
             &message.envelope.params,
@@ -225,6 +230,7 @@ impl Queue {
             (received.len() + message.data.len()) as u64,
             message.trace.client.ip().to_string(),
         );
+        entry.origin = origin;
         let spool = self.spool.clone();
         let header = received.as_bytes().to_vec();
         let data = message.data.clone();
@@ -492,17 +498,27 @@ impl Queue {
             .client
             .parse::<std::net::IpAddr>()
             .unwrap_or(std::net::IpAddr::from([0, 0, 0, 0]));
+        let o = &entry.origin;
         let view = SessionView {
             id: entry.id.clone(),
             client: std::net::SocketAddr::new(client, 0),
-            local: std::net::SocketAddr::from(([0, 0, 0, 0], 0)),
-            listener: "smtp",
-            ptr_name: None,
-            trusted: false,
-            tls: None,
-            helo: None,
-            score: 0.0,
-            tags: vec![],
+            local: o
+                .local
+                .unwrap_or(std::net::SocketAddr::from(([0, 0, 0, 0], 0))),
+            listener: if o.listener == "smtps" {
+                "smtps"
+            } else {
+                "smtp"
+            },
+            ptr_name: o.ptr_name.clone(),
+            trusted: o.trusted,
+            tls: o.tls.as_ref().map(|(v, c)| crate::smtp::TlsInfo {
+                version: v.clone(),
+                cipher: c.clone(),
+            }),
+            helo: (!o.helo.is_empty()).then(|| (o.helo.clone(), o.ehlo)),
+            score: o.score,
+            tags: o.tags.clone(),
         };
         let info = DeliveryInfo {
             session: convert::session_info(&view),

@@ -33,6 +33,8 @@ enum Flow {
 struct Ctx {
     /// Settings and plugins this session started with (kept to its end).
     cur: Arc<super::reload::Current>,
+    /// Our address the client connected to.
+    local: Option<SocketAddr>,
     outbound: Outbound,
     shutdown: watch::Receiver<bool>,
     shutdown_seen: bool,
@@ -69,6 +71,7 @@ pub async fn serve(
         let outbound = Outbound::new(&shared, &rt.hostname);
         let mut ctx = Ctx {
             cur: Arc::clone(&cur),
+            local: Some(local),
             outbound,
             shutdown_seen,
             shutdown,
@@ -396,6 +399,29 @@ fn apply_edits(ctx: &mut Ctx, message: &mut crate::smtp::Message) {
     }
 }
 
+/// The session facts a queued message keeps for `on-deliver`.
+fn origin(ctx: &Ctx, m: &crate::smtp::Message) -> crate::queue::entry::Origin {
+    let t = &m.trace;
+    crate::queue::entry::Origin {
+        helo: t.helo.clone(),
+        ehlo: t.protocol != "SMTP",
+        ptr_name: t.ptr_name.clone(),
+        tls: t
+            .tls
+            .as_ref()
+            .map(|i| (i.version.clone(), i.cipher.clone())),
+        trusted: ctx.cur.runtime.relay_allowed(t.client.ip()),
+        local: ctx.local,
+        listener: ctx.listener.to_string(),
+        score: ctx.chain.as_ref().map(Chain::score).unwrap_or(0.0),
+        tags: ctx
+            .chain
+            .as_ref()
+            .map(|c| c.tags().to_vec())
+            .unwrap_or_default(),
+    }
+}
+
 async fn deliver(ctx: &mut Ctx, mut message: crate::smtp::Message) -> Reply {
     let started = ctx.txn_started.take().unwrap_or_else(Instant::now);
     apply_edits(ctx, &mut message);
@@ -409,7 +435,10 @@ async fn deliver(ctx: &mut Ctx, mut message: crate::smtp::Message) -> Reply {
             info!(msg = %message.id, "no recipients left after plugin edits; nothing delivered");
             Reply::new(250, "2.0.0", format!("Ok: queued as {}", message.id))
         }
-        _ => ctx.outbound.deliver(&message).await,
+        _ => {
+            let origin = origin(ctx, &message);
+            ctx.outbound.deliver(&message, origin).await
+        }
     };
     ctx.messages += 1;
     let m = &message;

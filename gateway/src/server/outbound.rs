@@ -105,7 +105,11 @@ impl Outbound {
     }
 
     /// Delivers the message; the reply is what the client gets for its DATA/BDAT LAST.
-    pub async fn deliver(&mut self, message: &Message) -> Reply {
+    pub async fn deliver(
+        &mut self,
+        message: &Message,
+        origin: crate::queue::entry::Origin,
+    ) -> Reply {
         let rcpt = match message.envelope.rcpt_to.as_slice() {
             [one] => Some(one.as_str()),
             _ => None,
@@ -135,7 +139,7 @@ impl Outbound {
                 }
             }
             Kind::Proxy(p) => p.data(message, &received).await,
-            Kind::Queue(q) => match q.enqueue(message, &received).await {
+            Kind::Queue(q) => match q.enqueue(message, &received, origin).await {
                 Ok(id) => Reply::new(250, "2.0.0", format!("Ok: queued as {id}")),
                 Err(e) => {
                     warn!(msg = %message.id, error = %e, "cannot queue message");
