@@ -493,6 +493,14 @@ fn compiled_plugins_are_cached_across_restarts() {
     assert!(name.starts_with(&sha), "{name} keyed by the file's SHA-256");
     assert!(!gw.log().contains("loaded from the cache"));
     gw.terminate();
+    // Age the entry: loading it from the cache marks it used again (kept by pruning).
+    let old = std::time::SystemTime::now() - Duration::from_secs(3600);
+    std::fs::File::options()
+        .append(true)
+        .open(&files[0])
+        .unwrap()
+        .set_modified(old)
+        .unwrap();
 
     let mut gw = setup();
     assert!(
@@ -500,6 +508,8 @@ fn compiled_plugins_are_cached_across_restarts() {
         "{}",
         gw.log()
     );
+    let used = std::fs::metadata(&files[0]).unwrap().modified().unwrap();
+    assert!(used > old, "marked used");
     assert!(rcpt_reply(&gw, "blocked@example.test").0.starts_with("550"));
     gw.terminate();
 

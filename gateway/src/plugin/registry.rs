@@ -256,6 +256,10 @@ pub fn compile_cached(
         match load_compiled(engine, &path) {
             Ok(c) => {
                 tracing::info!(plugin = name, cache = %path.display(), "compiled plugin loaded from the cache");
+                // Mark it used, so pruning keeps it.
+                if let Ok(f) = std::fs::File::options().append(true).open(&path) {
+                    let _ = f.set_modified(std::time::SystemTime::now());
+                }
                 return Ok(c);
             }
             Err(e) => {
@@ -280,6 +284,43 @@ pub fn compile_cached(
         tracing::warn!(plugin = name, cache = %dir.display(), error = %e, "cannot write the compile cache");
     }
     Ok(component)
+}
+
+/// Entries of the compile cache not used for this long are removed.
+pub const CACHE_MAX_AGE: Duration = Duration::from_secs(30 * 86400);
+
+/// Removes compile cache entries unused (not written or loaded) for `max_age`, and
+/// temporary files left by an interrupted write. Returns how many files were removed.
+pub fn prune_cache(dir: &Path, max_age: Duration) -> usize {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return 0;
+    };
+    let now = std::time::SystemTime::now();
+    let mut removed = 0;
+    for e in entries.flatten() {
+        let path = e.path();
+        let name = e.file_name().to_string_lossy().into_owned();
+        let limit = if name.ends_with(".cwasm") {
+            max_age
+        } else if name.starts_with('.') && name.ends_with(".tmp") {
+            Duration::from_secs(3600)
+        } else {
+            continue;
+        };
+        let age = e
+            .metadata()
+            .and_then(|m| m.modified())
+            .ok()
+            .and_then(|t| now.duration_since(t).ok())
+            .unwrap_or_default();
+        if age > limit && std::fs::remove_file(&path).is_ok() {
+            removed += 1;
+        }
+    }
+    if removed > 0 {
+        tracing::info!(cache = %dir.display(), removed, "pruned the compile cache");
+    }
+    removed
 }
 
 /// Loads one plugin.
@@ -415,6 +456,9 @@ pub async fn load_all(
             load(&engine, &linker, spec.clone(), Arc::clone(services)).await?,
         ));
     }
+    if let Some(dir) = services.compile_cache.clone() {
+        let _ = tokio::task::spawn_blocking(move || prune_cache(&dir, CACHE_MAX_AGE)).await;
+    }
     Ok(Some(Arc::new(Generation {
         engine,
         plugins,
@@ -509,4 +553,39 @@ pub async fn describe(path: &std::path::Path) -> Result<Description, LoadError> 
         inspection,
         manifest,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pruning_removes_unused_entries_and_stale_temp_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let old = std::time::SystemTime::now() - Duration::from_secs(40 * 86400);
+        let put = |name: &str, age: Option<std::time::SystemTime>| {
+            let p = dir.path().join(name);
+            std::fs::write(&p, b"x").unwrap();
+            if let Some(t) = age {
+                std::fs::File::options()
+                    .append(true)
+                    .open(&p)
+                    .unwrap()
+                    .set_modified(t)
+                    .unwrap();
+            }
+        };
+        put("aaa-1.cwasm", Some(old));
+        put("bbb-1.cwasm", None);
+        put(".aaa.1.tmp", Some(old));
+        put("README", Some(old));
+        assert_eq!(prune_cache(dir.path(), CACHE_MAX_AGE), 2);
+        let mut left: Vec<String> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        left.sort();
+        assert_eq!(left, ["README", "bbb-1.cwasm"]);
+        assert_eq!(prune_cache(&dir.path().join("missing"), CACHE_MAX_AGE), 0);
+    }
 }
