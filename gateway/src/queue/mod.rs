@@ -934,9 +934,9 @@ fn plugin_destination(
                 format!("{}:{}", h.host, h.port)
             };
             let tls = match h.tls {
-                WitTls::Opportunistic => route::TlsKey::Opportunistic,
-                WitTls::Required => route::TlsKey::Required,
-                WitTls::Disabled => route::TlsKey::None,
+                WitTls::Opportunistic => crate::delivery::TlsPolicy::Opportunistic,
+                WitTls::Required => crate::delivery::TlsPolicy::Required,
+                WitTls::Disabled => crate::delivery::TlsPolicy::None,
             };
             Ok(Destination::Relay(host, tls))
         }

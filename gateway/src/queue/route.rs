@@ -33,42 +33,11 @@ pub struct Routing {
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Destination {
     /// A fixed next hop (`host:port`) with its TLS policy.
-    Relay(String, TlsKey),
+    Relay(String, TlsPolicy),
     /// The MX hosts of this domain.
     Mx(String),
     /// The local Maildir (a plugin's `local` route).
     Local,
-}
-
-/// [`TlsPolicy`] as a map key.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum TlsKey {
-    /// [`TlsPolicy::None`].
-    None,
-    /// [`TlsPolicy::Opportunistic`].
-    Opportunistic,
-    /// [`TlsPolicy::Required`].
-    Required,
-}
-
-impl From<TlsPolicy> for TlsKey {
-    fn from(p: TlsPolicy) -> TlsKey {
-        match p {
-            TlsPolicy::None => TlsKey::None,
-            TlsPolicy::Opportunistic => TlsKey::Opportunistic,
-            TlsPolicy::Required => TlsKey::Required,
-        }
-    }
-}
-
-impl From<TlsKey> for TlsPolicy {
-    fn from(k: TlsKey) -> TlsPolicy {
-        match k {
-            TlsKey::None => TlsPolicy::None,
-            TlsKey::Opportunistic => TlsPolicy::Opportunistic,
-            TlsKey::Required => TlsPolicy::Required,
-        }
-    }
 }
 
 impl std::fmt::Display for Destination {
@@ -115,11 +84,11 @@ impl Routing {
     /// The destination of `rcpt`; `plugin_route` (`host:port`) wins if set.
     pub fn destination(&self, rcpt: &str, plugin_route: Option<&str>) -> Destination {
         if let Some(r) = plugin_route {
-            return Destination::Relay(r.to_string(), TlsKey::Opportunistic);
+            return Destination::Relay(r.to_string(), TlsPolicy::Opportunistic);
         }
         let domain = domain_of(rcpt);
         if let Some(hop) = self.routes.get(&domain).or(self.default.as_ref()) {
-            return Destination::Relay(hop.addr.clone(), hop.tls.into());
+            return Destination::Relay(hop.addr.clone(), hop.tls);
         }
         Destination::Mx(domain)
     }
@@ -138,7 +107,7 @@ impl Routing {
                     .map(|(h, _)| h.trim_matches(|c| c == '[' || c == ']'))
                     .unwrap_or(addr)
                     .to_string(),
-                tls: (*tls).into(),
+                tls: *tls,
             }]),
             Destination::Mx(domain) => self.mx_targets(domain, dns).await,
             Destination::Local => Ok(vec![]),
@@ -228,7 +197,7 @@ mod tests {
         let r = routing();
         assert_eq!(
             r.destination("x@A.test", None),
-            Destination::Relay("127.0.0.1:2601".into(), TlsKey::None)
+            Destination::Relay("127.0.0.1:2601".into(), TlsPolicy::None)
         );
         assert_eq!(
             r.destination("x@b.test", None),
@@ -236,7 +205,7 @@ mod tests {
         );
         assert_eq!(
             r.destination("x@b.test", Some("10.0.0.1:25")),
-            Destination::Relay("10.0.0.1:25".into(), TlsKey::Opportunistic)
+            Destination::Relay("10.0.0.1:25".into(), TlsPolicy::Opportunistic)
         );
         let mut d = routing();
         d.default = Some(Hop {
@@ -245,11 +214,11 @@ mod tests {
         });
         assert_eq!(
             d.destination("x@b.test", None),
-            Destination::Relay("up:25".into(), TlsKey::Required)
+            Destination::Relay("up:25".into(), TlsPolicy::Required)
         );
         assert_eq!(
             d.destination("x@a.test", None),
-            Destination::Relay("127.0.0.1:2601".into(), TlsKey::None),
+            Destination::Relay("127.0.0.1:2601".into(), TlsPolicy::None),
             "a domain route beats the default"
         );
     }
