@@ -7,17 +7,7 @@ use std::time::Duration;
 use ipnet::IpNet;
 
 use super::{Config, ConfigError, Limits};
-
-/// STARTTLS policy towards the upstream in proxy mode.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum UpstreamTls {
-    /// Never use STARTTLS.
-    None,
-    /// Use STARTTLS when offered.
-    Opportunistic,
-    /// Refuse to relay without STARTTLS.
-    Required,
-}
+use crate::delivery::TlsPolicy;
 
 /// Where accepted mail goes.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -29,7 +19,7 @@ pub enum DeliveryMode {
         /// `host:port`.
         upstream: String,
         /// STARTTLS towards the upstream.
-        tls: UpstreamTls,
+        tls: TlsPolicy,
     },
     /// Store durably, then deliver in the background (store-and-forward).
     Queue(Box<crate::queue::Settings>),
@@ -308,8 +298,7 @@ fn host_port(key: &'static str, v: &str) -> Result<(), ConfigError> {
     }
 }
 
-fn tls_policy(key: &'static str, v: &str) -> Result<crate::delivery::TlsPolicy, ConfigError> {
-    use crate::delivery::TlsPolicy;
+fn tls_policy(key: &'static str, v: &str) -> Result<TlsPolicy, ConfigError> {
     match v {
         "none" => Ok(TlsPolicy::None),
         "opportunistic" => Ok(TlsPolicy::Opportunistic),
@@ -324,7 +313,7 @@ fn tls_policy(key: &'static str, v: &str) -> Result<crate::delivery::TlsPolicy, 
 impl Config {
     fn queue_settings(
         &self,
-        upstream_tls: UpstreamTls,
+        upstream_tls: TlsPolicy,
     ) -> Result<crate::queue::Settings, ConfigError> {
         use crate::queue::route::{Hop, Routing};
         let q = &self.queue;
@@ -351,11 +340,7 @@ impl Config {
                 host_port("delivery.upstream", up)?;
                 Some(Hop {
                     addr: up.clone(),
-                    tls: match upstream_tls {
-                        UpstreamTls::None => crate::delivery::TlsPolicy::None,
-                        UpstreamTls::Opportunistic => crate::delivery::TlsPolicy::Opportunistic,
-                        UpstreamTls::Required => crate::delivery::TlsPolicy::Required,
-                    },
+                    tls: upstream_tls,
                 })
             }
             _ => None,
@@ -500,17 +485,7 @@ impl Config {
             })
             .collect::<Result<Vec<_>, _>>()?;
         let d = &self.delivery;
-        let upstream_tls = match d.upstream_tls.as_str() {
-            "none" => UpstreamTls::None,
-            "opportunistic" => UpstreamTls::Opportunistic,
-            "required" => UpstreamTls::Required,
-            other => {
-                return Err(invalid(
-                    "delivery.upstream_tls",
-                    format!("{other:?}: expected none, opportunistic or required"),
-                ));
-            }
-        };
+        let upstream_tls = tls_policy("delivery.upstream_tls", &d.upstream_tls)?;
         let mode = d.mode.as_deref().unwrap_or(if d.upstream.is_some() {
             "proxy"
         } else {
@@ -526,15 +501,7 @@ impl Config {
                         "proxy mode needs an upstream host:port",
                     ));
                 };
-                match up.rsplit_once(':') {
-                    Some((h, p)) if !h.is_empty() && p.parse::<u16>().is_ok_and(|p| p > 0) => {}
-                    _ => {
-                        return Err(invalid(
-                            "delivery.upstream",
-                            format!("{up:?} is not host:port"),
-                        ));
-                    }
-                }
+                host_port("delivery.upstream", &up)?;
                 DeliveryMode::Proxy {
                     upstream: up,
                     tls: upstream_tls,
@@ -616,7 +583,7 @@ mod tests {
             rt.delivery,
             DeliveryMode::Proxy {
                 upstream: "127.0.0.1:2626".into(),
-                tls: UpstreamTls::Opportunistic
+                tls: TlsPolicy::Opportunistic
             }
         );
         let c = Config::from_toml("[delivery]\nmode = \"proxy\"\n").unwrap();
@@ -754,10 +721,7 @@ config = { reject = "nobody", n = 3, nested = { a = true }, list = [1, 2] }
             panic!("queue mode")
         };
         assert_eq!(q.routing.routes["a.test"].addr, "10.0.0.2:2525");
-        assert_eq!(
-            q.routing.routes["a.test"].tls,
-            crate::delivery::TlsPolicy::Required
-        );
+        assert_eq!(q.routing.routes["a.test"].tls, TlsPolicy::Required);
         assert_eq!(q.routing.default.as_ref().unwrap().addr, "10.0.0.1:25");
         for (toml, key) in [
             (

@@ -9,8 +9,8 @@ use std::time::SystemTime;
 use tracing::warn;
 
 use super::Shared;
-use crate::config::{DeliveryMode, Runtime, UpstreamTls};
-use crate::delivery::{Maildir, ProxyTarget, ProxyTransaction, TlsPolicy, received_header};
+use crate::config::{DeliveryMode, Runtime};
+use crate::delivery::{Maildir, ProxyTarget, ProxyTransaction, received_header};
 use crate::smtp::{MailParams, Message, Reply, Resolution};
 
 /// The configured delivery mode, built once at start.
@@ -34,11 +34,7 @@ impl Backend {
             DeliveryMode::Maildir(root) => Backend::Maildir(Arc::new(Maildir::new(root.clone()))),
             DeliveryMode::Proxy { upstream, tls } => {
                 let mut target = ProxyTarget::new(upstream.clone(), rt.hostname.clone());
-                target.tls = match tls {
-                    UpstreamTls::None => TlsPolicy::None,
-                    UpstreamTls::Opportunistic => TlsPolicy::Opportunistic,
-                    UpstreamTls::Required => TlsPolicy::Required,
-                };
+                target.tls = *tls;
                 target.timeouts.connect = rt.connect_timeout;
                 Backend::Proxy(Arc::new(target))
             }
