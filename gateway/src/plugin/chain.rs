@@ -428,6 +428,21 @@ impl Chain {
         st.data_mut().deadline = Instant::now() + spec.deadline;
         st.set_epoch_deadline(1);
         let hooks = inst.mailgate_plugin_hooks();
+        // DATA and delivery hand the message over as a resource, borrowed for the call.
+        let handle = match call {
+            Call::Data(.., m) | Call::Deliver(.., m) => Some(
+                st.data_mut()
+                    .table()
+                    .push(MessageHandle(Arc::clone(m)))
+                    .map_err(|e| Failure::Trap(e.to_string()))?,
+            ),
+            _ => None,
+        };
+        let borrow = || {
+            // Only the DATA and delivery arms call this, and they have a handle.
+            let rep = handle.as_ref().map(Resource::rep).unwrap_or_default();
+            Resource::<MessageHandle>::new_borrow(rep)
+        };
         let result = match call {
             Call::Connect(s) => timeout(limit, hooks.call_on_connect(&mut *st, s))
                 .await
@@ -441,29 +456,18 @@ impl Chain {
             Call::RcptTo(s, t, r) => timeout(limit, hooks.call_on_rcpt_to(&mut *st, s, t, r))
                 .await
                 .map(|r| r.map(Returned::Rcpt)),
-            Call::Data(s, t, m) => {
-                let handle = st
-                    .data_mut()
-                    .table()
-                    .push(MessageHandle(Arc::clone(m)))
-                    .map_err(|e| Failure::Trap(e.to_string()))?;
-                let borrow = Resource::<MessageHandle>::new_borrow(handle.rep());
-                let r = timeout(limit, hooks.call_on_data(&mut *st, s, t, borrow)).await;
-                let _ = st.data_mut().table().delete(handle);
-                r.map(|r| r.map(Returned::Data))
-            }
-            Call::Deliver(d, t, m) => {
-                let handle = st
-                    .data_mut()
-                    .table()
-                    .push(MessageHandle(Arc::clone(m)))
-                    .map_err(|e| Failure::Trap(e.to_string()))?;
-                let borrow = Resource::<MessageHandle>::new_borrow(handle.rep());
-                let r = timeout(limit, hooks.call_on_deliver(&mut *st, d, t, borrow)).await;
-                let _ = st.data_mut().table().delete(handle);
-                r.map(|r| r.map(Returned::Deliver))
+            Call::Data(s, t, _) => timeout(limit, hooks.call_on_data(&mut *st, s, t, borrow()))
+                .await
+                .map(|r| r.map(Returned::Data)),
+            Call::Deliver(d, t, _) => {
+                timeout(limit, hooks.call_on_deliver(&mut *st, d, t, borrow()))
+                    .await
+                    .map(|r| r.map(Returned::Deliver))
             }
         };
+        if let Some(h) = handle {
+            let _ = st.data_mut().table().delete(h);
+        }
         match result {
             Ok(Ok(r)) => Ok(r),
             Ok(Err(e)) => Err(classify(&e, st.data())),
