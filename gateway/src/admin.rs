@@ -17,7 +17,7 @@ use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::watch;
 
 use crate::queue::spool::Spool;
-use crate::queue::{Queue, QueueError};
+use crate::queue::{Queue, QueueError, on_spool};
 
 /// Longest command line accepted.
 const MAX_LINE: u64 = 1024;
@@ -154,18 +154,13 @@ pub async fn offline(spool_dir: &Path, line: &str) -> Value {
     };
     let words: Vec<&str> = line.split_whitespace().collect();
     let set_held = |id: String, held: bool| {
-        let spool = spool.clone();
-        async move {
-            tokio::task::spawn_blocking(move || {
-                let mut e = spool.load(&id)?;
-                e.held = held;
-                spool.update(&e)
-            })
-            .await
-            .map_err(|e| e.to_string())?
-            .map_err(|e| e.to_string())
-        }
+        on_spool(&spool, move |s| {
+            let mut e = s.load(&id)?;
+            e.held = held;
+            s.update(&e)
+        })
     };
+    let text = |r: Result<(), QueueError>| r.map_err(|e| e.to_string());
     let result = match words.as_slice() {
         ["queue", "list"] => {
             return match crate::queue::list_spool(spool).await {
@@ -174,29 +169,21 @@ pub async fn offline(spool_dir: &Path, line: &str) -> Value {
             };
         }
         ["queue", "show", id] => {
-            let (s, id) = (spool.clone(), id.to_string());
-            return match tokio::task::spawn_blocking(move || {
-                Ok::<_, crate::queue::spool::SpoolError>((s.load(&id)?, s.message(&id)?))
-            })
-            .await
-            {
-                Ok(Ok((e, m))) => show(e, &m),
-                Ok(Err(e)) => err(e),
+            let id = id.to_string();
+            return match on_spool(&spool, move |s| Ok((s.load(&id)?, s.message(&id)?))).await {
+                Ok((e, m)) => show(e, &m),
                 Err(e) => err(e),
             };
         }
         ["queue", "delete", id] => {
-            let (s, id) = (spool.clone(), id.to_string());
+            let id = id.to_string();
             if !spool.ids().unwrap_or_default().contains(&id) {
                 return err(QueueError::NotFound(id));
             }
-            tokio::task::spawn_blocking(move || s.remove(&id))
-                .await
-                .map_err(|e| e.to_string())
-                .and_then(|r| r.map_err(|e| e.to_string()))
+            text(on_spool(&spool, move |s| s.remove(&id)).await)
         }
-        ["queue", "hold", id] => set_held(id.to_string(), true).await,
-        ["queue", "release", id] => set_held(id.to_string(), false).await,
+        ["queue", "hold", id] => text(set_held(id.to_string(), true).await),
+        ["queue", "release", id] => text(set_held(id.to_string(), false).await),
         ["queue", "flush"] | ["queue", "retry", _] => {
             Err("the gateway is not running; queued mail is attempted when it starts".to_string())
         }

@@ -85,6 +85,30 @@ struct Meta {
     arrival: u64,
 }
 
+impl Meta {
+    /// An entry as stored, not being attempted.
+    fn of(e: &Entry) -> Meta {
+        Meta {
+            next_ms: e.next_attempt_ms,
+            held: e.held,
+            busy: false,
+            arrival: e.arrival,
+        }
+    }
+}
+
+/// Runs a spool operation on a blocking thread (the spool does file I/O and fsyncs).
+pub(crate) async fn on_spool<T: Send + 'static>(
+    spool: &Spool,
+    f: impl FnOnce(&Spool) -> Result<T, SpoolError> + Send + 'static,
+) -> Result<T, QueueError> {
+    let spool = spool.clone();
+    tokio::task::spawn_blocking(move || f(&spool))
+        .await
+        .map_err(|e| QueueError::Task(e.to_string()))?
+        .map_err(QueueError::from)
+}
+
 /// Delivery counters since start.
 #[derive(Debug, Default)]
 pub struct Counters {
@@ -167,17 +191,7 @@ impl Queue {
         let index = rec
             .entries
             .iter()
-            .map(|e| {
-                (
-                    e.id.clone(),
-                    Meta {
-                        next_ms: e.next_attempt_ms,
-                        held: e.held,
-                        busy: false,
-                        arrival: e.arrival,
-                    },
-                )
-            })
+            .map(|e| (e.id.clone(), Meta::of(e)))
             .collect();
         Ok(Arc::new(Queue {
             spool,
@@ -231,27 +245,16 @@ impl Queue {
             message.trace.client.ip().to_string(),
         );
         entry.origin = origin;
-        let spool = self.spool.clone();
         let header = received.as_bytes().to_vec();
         let data = message.data.clone();
         let e = entry.clone();
-        tokio::task::spawn_blocking(move || spool.store(&e, &[&header, &data]))
-            .await
-            .map_err(|e| QueueError::Task(e.to_string()))??;
+        on_spool(&self.spool, move |s| s.store(&e, &[&header, &data])).await?;
         self.add(&entry);
         Ok(id)
     }
 
     fn add(&self, e: &Entry) {
-        self.index().insert(
-            e.id.clone(),
-            Meta {
-                next_ms: e.next_attempt_ms,
-                held: e.held,
-                busy: false,
-                arrival: e.arrival,
-            },
-        );
+        self.index().insert(e.id.clone(), Meta::of(e));
         self.wake.notify_one();
     }
 
@@ -297,34 +300,18 @@ impl Queue {
 
     /// Looks up one entry from disk.
     async fn load(&self, id: &str) -> Result<(Entry, Vec<u8>), QueueError> {
-        let spool = self.spool.clone();
         let id = id.to_string();
-        tokio::task::spawn_blocking(move || {
-            let e = spool.load(&id)?;
-            let m = spool.message(&id)?;
-            Ok::<_, SpoolError>((e, m))
-        })
-        .await
-        .map_err(|e| QueueError::Task(e.to_string()))?
-        .map_err(QueueError::from)
+        on_spool(&self.spool, move |s| Ok((s.load(&id)?, s.message(&id)?))).await
     }
 
     async fn save(&self, e: &Entry) -> Result<(), QueueError> {
-        let spool = self.spool.clone();
         let e = e.clone();
-        tokio::task::spawn_blocking(move || spool.update(&e))
-            .await
-            .map_err(|e| QueueError::Task(e.to_string()))??;
-        Ok(())
+        on_spool(&self.spool, move |s| s.update(&e)).await
     }
 
     async fn remove_files(&self, id: &str) -> Result<(), QueueError> {
-        let spool = self.spool.clone();
         let id = id.to_string();
-        tokio::task::spawn_blocking(move || spool.remove(&id))
-            .await
-            .map_err(|e| QueueError::Task(e.to_string()))??;
-        Ok(())
+        on_spool(&self.spool, move |s| s.remove(&id)).await
     }
 
     fn dest_limit(&self, d: &Destination) -> Arc<Semaphore> {
@@ -752,11 +739,8 @@ impl Queue {
             tracing::warn!(queue_id = %entry.id, "undeliverable notification or null-sender message: no notice sent");
             return Ok(());
         }
-        let spool = self.spool.clone();
         let id = entry.id.clone();
-        let original = tokio::task::spawn_blocking(move || spool.message(&id))
-            .await
-            .map_err(|e| QueueError::Task(e.to_string()))??;
+        let original = on_spool(&self.spool, move |s| s.message(&id)).await?;
         let bytes = dsn::build(&dsn::DsnRequest {
             reporting_mta: &self.hostname,
             sender: &entry.sender,
@@ -787,11 +771,8 @@ impl Queue {
             bytes.len() as u64,
             "local".into(),
         );
-        let spool = self.spool.clone();
         let stored = e.clone();
-        tokio::task::spawn_blocking(move || spool.store(&stored, &[&bytes]))
-            .await
-            .map_err(|e| QueueError::Task(e.to_string()))??;
+        on_spool(&self.spool, move |s| s.store(&stored, &[&bytes])).await?;
         self.counters.dsn_sent.fetch_add(1, Ordering::Relaxed);
         tracing::info!(queue_id = %entry.id, dsn = %dsn_id, to = %entry.sender, kind = ?kind, "delivery status notification queued");
         self.add(&e);
@@ -957,19 +938,17 @@ fn reply_text(r: &crate::plugin::wit::Reply) -> String {
 
 /// Lists a spool's entries (also with no gateway running), oldest first.
 pub async fn list_spool(spool: Spool) -> Result<Vec<Entry>, QueueError> {
-    tokio::task::spawn_blocking(move || {
+    on_spool(&spool, |s| {
         let mut out = Vec::new();
-        for id in spool.ids()? {
-            if let Ok(e) = spool.load(&id) {
+        for id in s.ids()? {
+            if let Ok(e) = s.load(&id) {
                 out.push(e);
             }
         }
         out.sort_by(|a, b| (a.arrival, &a.id).cmp(&(b.arrival, &b.id)));
-        Ok::<_, SpoolError>(out)
+        Ok(out)
     })
     .await
-    .map_err(|e| QueueError::Task(e.to_string()))?
-    .map_err(QueueError::from)
 }
 
 /// The delay before attempt `attempts + 1`: `retry_initial` doubled per attempt, capped
