@@ -286,6 +286,11 @@ pub fn compile_cached(
     Ok(component)
 }
 
+/// SHA-256 of a plugin file, lowercase hex (what `sha256` pins and caches use).
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    hex::encode(Sha256::digest(bytes))
+}
+
 /// Entries of the compile cache not used for this long are removed.
 pub const CACHE_MAX_AGE: Duration = Duration::from_secs(30 * 86400);
 
@@ -338,7 +343,7 @@ pub async fn load(
             path: spec.path.display().to_string(),
             source,
         })?;
-    let sha256 = hex::encode(Sha256::digest(&bytes));
+    let sha256 = sha256_hex(&bytes);
     if let Some(expected) = spec.sha256.as_ref().filter(|e| **e != sha256) {
         return Err(LoadError::Digest {
             name,
@@ -488,7 +493,7 @@ pub async fn describe(path: &std::path::Path) -> Result<Description, LoadError> 
             path: name.clone(),
             source,
         })?;
-    let sha256 = hex::encode(Sha256::digest(&bytes));
+    let sha256 = sha256_hex(&bytes);
     let engine = super::engine::build(64 << 20).map_err(|e| LoadError::Invalid {
         name: name.clone(),
         reason: format!("{e:#}"),

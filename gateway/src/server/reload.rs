@@ -32,7 +32,7 @@ use tracing::{info, warn};
 use super::Shared;
 use crate::config::{Config, DeliveryMode, Runtime};
 use crate::plugin::Generation;
-use crate::plugin::registry::{Services, load_all};
+use crate::plugin::registry::{Services, load_all, sha256_hex};
 use crate::smtp::SessionConfig;
 
 /// What new sessions start with.
@@ -212,10 +212,7 @@ fn merged(old: &Runtime, mut new: Runtime) -> Runtime {
 
 /// SHA-256 of a file, hex.
 fn file_sha256(p: &Path) -> Option<String> {
-    use sha2::Digest;
-    std::fs::read(p)
-        .ok()
-        .map(|b| hex::encode(sha2::Sha256::digest(&b)))
+    std::fs::read(p).ok().map(|b| sha256_hex(&b))
 }
 
 /// Whether the plugins must be loaded again: entries changed, or a file's content.
