@@ -6,14 +6,9 @@ mod support;
 
 use std::time::Duration;
 
-use serde_json::Value;
-use support::{Gateway, Raw, Setup, Upstream, smtplib, swaks, write_file};
+use support::{Gateway, Raw, Setup, Upstream, json, smtplib, swaks, write_file};
 
 const HOST: &str = "127.0.0.1";
-
-fn json(s: &str) -> Value {
-    serde_json::from_str(s.trim()).unwrap_or_else(|e| panic!("bad JSON {s:?}: {e}"))
-}
 
 /// The message as delivered, after the headers the gateway adds in front.
 fn strip_trace_headers(mut bytes: &[u8]) -> &[u8] {

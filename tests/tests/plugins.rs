@@ -9,14 +9,11 @@ mod support;
 use std::io::Read;
 use std::time::{Duration, Instant};
 
-use serde_json::Value;
-use support::{Gateway, Nsd, Raw, Setup, fixture, mailgate, plugin_toml, smtplib, write_file};
+use support::{
+    Gateway, Nsd, Raw, Setup, fixture, json, mailgate, plugin_toml, smtplib, write_file,
+};
 
 const HOST: &str = "127.0.0.1";
-
-fn json(s: &str) -> Value {
-    serde_json::from_str(s.trim()).unwrap_or_else(|e| panic!("bad JSON {s:?}: {e}"))
-}
 
 fn with_plugin(name: &str, fixture_name: &str, extra: &str) -> Gateway {
     Setup::default()

@@ -11,14 +11,10 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use serde_json::Value;
-use support::{Gateway, Nsd, Setup, Upstream, free_port, peer, smtplib};
+use support::{Gateway, Nsd, Setup, Upstream, free_port, json, peer, smtplib};
 
 const HOST: &str = "127.0.0.1";
 const WAIT: Duration = Duration::from_secs(60);
-
-fn json(s: &str) -> Value {
-    serde_json::from_str(s.trim()).unwrap_or_else(|e| panic!("bad JSON {s:?}: {e}"))
-}
 
 /// Queue mode with fast retries; `routes` are `(domain, host:port)`.
 fn queue_setup(dir: &std::path::Path, routes: &[(&str, String)], extra: &str) -> Setup {
@@ -50,6 +46,21 @@ fn send(gw: &Gateway, from: &str, to: &[&str]) -> Value {
         "{out}"
     );
     out
+}
+
+/// Polls `mailgate queue list` (bounded: 200 × 50 ms) until the queue is empty.
+fn queue_empties(gw: &Gateway) -> bool {
+    for _ in 0..200 {
+        if gw.queue(&["list"])["entries"]
+            .as_array()
+            .unwrap()
+            .is_empty()
+        {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    false
 }
 
 fn envelope(meta: &str) -> Value {
@@ -113,18 +124,7 @@ fn upstream_down_then_up_mail_waits_and_arrives() {
         ["s0@client.test", "s1@client.test", "s2@client.test"]
     );
     // And the queue empties (each entry removed after its delivery).
-    let mut empty = false;
-    for _ in 0..200 {
-        if gw.queue(&["list"])["entries"]
-            .as_array()
-            .unwrap()
-            .is_empty()
-        {
-            empty = true;
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let empty = queue_empties(&gw);
     assert!(empty, "queue empties");
     assert!(gw.log().contains("deferred"), "{}", gw.log());
 }
@@ -185,18 +185,7 @@ fn no_bounce_to_the_null_sender() {
     let up = Upstream::start(&["--reject", "gone@example.test"]);
     let gw = queue_setup(dir.path(), &[("example.test", up.addr())], "").start();
     send(&gw, "", &["gone@example.test"]);
-    let mut removed = false;
-    for _ in 0..200 {
-        if gw.queue(&["list"])["entries"]
-            .as_array()
-            .unwrap()
-            .is_empty()
-        {
-            removed = true;
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let removed = queue_empties(&gw);
     assert!(removed, "failed message leaves the queue");
     assert!(up.received().is_empty());
     assert!(gw.log().contains("no notice sent"), "{}", gw.log());
@@ -589,18 +578,7 @@ fn plugin_routes_recipients_at_delivery() {
     );
     // The local route goes into delivery.maildir (./var/mail under the gateway's
     // directory); the entry leaves the queue once every recipient is settled.
-    let mut settled = false;
-    for _ in 0..200 {
-        if gw.queue(&["list"])["entries"]
-            .as_array()
-            .unwrap()
-            .is_empty()
-        {
-            settled = true;
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let settled = queue_empties(&gw);
     assert!(settled, "{}", gw.log());
     let local = gw.dir.path().join("var/mail/example.test/local-d/new");
     assert_eq!(

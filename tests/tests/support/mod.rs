@@ -66,6 +66,11 @@ fn line_reader(r: impl Read + Send + 'static) -> mpsc::Receiver<String> {
     rx
 }
 
+/// Parses one JSON value (a peer's or the CLI's output), naming the text if it is not JSON.
+pub fn json(s: &str) -> serde_json::Value {
+    serde_json::from_str(s.trim()).unwrap_or_else(|e| panic!("bad JSON {s:?}: {e}"))
+}
+
 /// A running gateway.
 pub struct Gateway {
     child: Child,
