@@ -1,4 +1,6 @@
-//! Per-hook plugin overhead, measured against the same session without plugins.
+//! Per-hook plugin overhead, measured against the same session without plugins, through
+//! the same [`SessionPlugins`] adapter the server drives (session facts converted, hook
+//! called, verdict validated).
 //!
 //! - `rcpt/no-plugins`: one RCPT stage through an empty chain (the baseline);
 //! - `rcpt/live-instance`: one RCPT hook call into a live instance of the `reject-rcpt`
@@ -9,24 +11,23 @@
 //!   message handed over as a resource.
 //!
 //! Needs the fixtures: `cargo build --release --target wasm32-wasip2 --manifest-path
-//! tests/fixtures/Cargo.toml --target-dir tests/fixtures/target` (the tests build them too).
+//! tests/fixtures/Cargo.toml --target-dir target/wasm` (the tests build them there too).
 
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use criterion::{Criterion, criterion_group, criterion_main};
 use mailgate::config::{OnError, PluginSpec};
 use mailgate::dns::Resolver;
-use mailgate::plugin::convert::{self, SessionView};
-use mailgate::plugin::message::ParsedMessage;
 use mailgate::plugin::registry::{Services, load_all};
-use mailgate::plugin::{Call, Chain, Generation, wit};
-use mailgate::smtp::Envelope;
+use mailgate::plugin::{Generation, SessionPlugins};
+use mailgate::smtp::{Envelope, Helo, Hook, Listener, SessionFacts};
 
 fn fixture(name: &str) -> PathBuf {
     let p = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../tests/fixtures/target/wasm32-wasip2/release")
+        .join("../target/wasm/wasm32-wasip2/release")
         .join(format!("{name}.wasm"));
     assert!(
         p.exists(),
@@ -49,18 +50,18 @@ fn spec(name: &str, file: &str, config: Vec<(String, String)>) -> PluginSpec {
     }
 }
 
-fn view() -> SessionView {
-    SessionView {
-        id: "BENCH".into(),
-        client: "192.0.2.1:40000".parse().unwrap(),
-        local: "192.0.2.2:25".parse().unwrap(),
-        listener: "smtp",
-        ptr_name: None,
-        trusted: false,
-        tls: None,
-        helo: Some(("client.test".into(), true)),
-        score: 0.0,
-        tags: vec![],
+fn facts() -> SessionFacts {
+    SessionFacts {
+        helo: Some(Helo {
+            name: "client.test".into(),
+            extended: true,
+        }),
+        ..SessionFacts::new(
+            "BENCH".into(),
+            "192.0.2.1:40000".parse().unwrap(),
+            "192.0.2.2:25".parse().unwrap(),
+            Listener::Smtp,
+        )
     }
 }
 
@@ -86,38 +87,37 @@ fn bench(c: &mut Criterion) {
         .unwrap();
     let reject = generation(&rt, vec![spec("reject", "reject_rcpt", vec![])]);
     let empty = empty_generation(&reject);
-    let session = convert::session_info(&view());
+    let session = facts();
     let env = Envelope {
         mail_from: "a@client.test".into(),
         ..Envelope::default()
     };
-    let txn = convert::transaction("BENCH.1", &env);
-    let rcpt = wit::Recipient {
-        address: convert::address("ok@example.test"),
-        params: vec![],
+    let rcpt = Hook::RcptTo {
+        address: "ok@example.test".into(),
     };
+    let plugins = |g: &Arc<Generation>| SessionPlugins::new(Arc::clone(g), "BENCH".into());
 
     let mut g = c.benchmark_group("rcpt");
     g.bench_function("no-plugins", |b| {
-        let mut chain = Chain::new(Arc::clone(&empty), "BENCH".into());
+        let mut chain = plugins(&empty);
         b.iter_custom(|iters| {
             rt.block_on(async {
                 let t = Instant::now();
                 for _ in 0..iters {
-                    std::hint::black_box(chain.run(Call::RcptTo(&session, &txn, &rcpt)).await);
+                    std::hint::black_box(chain.hook(&rcpt, &session, &env, "BENCH.1", None).await);
                 }
                 t.elapsed()
             })
         })
     });
     g.bench_function("live-instance", |b| {
-        let mut chain = Chain::new(Arc::clone(&reject), "BENCH".into());
+        let mut chain = plugins(&reject);
         b.iter_custom(|iters| {
             rt.block_on(async {
-                chain.run(Call::RcptTo(&session, &txn, &rcpt)).await;
+                chain.hook(&rcpt, &session, &env, "BENCH.1", None).await;
                 let t = Instant::now();
                 for _ in 0..iters {
-                    std::hint::black_box(chain.run(Call::RcptTo(&session, &txn, &rcpt)).await);
+                    std::hint::black_box(chain.hook(&rcpt, &session, &env, "BENCH.1", None).await);
                 }
                 t.elapsed()
             })
@@ -128,8 +128,8 @@ fn bench(c: &mut Criterion) {
             rt.block_on(async {
                 let t = Instant::now();
                 for _ in 0..iters {
-                    let mut chain = Chain::new(Arc::clone(&reject), "BENCH".into());
-                    std::hint::black_box(chain.run(Call::RcptTo(&session, &txn, &rcpt)).await);
+                    let mut chain = plugins(&reject);
+                    std::hint::black_box(chain.hook(&rcpt, &session, &env, "BENCH.1", None).await);
                 }
                 t.elapsed()
             })
@@ -149,16 +149,19 @@ fn bench(c: &mut Criterion) {
     while body.len() < 10 * 1024 {
         body.extend_from_slice(b"a line of body text that is about sixty four octets long....\r\n");
     }
-    let raw: Arc<[u8]> = Arc::from(body);
+    let raw = Bytes::from(body);
     let mut g = c.benchmark_group("data");
     g.bench_function("live-instance", |b| {
-        let mut chain = Chain::new(Arc::clone(&adder), "BENCH".into());
+        let mut chain = plugins(&adder);
         b.iter_custom(|iters| {
             rt.block_on(async {
                 let t = Instant::now();
                 for _ in 0..iters {
-                    let msg = Arc::new(ParsedMessage::new("BENCH.1".into(), 0, Arc::clone(&raw)));
-                    std::hint::black_box(chain.run(Call::Data(&session, &txn, msg)).await);
+                    std::hint::black_box(
+                        chain
+                            .hook(&Hook::Data, &session, &env, "BENCH.1", Some(&raw))
+                            .await,
+                    );
                 }
                 t.elapsed()
             })

@@ -6,8 +6,13 @@
 //! Commands: `status`, `reload`, `queue list`, `queue show ID`, `queue flush`, `queue retry ID`,
 //! `queue delete ID`, `queue hold ID`, `queue release ID`. Answers are
 //! `{"ok":true,…}` or `{"ok":false,"error":"…"}`.
+//!
+//! The socket serves any [`Gateway`]; the server implements it, so this module needs
+//! nothing of the server's.
 
+use std::future::Future;
 use std::path::{Path, PathBuf};
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -41,16 +46,14 @@ pub enum AdminError {
 }
 
 /// What the running gateway exposes to the admin socket.
-#[derive(Debug, Clone)]
-pub struct Admin {
-    /// The server (for reloads and generation status).
-    pub shared: Option<Arc<crate::server::Shared>>,
+pub trait Gateway: Send + Sync + std::fmt::Debug {
+    /// The `status` answer: version, start time, delivery mode, queue figures, the
+    /// generation in force and reload counters.
+    fn status(&self) -> Value;
+    /// Reloads configuration and plugins; the report.
+    fn reload(&self) -> Pin<Box<dyn Future<Output = Value> + Send + '_>>;
     /// The queue, in queue mode.
-    pub queue: Option<Arc<Queue>>,
-    /// When the gateway started (unix seconds).
-    pub started: u64,
-    /// Delivery mode name.
-    pub mode: &'static str,
+    fn queue(&self) -> Option<&Arc<Queue>>;
 }
 
 fn err(e: impl std::fmt::Display) -> Value {
@@ -61,50 +64,17 @@ fn not_queue() -> Value {
     err("the gateway does not run in queue mode (delivery.mode = \"queue\")")
 }
 
-impl Admin {
-    /// Answers one command.
-    pub async fn handle(&self, line: &str) -> Value {
-        let words: Vec<&str> = line.split_whitespace().collect();
-        match words.as_slice() {
-            ["status"] => {
-                let queue = self.queue.as_ref().map(|q| q.stats());
-                let mut v = json!({
-                    "ok": true,
-                    "version": env!("CARGO_PKG_VERSION"),
-                    "started": self.started,
-                    "delivery": self.mode,
-                    "queue": queue,
-                });
-                if let Some(s) = &self.shared {
-                    use std::sync::atomic::Ordering;
-                    let cur = s.current();
-                    let r = &s.reloader;
-                    v["generation"] = json!({
-                        "number": cur.generation,
-                        "since": cur.since,
-                        "plugins": crate::server::reload::plugin_status(cur.plugins.as_ref()),
-                    });
-                    v["reloads"] = json!({
-                        "succeeded": r.succeeded.load(Ordering::Relaxed),
-                        "failed": r.failed.load(Ordering::Relaxed),
-                        "last_error": *r.last_error.lock().unwrap_or_else(|e| e.into_inner()),
-                    });
-                }
-                v
-            }
-            ["reload"] => match &self.shared {
-                Some(s) => serde_json::to_value(crate::server::reload::reload(s, "admin").await)
-                    .unwrap_or_else(err),
-                None => err("reload is not available"),
-            },
-            ["queue", rest @ ..] => {
-                let Some(q) = &self.queue else {
-                    return not_queue();
-                };
-                queue_command(q, rest).await
-            }
-            _ => err(format!("unknown command {line:?}")),
-        }
+/// Answers one command.
+pub async fn handle(gateway: &dyn Gateway, line: &str) -> Value {
+    let words: Vec<&str> = line.split_whitespace().collect();
+    match words.as_slice() {
+        ["status"] => gateway.status(),
+        ["reload"] => gateway.reload().await,
+        ["queue", rest @ ..] => match gateway.queue() {
+            Some(q) => queue_command(q, rest).await,
+            None => not_queue(),
+        },
+        _ => err(format!("unknown command {line:?}")),
     }
 }
 
@@ -225,29 +195,28 @@ pub fn bind(path: &Path) -> Result<UnixListener, AdminError> {
 pub async fn serve(
     listener: UnixListener,
     path: PathBuf,
-    admin: Admin,
+    gateway: Arc<dyn Gateway>,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    let admin = Arc::new(admin);
     loop {
         tokio::select! {
             _ = shutdown.changed() => break,
             r = listener.accept() => {
                 let Ok((stream, _)) = r else { continue };
-                let admin = Arc::clone(&admin);
-                tokio::spawn(async move { answer(stream, &admin).await });
+                let gateway = Arc::clone(&gateway);
+                tokio::spawn(async move { answer(stream, &*gateway).await });
             }
         }
     }
     let _ = std::fs::remove_file(&path);
 }
 
-async fn answer(stream: UnixStream, admin: &Admin) {
+async fn answer(stream: UnixStream, gateway: &dyn Gateway) {
     let (r, mut w) = stream.into_split();
     let mut line = String::new();
     let mut reader = BufReader::new(r.take(MAX_LINE));
     let reply = match tokio::time::timeout(READ_TIMEOUT, reader.read_line(&mut line)).await {
-        Ok(Ok(_)) => admin.handle(line.trim()).await,
+        Ok(Ok(_)) => handle(gateway, line.trim()).await,
         _ => err("no command"),
     };
     let mut out = reply.to_string();

@@ -28,7 +28,7 @@ const MAX_NAME: usize = 253;
 const MAX_RECORDS: usize = 64;
 
 /// Resolver settings (`[dns]`), checked.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
 pub struct Settings {
     /// Name servers; empty means the system's (`/etc/resolv.conf`).
     pub servers: Vec<SocketAddr>,

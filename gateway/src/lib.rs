@@ -1,12 +1,23 @@
 //! mailgate: an inbound SMTP filtering gateway.
 //!
-//! - [`smtp`]: the sans-I/O protocol core (bytes in, steps out).
-//! - [`server`]: the tokio driver, listeners, TLS, connection limits, shutdown.
-//! - [`delivery`]: where accepted mail goes (Maildir, in-line proxy) and the SMTP client.
-//! - [`config`]: the typed configuration, loaded with figment.
+//! - [`smtp`]: the sans-I/O protocol core (bytes in, steps out), the session's facts and
+//!   the message as one shared buffer.
+//! - [`server`]: the tokio driver, listeners, TLS, connection limits, hot reload, the
+//!   delivery mode a connection hands messages to, shutdown.
+//! - [`plugin`]: the WebAssembly plugin host (wasmtime), the chain, and the adapters the
+//!   server and the queue use; the only place that sees WIT types.
+//! - [`delivery`]: where accepted mail goes (Maildir, in-line proxy), the SMTP client,
+//!   destinations, the `Received:` header.
+//! - [`queue`]: the store-and-forward queue (spool, scheduler, routing, notices).
+//! - [`config`]: the typed configuration, loaded with figment, split into what reloads
+//!   live and what needs a restart.
+//! - [`current`]: the settings and plugins in force, swapped by a reload.
+//! - [`dns`]: the resolver (hickory) for plugins, reverse names and MX routing.
+//! - [`admin`]: the admin socket behind `mailgate status`, `reload` and `queue`.
 
 pub mod admin;
 pub mod config;
+pub mod current;
 pub mod delivery;
 pub mod dns;
 pub mod plugin;

@@ -250,22 +250,24 @@ fn main() -> anyhow::Result<()> {
             // Also prove the TLS material loads.
             server::tls::acceptor(&rt).context("checking TLS configuration")?;
             println!("configuration ok");
-            println!("hostname: {}", rt.hostname);
-            for a in &rt.listen {
+            println!("hostname: {}", rt.live.hostname);
+            for a in &rt.fixed.listen {
                 println!("listen smtp: {a}");
             }
-            for a in &rt.listen_tls {
+            for a in &rt.fixed.listen_tls {
                 println!("listen smtps: {a}");
             }
-            println!("local domains: {}", rt.local_domains.join(", "));
+            println!("local domains: {}", rt.live.local_domains.join(", "));
             let runtime = tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
                 .build()?;
             let generation = runtime.block_on(async {
-                let dns = Arc::new(mailgate::dns::Resolver::new(rt.dns.clone()));
-                let services =
-                    mailgate::plugin::registry::Services::with_cache(dns, rt.compile_cache.clone());
-                mailgate::plugin::registry::load_all(&rt.plugins, &services).await
+                let dns = Arc::new(mailgate::dns::Resolver::new(rt.fixed.dns.clone()));
+                let services = mailgate::plugin::registry::Services::with_cache(
+                    dns,
+                    rt.fixed.compile_cache.clone(),
+                );
+                mailgate::plugin::registry::load_all(&rt.live.plugins, &services).await
             })?;
             for p in generation.iter().flat_map(|g| g.plugins.iter()) {
                 println!(
@@ -273,7 +275,7 @@ fn main() -> anyhow::Result<()> {
                     p.spec.name, p.version, p.world, p.sha256, p.hooks, p.spec.on_error
                 );
             }
-            match &rt.delivery {
+            match &rt.fixed.delivery {
                 DeliveryMode::Maildir(p) => println!("delivery: maildir {}", p.display()),
                 DeliveryMode::Proxy { upstream, tls } => {
                     println!("delivery: proxy {upstream} (tls {tls:?})")
@@ -352,10 +354,13 @@ fn main() -> anyhow::Result<()> {
                 .enable_all()
                 .build()?;
             runtime.block_on(async move {
-                let dns = Arc::new(mailgate::dns::Resolver::new(rt.dns.clone()));
-                let services =
-                    mailgate::plugin::registry::Services::with_cache(dns, rt.compile_cache.clone());
-                let plugins = mailgate::plugin::registry::load_all(&rt.plugins, &services).await?;
+                let dns = Arc::new(mailgate::dns::Resolver::new(rt.fixed.dns.clone()));
+                let services = mailgate::plugin::registry::Services::with_cache(
+                    dns,
+                    rt.fixed.compile_cache.clone(),
+                );
+                let plugins =
+                    mailgate::plugin::registry::load_all(&rt.live.plugins, &services).await?;
                 let listeners = Listeners::bind(&rt).await?;
                 let mut out = std::io::stdout().lock();
                 for (kind, addr) in listeners.addresses() {
@@ -364,7 +369,7 @@ fn main() -> anyhow::Result<()> {
                 }
                 out.flush()?;
                 drop(out);
-                match &rt.delivery {
+                match &rt.fixed.delivery {
                     DeliveryMode::Maildir(p) => {
                         tracing::info!(maildir = %p.display(), "delivery mode maildir")
                     }

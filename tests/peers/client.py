@@ -2,7 +2,7 @@
 integration tests. Prints one JSON object on stdout describing what happened.
 
   client.py send HOST PORT --from A --to B [--to C] [--data FILE] [--starttls|--ssl]
-            [--utf8] [--8bit] [--no-size]
+            [--helo] [--utf8] [--8bit] [--no-size]
   client.py ehlo HOST PORT [--starttls]
   client.py two HOST PORT --from A --to B --big FILE --data FILE
   client.py bdat HOST PORT --from A --to B --data FILE --chunk N
@@ -27,10 +27,12 @@ def connect(a):
         s = smtplib.SMTP_SSL(a.host, a.port, context=ctx(), timeout=30)
     else:
         s = smtplib.SMTP(a.host, a.port, timeout=30)
-    s.ehlo("client.test")
+    # --helo: say HELO, not EHLO (after STARTTLS, which itself needs EHLO first).
+    greet = s.helo if a.helo else s.ehlo
     if a.starttls:
-        s.starttls(context=ctx())
         s.ehlo("client.test")
+        s.starttls(context=ctx())
+    greet("client.test")
     return s
 
 
@@ -76,6 +78,7 @@ def main():
     p.add_argument("--big")
     p.add_argument("--starttls", action="store_true")
     p.add_argument("--ssl", action="store_true")
+    p.add_argument("--helo", action="store_true")
     p.add_argument("--utf8", action="store_true")
     p.add_argument("--8bit", dest="eightbit", action="store_true")
     p.add_argument("--no-size", action="store_true")

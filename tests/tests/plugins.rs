@@ -38,6 +38,49 @@ fn gateway_alive(gw: &Gateway) {
     assert!(raw.cmd("NOOP").starts_with("250"));
 }
 
+/// Plugins see the session as the client opened it: HELO is reported as HELO (not
+/// EHLO), before and after STARTTLS, on every hook after it.
+#[test]
+fn helo_sessions_reach_plugins_as_helo() {
+    let gw = with_plugin("adder", "header-adder", "config = { session = \"show\" }");
+    for (flags, want) in [
+        (
+            &["--helo"][..],
+            "helo=client.test ehlo=false listener=smtp tls=false",
+        ),
+        (
+            &["--starttls", "--helo"][..],
+            "helo=client.test ehlo=false listener=smtp tls=true",
+        ),
+        (
+            &[][..],
+            "helo=client.test ehlo=true listener=smtp tls=false",
+        ),
+    ] {
+        let port = gw.port();
+        let mut args = vec!["send", HOST, &port, "--to", "facts@example.test"];
+        args.extend_from_slice(flags);
+        let out = json(&smtplib(&args));
+        assert_eq!(out["data"]["code"], 250, "{flags:?}: {out}");
+        let mail = gw.mailbox("example.test", "facts");
+        let text = String::from_utf8_lossy(mail.last().unwrap()).into_owned();
+        assert!(
+            text.contains(&format!("X-Session: {want}\r\n")),
+            "{flags:?}: {text}"
+        );
+        let with = if flags.contains(&"--starttls") {
+            "SMTPS"
+        } else {
+            "SMTP"
+        };
+        let with = if flags.is_empty() { "ESMTP" } else { with };
+        assert!(
+            text.contains(&format!(" with {with} id ")),
+            "{flags:?}: {text}"
+        );
+    }
+}
+
 #[test]
 fn reject_at_rcpt_over_smtp() {
     let gw = with_plugin("reject", "reject-rcpt", "");
@@ -299,21 +342,13 @@ fn plugin_inspect_describes_a_component() {
 }
 
 /// The quick start, as a plugin author follows it: build `examples/hello-plugin` with one
-/// cargo command, point the config at it, see it reject a recipient over real SMTP.
+/// cargo command, point the config at it, see it reject a recipient over real SMTP. The
+/// build goes into the test run's shared wasm target dir (the SDK is compiled once for it
+/// and the fixtures, with the same release profile).
 #[test]
 fn hello_plugin_quick_start() {
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/hello-plugin");
-    let out = std::process::Command::new(env!("CARGO"))
-        .args(["build", "--release", "--target", "wasm32-wasip2"])
-        .current_dir(&dir)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let wasm = dir.join("target/wasm32-wasip2/release/hello_plugin.wasm");
+    let wasm = support::build_wasm(&dir.join("Cargo.toml")).join("hello_plugin.wasm");
     let gw = Setup::default()
         .section(&format!(
             "[[plugin]]\nname = \"hello\"\npath = {:?}\nconfig = {{ reject = \"nobody\" }}\n",

@@ -92,7 +92,7 @@ fn upstream_down_then_up_mail_waits_and_arrives() {
                 l["entries"][0]["recipients"][0]["last_reply"]
                     .as_str()
                     .unwrap()
-                    .starts_with("4.4.1"),
+                    .starts_with("451 4.4.1"),
                 "{l}"
             );
             tried = true;
@@ -509,6 +509,36 @@ fn delay_notice_then_expiry_bounce() {
     assert_eq!(status["queue"]["expired"], 1, "{status}");
     assert_eq!(status["queue"]["dsn_sent"], 2, "{status}");
     assert_eq!(status["queue"]["depth"], 0, "{status}");
+}
+
+/// The session a queued message came in is kept as it was: a HELO over STARTTLS reaches
+/// `on-deliver` as HELO with TLS, not as EHLO.
+#[test]
+fn queued_mail_keeps_a_helo_session_as_helo() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut main = Upstream::start(&[]);
+    let gw = queue_setup(dir.path(), &[("client.test", main.addr())], "")
+        .section(&support::plugin_toml("router", "router", ""))
+        .start();
+    let port = gw.port();
+    let out = json(&smtplib(&[
+        "send",
+        HOST,
+        &port,
+        "--starttls",
+        "--helo",
+        "--from",
+        "s@client.test",
+        "--to",
+        "whoami-x@example.test",
+    ]));
+    assert_eq!(out["data"]["code"], 250, "{out}");
+    assert!(main.wait_stored(1, WAIT), "{}", gw.log());
+    let text = String::from_utf8_lossy(&main.received()[0].0).into_owned();
+    assert!(
+        text.contains("helo=client.test ehlo=false attempt=1 listener=smtp tls=true"),
+        "{text}"
+    );
 }
 
 /// A plugin's `on-deliver` routes recipients: to another next hop, bounced, discarded,

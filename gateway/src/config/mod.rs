@@ -13,7 +13,7 @@ use figment::Figment;
 use figment::providers::{Env, Format, Serialized, Toml};
 use serde::{Deserialize, Serialize};
 
-pub use validate::{Capability, DeliveryMode, OnError, PluginSpec, Runtime};
+pub use validate::{Capability, DeliveryMode, Fixed, Live, OnError, PluginSpec, Runtime};
 
 /// Errors while loading or validating configuration.
 #[derive(Debug, thiserror::Error)]

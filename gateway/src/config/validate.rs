@@ -5,12 +5,14 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use ipnet::IpNet;
+use serde::Serialize;
 
 use super::{Config, ConfigError, Limits};
 use crate::delivery::TlsPolicy;
+use crate::queue::route::{Hop, Routing};
 
 /// Where accepted mail goes.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub enum DeliveryMode {
     /// Write into Maildirs under this root (the embedded default).
     Maildir(PathBuf),
@@ -23,6 +25,17 @@ pub enum DeliveryMode {
     },
     /// Store durably, then deliver in the background (store-and-forward).
     Queue(Box<crate::queue::Settings>),
+}
+
+impl DeliveryMode {
+    /// `maildir`, `proxy` or `queue`: the config value, and the name in logs and status.
+    pub fn name(&self) -> &'static str {
+        match self {
+            DeliveryMode::Maildir(_) => "maildir",
+            DeliveryMode::Proxy { .. } => "proxy",
+            DeliveryMode::Queue(_) => "queue",
+        }
+    }
 }
 
 /// What a plugin failure means for the stage it happened in.
@@ -194,58 +207,108 @@ fn plugin_spec(p: &super::Plugin, seen: &mut Vec<String>) -> Result<PluginSpec, 
     })
 }
 
-/// The validated configuration.
+/// The validated configuration: what a reload applies live, and what takes a restart.
+/// The split is by type, so a reload is `Runtime { live: new.live, fixed: old.fixed }`
+/// and the settings that need a restart are the [`Fixed`] fields that differ.
 #[derive(Clone, Debug)]
 pub struct Runtime {
-    /// Our host name.
+    /// Applied by a reload.
+    pub live: Live,
+    /// Kept until a restart.
+    pub fixed: Fixed,
+}
+
+/// Settings a reload applies to new sessions (and the queue's next attempts).
+#[derive(Clone, Debug)]
+pub struct Live {
+    /// Our host name (greeting, EHLO, `Received:`, the queue's and proxy's EHLO, notices).
     pub hostname: String,
-    /// Plain SMTP listeners.
-    pub listen: Vec<SocketAddr>,
-    /// Implicit-TLS listeners.
-    pub listen_tls: Vec<SocketAddr>,
-    /// Total connection limit.
-    pub max_connections: usize,
-    /// Per-client-IP connection limit.
-    pub max_connections_per_ip: usize,
     /// Pause before the greeting.
     pub greeting_delay: Duration,
     /// Command read timeout.
     pub command_timeout: Duration,
     /// Message data read timeout.
     pub data_timeout: Duration,
-    /// Grace period on shutdown.
-    pub shutdown_grace: Duration,
-    /// Certificate and key paths, if configured.
-    pub tls_files: Option<(PathBuf, PathBuf)>,
-    /// Generate a self-signed certificate when no files are configured.
-    pub tls_self_signed: bool,
     /// Protocol limits.
     pub limits: Limits,
     /// Local domains, lowercase, without trailing dot.
     pub local_domains: Vec<String>,
     /// Networks allowed to relay.
     pub trusted_networks: Vec<IpNet>,
-    /// Delivery mode.
-    pub delivery: DeliveryMode,
-    /// Upstream connect timeout.
-    pub connect_timeout: Duration,
     /// The plugin chain, in order.
     pub plugins: Vec<PluginSpec>,
     /// Add the decision trace as a header.
     pub trace_header: bool,
     /// Quarantine Maildir root.
     pub quarantine: PathBuf,
-    /// Resolver settings.
-    pub dns: crate::dns::Settings,
-    /// Admin socket path.
-    pub admin_socket: PathBuf,
-    /// Compiled-plugin cache directory, if enabled.
-    pub compile_cache: Option<PathBuf>,
-    /// File change polling interval; zero = no watching.
-    pub watch_interval: Duration,
+    /// Queue routing (`[queue.routes]`, `delivery.upstream`, `queue.mx_port`); empty
+    /// unless in queue mode.
+    pub routing: Routing,
 }
 
-impl Runtime {
+/// Settings a running gateway cannot change: listeners, sockets, shared state built at
+/// start. Serialized under their config key names, which is how a reload names the ones
+/// that changed.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Fixed {
+    /// Plain SMTP listeners.
+    #[serde(rename = "server.listen")]
+    pub listen: Vec<SocketAddr>,
+    /// Implicit-TLS listeners.
+    #[serde(rename = "server.listen_tls")]
+    pub listen_tls: Vec<SocketAddr>,
+    /// Total connection limit.
+    #[serde(rename = "server.max_connections")]
+    pub max_connections: usize,
+    /// Per-client-IP connection limit.
+    #[serde(rename = "server.max_connections_per_ip")]
+    pub max_connections_per_ip: usize,
+    /// Grace period on shutdown.
+    #[serde(rename = "server.shutdown_grace_secs")]
+    pub shutdown_grace: Duration,
+    /// File change polling interval; zero = no watching.
+    #[serde(rename = "server.watch_interval_ms")]
+    pub watch_interval: Duration,
+    /// Certificate and key paths, if configured.
+    #[serde(rename = "tls.cert / tls.key")]
+    pub tls_files: Option<(PathBuf, PathBuf)>,
+    /// Generate a self-signed certificate when no files are configured.
+    #[serde(rename = "tls.self_signed")]
+    pub tls_self_signed: bool,
+    /// Delivery mode.
+    #[serde(rename = "delivery / queue")]
+    pub delivery: DeliveryMode,
+    /// Upstream connect timeout.
+    #[serde(rename = "delivery.connect_timeout_secs")]
+    pub connect_timeout: Duration,
+    /// Resolver settings.
+    #[serde(rename = "dns")]
+    pub dns: crate::dns::Settings,
+    /// Admin socket path.
+    #[serde(rename = "admin.socket")]
+    pub admin_socket: PathBuf,
+    /// Compiled-plugin cache directory, if enabled.
+    #[serde(rename = "chain.compile_cache")]
+    pub compile_cache: Option<PathBuf>,
+}
+
+impl Fixed {
+    /// The config keys whose values differ between `self` and `other`.
+    pub fn changed(&self, other: &Fixed) -> Vec<String> {
+        let (serde_json::Value::Object(a), serde_json::Value::Object(b)) = (
+            serde_json::to_value(self).unwrap_or_default(),
+            serde_json::to_value(other).unwrap_or_default(),
+        ) else {
+            return vec!["(settings)".into()];
+        };
+        a.iter()
+            .filter(|(k, v)| b.get(*k) != Some(*v))
+            .map(|(k, _)| k.clone())
+            .collect()
+    }
+}
+
+impl Live {
     /// Whether `ip` may relay to any domain.
     pub fn relay_allowed(&self, ip: IpAddr) -> bool {
         let ip = match ip {
@@ -311,11 +374,8 @@ fn tls_policy(key: &'static str, v: &str) -> Result<TlsPolicy, ConfigError> {
 }
 
 impl Config {
-    fn queue_settings(
-        &self,
-        upstream_tls: TlsPolicy,
-    ) -> Result<crate::queue::Settings, ConfigError> {
-        use crate::queue::route::{Hop, Routing};
+    /// Queue routing: `[queue.routes]`, then `delivery.upstream`, then MX.
+    fn routing(&self, upstream_tls: TlsPolicy) -> Result<Routing, ConfigError> {
         let q = &self.queue;
         let mut routes = std::collections::BTreeMap::new();
         for (domain, r) in &q.routes {
@@ -345,13 +405,22 @@ impl Config {
             }
             _ => None,
         };
+        positive("queue.mx_port", q.mx_port as u64)?;
+        Ok(Routing {
+            routes,
+            default,
+            mx_port: q.mx_port,
+        })
+    }
+
+    fn queue_settings(&self) -> Result<crate::queue::Settings, ConfigError> {
+        let q = &self.queue;
         for (key, v) in [
             ("queue.concurrency", q.concurrency as u64),
             ("queue.per_destination", q.per_destination as u64),
             ("queue.retry_initial_secs", q.retry_initial_secs),
             ("queue.retry_max_secs", q.retry_max_secs),
             ("queue.max_lifetime_secs", q.max_lifetime_secs),
-            ("queue.mx_port", q.mx_port as u64),
         ] {
             positive(key, v)?;
         }
@@ -365,11 +434,6 @@ impl Config {
             delay_warning: Duration::from_secs(q.delay_warning_secs),
             connection_idle: Duration::from_secs(q.connection_idle_secs),
             connect_timeout: Duration::from_secs(self.delivery.connect_timeout_secs.max(1)),
-            routing: Routing {
-                routes,
-                default,
-                mx_port: q.mx_port,
-            },
             maildir: self.delivery.maildir.clone(),
         })
     }
@@ -493,7 +557,7 @@ impl Config {
         });
         let delivery = match mode {
             "maildir" => DeliveryMode::Maildir(d.maildir.clone()),
-            "queue" => DeliveryMode::Queue(Box::new(self.queue_settings(upstream_tls)?)),
+            "queue" => DeliveryMode::Queue(Box::new(self.queue_settings()?)),
             "proxy" => {
                 let Some(up) = d.upstream.clone().filter(|u| !u.is_empty()) else {
                     return Err(invalid(
@@ -520,31 +584,40 @@ impl Config {
             .iter()
             .map(|p| plugin_spec(p, &mut seen))
             .collect::<Result<Vec<_>, _>>()?;
+        let routing = match delivery {
+            DeliveryMode::Queue(_) => self.routing(upstream_tls)?,
+            _ => Routing::default(),
+        };
         Ok(Runtime {
-            plugins,
-            trace_header: self.chain.trace_header,
-            quarantine: self.chain.quarantine.clone(),
-            dns: dns(&self.dns)?,
-            admin_socket: self.admin.socket.clone(),
-            compile_cache: Some(self.chain.compile_cache.clone())
-                .filter(|p| !p.as_os_str().is_empty()),
-            watch_interval: Duration::from_millis(s.watch_interval_ms),
-            hostname: s.hostname.to_ascii_lowercase(),
-            listen,
-            listen_tls,
-            max_connections: s.max_connections,
-            max_connections_per_ip: s.max_connections_per_ip,
-            greeting_delay: Duration::from_millis(s.greeting_delay_ms),
-            command_timeout: positive("server.command_timeout_secs", s.command_timeout_secs)?,
-            data_timeout: positive("server.data_timeout_secs", s.data_timeout_secs)?,
-            shutdown_grace: Duration::from_secs(s.shutdown_grace_secs),
-            tls_files,
-            tls_self_signed: self.tls.self_signed,
-            limits: l.clone(),
-            local_domains,
-            trusted_networks,
-            delivery,
-            connect_timeout: positive("delivery.connect_timeout_secs", d.connect_timeout_secs)?,
+            live: Live {
+                hostname: s.hostname.to_ascii_lowercase(),
+                greeting_delay: Duration::from_millis(s.greeting_delay_ms),
+                command_timeout: positive("server.command_timeout_secs", s.command_timeout_secs)?,
+                data_timeout: positive("server.data_timeout_secs", s.data_timeout_secs)?,
+                limits: l.clone(),
+                local_domains,
+                trusted_networks,
+                plugins,
+                trace_header: self.chain.trace_header,
+                quarantine: self.chain.quarantine.clone(),
+                routing,
+            },
+            fixed: Fixed {
+                listen,
+                listen_tls,
+                max_connections: s.max_connections,
+                max_connections_per_ip: s.max_connections_per_ip,
+                shutdown_grace: Duration::from_secs(s.shutdown_grace_secs),
+                watch_interval: Duration::from_millis(s.watch_interval_ms),
+                tls_files,
+                tls_self_signed: self.tls.self_signed,
+                delivery,
+                connect_timeout: positive("delivery.connect_timeout_secs", d.connect_timeout_secs)?,
+                dns: dns(&self.dns)?,
+                admin_socket: self.admin.socket.clone(),
+                compile_cache: Some(self.chain.compile_cache.clone())
+                    .filter(|p| !p.as_os_str().is_empty()),
+            },
         })
     }
 }
@@ -557,10 +630,13 @@ mod tests {
     #[test]
     fn defaults_validate_to_maildir() {
         let rt = Config::default().validate().unwrap();
-        assert_eq!(rt.listen, vec!["127.0.0.1:2525".parse().unwrap()]);
-        assert_eq!(rt.delivery, DeliveryMode::Maildir("./var/mail".into()));
-        assert_eq!(rt.local_domains, vec!["example.test"]);
-        assert!(!rt.relay_allowed("127.0.0.1".parse().unwrap()));
+        assert_eq!(rt.fixed.listen, vec!["127.0.0.1:2525".parse().unwrap()]);
+        assert_eq!(
+            rt.fixed.delivery,
+            DeliveryMode::Maildir("./var/mail".into())
+        );
+        assert_eq!(rt.live.local_domains, vec!["example.test"]);
+        assert!(!rt.live.relay_allowed("127.0.0.1".parse().unwrap()));
     }
 
     #[test]
@@ -580,7 +656,7 @@ mod tests {
         let c = Config::from_toml("[delivery]\nupstream = \"127.0.0.1:2626\"\n").unwrap();
         let rt = c.validate().unwrap();
         assert_eq!(
-            rt.delivery,
+            rt.fixed.delivery,
             DeliveryMode::Proxy {
                 upstream: "127.0.0.1:2626".into(),
                 tls: TlsPolicy::Opportunistic
@@ -608,9 +684,9 @@ mod tests {
                 .unwrap()
                 .validate()
                 .unwrap();
-            assert_eq!(rt.hostname, "mx.env.test");
-            assert!(matches!(rt.delivery, DeliveryMode::Proxy { .. }));
-            assert_eq!(rt.local_domains, vec!["a.test", "b.test"]);
+            assert_eq!(rt.live.hostname, "mx.env.test");
+            assert!(matches!(rt.fixed.delivery, DeliveryMode::Proxy { .. }));
+            assert_eq!(rt.live.local_domains, vec!["a.test", "b.test"]);
             Ok(())
         });
     }
@@ -661,7 +737,7 @@ config = { reject = "nobody", n = 3, nested = { a = true }, list = [1, 2] }
         )
         .unwrap();
         let rt = c.validate().unwrap();
-        let p = &rt.plugins[0];
+        let p = &rt.live.plugins[0];
         assert_eq!(p.capabilities, vec![Capability::Log, Capability::Kv]);
         assert_eq!(p.on_error, OnError::Continue);
         assert_eq!(p.memory, 8 << 20);
@@ -717,12 +793,11 @@ config = { reject = "nobody", n = 3, nested = { a = true }, list = [1, 2] }
         )
         .unwrap();
         let rt = c.validate().unwrap();
-        let DeliveryMode::Queue(q) = rt.delivery else {
-            panic!("queue mode")
-        };
-        assert_eq!(q.routing.routes["a.test"].addr, "10.0.0.2:2525");
-        assert_eq!(q.routing.routes["a.test"].tls, TlsPolicy::Required);
-        assert_eq!(q.routing.default.as_ref().unwrap().addr, "10.0.0.1:25");
+        assert!(matches!(rt.fixed.delivery, DeliveryMode::Queue(_)));
+        let routing = &rt.live.routing;
+        assert_eq!(routing.routes["a.test"].addr, "10.0.0.2:2525");
+        assert_eq!(routing.routes["a.test"].tls, TlsPolicy::Required);
+        assert_eq!(routing.default.as_ref().unwrap().addr, "10.0.0.1:25");
         for (toml, key) in [
             (
                 "[delivery]\nmode = \"queue\"\n[queue.routes]\n\"a.test\" = { host = \"nohost\" }",
@@ -750,10 +825,10 @@ config = { reject = "nobody", n = 3, nested = { a = true }, list = [1, 2] }
         let c =
             Config::from_toml("[relay]\ntrusted_networks = [\"192.0.2.0/24\", \"::1\"]").unwrap();
         let rt = c.validate().unwrap();
-        assert!(rt.relay_allowed("192.0.2.7".parse().unwrap()));
-        assert!(rt.relay_allowed("::ffff:192.0.2.7".parse().unwrap()));
-        assert!(rt.relay_allowed("::1".parse().unwrap()));
-        assert!(!rt.relay_allowed("198.51.100.1".parse().unwrap()));
+        assert!(rt.live.relay_allowed("192.0.2.7".parse().unwrap()));
+        assert!(rt.live.relay_allowed("::ffff:192.0.2.7".parse().unwrap()));
+        assert!(rt.live.relay_allowed("::1".parse().unwrap()));
+        assert!(!rt.live.relay_allowed("198.51.100.1".parse().unwrap()));
     }
 }
 

@@ -55,7 +55,7 @@ pub const MAX_REPLY_LINES: usize = 100;
 const DATA_CHUNK: usize = 64 * 1024;
 
 /// When to use `STARTTLS` towards the next hop.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
 pub enum TlsPolicy {
     /// Never; plain SMTP even if `STARTTLS` is offered.
     None,

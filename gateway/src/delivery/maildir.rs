@@ -117,8 +117,25 @@ impl Maildir {
     /// Delivers `message` to every recipient of its envelope; see the module docs.
     /// `received_header` must end in CRLF.
     pub fn deliver(&self, message: &Message, received_header: &str) -> Result<(), MaildirError> {
-        let sender = header_safe(&message.envelope.mail_from);
-        for rcpt in &message.envelope.rcpt_to {
+        self.deliver_text(
+            &message.envelope.mail_from,
+            &message.envelope.rcpt_to,
+            received_header,
+            &message.text.parts(),
+        )
+    }
+
+    /// Delivers the text made of `parts` from `sender` to each of `rcpts`, with
+    /// `received_header` (empty, or ending in CRLF) in front.
+    pub fn deliver_text(
+        &self,
+        sender: &str,
+        rcpts: &[String],
+        received_header: &str,
+        parts: &[&[u8]],
+    ) -> Result<(), MaildirError> {
+        let sender = header_safe(sender);
+        for rcpt in rcpts {
             let dir = self.mailbox_path(rcpt)?;
             let mut head = format!(
                 "Return-Path: <{sender}>\r\nDelivered-To: <{}>\r\n",
@@ -128,13 +145,13 @@ impl Maildir {
             if !received_header.is_empty() && !received_header.ends_with('\n') {
                 head.push_str("\r\n");
             }
-            self.deliver_one(&dir, head.as_bytes(), &message.data)?;
+            self.deliver_one(&dir, head.as_bytes(), parts)?;
         }
         Ok(())
     }
 
     /// Writes one copy into the Maildir at `dir`.
-    fn deliver_one(&self, dir: &Path, head: &[u8], data: &[u8]) -> Result<(), MaildirError> {
+    fn deliver_one(&self, dir: &Path, head: &[u8], parts: &[&[u8]]) -> Result<(), MaildirError> {
         let tmp = dir.join("tmp");
         let new = dir.join("new");
         ensure_dir(&tmp)?;
@@ -159,7 +176,7 @@ impl Maildir {
         let mut file = opts.open(&tmp_path).map_err(io_err("create", &tmp_path))?;
         let written = file
             .write_all(head)
-            .and_then(|()| file.write_all(data))
+            .and_then(|()| parts.iter().try_for_each(|p| file.write_all(p)))
             .map_err(io_err("write", &tmp_path))
             .and_then(|()| file.sync_all().map_err(io_err("fsync", &tmp_path)));
         drop(file);
@@ -268,26 +285,9 @@ fn sync_dir(dir: &Path) -> Result<(), MaildirError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::smtp::{Envelope, Trace};
 
     fn message(from: &str, rcpts: &[&str], data: &[u8]) -> Message {
-        Message {
-            id: "s1.1".into(),
-            envelope: Envelope {
-                mail_from: from.into(),
-                params: Default::default(),
-                rcpt_to: rcpts.iter().map(|s| s.to_string()).collect(),
-            },
-            data: data.to_vec(),
-            trace: Trace {
-                ptr_name: None,
-                client: "192.0.2.1:1234".parse().unwrap(),
-                helo: "client".into(),
-                protocol: "ESMTP",
-                tls: None,
-                session_id: "s1".into(),
-            },
-        }
+        Message::sample(from, rcpts, data)
     }
 
     fn files(dir: &Path) -> Vec<PathBuf> {

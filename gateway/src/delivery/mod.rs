@@ -1,17 +1,20 @@
 //! Delivery: what happens to a message after the session accepted it.
 //!
-//! Two modes (see the `[delivery]` configuration):
+//! Three modes (see the `[delivery]` configuration):
 //! - **maildir** ([`Maildir`]): each recipient gets a copy in
 //!   `<root>/<domain>/<local>/new/`, written via `tmp/` and fsynced before the `250`.
 //! - **proxy** ([`ProxyTransaction`]): a before-queue relay. The upstream SMTP conversation
 //!   follows the client's command by command, and the client receives the upstream's
 //!   (sanitized) replies, so the gateway never accepts a message the next hop refused.
+//! - **queue**: store-and-forward, in [`crate::queue`], which delivers each recipient to
+//!   its [`Destination`] with the SMTP client here.
 //!
 //! Building blocks: [`received_header`] writes our `Received:` trace header,
 //! [`dot_stuff`]/[`DotStuffer`] produce the DATA wire form, and [`SmtpClient`] is the
-//! SMTP client used towards the upstream.
+//! SMTP client (EHLO, STARTTLS, pipelined envelopes) used towards next hops.
 
 pub mod client;
+pub mod destination;
 pub mod dotstuff;
 pub mod maildir;
 pub mod proxy;
@@ -24,6 +27,7 @@ pub use client::{
     AcceptAnyServerCert, ClientError, Extensions, SmtpClient, Timeouts, TlsPolicy,
     client_tls_config, connect_tcp,
 };
+pub use destination::{Destination, domain_of};
 pub use dotstuff::{DotStuffer, dot_stuff};
 pub use maildir::{Maildir, MaildirError};
 pub use proxy::{ProxyTarget, ProxyTransaction};

@@ -220,7 +220,7 @@ impl ProxyTransaction {
         }
     }
 
-    /// Sends the message upstream: `DATA`, then `received_header` and `message.data`,
+    /// Sends the message upstream: `DATA`, then `received_header` and the message text,
     /// dot-stuffed, and returns the upstream's final reply (or its refusal of `DATA`).
     /// Without any recipient accepted upstream the answer is `554 5.5.1` and nothing is
     /// sent. After the final reply the transaction is over, whatever the reply.
@@ -254,7 +254,8 @@ impl ProxyTransaction {
         if !header.is_empty() && !header.ends_with(b"\n") {
             header.extend_from_slice(b"\r\n");
         }
-        match client.data_send(&[&header, &message.data]).await {
+        let [head, rest] = message.text.parts();
+        match client.data_send(&[&header, head, rest]).await {
             Ok(reply) => {
                 self.state = State::Idle;
                 self.accepted = 0;
@@ -345,7 +346,7 @@ mod tests {
 
     use super::*;
     use crate::delivery::testutil::{FakeServer, Step};
-    use crate::smtp::{BodyType, Envelope, Trace};
+    use crate::smtp::BodyType;
 
     const GREET: [Step; 3] = [
         Step::Send("220 up.test ESMTP\r\n"),
@@ -380,23 +381,7 @@ mod tests {
     }
 
     fn message(data: &[u8]) -> Message {
-        Message {
-            id: "s1.1".into(),
-            envelope: Envelope {
-                mail_from: "s@example.org".into(),
-                params: MailParams::default(),
-                rcpt_to: vec!["a@up.test".into()],
-            },
-            data: data.to_vec(),
-            trace: Trace {
-                ptr_name: None,
-                client: "192.0.2.1:1234".parse().unwrap(),
-                helo: "client".into(),
-                protocol: "ESMTP",
-                tls: None,
-                session_id: "s1".into(),
-            },
-        }
+        Message::sample("s@example.org", &["a@up.test"], data)
     }
 
     const RECEIVED: &str =

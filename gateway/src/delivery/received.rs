@@ -26,7 +26,7 @@
 use std::net::IpAddr;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use crate::smtp::Trace;
+use crate::smtp::SessionFacts;
 
 /// Soft line length limit of RFC 5322 2.1.1, without the CRLF.
 const MAX_LINE: usize = 78;
@@ -38,18 +38,19 @@ const MAX_NAME: usize = 64;
 /// Longest session/transaction id and TLS parameter copied into the header.
 const MAX_TOKEN: usize = 64;
 
-/// Builds the `Received:` header for a message received with `trace`, by this gateway
-/// (`hostname`), under transaction id `id`, for recipient `rcpt` if the header is written
-/// per recipient, at time `now`. The result ends in CRLF and contains no other CR or LF
-/// than those of its line folds.
+/// Builds the `Received:` header for a message received in `session` (`smtputf8`: the
+/// transaction declared SMTPUTF8), by this gateway (`hostname`), under transaction id
+/// `id`, for recipient `rcpt` if the header is written per recipient, at time `now`. The
+/// result ends in CRLF and contains no other CR or LF than those of its line folds.
 pub fn received_header(
-    trace: &Trace,
+    session: &SessionFacts,
+    smtputf8: bool,
     hostname: &str,
     id: &str,
     rcpt: Option<&str>,
     now: SystemTime,
 ) -> String {
-    let helo = match sanitize_name(&trace.helo) {
+    let helo = match sanitize_name(session.helo_name().unwrap_or_default()) {
         s if s.is_empty() => "unknown".to_string(),
         s => s,
     };
@@ -57,9 +58,10 @@ pub fn received_header(
         s if s.is_empty() => "localhost".to_string(),
         s => s,
     };
-    let ip = match trace.ptr_name.as_deref().map(sanitize_name) {
-        Some(name) if !name.is_empty() => format!("{name} {}", address_literal(trace.client.ip())),
-        _ => address_literal(trace.client.ip()),
+    let client = session.client.ip();
+    let ip = match session.ptr_name.as_deref().map(sanitize_name) {
+        Some(name) if !name.is_empty() => format!("{name} {}", address_literal(client)),
+        _ => address_literal(client),
     };
 
     let mut clauses: Vec<Vec<String>> = Vec::with_capacity(4);
@@ -70,7 +72,7 @@ pub fn received_header(
         format!("({ip})"),
     ]);
 
-    let protocol = match sanitize_token(trace.protocol) {
+    let protocol = match sanitize_token(session.protocol(smtputf8)) {
         s if s.is_empty() => "SMTP".to_string(),
         s => s,
     };
@@ -88,7 +90,7 @@ pub fn received_header(
     }
     clauses.push(by);
 
-    if let Some(tls) = &trace.tls {
+    if let Some(tls) = &session.tls {
         clauses.push(vec![
             format!("(version={}", sanitize_token(&tls.version)),
             format!("cipher={})", sanitize_token(&tls.cipher)),
@@ -203,20 +205,30 @@ pub(crate) fn rfc5322_date(now: SystemTime) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::smtp::TlsInfo;
+    use crate::smtp::{Helo, Listener, TlsInfo};
 
-    fn trace(helo: &str, client: &str, tls: bool) -> Trace {
-        Trace {
-            ptr_name: None,
-            client: client.parse().unwrap(),
-            helo: helo.into(),
-            protocol: if tls { "ESMTPS" } else { "ESMTP" },
+    fn trace(helo: &str, client: &str, tls: bool) -> SessionFacts {
+        SessionFacts {
+            helo: Some(Helo {
+                name: helo.into(),
+                extended: true,
+            }),
             tls: tls.then(|| TlsInfo {
                 version: "TLSv1_3".into(),
                 cipher: "TLS13_AES_256_GCM_SHA384".into(),
             }),
-            session_id: "s1".into(),
+            ..SessionFacts::new(
+                "s1".into(),
+                client.parse().unwrap(),
+                "192.0.2.250:25".parse().unwrap(),
+                Listener::Smtp,
+            )
         }
+    }
+
+    /// The header for an ESMTP transaction without SMTPUTF8.
+    fn rh(s: &SessionFacts, host: &str, id: &str, rcpt: Option<&str>, now: SystemTime) -> String {
+        received_header(s, false, host, id, rcpt, now)
     }
 
     fn at(secs: u64) -> SystemTime {
@@ -243,13 +255,13 @@ mod tests {
     fn confirmed_reverse_name_is_written_before_the_address() {
         let mut t = trace("helo.name", "192.0.2.1:40000", false);
         t.ptr_name = Some("client.example.test".into());
-        let h = received_header(&t, "mx.example.test", "abc.1", None, at(1_795_417_200));
+        let h = rh(&t, "mx.example.test", "abc.1", None, at(1_795_417_200));
         assert!(
             h.starts_with("Received: from helo.name (client.example.test [192.0.2.1])\r\n"),
             "{h}"
         );
         t.ptr_name = Some("evil) (x;y".into());
-        let h = received_header(&t, "mx.example.test", "abc.1", None, at(1_795_417_200));
+        let h = rh(&t, "mx.example.test", "abc.1", None, at(1_795_417_200));
         let first = h.lines().next().unwrap();
         assert_eq!(first.matches('(').count(), 1, "{first}");
         assert!(!first.contains(';'), "{first}");
@@ -259,7 +271,7 @@ mod tests {
     #[test]
     fn full_header_with_tls_and_rcpt() {
         // 2026-11-23T07:00:00Z
-        let h = received_header(
+        let h = rh(
             &trace("helo.name", "192.0.2.1:40000", true),
             "mx.example.test",
             "abc.1",
@@ -278,7 +290,7 @@ mod tests {
 
     #[test]
     fn without_rcpt_and_tls_date_follows_id() {
-        let h = received_header(
+        let h = rh(
             &trace("client.example", "[2001:db8::1]:25", false),
             "mx.example.test",
             "s.2",
@@ -296,7 +308,7 @@ mod tests {
 
     #[test]
     fn ipv4_mapped_shown_as_ipv4() {
-        let h = received_header(
+        let h = rh(
             &trace("x", "[::ffff:192.0.2.7]:1", false),
             "mx",
             "i",
@@ -309,7 +321,7 @@ mod tests {
     #[test]
     fn helo_is_sanitised() {
         let evil = "evil.example) by trusted.example\r\nX-Injected: yes (\\;";
-        let h = received_header(&trace(evil, "192.0.2.1:1", false), "mx", "i", None, at(0));
+        let h = rh(&trace(evil, "192.0.2.1:1", false), "mx", "i", None, at(0));
         assert_well_formed(&h);
         assert!(!h.contains("X-Injected: "), "{h}");
         // The from clause, up to the by clause: one comment only, the address literal.
@@ -327,13 +339,13 @@ mod tests {
 
     #[test]
     fn empty_and_overlong_helo() {
-        let h = received_header(&trace("", "192.0.2.1:1", false), "mx", "i", None, at(0));
+        let h = rh(&trace("", "192.0.2.1:1", false), "mx", "i", None, at(0));
         assert!(
             h.starts_with("Received: from unknown ([192.0.2.1])\r\n"),
             "{h}"
         );
         let long = "a".repeat(300);
-        let h = received_header(&trace(&long, "192.0.2.1:1", false), "mx", "i", None, at(0));
+        let h = rh(&trace(&long, "192.0.2.1:1", false), "mx", "i", None, at(0));
         assert_well_formed(&h);
         assert!(h.contains(&"a".repeat(MAX_NAME)) && !h.contains(&"a".repeat(MAX_NAME + 1)));
     }
@@ -342,7 +354,7 @@ mod tests {
     fn long_clauses_fold_between_words() {
         let host = "m".repeat(60);
         let rcpt = format!("{}@example.test", "r".repeat(40));
-        let h = received_header(
+        let h = rh(
             &trace("helo", "192.0.2.1:1", true),
             &host,
             "0123456789abcdef.42",
@@ -361,7 +373,7 @@ mod tests {
 
     #[test]
     fn rcpt_cannot_inject() {
-        let h = received_header(
+        let h = rh(
             &trace("h", "192.0.2.1:1", false),
             "mx",
             "i",

@@ -23,7 +23,8 @@ use super::bindings::exports::mailgate::plugin::hooks::{
     DataOutcome, DeliverOutcome, DeliveryInfo, HookSet, Outcome, RcptOutcome,
 };
 use super::bindings::mailgate::plugin::types as wit;
-use super::convert::{self, Decision, Invalid};
+use super::convert::{self, Decision, Invalid, Route};
+use super::edits::{HeaderEdit, RecipientEdit};
 use super::message::{MessageHandle, ParsedMessage};
 use super::registry::{Generation, LoadedPlugin, store};
 use super::state::State;
@@ -130,11 +131,12 @@ pub struct StageOutcome {
     /// The decision for the stage.
     pub decision: Decision,
     /// Header edits (DATA), in chain order.
-    pub header_edits: Vec<wit::HeaderEdit>,
+    pub header_edits: Vec<HeaderEdit>,
     /// Recipient edits, in chain order.
-    pub recipient_edits: Vec<wit::RecipientEdit>,
-    /// Routes (`on-deliver`), one per recipient: the first plugin to route one wins.
-    pub routes: Vec<wit::RecipientRoute>,
+    pub recipient_edits: Vec<RecipientEdit>,
+    /// Routes (`on-deliver`) by recipient (`local@domain`): the first plugin to route a
+    /// recipient wins.
+    pub routes: Vec<(String, Route)>,
 }
 
 /// The arguments of one hook call.
@@ -297,34 +299,34 @@ impl Chain {
                 .and_then(|r| validate(r).map_err(|e| Failure::Invalid(e.0)));
             let micros = started.elapsed().as_micros() as u64;
             let name = self.slots[i].plugin.spec.name.clone();
-            let (decision, reason, outcome) =
-                match result {
-                    Ok(v) => {
-                        self.txn_score += v.points;
-                        for t in v.tags {
-                            if !self.tags.contains(&t) {
-                                self.tags.push(t);
-                            }
+            let (decision, reason, outcome) = match result {
+                Ok(v) => {
+                    self.txn_score += v.points;
+                    for t in v.tags {
+                        if !self.tags.contains(&t) {
+                            self.tags.push(t);
                         }
-                        out.header_edits.extend(v.header_edits);
-                        out.recipient_edits.extend(v.recipient_edits);
-                        for r in v.routes {
-                            let key = convert::address_text(&r.recipient).to_ascii_lowercase();
-                            if !out.routes.iter().any(|o| {
-                                convert::address_text(&o.recipient).eq_ignore_ascii_case(&key)
-                            }) {
-                                out.routes.push(r);
-                            }
+                    }
+                    out.header_edits.extend(v.header_edits);
+                    out.recipient_edits.extend(v.recipient_edits);
+                    for (rcpt, route) in v.routes {
+                        if !out
+                            .routes
+                            .iter()
+                            .any(|(o, _)| o.eq_ignore_ascii_case(&rcpt))
+                        {
+                            out.routes.push((rcpt, route));
                         }
-                        let label = describe(&v.decision);
-                        (v.decision, v.reason, label)
                     }
-                    Err(failure) => {
-                        let d = self.on_failure(i, stage, &failure);
-                        let label = format!("failed ({failure}) -> {}", describe(&d));
-                        (d, None, label)
-                    }
-                };
+                    let label = describe(&v.decision);
+                    (v.decision, v.reason, label)
+                }
+                Err(failure) => {
+                    let d = self.on_failure(i, stage, &failure);
+                    let label = format!("failed ({failure}) -> {}", describe(&d));
+                    (d, None, label)
+                }
+            };
             tracing::debug!(plugin = %name, stage = stage.name(), outcome = %outcome, micros, "plugin decision");
             if !matches!(decision, Decision::Continue) {
                 tracing::info!(plugin = %name, stage = stage.name(), outcome = %outcome, reason = reason.as_deref().unwrap_or(""), "plugin decision");
@@ -482,43 +484,35 @@ struct Valid {
     points: f64,
     tags: Vec<String>,
     reason: Option<String>,
-    header_edits: Vec<wit::HeaderEdit>,
-    recipient_edits: Vec<wit::RecipientEdit>,
-    routes: Vec<wit::RecipientRoute>,
+    header_edits: Vec<HeaderEdit>,
+    recipient_edits: Vec<RecipientEdit>,
+    routes: Vec<(String, Route)>,
 }
 
 fn validate(r: Returned) -> Result<Valid, Invalid> {
     let (decision, marks, header_edits, recipient_edits) = match r {
         Returned::Outcome(o) => (convert::verdict(&o.verdict)?, o.marks, vec![], vec![]),
-        Returned::Rcpt(o) => {
-            convert::recipient_edits(&o.recipient_edits)?;
-            (
-                convert::verdict(&o.verdict)?,
-                o.marks,
-                vec![],
-                o.recipient_edits,
-            )
-        }
-        Returned::Data(o) => {
-            convert::header_edits(&o.header_edits)?;
-            convert::recipient_edits(&o.recipient_edits)?;
-            (
-                convert::data_verdict(&o.verdict)?,
-                o.marks,
-                o.header_edits,
-                o.recipient_edits,
-            )
-        }
+        Returned::Rcpt(o) => (
+            convert::verdict(&o.verdict)?,
+            o.marks,
+            vec![],
+            convert::recipient_edits(&o.recipient_edits)?,
+        ),
+        Returned::Data(o) => (
+            convert::data_verdict(&o.verdict)?,
+            o.marks,
+            convert::header_edits(&o.header_edits)?,
+            convert::recipient_edits(&o.recipient_edits)?,
+        ),
         Returned::Deliver(o) => {
-            convert::routes(&o.routes)?;
             return Ok(Valid {
                 decision: Decision::Continue,
                 points: 0.0,
                 tags: vec![],
+                routes: convert::routes(&o.routes)?,
                 reason: o.reason,
                 header_edits: vec![],
                 recipient_edits: vec![],
-                routes: o.routes,
             });
         }
     };

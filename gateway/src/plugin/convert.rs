@@ -6,7 +6,9 @@
 use std::net::{IpAddr, SocketAddr};
 
 use super::bindings::mailgate::plugin::types as wit;
-use crate::smtp::{BodyType, Enhanced, Envelope, MailParams, Reply, TlsInfo};
+use super::edits::{HeaderEdit, HeaderRef, RecipientEdit};
+use crate::delivery::{Destination, TlsPolicy, domain_of};
+use crate::smtp::{BodyType, Enhanced, Envelope, MailParams, Reply, SessionFacts};
 
 /// Lines in a plugin's reply.
 pub const MAX_REPLY_LINES: usize = 8;
@@ -49,29 +51,17 @@ pub enum Decision {
     Quarantine(String),
 }
 
-/// Facts about the session for `session-info`.
-#[derive(Clone, Debug)]
-pub struct SessionView {
-    /// Session id.
-    pub id: String,
-    /// Client address.
-    pub client: SocketAddr,
-    /// Our address.
-    pub local: SocketAddr,
-    /// `smtp` or `smtps`.
-    pub listener: &'static str,
-    /// Forward-confirmed reverse DNS name.
-    pub ptr_name: Option<String>,
-    /// Client in trusted networks.
-    pub trusted: bool,
-    /// TLS in use.
-    pub tls: Option<TlsInfo>,
-    /// HELO name and whether it was EHLO.
-    pub helo: Option<(String, bool)>,
-    /// Score so far.
-    pub score: f64,
-    /// Tags so far.
-    pub tags: Vec<String>,
+/// What a plugin's `on-deliver` decided for one recipient.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Route {
+    /// Deliver to this destination.
+    To(Destination),
+    /// Drop the recipient as delivered.
+    Discard,
+    /// Fail the recipient with this 5xx reply (a bounce to the sender).
+    Bounce(Reply),
+    /// Retry the recipient later; this 4xx reply is recorded.
+    Defer(Reply),
 }
 
 /// `ip-address`, with v4-mapped v6 reported as v4.
@@ -106,14 +96,14 @@ fn sock(a: SocketAddr) -> wit::SocketAddress {
     }
 }
 
-/// `session-info`.
-pub fn session_info(s: &SessionView) -> wit::SessionInfo {
+/// `session-info`: the session's facts, with the chain's score and tags so far.
+pub fn session_info(s: &SessionFacts, score: f64, tags: &[String]) -> wit::SessionInfo {
     wit::SessionInfo {
         id: s.id.clone(),
         client: wit::ClientInfo {
             address: sock(s.client),
             local: sock(s.local),
-            listener: s.listener.to_string(),
+            listener: s.listener.name().to_string(),
             ptr_name: s.ptr_name.clone(),
             trusted: s.trusted,
         },
@@ -122,13 +112,13 @@ pub fn session_info(s: &SessionView) -> wit::SessionInfo {
             cipher: t.cipher.clone(),
             sni: None,
         }),
-        helo: s.helo.as_ref().map(|(name, extended)| wit::HeloInfo {
-            name: name.clone(),
-            extended: *extended,
+        helo: s.helo.as_ref().map(|h| wit::HeloInfo {
+            name: h.name.clone(),
+            extended: h.extended,
         }),
         authenticated: None,
-        score: s.score,
-        tags: s.tags.clone(),
+        score,
+        tags: tags.to_vec(),
     }
 }
 
@@ -323,32 +313,51 @@ fn header_value(v: &str) -> Result<(), Invalid> {
     Ok(())
 }
 
+fn header_ref(r: &wit::HeaderRef) -> Result<HeaderRef, Invalid> {
+    header_name(&r.name)?;
+    Ok(HeaderRef {
+        name: r.name.clone(),
+        occurrence: r.occurrence,
+    })
+}
+
 /// Validates header edits.
-pub fn header_edits(e: &[wit::HeaderEdit]) -> Result<(), Invalid> {
+pub fn header_edits(e: &[wit::HeaderEdit]) -> Result<Vec<HeaderEdit>, Invalid> {
     if e.len() > MAX_HEADER_EDITS {
         return invalid(format!("more than {MAX_HEADER_EDITS} header edits"));
     }
-    for edit in e {
-        match edit {
-            wit::HeaderEdit::Append(h) | wit::HeaderEdit::Prepend(h) => {
-                header_name(&h.name)?;
-                header_value(&h.value)?;
-            }
-            wit::HeaderEdit::Remove(r) => header_name(&r.name)?,
-            wit::HeaderEdit::Replace(r) => {
-                header_name(&r.target.name)?;
-                header_value(&r.value)?;
-            }
-        }
-    }
-    Ok(())
+    let field = |h: &wit::Header| {
+        header_name(&h.name)?;
+        header_value(&h.value)?;
+        Ok::<_, Invalid>((h.name.clone(), h.value.clone()))
+    };
+    e.iter()
+        .map(|edit| {
+            Ok(match edit {
+                wit::HeaderEdit::Append(h) => {
+                    let (n, v) = field(h)?;
+                    HeaderEdit::Append(n, v)
+                }
+                wit::HeaderEdit::Prepend(h) => {
+                    let (n, v) = field(h)?;
+                    HeaderEdit::Prepend(n, v)
+                }
+                wit::HeaderEdit::Remove(r) => HeaderEdit::Remove(header_ref(r)?),
+                wit::HeaderEdit::Replace(r) => {
+                    header_value(&r.value)?;
+                    HeaderEdit::Replace(header_ref(&r.target)?, r.value.clone())
+                }
+            })
+        })
+        .collect()
 }
 
-fn mailbox(a: &wit::Address) -> Result<(), Invalid> {
+/// A recipient address a plugin gave, checked like one from RCPT TO: `local@domain`.
+fn mailbox(a: &wit::Address) -> Result<String, Invalid> {
     let text = address_text(a);
     let path = format!("<{text}>");
     match crate::smtp::address::parse_forward_path(&path) {
-        Ok(crate::smtp::address::Path::Mailbox(m)) if !m.has_routing() => Ok(()),
+        Ok(crate::smtp::address::Path::Mailbox(m)) if !m.has_routing() => Ok(text),
         _ => invalid(format!("bad recipient address {:?}", cut(&text))),
     }
 }
@@ -358,20 +367,19 @@ const MAX_ROUTES: usize = 1000;
 
 /// Validates `on-deliver` routes: known-good recipient syntax, each recipient once, relay
 /// hosts that are a host name or IP literal, bounce replies 5xx and defer replies 4xx.
-pub fn routes(routes: &[wit::RecipientRoute]) -> Result<(), Invalid> {
+/// Returns each recipient (`local@domain`) with its route.
+pub fn routes(routes: &[wit::RecipientRoute]) -> Result<Vec<(String, Route)>, Invalid> {
     if routes.len() > MAX_ROUTES {
         return invalid(format!("more than {MAX_ROUTES} routes"));
     }
     let mut seen = std::collections::HashSet::new();
+    let mut out = Vec::with_capacity(routes.len());
     for r in routes {
-        mailbox(&r.recipient)?;
-        if !seen.insert(address_text(&r.recipient).to_ascii_lowercase()) {
-            return invalid(format!(
-                "recipient {:?} routed twice",
-                cut(&address_text(&r.recipient))
-            ));
+        let rcpt = mailbox(&r.recipient)?;
+        if !seen.insert(rcpt.to_ascii_lowercase()) {
+            return invalid(format!("recipient {:?} routed twice", cut(&rcpt)));
         }
-        match &r.route {
+        let route = match &r.route {
             wit::Route::Relay(h) => {
                 let host = h.host.as_str();
                 let ok = !host.is_empty()
@@ -385,34 +393,45 @@ pub fn routes(routes: &[wit::RecipientRoute]) -> Result<(), Invalid> {
                 if !ok || h.port == 0 {
                     return invalid(format!("bad relay host {:?}:{}", cut(host), h.port));
                 }
+                let addr = if host.contains(':') {
+                    format!("[{host}]:{}", h.port)
+                } else {
+                    format!("{host}:{}", h.port)
+                };
+                let tls = match h.tls {
+                    wit::TlsPolicy::Opportunistic => TlsPolicy::Opportunistic,
+                    wit::TlsPolicy::Required => TlsPolicy::Required,
+                    wit::TlsPolicy::Disabled => TlsPolicy::None,
+                };
+                Route::To(Destination::Relay(addr, tls))
             }
-            wit::Route::Bounce(rep) => {
-                reply(rep, reject_code, "bounce")?;
-            }
-            wit::Route::Defer(rep) => {
-                reply(rep, tempfail_code, "defer")?;
-            }
-            wit::Route::Mx | wit::Route::Local | wit::Route::Discard => {}
-        }
+            wit::Route::Bounce(rep) => Route::Bounce(reply(rep, reject_code, "bounce")?),
+            wit::Route::Defer(rep) => Route::Defer(reply(rep, tempfail_code, "defer")?),
+            wit::Route::Mx => Route::To(Destination::Mx(domain_of(&rcpt))),
+            wit::Route::Local => Route::To(Destination::Local),
+            wit::Route::Discard => Route::Discard,
+        };
+        out.push((rcpt, route));
     }
-    Ok(())
+    Ok(out)
 }
 
 /// Validates recipient edits.
-pub fn recipient_edits(e: &[wit::RecipientEdit]) -> Result<(), Invalid> {
+pub fn recipient_edits(e: &[wit::RecipientEdit]) -> Result<Vec<RecipientEdit>, Invalid> {
     if e.len() > MAX_RECIPIENT_EDITS {
         return invalid(format!("more than {MAX_RECIPIENT_EDITS} recipient edits"));
     }
-    for edit in e {
-        match edit {
-            wit::RecipientEdit::Add(a) | wit::RecipientEdit::Remove(a) => mailbox(a)?,
-            wit::RecipientEdit::Rewrite(r) => {
-                mailbox(&r.original)?;
-                mailbox(&r.replacement)?;
-            }
-        }
-    }
-    Ok(())
+    e.iter()
+        .map(|edit| {
+            Ok(match edit {
+                wit::RecipientEdit::Add(a) => RecipientEdit::Add(mailbox(a)?),
+                wit::RecipientEdit::Remove(a) => RecipientEdit::Remove(mailbox(a)?),
+                wit::RecipientEdit::Rewrite(r) => {
+                    RecipientEdit::Rewrite(mailbox(&r.original)?, mailbox(&r.replacement)?)
+                }
+            })
+        })
+        .collect()
 }
 
 #[cfg(test)]
@@ -443,15 +462,36 @@ mod tests {
                 tls: wit::TlsPolicy::Opportunistic,
             })
         };
-        assert!(
-            routes(&[
-                route("a@x.test", relay("mx.internal", 25)),
-                route("b@x.test", relay("2001:db8::1", 2525)),
-                route("c@x.test", wit::Route::Bounce(r(550, "gone"))),
-                route("d@x.test", wit::Route::Defer(r(451, "later"))),
-                route("e@x.test", wit::Route::Mx),
-            ])
-            .is_ok()
+        let ok = routes(&[
+            route("a@x.test", relay("mx.internal", 25)),
+            route("b@x.test", relay("2001:db8::1", 2525)),
+            route("c@x.test", wit::Route::Bounce(r(550, "gone"))),
+            route("d@x.test", wit::Route::Defer(r(451, "later"))),
+            route("e@X.test", wit::Route::Mx),
+        ])
+        .unwrap();
+        assert_eq!(
+            ok[0].1,
+            Route::To(Destination::Relay(
+                "mx.internal:25".into(),
+                TlsPolicy::Opportunistic
+            ))
+        );
+        assert_eq!(
+            ok[1].1,
+            Route::To(Destination::Relay(
+                "[2001:db8::1]:2525".into(),
+                TlsPolicy::Opportunistic
+            ))
+        );
+        assert!(matches!(&ok[2].1, Route::Bounce(r) if r.code() == 550));
+        assert!(matches!(&ok[3].1, Route::Defer(r) if r.code() == 451));
+        assert_eq!(
+            ok[4],
+            (
+                "e@x.test".into(),
+                Route::To(Destination::Mx("x.test".into()))
+            )
         );
         for bad in [
             vec![route("a@x.test", relay("bad host", 25))],

@@ -1,8 +1,39 @@
-//! Applying the edits plugins return: header edits to the message's header block and
-//! recipient edits to the envelope, in chain order.
+//! The edits plugins return, as validated values ([`convert`](super::convert) makes
+//! them from WIT), and how they apply: header edits make a new header block in front of
+//! the unchanged body, recipient edits change the envelope, in chain order.
 
-use super::bindings::mailgate::plugin::types as wit;
-use super::convert::address_text;
+/// Which field(s) an edit targets.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HeaderRef {
+    /// Field name, compared case-insensitively.
+    pub name: String,
+    /// Which occurrence (0 = first); `None` = all of them.
+    pub occurrence: Option<u32>,
+}
+
+/// One header edit.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum HeaderEdit {
+    /// Add a field at the end of the header block.
+    Append(String, String),
+    /// Add a field at the top of the header block.
+    Prepend(String, String),
+    /// Remove fields.
+    Remove(HeaderRef),
+    /// Give fields a new value.
+    Replace(HeaderRef, String),
+}
+
+/// One recipient edit; addresses are `local@domain`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum RecipientEdit {
+    /// Add a recipient (unless present).
+    Add(String),
+    /// Remove a recipient.
+    Remove(String),
+    /// Replace a recipient by another.
+    Rewrite(String, String),
+}
 
 /// One header field as raw lines (folding kept), CRLF-terminated.
 struct Field {
@@ -66,7 +97,7 @@ pub fn fold(name: &str, value: &str) -> String {
     out
 }
 
-fn selected(f: &Field, r: &wit::HeaderRef, nth: &mut u32) -> bool {
+fn selected(f: &Field, r: &HeaderRef, nth: &mut u32) -> bool {
     if !f.name.eq_ignore_ascii_case(&r.name) {
         return false;
     }
@@ -75,63 +106,61 @@ fn selected(f: &Field, r: &wit::HeaderRef, nth: &mut u32) -> bool {
     r.occurrence.is_none_or(|o| o == this)
 }
 
-/// Applies header edits to a message (CRLF lines); the body is untouched.
-pub fn apply_headers(data: &[u8], edits: &[wit::HeaderEdit]) -> Vec<u8> {
-    if edits.is_empty() {
-        return data.to_vec();
-    }
+/// Applies header edits to a message (CRLF lines): the new header block (its blank line
+/// included) and the offset in `data` where the untouched body starts.
+pub fn apply_headers(data: &[u8], edits: &[HeaderEdit]) -> (Vec<u8>, usize) {
     let (mut fields, rest) = split(data);
+    let body_at = data.len() - rest.len();
     let mut top: Vec<Field> = Vec::new();
     for e in edits {
         match e {
-            wit::HeaderEdit::Append(h) => fields.push(field(&h.name, &h.value)),
-            wit::HeaderEdit::Prepend(h) => top.insert(0, field(&h.name, &h.value)),
-            wit::HeaderEdit::Remove(r) => {
+            HeaderEdit::Append(name, value) => fields.push(field(name, value)),
+            HeaderEdit::Prepend(name, value) => top.insert(0, field(name, value)),
+            HeaderEdit::Remove(r) => {
                 let mut nth = 0;
                 fields.retain(|f| !selected(f, r, &mut nth));
             }
-            wit::HeaderEdit::Replace(r) => {
+            HeaderEdit::Replace(r, value) => {
                 let mut nth = 0;
                 for f in fields.iter_mut() {
-                    if selected(f, &r.target, &mut nth) {
-                        *f = field(&f.name.clone(), &r.value);
+                    if selected(f, r, &mut nth) {
+                        *f = field(&f.name.clone(), value);
                     }
                 }
             }
         }
     }
-    let mut out = Vec::with_capacity(data.len() + 256);
+    let size = top
+        .iter()
+        .chain(fields.iter())
+        .map(|f| f.raw.len())
+        .sum::<usize>();
+    let mut out = Vec::with_capacity(size + 2);
     for f in top.iter().chain(fields.iter()) {
         out.extend_from_slice(&f.raw);
     }
     if rest.is_empty() && !data.is_empty() {
         out.extend_from_slice(b"\r\n");
     }
-    out.extend_from_slice(rest);
-    out
+    (out, body_at)
 }
 
 /// Applies recipient edits to an envelope's recipients (no duplicates are added).
-pub fn apply_recipients(rcpts: &mut Vec<String>, edits: &[wit::RecipientEdit]) {
+pub fn apply_recipients(rcpts: &mut Vec<String>, edits: &[RecipientEdit]) {
     let same = |a: &str, b: &str| a.eq_ignore_ascii_case(b);
     for e in edits {
         match e {
-            wit::RecipientEdit::Add(a) => {
-                let a = address_text(a);
-                if !rcpts.iter().any(|r| same(r, &a)) {
-                    rcpts.push(a);
+            RecipientEdit::Add(a) => {
+                if !rcpts.iter().any(|r| same(r, a)) {
+                    rcpts.push(a.clone());
                 }
             }
-            wit::RecipientEdit::Remove(a) => {
-                let a = address_text(a);
-                rcpts.retain(|r| !same(r, &a));
-            }
-            wit::RecipientEdit::Rewrite(rw) => {
-                let (from, to) = (address_text(&rw.original), address_text(&rw.replacement));
-                let had = rcpts.iter().any(|r| same(r, &from));
-                rcpts.retain(|r| !same(r, &from));
-                if had && !rcpts.iter().any(|r| same(r, &to)) {
-                    rcpts.push(to);
+            RecipientEdit::Remove(a) => rcpts.retain(|r| !same(r, a)),
+            RecipientEdit::Rewrite(from, to) => {
+                let had = rcpts.iter().any(|r| same(r, from));
+                rcpts.retain(|r| !same(r, from));
+                if had && !rcpts.iter().any(|r| same(r, to)) {
+                    rcpts.push(to.clone());
                 }
             }
         }
@@ -140,44 +169,46 @@ pub fn apply_recipients(rcpts: &mut Vec<String>, edits: &[wit::RecipientEdit]) {
 
 #[cfg(test)]
 mod tests {
-    use super::super::convert::address;
     use super::*;
 
-    fn h(n: &str, v: &str) -> wit::Header {
-        wit::Header {
-            name: n.into(),
-            value: v.into(),
+    fn all(name: &str, occurrence: Option<u32>) -> HeaderRef {
+        HeaderRef {
+            name: name.into(),
+            occurrence,
         }
+    }
+
+    fn applied(msg: &[u8], edits: &[HeaderEdit]) -> Vec<u8> {
+        let (head, at) = apply_headers(msg, edits);
+        [&head[..], &msg[at..]].concat()
     }
 
     #[test]
     fn header_edits_apply_in_order() {
         let msg = b"Received: x\r\nSubject: s\r\nX-Spam: 1\r\n folded\r\nX-Spam: 2\r\n\r\nbody\r\n";
-        let out = apply_headers(
-            msg,
-            &[
-                wit::HeaderEdit::Prepend(h("X-Top", "t")),
-                wit::HeaderEdit::Append(h("X-End", "e")),
-                wit::HeaderEdit::Remove(wit::HeaderRef {
-                    name: "x-spam".into(),
-                    occurrence: Some(0),
-                }),
-                wit::HeaderEdit::Replace(wit::HeaderReplace {
-                    target: wit::HeaderRef {
-                        name: "Subject".into(),
-                        occurrence: None,
-                    },
-                    value: "new".into(),
-                }),
-            ],
-        );
+        let edits = [
+            HeaderEdit::Prepend("X-Top".into(), "t".into()),
+            HeaderEdit::Append("X-End".into(), "e".into()),
+            HeaderEdit::Remove(all("x-spam", Some(0))),
+            HeaderEdit::Replace(all("Subject", None), "new".into()),
+        ];
         assert_eq!(
-            String::from_utf8(out).unwrap(),
+            String::from_utf8(applied(msg, &edits)).unwrap(),
             "X-Top: t\r\nReceived: x\r\nSubject: new\r\nX-Spam: 2\r\nX-End: e\r\n\r\nbody\r\n"
         );
+        let (_, at) = apply_headers(msg, &edits);
         assert_eq!(
-            apply_headers(b"A: 1\r\n", &[wit::HeaderEdit::Append(h("B", "2"))]),
+            &msg[at..],
+            b"\r\nbody\r\n",
+            "the body starts at its blank line"
+        );
+        assert_eq!(
+            applied(b"A: 1\r\n", &[HeaderEdit::Append("B".into(), "2".into())]),
             b"A: 1\r\nB: 2\r\n\r\n"
+        );
+        assert_eq!(
+            applied(b"", &[HeaderEdit::Prepend("B".into(), "2".into())]),
+            b"B: 2\r\n"
         );
     }
 
@@ -195,13 +226,10 @@ mod tests {
         apply_recipients(
             &mut r,
             &[
-                wit::RecipientEdit::Add(address("archive@x.test")),
-                wit::RecipientEdit::Add(address("A@x.test")),
-                wit::RecipientEdit::Remove(address("b@x.test")),
-                wit::RecipientEdit::Rewrite(wit::AddressRewrite {
-                    original: address("a@x.test"),
-                    replacement: address("c@x.test"),
-                }),
+                RecipientEdit::Add("archive@x.test".into()),
+                RecipientEdit::Add("A@x.test".into()),
+                RecipientEdit::Remove("b@x.test".into()),
+                RecipientEdit::Rewrite("a@x.test".into(), "c@x.test".into()),
             ],
         );
         assert_eq!(r, vec!["archive@x.test", "c@x.test"]);

@@ -1,7 +1,9 @@
 //! The message as plugins see it: a host-owned resource with headers parsed once and
 //! the body read in bounded chunks (no copy of the whole message into the guest).
 
-use std::sync::{Arc, OnceLock};
+use std::sync::OnceLock;
+
+use bytes::Bytes;
 
 /// Largest chunk one `read-*` call returns.
 pub const MAX_CHUNK: usize = 64 * 1024;
@@ -18,7 +20,7 @@ pub struct ParsedMessage {
     /// End of DATA, ms since the epoch.
     pub received_at_ms: u64,
     /// The bytes as received.
-    pub raw: Arc<[u8]>,
+    pub raw: Bytes,
     /// Offset of the body (after the empty line), or `raw.len()` without one.
     pub body_offset: usize,
     /// Header fields, unfolded.
@@ -51,11 +53,11 @@ pub struct Part {
 
 /// What the resource table holds for a lent `message`.
 #[derive(Clone, Debug)]
-pub struct MessageHandle(pub Arc<ParsedMessage>);
+pub struct MessageHandle(pub std::sync::Arc<ParsedMessage>);
 
 impl ParsedMessage {
     /// Parses the header block of `raw`.
-    pub fn new(id: String, received_at_ms: u64, raw: Arc<[u8]>) -> ParsedMessage {
+    pub fn new(id: String, received_at_ms: u64, raw: Bytes) -> ParsedMessage {
         let (headers, body_offset) = parse_headers(&raw);
         ParsedMessage {
             id,
@@ -221,7 +223,7 @@ mod tests {
     use super::*;
 
     fn msg(raw: &str) -> ParsedMessage {
-        ParsedMessage::new("S.1".into(), 0, Arc::from(raw.as_bytes()))
+        ParsedMessage::new("S.1".into(), 0, Bytes::copy_from_slice(raw.as_bytes()))
     }
 
     #[test]

@@ -6,20 +6,29 @@
 //! created lazily when a hook the plugin implements fires, dropped when the session ends
 //! or the plugin fails. Plugins get locked-down WASI (no files, environment, network;
 //! clocks frozen unless granted) and only the capabilities their config grants.
+//!
+//! The rest of the gateway talks to plugins through two adapters and sees only its own
+//! types: [`SessionPlugins`] for an SMTP session (hooks in, [`Resolution`](crate::smtp::Resolution)
+//! out, edits applied to the [`Message`](crate::smtp::Message)) and [`delivery::routes`] for
+//! the queue (`on-deliver` routes as [`Route`]s). The generated WIT types stay in this
+//! module; [`convert`] is the one place that turns them into ours, validated.
 
 mod bindings;
 pub mod chain;
 pub mod convert;
+pub mod delivery;
 pub mod edits;
 pub mod engine;
 mod host;
 pub mod kv;
 pub mod message;
 pub mod registry;
+pub mod session;
 mod state;
 
-pub use bindings::exports::mailgate::plugin::hooks::DeliveryInfo;
-pub use bindings::mailgate::plugin::types as wit;
-pub use chain::{Call, Chain, Failure, Stage, StageOutcome, TraceEntry};
-pub use convert::Decision;
+use bindings::mailgate::plugin::types as wit;
+pub use chain::{Failure, Stage, TraceEntry};
+pub use convert::Route;
+pub use delivery::QueuedMessage;
 pub use registry::{Generation, Inspection, LoadError, LoadedPlugin};
+pub use session::{Disposition, SessionPlugins};

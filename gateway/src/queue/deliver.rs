@@ -1,7 +1,7 @@
 //! One delivery attempt of one message to one destination: pick the next hop's
 //! addresses, reuse an idle connection or open one, then MAIL, RCPT per recipient and
-//! DATA, classifying every recipient as delivered, failed (5xx: bounce) or deferred
-//! (4xx, connection trouble: retry later).
+//! DATA. Every recipient gets an [`Outcome`]: the reply that decided it (2xx delivered,
+//! 5xx failed: bounce, 4xx or connection trouble: retry later) and the host that gave it.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -13,29 +13,31 @@ use super::route::Target;
 use crate::delivery::{ClientError, SmtpClient, Timeouts};
 use crate::smtp::{MailParams, Reply};
 
-/// What happened to one recipient.
+/// What happened to one recipient: the reply that decided it, a next hop's or ours.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Outcome {
-    /// Accepted by the next hop.
-    Delivered(String),
-    /// Refused for good (5xx or a permanent local reason).
-    Failed(String),
-    /// Not this time (4xx, connection trouble).
-    Deferred(String),
+pub struct Outcome {
+    /// 2xx delivered, 5xx failed, anything else: retried later.
+    pub reply: Reply,
+    /// The host that gave the reply; `None` when the gateway itself decided.
+    pub remote: Option<String>,
 }
 
 impl Outcome {
-    fn from_reply(r: &Reply) -> Outcome {
-        let text = one_line(&r.to_string());
-        match r.code() {
-            200..=299 => Outcome::Delivered(text),
-            500..=599 => Outcome::Failed(text),
-            _ => Outcome::Deferred(text),
+    /// The gateway's own verdict.
+    pub fn ours(reply: Reply) -> Outcome {
+        Outcome {
+            reply,
+            remote: None,
         }
     }
 }
 
-/// A reply on one line (multi-line replies joined with spaces), without control chars.
+/// Our reply `code enhanced text`, the text made one line without control characters.
+pub fn reply(code: u16, enhanced: &str, text: &str) -> Reply {
+    Reply::new(code, enhanced, one_line(text))
+}
+
+/// Text on one line (lines joined with spaces), without control chars.
 pub fn one_line(s: &str) -> String {
     let s: String = s
         .split(['\r', '\n'])
@@ -126,15 +128,15 @@ impl std::fmt::Debug for Attempt<'_> {
 }
 
 /// Delivers to the first target that takes a session; every recipient of `rcpts` gets an
-/// outcome and, with it, the host that gave it.
+/// outcome.
 pub async fn deliver(
     pool: &Pool,
     targets: &[Target],
     rcpts: &[String],
     a: &Attempt<'_>,
-) -> Vec<(Outcome, String)> {
-    let mut last = String::from("no address to try");
-    let mut last_host = String::new();
+) -> Vec<Outcome> {
+    let mut last = reply(451, "4.4.1", "no address to try");
+    let mut last_host = None;
     for t in targets {
         // A pooled connection may have been closed by the server meanwhile: if it
         // fails before anything was accepted, retry on a new connection.
@@ -144,7 +146,7 @@ pub async fn deliver(
                     if let Some(c) = client {
                         pool.put(t, c, a.max_idle);
                     }
-                    return res.into_iter().map(|o| (o, t.host.clone())).collect();
+                    return answered(res, &t.host);
                 }
                 Err(e) => {
                     tracing::debug!(next_hop = %t.addr, error = %e, "pooled connection failed, reconnecting")
@@ -155,14 +157,20 @@ pub async fn deliver(
             Ok(c) => c,
             Err(e) => {
                 tracing::info!(next_hop = %t.addr, error = %e, "next hop unavailable");
-                last = match &e {
-                    ClientError::Rejected { reply, .. } => one_line(&reply.to_string()),
+                last = match e {
+                    // A refusal of the session is the next hop's trouble, not the
+                    // recipients': retried later (the next address first).
+                    ClientError::Rejected { reply: r, .. } => reply(
+                        451,
+                        "4.4.1",
+                        &format!("{} refused the session: {r}", t.addr),
+                    ),
                     ClientError::TlsNotOffered => {
-                        "4.7.10 TLS required but STARTTLS not offered".into()
+                        reply(451, "4.7.10", "TLS required but STARTTLS not offered")
                     }
-                    other => format!("4.4.1 {}: {}", t.addr, one_line(&other.to_string())),
+                    other => reply(451, "4.4.1", &format!("{}: {other}", t.addr)),
                 };
-                last_host = t.host.clone();
+                last_host = Some(t.host.clone());
                 continue;
             }
         };
@@ -171,22 +179,36 @@ pub async fn deliver(
                 if let Some(c) = client {
                     pool.put(t, c, a.max_idle);
                 }
-                return res.into_iter().map(|o| (o, t.host.clone())).collect();
+                return answered(res, &t.host);
             }
             Err(e) => {
-                last = format!("4.4.2 {}: {}", t.addr, one_line(&e.to_string()));
-                last_host = t.host.clone();
+                last = reply(451, "4.4.2", &format!("{}: {e}", t.addr));
+                last_host = Some(t.host.clone());
             }
         }
     }
     rcpts
         .iter()
-        .map(|_| (Outcome::Deferred(last.clone()), last_host.clone()))
+        .map(|_| Outcome {
+            reply: last.clone(),
+            remote: last_host.clone(),
+        })
         .collect()
 }
 
-/// Outcomes per recipient, and the connection if it can be reused.
-type Transacted = (Vec<Outcome>, Option<SmtpClient<TcpStream>>);
+/// Replies from `host`, as outcomes.
+fn answered(replies: Vec<Reply>, host: &str) -> Vec<Outcome> {
+    replies
+        .into_iter()
+        .map(|reply| Outcome {
+            reply,
+            remote: Some(host.to_string()),
+        })
+        .collect()
+}
+
+/// Replies per recipient, and the connection if it can be reused.
+type Transacted = (Vec<Reply>, Option<SmtpClient<TcpStream>>);
 
 /// One transaction on an established connection. `Err` only when the connection failed
 /// before any recipient was accepted (safe to retry elsewhere); afterwards connection
@@ -196,27 +218,29 @@ async fn transaction(
     rcpts: &[String],
     a: &Attempt<'_>,
 ) -> Result<Transacted, ClientError> {
-    let all = |o: Outcome| rcpts.iter().map(|_| o.clone()).collect::<Vec<_>>();
+    let all = |r: Reply| rcpts.iter().map(|_| r.clone()).collect::<Vec<_>>();
     if let Some(limit) = c.extensions().size
         && limit > 0
         && a.message.len() as u64 > limit
     {
         return Ok((
-            all(Outcome::Failed(format!(
-                "552 5.3.4 message size {} exceeds the next hop's limit {limit}",
-                a.message.len()
-            ))),
+            all(reply(
+                552,
+                "5.3.4",
+                &format!(
+                    "message size {} exceeds the next hop's limit {limit}",
+                    a.message.len()
+                ),
+            )),
             Some(c),
         ));
     }
-    let mut out: Vec<Option<Outcome>> = vec![None; rcpts.len()];
+    let mut out: Vec<Option<Reply>> = vec![None; rcpts.len()];
     // Addresses that cannot be sent are refused here; the rest go out together.
     let mut sendable = Vec::new();
     for (i, r) in rcpts.iter().enumerate() {
         if r.chars().any(char::is_control) {
-            out[i] = Some(Outcome::Failed(
-                "553 5.1.3 invalid recipient address".into(),
-            ));
+            out[i] = Some(reply(553, "5.1.3", "invalid recipient address"));
         } else {
             sendable.push(i);
         }
@@ -226,8 +250,10 @@ async fn transaction(
         Ok(x) => x,
         Err(ClientError::Smtputf8NotSupported) => {
             return Ok((
-                all(Outcome::Failed(
-                    "553 5.6.7 the next hop does not support SMTPUTF8".into(),
+                all(reply(
+                    553,
+                    "5.6.7",
+                    "the next hop does not support SMTPUTF8",
                 )),
                 Some(c),
             ));
@@ -235,10 +261,9 @@ async fn transaction(
         Err(e) => return Err(e),
     };
     if r.code() >= 400 {
-        let o = Outcome::from_reply(&r);
         let _ = c.rset().await;
         for i in sendable {
-            out[i] = Some(o.clone());
+            out[i] = Some(r.clone());
         }
         return Ok((finish(out), c.is_usable().then_some(c)));
     }
@@ -247,7 +272,7 @@ async fn transaction(
         if reply.code() < 300 {
             accepted.push(i);
         } else {
-            out[i] = Some(Outcome::from_reply(&reply));
+            out[i] = Some(reply);
         }
     }
     if accepted.is_empty() {
@@ -256,9 +281,8 @@ async fn transaction(
     }
     match c.data(&[a.message]).await {
         Ok(r) => {
-            let o = Outcome::from_reply(&r);
             for i in accepted {
-                out[i] = Some(o.clone());
+                out[i] = Some(r.clone());
             }
             if r.code() >= 400 {
                 let _ = c.rset().await;
@@ -269,39 +293,37 @@ async fn transaction(
     }
 }
 
-fn finish(out: Vec<Option<Outcome>>) -> Vec<Outcome> {
+fn finish(out: Vec<Option<Reply>>) -> Vec<Reply> {
     out.into_iter()
-        .map(|o| o.unwrap_or_else(|| Outcome::Deferred("4.4.2 no answer".into())))
+        .map(|o| o.unwrap_or_else(|| reply(451, "4.4.2", "no answer")))
         .collect()
 }
 
-fn defer_rest(out: Vec<Option<Outcome>>, e: &ClientError) -> Vec<Outcome> {
-    let why = format!("4.4.2 {}", one_line(&e.to_string()));
+fn defer_rest(out: Vec<Option<Reply>>, e: &ClientError) -> Vec<Reply> {
+    let why = reply(451, "4.4.2", &e.to_string());
     out.into_iter()
-        .map(|o| o.unwrap_or_else(|| Outcome::Deferred(why.clone())))
+        .map(|o| o.unwrap_or_else(|| why.clone()))
         .collect()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::queue::entry::RcptStatus;
 
     #[test]
     fn replies_classify_by_code() {
-        let r = Reply::new(250, "2.0.0", "ok");
-        assert!(matches!(Outcome::from_reply(&r), Outcome::Delivered(_)));
-        let r = Reply::new(451, "4.3.0", "later");
-        assert!(matches!(Outcome::from_reply(&r), Outcome::Deferred(_)));
-        let r = Reply::new(550, "5.1.1", "unknown");
-        assert_eq!(
-            Outcome::from_reply(&r),
-            Outcome::Failed("550 5.1.1 unknown".into())
-        );
+        let status = |code, e| RcptStatus::after(&Reply::new(code, e, "x"));
+        assert_eq!(status(250, "2.0.0"), RcptStatus::Delivered);
+        assert_eq!(status(451, "4.3.0"), RcptStatus::Pending);
+        assert_eq!(status(550, "5.1.1"), RcptStatus::Failed);
     }
 
     #[test]
-    fn one_line_joins_and_cleans() {
+    fn our_replies_are_one_clean_line() {
         assert_eq!(one_line("550-a\r\n550 b\r\n"), "550-a 550 b");
         assert_eq!(one_line("x\0y"), "x y");
+        let r = reply(451, "4.4.2", "lost\r\n250 injected");
+        assert_eq!(r.to_bytes(), b"451 4.4.2 lost 250 injected\r\n");
     }
 }

@@ -1,11 +1,13 @@
 //! One queued message's envelope and per-recipient delivery state, as stored in the
-//! spool's state file (JSON).
+//! spool's state file (JSON). Replies are kept as [`Reply`] (stored as their one-line
+//! text) with the host that gave them; the session the message came in is kept as the
+//! [`SessionFacts`] it was accepted with.
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 
-use crate::smtp::{BodyType, MailParams};
+use crate::smtp::{BodyType, Envelope, MailParams, Message, Reply, SessionFacts};
 
 /// Where one recipient stands.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -19,6 +21,17 @@ pub enum RcptStatus {
     Failed,
 }
 
+impl RcptStatus {
+    /// Where a recipient stands after `reply`: 2xx delivered, 5xx failed, else pending.
+    pub fn after(reply: &Reply) -> RcptStatus {
+        match reply.code() {
+            200..=299 => RcptStatus::Delivered,
+            500..=599 => RcptStatus::Failed,
+            _ => RcptStatus::Pending,
+        }
+    }
+}
+
 /// One recipient.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Recipient {
@@ -26,47 +39,12 @@ pub struct Recipient {
     pub address: String,
     /// Where it stands.
     pub status: RcptStatus,
-    /// The last answer about it (SMTP reply or local reason).
+    /// The last answer about it: a next hop's reply, or ours (`451 4.4.1 …`).
     #[serde(default)]
-    pub last_reply: Option<String>,
-    /// The host that gave `last_reply`.
+    pub last_reply: Option<Reply>,
+    /// The host that gave `last_reply` (`None`: the gateway itself).
     #[serde(default)]
     pub remote: Option<String>,
-    /// A plugin's route for it (`host:port`), overriding the configured routing.
-    #[serde(default)]
-    pub route: Option<String>,
-}
-
-/// The session a message was accepted in, as `on-deliver` sees it.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
-pub struct Origin {
-    /// HELO/EHLO name.
-    #[serde(default)]
-    pub helo: String,
-    /// Whether it was EHLO.
-    #[serde(default)]
-    pub ehlo: bool,
-    /// Forward-confirmed reverse name of the client.
-    #[serde(default)]
-    pub ptr_name: Option<String>,
-    /// TLS version and cipher, if TLS was used.
-    #[serde(default)]
-    pub tls: Option<(String, String)>,
-    /// The client was in trusted networks.
-    #[serde(default)]
-    pub trusted: bool,
-    /// Our address the client connected to.
-    #[serde(default)]
-    pub local: Option<std::net::SocketAddr>,
-    /// Listener kind (`smtp`, `smtps`).
-    #[serde(default)]
-    pub listener: String,
-    /// Final plugin score of the transaction.
-    #[serde(default)]
-    pub score: f64,
-    /// Plugin tags.
-    #[serde(default)]
-    pub tags: Vec<String>,
 }
 
 /// A queued message.
@@ -96,12 +74,16 @@ pub struct Entry {
     /// A delayed-delivery notice was sent.
     #[serde(default)]
     pub warned: bool,
-    /// The client that sent it, for logs and notices.
+    /// The session it was accepted in; `None` for mail the gateway wrote itself
+    /// (notices). Plugins see it at `on-deliver`.
     #[serde(default)]
-    pub client: String,
-    /// The session it was accepted in (for `on-deliver`).
+    pub session: Option<SessionFacts>,
+    /// The plugin score it was accepted with.
     #[serde(default)]
-    pub origin: Origin,
+    pub score: f64,
+    /// The plugin tags it was accepted with.
+    #[serde(default)]
+    pub tags: Vec<String>,
     /// The recipients, in envelope order.
     pub recipients: Vec<Recipient>,
 }
@@ -122,14 +104,13 @@ pub fn from_secs(s: u64) -> SystemTime {
 }
 
 impl Entry {
-    /// A new entry, due at once.
+    /// A new entry for mail the gateway writes itself, due at once.
     pub fn new(
         id: String,
         sender: &str,
         params: &MailParams,
         recipients: &[String],
         size: u64,
-        client: String,
     ) -> Entry {
         let now = now_ms();
         Entry {
@@ -143,8 +124,9 @@ impl Entry {
             next_attempt_ms: now,
             held: false,
             warned: false,
-            client,
-            origin: Origin::default(),
+            session: None,
+            score: 0.0,
+            tags: Vec::new(),
             recipients: recipients
                 .iter()
                 .map(|r| Recipient {
@@ -152,9 +134,43 @@ impl Entry {
                     status: RcptStatus::Pending,
                     last_reply: None,
                     remote: None,
-                    route: None,
                 })
                 .collect(),
+        }
+    }
+
+    /// A new entry for a message accepted from a client (stored as `size` octets), with
+    /// the plugin score and tags it was accepted with.
+    pub fn accepted(message: &Message, size: u64, score: f64, tags: Vec<String>) -> Entry {
+        let env = &message.envelope;
+        Entry {
+            session: Some(message.session.clone()),
+            score,
+            tags,
+            ..Entry::new(
+                message.id.clone(),
+                &env.mail_from,
+                &env.params,
+                &env.rcpt_to,
+                size,
+            )
+        }
+    }
+
+    /// The session facts plugins see: those of the client session, or for mail the
+    /// gateway wrote itself a local session named after the entry.
+    pub fn session_facts(&self) -> SessionFacts {
+        self.session
+            .clone()
+            .unwrap_or_else(|| SessionFacts::local(self.id.clone()))
+    }
+
+    /// The envelope of what is still to deliver: sender, parameters, pending recipients.
+    pub fn pending_envelope(&self) -> Envelope {
+        Envelope {
+            mail_from: self.sender.clone(),
+            params: self.params(),
+            rcpt_to: self.pending().map(|r| r.address.clone()).collect(),
         }
     }
 
@@ -195,17 +211,48 @@ pub(crate) mod tests {
             &MailParams::default(),
             &["x@example.test".into(), "y@other.test".into()],
             42,
-            "192.0.2.1".into(),
         )
     }
 
     #[test]
     fn round_trips_through_json() {
-        let e = sample("Q1");
+        let mut e = sample("Q1");
+        e.recipients[0].last_reply = Some(Reply::new(451, "4.4.1", "mx.test: refused"));
+        e.recipients[0].remote = Some("mx.test".into());
         let j = serde_json::to_string(&e).unwrap();
         assert!(j.contains("\"status\":\"pending\""), "{j}");
+        assert!(j.contains("\"451 4.4.1 mx.test: refused\""), "{j}");
         assert_eq!(serde_json::from_str::<Entry>(&j).unwrap(), e);
         assert_eq!(e.pending().count(), 2);
         assert!(!e.done());
+        assert_eq!(e.session_facts().listener.name(), "local");
+    }
+
+    #[test]
+    fn keeps_the_session_it_was_accepted_in() {
+        let m = Message::sample("a@client.test", &["x@example.test"], b"x\r\n");
+        let e = Entry::accepted(&m, 99, 2.5, vec!["t".into()]);
+        let back: Entry = serde_json::from_str(&serde_json::to_string(&e).unwrap()).unwrap();
+        assert_eq!(back.session.as_ref(), Some(&m.session));
+        assert_eq!(back.session_facts().client.port(), 1234, "client port kept");
+        assert_eq!(
+            (back.score, back.tags.as_slice()),
+            (2.5, &["t".to_string()][..])
+        );
+    }
+
+    #[test]
+    fn reads_state_written_before_session_facts() {
+        let old = r#"{"id":"Q","sender":"a@b.test","size":1,"arrival":1,"attempts":1,
+            "next_attempt_ms":1,"client":"192.0.2.1","origin":{"helo":"h","ehlo":true},
+            "recipients":[{"address":"x@y.test","status":"pending",
+            "last_reply":"4.4.1 mx: connection refused","remote":null,"route":null}]}"#;
+        let e: Entry = serde_json::from_str(old).unwrap();
+        assert_eq!(e.session, None);
+        let r = e.recipients[0].last_reply.as_ref().unwrap();
+        assert_eq!(
+            (r.code(), r.to_string().as_str()),
+            (451, "451 4.4.1 mx: connection refused")
+        );
     }
 }

@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
 
 use crate::delivery::TlsPolicy;
+pub use crate::delivery::{Destination, domain_of};
 use crate::dns::{DnsError, Resolver};
 
 /// A configured next hop.
@@ -29,27 +30,6 @@ pub struct Routing {
     pub mx_port: u16,
 }
 
-/// The destination a group of recipients shares: one delivery per destination.
-#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum Destination {
-    /// A fixed next hop (`host:port`) with its TLS policy.
-    Relay(String, TlsPolicy),
-    /// The MX hosts of this domain.
-    Mx(String),
-    /// The local Maildir (a plugin's `local` route).
-    Local,
-}
-
-impl std::fmt::Display for Destination {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Destination::Relay(a, _) => write!(f, "{a}"),
-            Destination::Mx(d) => write!(f, "mx:{d}"),
-            Destination::Local => write!(f, "local"),
-        }
-    }
-}
-
 /// One address to try, with the name it came from (for logs and notices).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Target {
@@ -70,22 +50,20 @@ pub enum NoRoute {
     Temporary(String, &'static str),
 }
 
-/// The domain of an address, lowercased.
-pub fn domain_of(address: &str) -> String {
-    address
-        .rsplit_once('@')
-        .map(|(_, d)| d)
-        .unwrap_or("")
-        .trim_end_matches('.')
-        .to_ascii_lowercase()
+impl Default for Routing {
+    /// No routes, no default next hop: MX lookup, port 25.
+    fn default() -> Self {
+        Routing {
+            routes: BTreeMap::new(),
+            default: None,
+            mx_port: 25,
+        }
+    }
 }
 
 impl Routing {
-    /// The destination of `rcpt`; `plugin_route` (`host:port`) wins if set.
-    pub fn destination(&self, rcpt: &str, plugin_route: Option<&str>) -> Destination {
-        if let Some(r) = plugin_route {
-            return Destination::Relay(r.to_string(), TlsPolicy::Opportunistic);
-        }
+    /// The destination of `rcpt`: its domain's route, the default next hop, or its MX.
+    pub fn destination(&self, rcpt: &str) -> Destination {
         let domain = domain_of(rcpt);
         if let Some(hop) = self.routes.get(&domain).or(self.default.as_ref()) {
             return Destination::Relay(hop.addr.clone(), hop.tls);
@@ -193,31 +171,24 @@ mod tests {
     }
 
     #[test]
-    fn static_routes_then_plugin_then_mx() {
+    fn static_routes_then_default_then_mx() {
         let r = routing();
         assert_eq!(
-            r.destination("x@A.test", None),
+            r.destination("x@A.test"),
             Destination::Relay("127.0.0.1:2601".into(), TlsPolicy::None)
         );
-        assert_eq!(
-            r.destination("x@b.test", None),
-            Destination::Mx("b.test".into())
-        );
-        assert_eq!(
-            r.destination("x@b.test", Some("10.0.0.1:25")),
-            Destination::Relay("10.0.0.1:25".into(), TlsPolicy::Opportunistic)
-        );
+        assert_eq!(r.destination("x@b.test"), Destination::Mx("b.test".into()));
         let mut d = routing();
         d.default = Some(Hop {
             addr: "up:25".into(),
             tls: TlsPolicy::Required,
         });
         assert_eq!(
-            d.destination("x@b.test", None),
+            d.destination("x@b.test"),
             Destination::Relay("up:25".into(), TlsPolicy::Required)
         );
         assert_eq!(
-            d.destination("x@a.test", None),
+            d.destination("x@a.test"),
             Destination::Relay("127.0.0.1:2601".into(), TlsPolicy::None),
             "a domain route beats the default"
         );

@@ -22,6 +22,7 @@ use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 
 use crate::config::Runtime;
+use crate::current::{Current, CurrentCell};
 use crate::smtp::{Reply, SessionConfig};
 use limits::{ConnTracker, LimitHit};
 
@@ -68,8 +69,8 @@ impl Listeners {
             Ok(out)
         }
         Ok(Listeners {
-            smtp: all(&rt.listen).await?,
-            smtps: all(&rt.listen_tls).await?,
+            smtp: all(&rt.fixed.listen).await?,
+            smtps: all(&rt.fixed.listen_tls).await?,
         })
     }
 
@@ -89,8 +90,8 @@ impl Listeners {
 
 /// What every connection shares.
 pub struct Shared {
-    /// Settings and plugins for new sessions (replaced by a reload).
-    pub current: std::sync::RwLock<Arc<reload::Current>>,
+    /// Settings and plugins for new sessions and the queue (replaced by a reload).
+    pub current: Arc<CurrentCell>,
     /// Reload bookkeeping.
     pub reloader: reload::Reloader,
     /// The queue, in queue mode.
@@ -103,14 +104,16 @@ pub struct Shared {
     pub conns: Arc<ConnTracker>,
     /// The delivery mode.
     pub backend: outbound::Backend,
+    /// When the gateway started (unix seconds).
+    pub started: u64,
     /// The resolver (client reverse names).
     pub dns: Arc<crate::dns::Resolver>,
 }
 
 impl Shared {
     /// What a session starting now uses.
-    pub fn current(&self) -> Arc<reload::Current> {
-        Arc::clone(&self.current.read().unwrap_or_else(|e| e.into_inner()))
+    pub fn current(&self) -> Arc<Current> {
+        self.current.get()
     }
 }
 
@@ -127,14 +130,14 @@ impl std::fmt::Debug for Shared {
 /// Protocol settings derived from the runtime config.
 pub fn session_config(rt: &Runtime, tls_available: bool) -> SessionConfig {
     SessionConfig {
-        hostname: rt.hostname.clone(),
-        max_message_size: rt.limits.max_message_size,
-        max_recipients: rt.limits.max_recipients,
-        max_command_line: rt.limits.max_command_line,
-        max_text_line: rt.limits.max_text_line,
-        max_errors: rt.limits.max_errors,
+        hostname: rt.live.hostname.clone(),
+        max_message_size: rt.live.limits.max_message_size,
+        max_recipients: rt.live.limits.max_recipients,
+        max_command_line: rt.live.limits.max_command_line,
+        max_text_line: rt.live.limits.max_text_line,
+        max_errors: rt.live.limits.max_errors,
         starttls: tls_available,
-        local_domains: rt.local_domains.clone(),
+        local_domains: rt.live.local_domains.clone(),
     }
 }
 
@@ -150,65 +153,58 @@ pub async fn run(
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), ServerError> {
     let dns = Arc::clone(&services.dns);
-    let queue = match &rt.delivery {
-        crate::config::DeliveryMode::Queue(s) => Some(crate::queue::Queue::open(
-            (**s).clone(),
-            rt.hostname.clone(),
-            Arc::clone(&dns),
-            plugins.clone(),
-        )?),
-        _ => None,
-    };
     let acceptor = tls::acceptor(&rt)?;
     if acceptor.is_none() && !listeners.smtps.is_empty() {
         warn!("implicit-TLS listeners configured without TLS; they will close connections");
     }
+    let started = crate::queue::entry::now_ms() / 1000;
+    let current = CurrentCell::new(Current {
+        session: Arc::new(session_config(&rt, acceptor.is_some())),
+        runtime: Arc::clone(&rt),
+        plugins,
+        generation: 1,
+        since: started,
+    });
+    let queue = match &rt.fixed.delivery {
+        crate::config::DeliveryMode::Queue(s) => Some(crate::queue::Queue::open(
+            (**s).clone(),
+            Arc::clone(&current),
+            Arc::clone(&dns),
+        )?),
+        _ => None,
+    };
     let (stop_tx, stop_rx) = watch::channel(false);
     let shared = Arc::new(Shared {
-        current: std::sync::RwLock::new(Arc::new(reload::Current {
-            session: Arc::new(session_config(&rt, acceptor.is_some())),
-            runtime: Arc::clone(&rt),
-            plugins,
-            generation: 1,
-            since: crate::queue::entry::now_ms() / 1000,
-        })),
+        current,
         reloader: reload::Reloader::new(config_path, services),
         queue: queue.clone(),
         tls: acceptor,
         shutdown: stop_rx,
-        conns: ConnTracker::new(rt.max_connections, rt.max_connections_per_ip),
-        backend: outbound::Backend::new(&rt, queue.clone()),
+        conns: ConnTracker::new(rt.fixed.max_connections, rt.fixed.max_connections_per_ip),
+        backend: outbound::Backend::new(&rt.fixed, queue.clone()),
         dns,
+        started,
     });
     tokio::spawn(reload::on_sighup(
         Arc::clone(&shared),
         shared.shutdown.clone(),
     ));
-    if !rt.watch_interval.is_zero() {
+    if !rt.fixed.watch_interval.is_zero() {
         tokio::spawn(reload::watch_files(
             Arc::clone(&shared),
-            rt.watch_interval,
+            rt.fixed.watch_interval,
             reload::baseline(&shared),
             shared.shutdown.clone(),
         ));
     }
     let tracker = TaskTracker::new();
-    let admin = crate::admin::Admin {
-        shared: Some(Arc::clone(&shared)),
-        queue: queue.clone(),
-        started: crate::queue::entry::now_ms() / 1000,
-        mode: match &rt.delivery {
-            crate::config::DeliveryMode::Maildir(_) => "maildir",
-            crate::config::DeliveryMode::Proxy { .. } => "proxy",
-            crate::config::DeliveryMode::Queue(_) => "queue",
-        },
-    };
-    match crate::admin::bind(&rt.admin_socket) {
+    match crate::admin::bind(&rt.fixed.admin_socket) {
         Ok(l) => {
+            let gateway: Arc<dyn crate::admin::Gateway> = Arc::clone(&shared) as _;
             tokio::spawn(crate::admin::serve(
                 l,
-                rt.admin_socket.clone(),
-                admin,
+                rt.fixed.admin_socket.clone(),
+                gateway,
                 shared.shutdown.clone(),
             ));
         }
@@ -238,7 +234,7 @@ pub async fn run(
     }
     let _ = stop_tx.send(true);
     tracker.close();
-    if tokio::time::timeout(rt.shutdown_grace, tracker.wait())
+    if tokio::time::timeout(rt.fixed.shutdown_grace, tracker.wait())
         .await
         .is_err()
     {
@@ -248,7 +244,9 @@ pub async fn run(
         );
     }
     if let Some(s) = scheduler
-        && tokio::time::timeout(rt.shutdown_grace, s).await.is_err()
+        && tokio::time::timeout(rt.fixed.shutdown_grace, s)
+            .await
+            .is_err()
     {
         warn!("grace period over; queue deliveries in progress are retried at next start");
     }
@@ -298,7 +296,7 @@ async fn accept_loop(
                         Reply::new(
                             421,
                             "4.7.0",
-                            format!("{} {reply}", shared.current().runtime.hostname),
+                            format!("{} {reply}", shared.current().runtime.live.hostname),
                         ),
                     ));
                 }

@@ -1,41 +1,43 @@
 //! Where an accepted transaction goes: the glue between a connection and the delivery
 //! mode. `maildir` answers MAIL/RCPT itself and writes the message durably before the
 //! 250; `proxy` mirrors MAIL, RCPT and the message to the upstream in-line, so the client
-//! receives the upstream's own answers and the gateway never owns mail it cannot deliver.
+//! receives the upstream's own answers and the gateway never owns mail it cannot deliver;
+//! `queue` stores the message durably before the 250 and delivers it in the background.
 
 use std::sync::Arc;
 use std::time::SystemTime;
 
 use tracing::warn;
 
-use super::Shared;
-use crate::config::{DeliveryMode, Runtime};
+use crate::config::{DeliveryMode, Fixed};
 use crate::delivery::{Maildir, ProxyTarget, ProxyTransaction, received_header};
+use crate::queue::Queue;
 use crate::smtp::{MailParams, Message, Reply, Resolution};
 
-/// The configured delivery mode, built once at start.
+/// The delivery mode in force, built once at start and shared by every connection.
 #[derive(Debug, Clone)]
 pub enum Backend {
     /// Local Maildirs.
     Maildir(Arc<Maildir>),
-    /// In-line relay to the upstream.
+    /// In-line relay to the upstream (each connection has its own transaction).
     Proxy(Arc<ProxyTarget>),
     /// Durable queue, delivered in the background.
-    Queue(Arc<crate::queue::Queue>),
+    Queue(Arc<Queue>),
 }
 
 impl Backend {
-    /// Builds the backend for the runtime config.
-    pub fn new(rt: &Runtime, queue: Option<Arc<crate::queue::Queue>>) -> Backend {
+    /// Builds the backend for the settings (`queue`: the queue the server opened).
+    pub fn new(fixed: &Fixed, queue: Option<Arc<Queue>>) -> Backend {
         if let Some(q) = queue {
             return Backend::Queue(q);
         }
-        match &rt.delivery {
+        match &fixed.delivery {
             DeliveryMode::Maildir(root) => Backend::Maildir(Arc::new(Maildir::new(root.clone()))),
             DeliveryMode::Proxy { upstream, tls } => {
-                let mut target = ProxyTarget::new(upstream.clone(), rt.hostname.clone());
+                // The HELO name is set per connection, from the settings it started with.
+                let mut target = ProxyTarget::new(upstream.clone(), "");
                 target.tls = *tls;
-                target.timeouts.connect = rt.connect_timeout;
+                target.timeouts.connect = fixed.connect_timeout;
                 Backend::Proxy(Arc::new(target))
             }
             // The server opens the queue and passes it in; without one, mail is kept
@@ -50,75 +52,72 @@ impl Backend {
 /// One connection's outbound side.
 #[derive(Debug)]
 pub struct Outbound {
+    backend: Backend,
+    /// The upstream transaction, in proxy mode.
+    proxy: Option<Box<ProxyTransaction>>,
     hostname: String,
-    kind: Kind,
-}
-
-#[derive(Debug)]
-enum Kind {
-    Maildir(Arc<Maildir>),
-    Proxy(Box<ProxyTransaction>),
-    Queue(Arc<crate::queue::Queue>),
 }
 
 impl Outbound {
-    /// The outbound side for a new connection.
-    pub fn new(shared: &Shared, hostname: &str) -> Outbound {
-        let kind = match &shared.backend {
-            Backend::Maildir(m) => Kind::Maildir(Arc::clone(m)),
-            Backend::Proxy(t) => Kind::Proxy(Box::new(ProxyTransaction::new(Arc::clone(t)))),
-            Backend::Queue(q) => Kind::Queue(Arc::clone(q)),
+    /// The outbound side of a new connection; `hostname` is ours in the settings the
+    /// connection started with (`Received:`, the proxy's EHLO).
+    pub fn new(backend: &Backend, hostname: &str) -> Outbound {
+        let proxy = match backend {
+            Backend::Proxy(t) => Some(Box::new(ProxyTransaction::new(ProxyTarget {
+                helo_name: hostname.to_string(),
+                ..(**t).clone()
+            }))),
+            _ => None,
         };
         Outbound {
+            backend: backend.clone(),
+            proxy,
             hostname: hostname.to_string(),
-            kind,
         }
     }
 
-    /// `maildir` or `proxy`, for logs.
-    pub fn mode(&self) -> &'static str {
-        match self.kind {
-            Kind::Maildir(_) => "maildir",
-            Kind::Proxy(_) => "proxy",
-            Kind::Queue(_) => "queue",
-        }
+    /// Whether each transaction is relayed as it happens (proxy mode): the upstream has
+    /// the recipients before the message arrives.
+    pub fn before_queue(&self) -> bool {
+        self.proxy.is_some()
     }
 
     /// MAIL FROM passed our checks and the hooks.
     pub async fn mail_from(&mut self, sender: &str, params: &MailParams) -> Resolution {
-        match &mut self.kind {
-            Kind::Maildir(_) | Kind::Queue(_) => Resolution::Continue,
-            Kind::Proxy(p) => Resolution::Reply(p.mail_from(sender, params).await),
+        match &mut self.proxy {
+            Some(p) => Resolution::Reply(p.mail_from(sender, params).await),
+            None => Resolution::Continue,
         }
     }
 
     /// RCPT TO passed our checks and the hooks.
     pub async fn rcpt_to(&mut self, rcpt: &str) -> Resolution {
-        match &mut self.kind {
-            Kind::Maildir(_) | Kind::Queue(_) => Resolution::Continue,
-            Kind::Proxy(p) => Resolution::Reply(p.rcpt_to(rcpt).await),
+        match &mut self.proxy {
+            Some(p) => Resolution::Reply(p.rcpt_to(rcpt).await),
+            None => Resolution::Continue,
         }
     }
 
     /// Delivers the message; the reply is what the client gets for its DATA/BDAT LAST.
-    pub async fn deliver(
-        &mut self,
-        message: &Message,
-        origin: crate::queue::entry::Origin,
-    ) -> Reply {
+    /// `score` and `tags` are the plugins' verdict on it, kept with queued mail.
+    pub async fn deliver(&mut self, message: &Message, score: f64, tags: Vec<String>) -> Reply {
         let rcpt = match message.envelope.rcpt_to.as_slice() {
             [one] => Some(one.as_str()),
             _ => None,
         };
         let received = received_header(
-            &message.trace,
+            &message.session,
+            message.envelope.params.smtputf8,
             &self.hostname,
             &message.id,
             rcpt,
             SystemTime::now(),
         );
-        match &mut self.kind {
-            Kind::Maildir(m) => {
+        if let Some(p) = &mut self.proxy {
+            return p.data(message, &received).await;
+        }
+        match &self.backend {
+            Backend::Maildir(m) => {
                 let m = Arc::clone(m);
                 let msg = message.clone();
                 let id = message.id.clone();
@@ -134,20 +133,20 @@ impl Outbound {
                     }
                 }
             }
-            Kind::Proxy(p) => p.data(message, &received).await,
-            Kind::Queue(q) => match q.enqueue(message, &received, origin).await {
+            Backend::Queue(q) => match q.enqueue(message, &received, score, tags).await {
                 Ok(id) => Reply::new(250, "2.0.0", format!("Ok: queued as {id}")),
                 Err(e) => {
                     warn!(msg = %message.id, error = %e, "cannot queue message");
                     Reply::new(451, "4.3.0", "Queue write failed, try again later")
                 }
             },
+            Backend::Proxy(_) => Reply::new(451, "4.3.0", "Upstream transaction missing"),
         }
     }
 
     /// The connection is ending: say QUIT upstream.
     pub async fn close(&mut self) {
-        if let Kind::Proxy(p) = &mut self.kind {
+        if let Some(p) = &mut self.proxy {
             p.close().await;
         }
     }

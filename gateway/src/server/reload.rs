@@ -4,7 +4,8 @@
 //! What a session uses is one [`Current`]: the runtime settings, the protocol settings
 //! and the plugin generation. A connection takes the `Current` of the moment it is
 //! accepted and keeps it to the end, so a session is evaluated entirely by one
-//! generation; new connections get the new one. A reload (SIGHUP, `mailgate reload`,
+//! generation; new connections get the new one, and the queue uses the new one from its
+//! next attempt. A reload (SIGHUP, `mailgate reload`,
 //! or a change of the config file or a plugin file seen by the watcher):
 //!
 //! 1. reads and validates the config file again (unknown keys, bad values: refused);
@@ -14,11 +15,12 @@
 //! 3. on any error keeps the current generation and reports exactly why (log, admin
 //!    answer, failure counter); otherwise swaps in the new `Current`.
 //!
-//! Applied live: the plugin chain and plugin configs, `server.hostname`, greeting delay and
-//! timeouts, `[limits]`, `[relay]`, `[chain]`, and in queue mode the routes
-//! (`[queue.routes]`, `delivery.upstream`). Settings that cannot change under a running
-//! process (listeners, TLS, connection limits, delivery mode and queue, admin socket,
-//! DNS, the watch interval) keep their old value and are reported as needing a restart.
+//! What applies live and what needs a restart is decided by type: a reload takes the new
+//! [`Live`](crate::config::validate::Live) part of the runtime settings (plugins, host
+//! name, timeouts, `[limits]`, `[relay]`, `[chain]`, queue routes) and keeps the current
+//! [`Fixed`](crate::config::validate::Fixed) part (listeners, TLS, connection limits,
+//! delivery mode and queue, admin socket, DNS, compile cache, watch interval); the fixed
+//! settings that changed are reported by their config key as needing a restart.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -30,25 +32,10 @@ use tokio::sync::watch;
 use tracing::{info, warn};
 
 use super::Shared;
-use crate::config::{Config, DeliveryMode, Runtime};
+use crate::config::{Config, Runtime};
+use crate::current::Current;
 use crate::plugin::Generation;
 use crate::plugin::registry::{Services, load_all, sha256_hex};
-use crate::smtp::SessionConfig;
-
-/// What new sessions start with.
-#[derive(Debug)]
-pub struct Current {
-    /// Runtime settings.
-    pub runtime: Arc<Runtime>,
-    /// Protocol settings.
-    pub session: Arc<SessionConfig>,
-    /// The plugin generation, if plugins are configured.
-    pub plugins: Option<Arc<Generation>>,
-    /// Generation number: 1 at start, +1 per successful reload.
-    pub generation: u64,
-    /// When it became current (unix seconds).
-    pub since: u64,
-}
 
 /// Reload bookkeeping.
 #[derive(Debug)]
@@ -107,7 +94,7 @@ pub struct ReloadReport {
     /// Whether the plugins were loaded again.
     pub plugins_reloaded: bool,
     /// Changed settings that keep their old value until a restart.
-    pub restart_needed: Vec<&'static str>,
+    pub restart_needed: Vec<String>,
     /// The plugins now current.
     pub plugins: Vec<PluginStatus>,
 }
@@ -134,82 +121,6 @@ pub fn plugin_status(g: Option<&Arc<Generation>>) -> Vec<PluginStatus> {
     .unwrap_or_default()
 }
 
-/// Settings that a running process cannot change, with their names.
-fn restart_needed(old: &Runtime, new: &Runtime) -> Vec<&'static str> {
-    let mut v = Vec::new();
-    let mut check = |changed: bool, key: &'static str| {
-        if changed {
-            v.push(key);
-        }
-    };
-    check(old.listen != new.listen, "server.listen");
-    check(old.listen_tls != new.listen_tls, "server.listen_tls");
-    check(
-        old.max_connections != new.max_connections,
-        "server.max_connections",
-    );
-    check(
-        old.max_connections_per_ip != new.max_connections_per_ip,
-        "server.max_connections_per_ip",
-    );
-    check(
-        old.shutdown_grace != new.shutdown_grace,
-        "server.shutdown_grace_secs",
-    );
-    check(
-        old.tls_files != new.tls_files || old.tls_self_signed != new.tls_self_signed,
-        "tls",
-    );
-    check(
-        !same_delivery_but_routes(&old.delivery, &new.delivery)
-            || old.connect_timeout != new.connect_timeout,
-        "delivery / queue",
-    );
-    check(old.admin_socket != new.admin_socket, "admin.socket");
-    check(
-        old.watch_interval != new.watch_interval,
-        "server.watch_interval_ms",
-    );
-    check(old.dns != new.dns, "dns");
-    v
-}
-
-/// Whether two delivery settings differ at most in their queue routes (which apply live).
-fn same_delivery_but_routes(old: &DeliveryMode, new: &DeliveryMode) -> bool {
-    match (old, new) {
-        (DeliveryMode::Queue(a), DeliveryMode::Queue(b)) => {
-            let mut b = (**b).clone();
-            b.routing = a.routing.clone();
-            **a == b
-        }
-        (a, b) => a == b,
-    }
-}
-
-/// `new`, with the settings that need a restart taken from `old` (queue routes apply).
-fn merged(old: &Runtime, mut new: Runtime) -> Runtime {
-    let routes = match &new.delivery {
-        DeliveryMode::Queue(q) => Some(q.routing.clone()),
-        _ => None,
-    };
-    new.listen = old.listen.clone();
-    new.listen_tls = old.listen_tls.clone();
-    new.max_connections = old.max_connections;
-    new.max_connections_per_ip = old.max_connections_per_ip;
-    new.shutdown_grace = old.shutdown_grace;
-    new.tls_files = old.tls_files.clone();
-    new.tls_self_signed = old.tls_self_signed;
-    new.delivery = old.delivery.clone();
-    if let (DeliveryMode::Queue(q), Some(r)) = (&mut new.delivery, routes) {
-        q.routing = r;
-    }
-    new.connect_timeout = old.connect_timeout;
-    new.admin_socket = old.admin_socket.clone();
-    new.watch_interval = old.watch_interval;
-    new.dns = old.dns.clone();
-    new
-}
-
 /// SHA-256 of a file, hex.
 fn file_sha256(p: &Path) -> Option<String> {
     std::fs::read(p).ok().map(|b| sha256_hex(&b))
@@ -220,8 +131,8 @@ async fn plugins_changed(old: Option<&Arc<Generation>>, new: &Runtime) -> bool {
     let old_specs: Vec<&crate::config::PluginSpec> = old
         .map(|g| g.plugins.iter().map(|p| &*p.spec).collect())
         .unwrap_or_default();
-    if old_specs.len() != new.plugins.len()
-        || old_specs.iter().zip(&new.plugins).any(|(a, b)| **a != *b)
+    let new_specs = &new.live.plugins;
+    if old_specs.len() != new_specs.len() || old_specs.iter().zip(new_specs).any(|(a, b)| **a != *b)
     {
         return true;
     }
@@ -271,11 +182,14 @@ pub async fn reload(shared: &Shared, why: &str) -> ReloadReport {
         Ok(Err(e)) => return fail(format!("configuration: {e}")),
         Err(e) => return fail(format!("configuration: {e}")),
     };
-    let restart = restart_needed(&cur.runtime, &new_rt);
-    let new_rt = merged(&cur.runtime, new_rt);
+    let restart = cur.runtime.fixed.changed(&new_rt.fixed);
+    let new_rt = Runtime {
+        live: new_rt.live,
+        fixed: cur.runtime.fixed.clone(),
+    };
     let reload_plugins = plugins_changed(cur.plugins.as_ref(), &new_rt).await;
     let plugins = if reload_plugins {
-        match load_all(&new_rt.plugins, &r.services).await {
+        match load_all(&new_rt.live.plugins, &r.services).await {
             Ok(g) => g,
             Err(e) => return fail(format!("plugins: {e}")),
         }
@@ -289,13 +203,7 @@ pub async fn reload(shared: &Shared, why: &str) -> ReloadReport {
         generation: cur.generation + 1,
         since: unix(SystemTime::now()),
     });
-    if let Some(q) = &shared.queue {
-        q.set_plugins(next.plugins.clone());
-        if let DeliveryMode::Queue(s) = &next.runtime.delivery {
-            q.set_routing(s.routing.clone());
-        }
-    }
-    *shared.current.write().unwrap_or_else(|e| e.into_inner()) = Arc::clone(&next);
+    shared.current.set(Arc::clone(&next));
     r.succeeded.fetch_add(1, Ordering::Relaxed);
     *r.last_error.lock().unwrap_or_else(|e| e.into_inner()) = None;
     let plugins = plugin_status(next.plugins.as_ref());
@@ -317,6 +225,43 @@ pub async fn reload(shared: &Shared, why: &str) -> ReloadReport {
         plugins_reloaded: reload_plugins,
         restart_needed: restart,
         plugins,
+    }
+}
+
+impl crate::admin::Gateway for Shared {
+    fn status(&self) -> serde_json::Value {
+        let cur = self.current();
+        let r = &self.reloader;
+        serde_json::json!({
+            "ok": true,
+            "version": env!("CARGO_PKG_VERSION"),
+            "started": self.started,
+            "delivery": cur.runtime.fixed.delivery.name(),
+            "queue": self.queue.as_ref().map(|q| q.stats()),
+            "generation": {
+                "number": cur.generation,
+                "since": cur.since,
+                "plugins": plugin_status(cur.plugins.as_ref()),
+            },
+            "reloads": {
+                "succeeded": r.succeeded.load(Ordering::Relaxed),
+                "failed": r.failed.load(Ordering::Relaxed),
+                "last_error": *r.last_error.lock().unwrap_or_else(|e| e.into_inner()),
+            },
+        })
+    }
+
+    fn reload(
+        &self,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = serde_json::Value> + Send + '_>> {
+        Box::pin(async move {
+            serde_json::to_value(reload(self, "admin").await)
+                .unwrap_or_else(|e| serde_json::json!({"ok": false, "error": e.to_string()}))
+        })
+    }
+
+    fn queue(&self) -> Option<&Arc<crate::queue::Queue>> {
+        self.queue.as_ref()
     }
 }
 
@@ -347,6 +292,7 @@ pub fn baseline(shared: &Shared) -> Baseline {
         shared
             .current()
             .runtime
+            .live
             .plugins
             .iter()
             .map(|p| p.path.clone()),
@@ -418,19 +364,26 @@ mod tests {
         Config::from_toml(toml).unwrap().validate().unwrap()
     }
 
+    fn restart_needed(old: &Runtime, new: &Runtime) -> Vec<String> {
+        let mut v = old.fixed.changed(&new.fixed);
+        v.sort();
+        v
+    }
+
     #[test]
     fn live_settings_apply_and_the_rest_waits_for_a_restart() {
         let old = rt("");
         let new = rt(
             "[server]\nlisten = [\"127.0.0.1:2626\"]\nhostname = \"mx2.example.test\"\n\
-                      [limits]\nmax_recipients = 7\n[dns]\ntimeout_ms = 100\n",
+                      [limits]\nmax_recipients = 7\n[dns]\ntimeout_ms = 100\n\
+                      [chain]\ncompile_cache = \"/elsewhere\"\n",
         );
-        assert_eq!(restart_needed(&old, &new), vec!["server.listen", "dns"]);
-        let m = merged(&old, new);
-        assert_eq!(m.listen, old.listen, "listeners stay");
-        assert_eq!(m.dns, old.dns, "resolver settings stay");
-        assert_eq!(m.hostname, "mx2.example.test", "hostname applies");
-        assert_eq!(m.limits.max_recipients, 7, "limits apply");
+        assert_eq!(
+            restart_needed(&old, &new),
+            vec!["chain.compile_cache", "dns", "server.listen"]
+        );
+        assert_eq!(new.live.hostname, "mx2.example.test", "hostname is live");
+        assert_eq!(new.live.limits.max_recipients, 7, "limits are live");
         assert!(restart_needed(&old, &rt("")).is_empty());
     }
 
@@ -440,11 +393,7 @@ mod tests {
         let old = rt(&format!("{q}\"a.test\" = {{ host = \"10.0.0.1:25\" }}\n"));
         let new = rt(&format!("{q}\"a.test\" = {{ host = \"10.0.0.2:25\" }}\n"));
         assert!(restart_needed(&old, &new).is_empty());
-        let m = merged(&old, new);
-        let DeliveryMode::Queue(s) = &m.delivery else {
-            panic!("queue mode")
-        };
-        assert_eq!(s.routing.routes["a.test"].addr, "10.0.0.2:25");
+        assert_eq!(new.live.routing.routes["a.test"].addr, "10.0.0.2:25");
         let spool = rt(&format!("{q}[queue]\nspool = \"/elsewhere\"\n")
             .replace("[queue.routes]\n[queue]", "[queue]"));
         assert_eq!(restart_needed(&old, &spool), vec!["delivery / queue"]);

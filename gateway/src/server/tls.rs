@@ -42,9 +42,9 @@ pub enum TlsError {
 /// Builds the acceptor from the runtime config: `None` when TLS is disabled
 /// (no files and `tls.self_signed = false`).
 pub fn acceptor(rt: &Runtime) -> Result<Option<TlsAcceptor>, TlsError> {
-    let (certs, key) = match &rt.tls_files {
+    let (certs, key) = match &rt.fixed.tls_files {
         Some((cert, key)) => (load_certs(cert)?, load_key(key)?),
-        None if rt.tls_self_signed => self_signed(&rt.hostname)?,
+        None if rt.fixed.tls_self_signed => self_signed(&rt.live.hostname)?,
         None => return Ok(None),
     };
     let provider = Arc::new(rustls::crypto::ring::default_provider());

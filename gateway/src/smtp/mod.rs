@@ -17,12 +17,14 @@
 pub mod address;
 pub mod command;
 pub mod envelope;
+pub mod facts;
 pub mod reply;
 pub mod session;
 
-pub use envelope::{BodyType, Envelope, MailParams, Message, TlsInfo, Trace};
+pub use envelope::{BodyType, Envelope, MailParams, Message, MessageText};
+pub use facts::{Helo, Listener, SessionFacts, TlsInfo};
 pub use reply::{Enhanced, Reply};
-pub use session::{ConnInfo, Hook, ReadTimeout, Refused, Resolution, Session, SessionConfig, Step};
+pub use session::{Hook, ReadTimeout, Refused, Resolution, Session, SessionConfig, Step};
 
 #[cfg(test)]
 mod transcript_tests;

@@ -186,9 +186,70 @@ impl fmt::Display for Reply {
     }
 }
 
+impl Reply {
+    /// Reads back the one-line form [`Display`](fmt::Display) writes (`550 5.1.1 text`),
+    /// as the queue keeps replies in its state files. Text without a basic code (older
+    /// state files wrote `4.4.1 text`) takes the code of its enhanced class (250, 451,
+    /// 550); text with neither is kept as a `451 4.0.0`.
+    pub fn parse_line(s: &str) -> Reply {
+        let s = s.trim();
+        let (code, rest) = match s.split_once(' ').unwrap_or((s, "")) {
+            (c, rest)
+                if c.len() == 3 && c.parse::<u16>().is_ok_and(|c| (200..600).contains(&c)) =>
+            {
+                (c.parse::<u16>().ok(), rest)
+            }
+            _ => (None, s),
+        };
+        let (enhanced, text) = match rest.split_once(' ').unwrap_or((rest, "")) {
+            (e, text) if Enhanced::parse(e).is_some() => (Enhanced::parse(e), text),
+            _ => (None, rest),
+        };
+        let code = code.unwrap_or(match enhanced {
+            Some(Enhanced(2, ..)) => 250,
+            Some(Enhanced(5, ..)) => 550,
+            _ => 451,
+        });
+        Reply::sanitized(code, enhanced, &[text]).unwrap_or_else(|| Reply::new(451, "4.0.0", text))
+    }
+}
+
+impl serde::Serialize for Reply {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Reply {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Reply, D::Error> {
+        let s = String::deserialize(d)?;
+        Ok(Reply::parse_line(&s))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn one_line_form_round_trips() {
+        for r in [
+            Reply::new(550, "5.1.1", "no such user"),
+            Reply::new(250, "2.0.0", "Ok: queued as X"),
+            Reply::new(451, "4.4.1", "host: connection refused"),
+        ] {
+            assert_eq!(Reply::parse_line(&r.to_string()), r);
+            let j = serde_json::to_string(&r).unwrap();
+            assert_eq!(serde_json::from_str::<Reply>(&j).unwrap(), r);
+        }
+        let old = Reply::parse_line("4.4.1 mx.test:25: connection refused");
+        assert_eq!((old.code(), old.enhanced()), (451, Some(Enhanced(4, 4, 1))));
+        assert_eq!(old.lines(), ["mx.test:25: connection refused"]);
+        assert_eq!(Reply::parse_line("5.4.7 expired").code(), 550);
+        let junk = Reply::parse_line("garbage\r\n250 ok");
+        assert_eq!(junk.code(), 451);
+        assert!(!junk.to_string().contains('\n'));
+    }
 
     #[test]
     fn wire_form_single_and_multi() {

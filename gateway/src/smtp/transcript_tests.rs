@@ -3,9 +3,10 @@
 
 use std::sync::Arc;
 
-use super::envelope::{Message, TlsInfo};
+use super::envelope::Message;
+use super::facts::{Listener, SessionFacts, TlsInfo};
 use super::reply::Reply;
-use super::session::{ConnInfo, Hook, ReadTimeout, Resolution, Session, SessionConfig, Step};
+use super::session::{Hook, ReadTimeout, Resolution, Session, SessionConfig, Step};
 
 /// A test's hook answer: when the hook matches, resolve with the reply.
 type Rule = (fn(&Hook) -> bool, Reply);
@@ -31,14 +32,15 @@ fn cfg() -> SessionConfig {
     }
 }
 
-fn conn(relay: bool) -> ConnInfo {
-    ConnInfo {
-        session_id: "S1".into(),
-        client: "192.0.2.9:4321".parse().unwrap(),
-        local: "192.0.2.1:25".parse().unwrap(),
-        tls: None,
-        relay_allowed: relay,
-        ptr_name: None,
+fn conn(relay: bool) -> SessionFacts {
+    SessionFacts {
+        trusted: relay,
+        ..SessionFacts::new(
+            "S1".into(),
+            "192.0.2.9:4321".parse().unwrap(),
+            "192.0.2.1:25".parse().unwrap(),
+            Listener::Smtp,
+        )
     }
 }
 
@@ -50,7 +52,7 @@ fn tls_info() -> TlsInfo {
 }
 
 impl T {
-    fn with(cfg: SessionConfig, conn: ConnInfo) -> T {
+    fn with(cfg: SessionConfig, conn: SessionFacts) -> T {
         T {
             s: Session::new(Arc::new(cfg), conn),
             got: Vec::new(),
@@ -454,11 +456,11 @@ fn data_delivers_unstuffed_message() {
     assert!(r.starts_with("250 2.0.0 Ok: queued as S1.1"), "{r}");
     assert_eq!(t.delivered.len(), 1);
     let m = &t.delivered[0];
-    assert_eq!(m.data, b"Subject: x\r\n\r\n.leading dot\r\n..\r\n");
+    assert_eq!(m.text.to_vec(), b"Subject: x\r\n\r\n.leading dot\r\n..\r\n");
     assert_eq!(m.envelope.mail_from, "a@sender.test");
     assert_eq!(m.envelope.rcpt_to, vec!["u@example.test"]);
-    assert_eq!(m.trace.protocol, "ESMTP");
-    assert_eq!(m.trace.helo, "client.test");
+    assert_eq!(m.protocol(), "ESMTP");
+    assert_eq!(m.session.helo_name(), Some("client.test"));
     assert_eq!(t.hooks.last(), Some(&Hook::Data));
     // The lone "." ended the data; what followed was read as commands.
     assert!(r.contains("500 5.5.2"), "{r}");
@@ -473,7 +475,7 @@ fn empty_message() {
     txn(&mut t);
     t.cmd("DATA", "354");
     t.cmd(".", "250 2.0.0");
-    assert_eq!(t.delivered[0].data, b"");
+    assert_eq!(t.delivered[0].text.to_vec(), b"");
 }
 
 #[test]
@@ -621,7 +623,7 @@ fn bdat_chunks() {
     assert_eq!(r, "250 2.0.0 5 octets received\r\n");
     let r = t.send(b"BDAT 8 LAST\r\n world\r\n");
     assert!(r.starts_with("250 2.0.0 Ok: queued as"), "{r}");
-    assert_eq!(t.delivered[0].data, b"hello world\r\n");
+    assert_eq!(t.delivered[0].text.to_vec(), b"hello world\r\n");
 }
 
 #[test]
@@ -630,7 +632,7 @@ fn bdat_crlf_split_across_chunks_and_missing_final_crlf() {
     txn(&mut t);
     assert!(t.send(b"BDAT 2\r\na\r").starts_with("250"));
     assert!(t.send(b"BDAT 2 LAST\r\n\nb").starts_with("250 2.0.0 Ok"));
-    assert_eq!(t.delivered[0].data, b"a\r\nb\r\n");
+    assert_eq!(t.delivered[0].text.to_vec(), b"a\r\nb\r\n");
 }
 
 #[test]
@@ -642,7 +644,7 @@ fn bdat_zero_last_and_byte_at_a_time() {
     }
     let r = t.send(b"BDAT 0 LAST\r\n");
     assert!(r.starts_with("250 2.0.0 Ok"), "{r}");
-    assert_eq!(t.delivered[0].data, b"ab\r\n");
+    assert_eq!(t.delivered[0].text.to_vec(), b"ab\r\n");
 }
 
 #[test]
@@ -802,12 +804,39 @@ fn starttls_discards_pipelined_plaintext_and_resets() {
     txn(&mut t);
     t.cmd("DATA", "354");
     t.send(b"x\r\n.\r\n");
-    assert_eq!(t.delivered[0].trace.protocol, "ESMTPS");
+    assert_eq!(t.delivered[0].protocol(), "ESMTPS");
     assert!(
         t.hooks
             .iter()
             .all(|h| !matches!(h, Hook::MailFrom { address, .. } if address.contains("evil")))
     );
+}
+
+#[test]
+fn helo_after_starttls_is_kept_as_helo() {
+    let mut t = T::ready();
+    t.cmd("STARTTLS", "220 2.0.0");
+    t.s.tls_established(tls_info());
+    t.pump();
+    t.cmd("HELO plain.test", "250 mx.test");
+    assert_eq!(
+        t.s.facts().helo,
+        Some(super::facts::Helo {
+            name: "plain.test".into(),
+            extended: false
+        })
+    );
+    txn(&mut t);
+    t.cmd("DATA", "354");
+    t.send(b"x\r\n.\r\n");
+    let m = &t.delivered[0];
+    assert_eq!(m.protocol(), "SMTPS", "HELO over TLS is not ESMTPS");
+    assert!(!m.session.esmtp());
+    assert!(m.session.tls.is_some());
+    assert!(t.hooks.contains(&Hook::Helo {
+        name: "plain.test".into(),
+        extended: false
+    }));
 }
 
 #[test]

@@ -22,6 +22,27 @@ fn workspace() -> PathBuf {
         .to_path_buf()
 }
 
+/// The workspace's target dir (`CARGO_TARGET_DIR`, else `target/`): everything a test
+/// run builds or caches goes under it, never into the source tree.
+pub fn target_dir() -> PathBuf {
+    std::env::var("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| workspace().join("target"))
+}
+
+/// One target dir for every wasm32-wasip2 build of a test run (fixtures, the quick-start
+/// plugin): the SDK and its dependencies are compiled once.
+pub fn wasm_target_dir() -> PathBuf {
+    target_dir().join("wasm")
+}
+
+/// One compile cache shared by every test gateway (`chain.compile_cache`), so no plugin
+/// is compiled by cranelift twice in a run (entries are keyed by the file's SHA-256 and
+/// written atomically, so concurrent gateways share it safely).
+pub fn compile_cache() -> PathBuf {
+    target_dir().join("test-compile-cache")
+}
+
 /// The mailgate binary: `MAILGATE_BIN`, else the workspace target dir (built once if absent).
 pub fn binary() -> PathBuf {
     static BIN: OnceLock<PathBuf> = OnceLock::new();
@@ -29,10 +50,7 @@ pub fn binary() -> PathBuf {
         if let Ok(p) = std::env::var("MAILGATE_BIN") {
             return PathBuf::from(p);
         }
-        let target = std::env::var("CARGO_TARGET_DIR")
-            .map(PathBuf::from)
-            .unwrap_or_else(|_| workspace().join("target"));
-        let bin = target.join("debug").join("mailgate");
+        let bin = target_dir().join("debug").join("mailgate");
         if !bin.exists() {
             let st = Command::new(env!("CARGO"))
                 .args(["build", "-p", "mailgate", "--bin", "mailgate"])
@@ -178,6 +196,9 @@ impl Gateway {
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(std::fs::File::create(&stderr).unwrap());
+        if !setup.rest.contains("compile_cache") {
+            cmd.env("MAILGATE_CHAIN__COMPILE_CACHE", compile_cache());
+        }
         for (k, v) in &setup.env {
             cmd.env(k, v);
         }
@@ -461,36 +482,44 @@ impl Raw {
     }
 }
 
-/// Builds the fixture plugins (tests/fixtures, wasm32-wasip2) once per test run and
-/// returns the directory holding the `.wasm` files.
+/// `cargo build --release --target wasm32-wasip2` of the crate or workspace at
+/// `manifest`, into [`wasm_target_dir`]; returns the directory holding the `.wasm` files.
+/// Cargo's lock on the target dir serialises concurrent test processes, and a build that
+/// is up to date costs well under a second.
+pub fn build_wasm(manifest: &Path) -> PathBuf {
+    let target = wasm_target_dir();
+    let out = Command::new(env!("CARGO"))
+        .args([
+            "build",
+            "--release",
+            "--target",
+            "wasm32-wasip2",
+            "--manifest-path",
+        ])
+        .arg(manifest)
+        .arg("--target-dir")
+        .arg(&target)
+        .output()
+        .expect("cargo build (wasm32-wasip2)");
+    assert!(
+        out.status.success(),
+        "building {} failed:\n{}",
+        manifest.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    target.join("wasm32-wasip2").join("release")
+}
+
+/// Builds the fixture plugins (tests/fixtures) once per test process and returns the
+/// directory holding the `.wasm` files.
 pub fn fixtures() -> PathBuf {
     static DIR: OnceLock<PathBuf> = OnceLock::new();
     DIR.get_or_init(|| {
-        let manifest = Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("fixtures")
-            .join("Cargo.toml");
-        let target = Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("fixtures")
-            .join("target");
-        let out = Command::new(env!("CARGO"))
-            .args([
-                "build",
-                "--release",
-                "--target",
-                "wasm32-wasip2",
-                "--manifest-path",
-            ])
-            .arg(&manifest)
-            .arg("--target-dir")
-            .arg(&target)
-            .output()
-            .expect("cargo build fixtures");
-        assert!(
-            out.status.success(),
-            "building fixture plugins failed:\n{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        target.join("wasm32-wasip2").join("release")
+        build_wasm(
+            &Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("fixtures")
+                .join("Cargo.toml"),
+        )
     })
     .clone()
 }
@@ -510,10 +539,12 @@ pub fn plugin_toml(name: &str, fixture_name: &str, extra: &str) -> String {
     )
 }
 
-/// Runs the mailgate binary with arguments; returns (success, stdout, stderr).
+/// Runs the mailgate binary with arguments; returns (success, stdout, stderr). Plugins it
+/// loads are compiled into the shared test compile cache, not under the working directory.
 pub fn mailgate(args: &[&str]) -> (bool, String, String) {
     let out = Command::new(binary())
         .args(args)
+        .env("MAILGATE_CHAIN__COMPILE_CACHE", compile_cache())
         .output()
         .expect("run mailgate");
     (

@@ -1,0 +1,208 @@
+//! The plugin chain as an SMTP session drives it. The connection driver hands over each
+//! hook with the session's facts and gets back the session's answer; what plugins decided
+//! for the transaction beyond that (header and recipient edits, discard, quarantine) is
+//! kept here and applied to the message when it is delivered. Nothing of WIT leaves this
+//! module: the driver sees [`Resolution`], [`Message`] and [`Disposition`].
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+
+use super::chain::{Call, Chain};
+use super::convert::{self, Decision};
+use super::edits::{self, HeaderEdit, RecipientEdit};
+use super::message::ParsedMessage;
+use super::registry::Generation;
+use super::wit;
+use crate::smtp::{Envelope, Helo, Hook, Message, Resolution, SessionFacts};
+
+/// What becomes of an accepted message.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Disposition {
+    /// Deliver it.
+    Deliver,
+    /// Answer 250 and drop it (a plugin's `discard`).
+    Discard,
+    /// Answer 250 and keep it in quarantine, for this reason.
+    Quarantine(String),
+}
+
+/// The plugins of one SMTP session.
+#[derive(Debug)]
+pub struct SessionPlugins {
+    chain: Chain,
+    /// Edits for the current transaction, applied at delivery.
+    header_edits: Vec<HeaderEdit>,
+    recipient_edits: Vec<RecipientEdit>,
+    disposition: Disposition,
+}
+
+/// What a stage decision means for the session.
+fn resolution(d: &Decision) -> Resolution {
+    match d {
+        Decision::Reply(r) => Resolution::Reply(r.clone()),
+        Decision::Disconnect(r) => Resolution::Disconnect(r.clone()),
+        Decision::Continue | Decision::Accept | Decision::Discard(_) | Decision::Quarantine(_) => {
+            Resolution::Continue
+        }
+    }
+}
+
+/// Whether a resolution refuses what the client asked for.
+pub fn refuses(r: &Resolution) -> bool {
+    !matches!(r, Resolution::Continue)
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+impl SessionPlugins {
+    /// The plugins of `generation` for session `session_id`; nothing is instantiated yet.
+    pub fn new(generation: Arc<Generation>, session_id: String) -> SessionPlugins {
+        SessionPlugins {
+            chain: Chain::new(generation, session_id),
+            header_edits: Vec::new(),
+            recipient_edits: Vec::new(),
+            disposition: Disposition::Deliver,
+        }
+    }
+
+    /// The session's score so far (its connection and the current transaction).
+    pub fn score(&self) -> f64 {
+        self.chain.score()
+    }
+
+    /// Tags so far.
+    pub fn tags(&self) -> &[String] {
+        self.chain.tags()
+    }
+
+    /// Asks the chain about `hook`. `session` is what is known of the session now,
+    /// `envelope` the transaction so far and `txn_id` its id; `message` is the message
+    /// at `Hook::Data`.
+    pub async fn hook(
+        &mut self,
+        hook: &Hook,
+        session: &SessionFacts,
+        envelope: &Envelope,
+        txn_id: &str,
+        message: Option<&Bytes>,
+    ) -> Resolution {
+        if matches!(hook, Hook::MailFrom { .. }) {
+            // A new transaction: its score, trace and edits start afresh.
+            self.chain.new_transaction();
+            self.header_edits.clear();
+            self.recipient_edits.clear();
+            self.disposition = Disposition::Deliver;
+        }
+        let info = |facts: &SessionFacts, chain: &Chain| {
+            convert::session_info(facts, chain.score(), chain.tags())
+        };
+        match hook {
+            Hook::Connect => {
+                let s = info(session, &self.chain);
+                resolution(&self.chain.run(Call::Connect(&s)).await.decision)
+            }
+            Hook::Helo { name, extended } => {
+                // Plugins see the HELO being given as the session's.
+                let mut facts = session.clone();
+                facts.helo = Some(Helo {
+                    name: name.clone(),
+                    extended: *extended,
+                });
+                let s = info(&facts, &self.chain);
+                let helo = wit::HeloInfo {
+                    name: name.clone(),
+                    extended: *extended,
+                };
+                resolution(&self.chain.run(Call::Helo(&s, &helo)).await.decision)
+            }
+            Hook::MailFrom { address, params } => {
+                let s = info(session, &self.chain);
+                let sender = convert::reverse_path(address);
+                let p = convert::mail_params(params);
+                resolution(
+                    &self
+                        .chain
+                        .run(Call::MailFrom(&s, &sender, &p))
+                        .await
+                        .decision,
+                )
+            }
+            Hook::RcptTo { address } => {
+                let s = info(session, &self.chain);
+                let txn = convert::transaction(txn_id, envelope);
+                let rcpt = wit::Recipient {
+                    address: convert::address(address),
+                    params: vec![],
+                };
+                let out = self.chain.run(Call::RcptTo(&s, &txn, &rcpt)).await;
+                let r = resolution(&out.decision);
+                if !refuses(&r) {
+                    self.recipient_edits.extend(out.recipient_edits);
+                }
+                r
+            }
+            Hook::Data => {
+                let Some(text) = message else {
+                    return Resolution::Continue;
+                };
+                let s = info(session, &self.chain);
+                let msg = Arc::new(ParsedMessage::new(
+                    txn_id.to_string(),
+                    now_ms(),
+                    text.clone(),
+                ));
+                let txn = convert::transaction(txn_id, envelope);
+                let out = self.chain.run(Call::Data(&s, &txn, msg)).await;
+                let r = resolution(&out.decision);
+                if !refuses(&r) {
+                    self.header_edits.extend(out.header_edits);
+                    self.recipient_edits.extend(out.recipient_edits);
+                    self.disposition = match out.decision {
+                        Decision::Discard(_) => Disposition::Discard,
+                        Decision::Quarantine(why) => Disposition::Quarantine(why),
+                        _ => Disposition::Deliver,
+                    };
+                }
+                r
+            }
+        }
+    }
+
+    /// Applies the transaction's edits to `message` and says what becomes of it. Header
+    /// edits (and the decision trace, with `trace_header`) make a new header block; the
+    /// body is not copied. Recipient edits apply unless `recipients_fixed` (proxy mode:
+    /// the upstream already has the recipients; they are logged as not applied).
+    pub fn finish(
+        &mut self,
+        message: &mut Message,
+        trace_header: bool,
+        recipients_fixed: bool,
+    ) -> Disposition {
+        let mut headers = std::mem::take(&mut self.header_edits);
+        if trace_header {
+            headers.push(HeaderEdit::Prepend(
+                "X-Mailgate-Trace".into(),
+                self.chain.trace_text(),
+            ));
+        }
+        if !headers.is_empty() {
+            let (head, body_at) = edits::apply_headers(message.text.received(), &headers);
+            message.text.replace_head(head, body_at);
+        }
+        let rcpt_edits = std::mem::take(&mut self.recipient_edits);
+        if !rcpt_edits.is_empty() {
+            if recipients_fixed {
+                tracing::warn!(msg = %message.id, "recipient edits are not applied in proxy mode");
+            } else {
+                edits::apply_recipients(&mut message.envelope.rcpt_to, &rcpt_edits);
+            }
+        }
+        std::mem::replace(&mut self.disposition, Disposition::Deliver)
+    }
+}
