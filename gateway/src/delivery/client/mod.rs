@@ -25,23 +25,27 @@
 //! (there is no trust anchor configuration yet) but still checks the handshake signatures,
 //! so the session is encrypted and bound to the key in the presented certificate.
 
+mod ehlo;
+mod error;
+mod tls;
+mod wire;
+
 use std::fmt;
-use std::future::Future;
 use std::io;
-use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
-use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
-use rustls::crypto::{CryptoProvider, WebPkiSupportedAlgorithms};
-use rustls::{ClientConfig, DigitallySignedStruct, SignatureScheme};
-use rustls_pki_types::{CertificateDer, ServerName, UnixTime};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
-use tokio_rustls::client::TlsStream;
 
+pub use self::ehlo::Extensions;
+pub use self::error::ClientError;
+use self::tls::server_name_for;
+pub use self::tls::{AcceptAnyServerCert, TlsPolicy, client_tls_config};
+use self::wire::{Conn, Response, parse_reply_line, timed};
 use super::dotstuff::DotStuffer;
-use crate::smtp::{BodyType, Enhanced, MailParams, Reply, TlsInfo};
+use crate::smtp::{BodyType, MailParams, Reply, TlsInfo};
+use rustls_pki_types::ServerName;
 
 /// Longest reply line accepted from a server, CRLF included (RFC 5321 4.5.3.1.5 allows
 /// 512; we are lenient but bounded).
@@ -53,20 +57,6 @@ pub const MAX_REPLY_LINES: usize = 100;
 /// Size of the pieces the message body is written in; each piece has its own
 /// [`Timeouts::data_block`].
 const DATA_CHUNK: usize = 64 * 1024;
-
-/// When to use `STARTTLS` towards the next hop.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
-pub enum TlsPolicy {
-    /// Never; plain SMTP even if `STARTTLS` is offered.
-    None,
-    /// Use `STARTTLS` when offered; continue in plaintext if it is not offered or refused,
-    /// and reconnect without TLS if the handshake fails. No certificate verification.
-    #[default]
-    Opportunistic,
-    /// Use `STARTTLS`; fail if it is not offered, refused, or the handshake fails.
-    /// (Certificates are not verified yet either.)
-    Required,
-}
 
 /// Timeouts for each step of a client conversation, after RFC 5321 4.5.3.2.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -104,215 +94,6 @@ impl Default for Timeouts {
     }
 }
 
-/// The ESMTP extensions a server announced in its `EHLO` reply.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct Extensions {
-    /// The server answered `EHLO` (as opposed to only `HELO`).
-    pub esmtp: bool,
-    /// `PIPELINING` (RFC 2920).
-    pub pipelining: bool,
-    /// `SIZE` (RFC 1870) with its limit; `Some(0)` means no fixed limit.
-    pub size: Option<u64>,
-    /// `8BITMIME` (RFC 6152).
-    pub eight_bit_mime: bool,
-    /// `SMTPUTF8` (RFC 6531).
-    pub smtputf8: bool,
-    /// `STARTTLS` (RFC 3207).
-    pub starttls: bool,
-    /// `CHUNKING` (RFC 3030).
-    pub chunking: bool,
-    /// `ENHANCEDSTATUSCODES` (RFC 2034).
-    pub enhanced_status_codes: bool,
-}
-
-impl Extensions {
-    /// Parses the lines of a `250` EHLO reply after the first (which is the greeting
-    /// line). Unknown keywords are ignored; a malformed `SIZE` value means no limit.
-    pub fn parse<S: AsRef<str>>(lines: &[S]) -> Extensions {
-        let mut ext = Extensions {
-            esmtp: true,
-            ..Extensions::default()
-        };
-        for line in lines {
-            let mut words = line.as_ref().split_ascii_whitespace();
-            let Some(keyword) = words.next() else {
-                continue;
-            };
-            match keyword.to_ascii_uppercase().as_str() {
-                "PIPELINING" => ext.pipelining = true,
-                "SIZE" => {
-                    ext.size = Some(words.next().and_then(|n| n.parse().ok()).unwrap_or(0));
-                }
-                "8BITMIME" => ext.eight_bit_mime = true,
-                "SMTPUTF8" => ext.smtputf8 = true,
-                "STARTTLS" => ext.starttls = true,
-                "CHUNKING" => ext.chunking = true,
-                "ENHANCEDSTATUSCODES" => ext.enhanced_status_codes = true,
-                _ => {}
-            }
-        }
-        ext
-    }
-}
-
-/// What went wrong talking to the next hop.
-#[derive(Debug, thiserror::Error)]
-pub enum ClientError {
-    /// The name could not be resolved or no address accepted the connection.
-    #[error("cannot connect to {addr}: {source}")]
-    Connect {
-        /// The `host:port` we tried.
-        addr: String,
-        /// The underlying error.
-        #[source]
-        source: io::Error,
-    },
-    /// A step took longer than its timeout; the string says which.
-    #[error("timeout {0}")]
-    Timeout(&'static str),
-    /// Reading or writing failed.
-    #[error("connection error: {0}")]
-    Io(#[from] io::Error),
-    /// The server closed the connection.
-    #[error("connection closed by server")]
-    Closed,
-    /// The server sent something that is not valid SMTP.
-    #[error("protocol error: {0}")]
-    Protocol(&'static str),
-    /// The server refused a step of connection setup (greeting, `EHLO`/`HELO`).
-    #[error("{stage} rejected: {reply}")]
-    Rejected {
-        /// `greeting`, `EHLO` or `HELO`.
-        stage: &'static str,
-        /// The server's reply.
-        reply: Reply,
-    },
-    /// TLS is required but the server does not offer `STARTTLS`.
-    #[error("TLS required but STARTTLS not offered")]
-    TlsNotOffered,
-    /// The server answered `STARTTLS` with something other than `220`.
-    #[error("STARTTLS refused: {0}")]
-    StartTlsRefused(Reply),
-    /// The TLS handshake failed.
-    #[error("TLS handshake failed: {0}")]
-    Tls(#[source] io::Error),
-    /// The message needs `SMTPUTF8` and the server does not offer it.
-    #[error("server does not support SMTPUTF8")]
-    Smtputf8NotSupported,
-    /// An argument (address, HELO name) contains characters that cannot be sent.
-    #[error("invalid {0}: contains control characters")]
-    InvalidArgument(&'static str),
-    /// The connection broke earlier (or was closed) and cannot be used any more.
-    #[error("connection no longer usable")]
-    Broken,
-}
-
-impl ClientError {
-    /// `true` if the connection cannot be used after this error (I/O, timeout, protocol,
-    /// TLS failure). Errors that were detected before anything was sent
-    /// ([`ClientError::InvalidArgument`], [`ClientError::Smtputf8NotSupported`],
-    /// [`ClientError::TlsNotOffered`]) and refusals that leave the session intact
-    /// ([`ClientError::StartTlsRefused`]) are not fatal.
-    pub fn is_fatal(&self) -> bool {
-        !matches!(
-            self,
-            ClientError::InvalidArgument(_)
-                | ClientError::Smtputf8NotSupported
-                | ClientError::TlsNotOffered
-                | ClientError::StartTlsRefused(_)
-        )
-    }
-
-    /// A short reason for a reply to our own client: like the `Display` form but without
-    /// the next hop's address.
-    pub fn reason(&self) -> String {
-        match self {
-            ClientError::Connect { source, .. } => format!("cannot connect: {source}"),
-            other => other.to_string(),
-        }
-    }
-}
-
-/// A reply as read from the wire, before it becomes a [`Reply`].
-#[derive(Debug, Clone, PartialEq, Eq)]
-struct Response {
-    code: u16,
-    /// Text of each line after `NNN-`/`NNN `, as received (lossy UTF-8).
-    lines: Vec<String>,
-}
-
-impl Response {
-    /// The sanitized [`Reply`]: enhanced code taken from the first line (when its class
-    /// matches the basic code) and stripped from every line that carries it.
-    fn to_reply(&self) -> Reply {
-        let class = (self.code / 100) as u8;
-        let enhanced = self
-            .lines
-            .first()
-            .and_then(|l| l.split(' ').next())
-            .and_then(Enhanced::parse)
-            .filter(|e| e.0 == class);
-        let lines: Vec<&str> = self
-            .lines
-            .iter()
-            .map(|l| match enhanced {
-                Some(_) => {
-                    let (first, rest) = l.split_once(' ').unwrap_or((l.as_str(), ""));
-                    if Enhanced::parse(first).is_some() {
-                        rest
-                    } else {
-                        l.as_str()
-                    }
-                }
-                None => l.as_str(),
-            })
-            .collect();
-        // The code was range-checked when the reply was parsed, so this cannot fail; keep
-        // a fallback anyway rather than a panic.
-        Reply::sanitized(self.code, enhanced, &lines)
-            .unwrap_or_else(|| Reply::new(451, "4.4.0", "invalid reply"))
-    }
-}
-
-/// The stream under an [`SmtpClient`]: plain, upgraded to TLS, or gone.
-enum Conn<S> {
-    Plain(S),
-    Tls(Box<TlsStream<S>>),
-    Broken,
-}
-
-impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
-    async fn write_all(&mut self, data: &[u8]) -> io::Result<()> {
-        match self {
-            Conn::Plain(s) => {
-                s.write_all(data).await?;
-                s.flush().await
-            }
-            Conn::Tls(s) => {
-                s.write_all(data).await?;
-                s.flush().await
-            }
-            Conn::Broken => Err(io::ErrorKind::NotConnected.into()),
-        }
-    }
-
-    async fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        match self {
-            Conn::Plain(s) => s.read(buf).await,
-            Conn::Tls(s) => s.read(buf).await,
-            Conn::Broken => Err(io::ErrorKind::NotConnected.into()),
-        }
-    }
-
-    async fn shutdown(&mut self) -> io::Result<()> {
-        match self {
-            Conn::Plain(s) => s.shutdown().await,
-            Conn::Tls(s) => s.shutdown().await,
-            Conn::Broken => Ok(()),
-        }
-    }
-}
-
 /// An SMTP client connection; see the module docs.
 pub struct SmtpClient<S = TcpStream> {
     conn: Conn<S>,
@@ -338,17 +119,6 @@ impl<S> fmt::Debug for SmtpClient<S> {
     }
 }
 
-/// Runs `fut` with timeout `t`; an elapsed timeout becomes [`ClientError::Timeout`].
-async fn timed<T>(
-    t: Duration,
-    what: &'static str,
-    fut: impl Future<Output = Result<T, ClientError>>,
-) -> Result<T, ClientError> {
-    tokio::time::timeout(t, fut)
-        .await
-        .unwrap_or(Err(ClientError::Timeout(what)))
-}
-
 /// Opens a TCP connection to `addr` (`host:port`, `[v6]:port`) within `timeout`.
 pub async fn connect_tcp(addr: &str, timeout: Duration) -> Result<TcpStream, ClientError> {
     let fut = async {
@@ -363,20 +133,6 @@ pub async fn connect_tcp(addr: &str, timeout: Duration) -> Result<TcpStream, Cli
     // Commands are written whole; don't let Nagle delay them.
     let _ = stream.set_nodelay(true);
     Ok(stream)
-}
-
-/// The host part of `host:port` / `[v6]:port` as a TLS server name (for SNI), falling back
-/// to the connected peer's address when the host is not a valid name.
-fn server_name_for(addr: &str, peer: Option<std::net::IpAddr>) -> ServerName<'static> {
-    let host = addr.rsplit_once(':').map_or(addr, |(h, _)| h);
-    let host = host.trim_start_matches('[').trim_end_matches(']');
-    match ServerName::try_from(host.to_string()) {
-        Ok(name) => name,
-        Err(_) => ServerName::IpAddress(
-            peer.unwrap_or(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST))
-                .into(),
-        ),
-    }
 }
 
 impl SmtpClient<TcpStream> {
@@ -886,27 +642,6 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> SmtpClient<S> {
     }
 }
 
-/// Splits a reply line into code, "is last line" and text.
-fn parse_reply_line(line: &[u8]) -> Result<(u16, bool, String), ClientError> {
-    let bad = || ClientError::Protocol("malformed reply line");
-    if line.len() < 3 || !line[..3].iter().all(u8::is_ascii_digit) {
-        return Err(bad());
-    }
-    let code = line[..3]
-        .iter()
-        .fold(0u16, |acc, d| acc * 10 + u16::from(d - b'0'));
-    if !(200..=599).contains(&code) {
-        return Err(ClientError::Protocol("reply code out of range"));
-    }
-    let (last, text) = match line.get(3) {
-        None => (true, &[][..]),
-        Some(b' ') => (true, &line[4..]),
-        Some(b'-') => (false, &line[4..]),
-        Some(_) => return Err(bad()),
-    };
-    Ok((code, last, String::from_utf8_lossy(text).into_owned()))
-}
-
 /// Refuses addresses that would break the command line.
 fn check_address(addr: &str, what: &'static str) -> Result<(), ClientError> {
     if addr.chars().any(char::is_control) {
@@ -915,81 +650,14 @@ fn check_address(addr: &str, what: &'static str) -> Result<(), ClientError> {
     Ok(())
 }
 
-/// A rustls certificate verifier for opportunistic TLS: accepts any server certificate
-/// (chain, name and validity are not checked) but verifies the handshake signatures with
-/// the crypto provider's algorithms, so the peer must hold the certificate's private key.
-#[derive(Debug)]
-pub struct AcceptAnyServerCert {
-    algorithms: WebPkiSupportedAlgorithms,
-}
-
-impl AcceptAnyServerCert {
-    /// A verifier using `provider`'s signature verification algorithms.
-    pub fn new(provider: &CryptoProvider) -> AcceptAnyServerCert {
-        AcceptAnyServerCert {
-            algorithms: provider.signature_verification_algorithms,
-        }
-    }
-}
-
-impl ServerCertVerifier for AcceptAnyServerCert {
-    fn verify_server_cert(
-        &self,
-        _end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp_response: &[u8],
-        _now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        Ok(ServerCertVerified::assertion())
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.algorithms)
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.algorithms)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.algorithms.supported_schemes()
-    }
-}
-
-/// The rustls client configuration for relaying: ring provider, TLS 1.2 and 1.3,
-/// [`AcceptAnyServerCert`], no client certificate. Built once per process and shared (so
-/// sessions can be resumed).
-pub fn client_tls_config() -> Result<Arc<ClientConfig>, rustls::Error> {
-    static CONFIG: OnceLock<Arc<ClientConfig>> = OnceLock::new();
-    if let Some(config) = CONFIG.get() {
-        return Ok(config.clone());
-    }
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let verifier = Arc::new(AcceptAnyServerCert::new(&provider));
-    let config = ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()?
-        .dangerous()
-        .with_custom_certificate_verifier(verifier)
-        .with_no_client_auth();
-    Ok(CONFIG.get_or_init(|| Arc::new(config)).clone())
-}
-
 #[cfg(test)]
 mod tests {
+    use std::sync::Arc;
+
     use super::*;
     use crate::delivery::testutil::{FakeServer, Step, self_signed_server_config};
-    use tokio::io::duplex;
+    use crate::smtp::Enhanced;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt, duplex};
 
     fn fast() -> Timeouts {
         let s = Duration::from_secs(5);
