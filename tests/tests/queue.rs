@@ -329,11 +329,13 @@ fn queue_commands_hold_release_delete_and_offline() {
 }
 
 /// `kill -9` the gateway again and again while a client sends messages; every message
-/// that got a 250 must reach the upstream at least once.
+/// that got a 250 must reach the upstream at least once. Size: 600 messages and 3 kills
+/// by default, 2000 and 6 with `MAILGATE_SOAK=full` (or `MAILGATE_SOAK_MESSAGES`,
+/// `MAILGATE_SOAK_KILLS`).
 #[test]
 fn kill_dash_nine_loses_nothing() {
-    const COUNT: usize = 2000;
-    const KILLS: usize = 6;
+    let count = support::soak("MESSAGES", 600, 2000);
+    let kills_wanted = support::soak("KILLS", 3, 6);
     let dir = tempfile::tempdir().unwrap();
     let mut up = Upstream::start(&[]);
     let port = free_port();
@@ -345,7 +347,7 @@ fn kill_dash_nine_loses_nothing() {
         .args([
             HOST,
             &port.to_string(),
-            &COUNT.to_string(),
+            &count.to_string(),
             "--to",
             "flood@example.test",
         ])
@@ -362,7 +364,7 @@ fn kill_dash_nine_loses_nothing() {
         if let Some(n) = line.strip_prefix("accepted ") {
             accepted.push(n.parse::<usize>().unwrap());
             // Kill at spread-out points of the run, mid-stream.
-            if kills < KILLS && accepted.len() == (kills + 1) * COUNT / (KILLS + 1) {
+            if kills < kills_wanted && accepted.len() == (kills + 1) * count / (kills_wanted + 1) {
                 gw.kill9();
                 kills += 1;
                 gw = setup().start();
@@ -378,10 +380,10 @@ fn kill_dash_nine_loses_nothing() {
         client.wait().unwrap().success() && finished,
         "client finished"
     );
-    assert_eq!(kills, KILLS);
-    assert_eq!(accepted.len(), COUNT);
+    assert_eq!(kills, kills_wanted);
+    assert_eq!(accepted.len(), count);
     assert!(
-        up.wait_stored(COUNT, Duration::from_secs(300)),
+        up.wait_stored(count, Duration::from_secs(300)),
         "all accepted mail delivered"
     );
     let mut seen: BTreeMap<usize, usize> = BTreeMap::new();
@@ -409,12 +411,12 @@ fn kill_dash_nine_loses_nothing() {
     // entry was not removed yet: delivered again after the restart (at-least-once). At
     // most the messages in flight at each kill can be duplicated.
     eprintln!(
-        "kill -9 x{KILLS}: {COUNT} accepted, {} distinct delivered, {duplicates} duplicate(s)",
+        "kill -9 x{kills}: {count} accepted, {} distinct delivered, {duplicates} duplicate(s)",
         seen.len()
     );
     assert!(
-        duplicates <= KILLS * 20,
-        "{duplicates} duplicates for {KILLS} kills"
+        duplicates <= kills * 20,
+        "{duplicates} duplicates for {kills} kills"
     );
     drop(gw);
 }

@@ -43,6 +43,22 @@ pub fn compile_cache() -> PathBuf {
     target_dir().join("test-compile-cache")
 }
 
+/// A soak-test size: `MAILGATE_SOAK_<NAME>` if set, else `full` when `MAILGATE_SOAK=full`
+/// (the documented full run, docs/testing.md), else the smaller default every test run
+/// uses.
+pub fn soak(name: &str, default: usize, full: usize) -> usize {
+    if let Some(n) = std::env::var(format!("MAILGATE_SOAK_{name}"))
+        .ok()
+        .and_then(|v| v.parse().ok())
+    {
+        return n;
+    }
+    match std::env::var("MAILGATE_SOAK").as_deref() {
+        Ok("full") => full,
+        _ => default,
+    }
+}
+
 /// The mailgate binary: `MAILGATE_BIN`, else the workspace target dir (built once if absent).
 pub fn binary() -> PathBuf {
     static BIN: OnceLock<PathBuf> = OnceLock::new();
