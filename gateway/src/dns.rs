@@ -1,5 +1,5 @@
 //! DNS resolution for the whole gateway (hickory-resolver): plugin lookups through the
-//! `dns` capability, the client's reverse name at connect, and (later) MX routing.
+//! `dns` capability, the client's reverse name at connect, and the queue's MX routing.
 //!
 //! One [`Resolver`] per process. Answers are cached by hickory-resolver, honouring
 //! record TTLs (positive and negative), up to `dns.cache_size` entries. Every lookup is

@@ -3,9 +3,10 @@
 //!
 //! [`SmtpClient`] speaks to one server over any byte stream (`TcpStream` in production,
 //! anything `AsyncRead + AsyncWrite` in tests) and can upgrade that stream to TLS with
-//! `STARTTLS`. It sends one command at a time, each with a single write (no pipelining),
-//! and reads one reply per command, within the per-command timeouts of RFC 5321 4.5.3.2
-//! ([`Timeouts`]).
+//! `STARTTLS`. Commands go out one at a time, each with a single write, except the
+//! envelope: when the server offers PIPELINING, [`SmtpClient::envelope`] sends MAIL and
+//! every RCPT in one write (RFC 2920) and then reads their replies in order. Every reply
+//! is read within the per-command timeouts of RFC 5321 4.5.3.2 ([`Timeouts`]).
 //!
 //! Robustness against the server:
 //! - reply lines are bounded ([`MAX_REPLY_LINE`]) and so is the number of lines in one
