@@ -255,3 +255,276 @@ pub async fn request(path: &Path, line: &str) -> Result<Option<Value>, AdminErro
         .map(Some)
         .map_err(|_| AdminError::BadAnswer(text.chars().take(200).collect()))
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use super::*;
+    use crate::queue::entry::Entry;
+
+    /// Bound on waiting for a served request or the server's end.
+    const LIMIT: Duration = Duration::from_secs(10);
+
+    /// A gateway without a queue that counts its reloads.
+    #[derive(Debug, Default)]
+    struct Fake {
+        reloads: AtomicUsize,
+    }
+
+    impl Gateway for Fake {
+        fn status(&self) -> Value {
+            json!({"ok": true, "version": "test-1", "generation": 7})
+        }
+
+        fn reload(&self) -> Pin<Box<dyn Future<Output = Value> + Send + '_>> {
+            Box::pin(async move {
+                let n = self.reloads.fetch_add(1, Ordering::SeqCst) + 1;
+                json!({"ok": true, "reloads": n})
+            })
+        }
+
+        fn queue(&self) -> Option<&Arc<Queue>> {
+            None
+        }
+    }
+
+    fn error_of(v: &Value) -> String {
+        assert_eq!(v["ok"], json!(false), "{v}");
+        v["error"].as_str().expect("an error text").to_string()
+    }
+
+    /// A spool in a temp dir holding one entry, `Q1.1`, with a header and a body.
+    fn spool_with_entry() -> (tempfile::TempDir, Spool) {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = Spool::open(dir.path().join("spool")).unwrap();
+        let text: &[u8] = b"Subject: queued\r\n\r\nthe body\r\n";
+        let entry = Entry::new(
+            "Q1.1".into(),
+            "a@b.test",
+            &Default::default(),
+            &["x@example.test".into()],
+            text.len() as u64,
+        );
+        spool.store(&entry, &[text]).unwrap();
+        (dir, spool)
+    }
+
+    #[tokio::test]
+    async fn an_unknown_command_is_an_error_naming_it() {
+        let g = Fake::default();
+        for line in ["frobnicate", "", "status now", "queue"] {
+            let v = handle(&g, line).await;
+            let e = error_of(&v);
+            if line == "queue" {
+                assert!(e.contains("queue mode"), "{line:?}: {e}");
+            } else {
+                assert!(e.contains("unknown command"), "{line:?}: {e}");
+                assert!(e.contains(&format!("{line:?}")), "{line:?}: {e}");
+            }
+        }
+        assert_eq!(g.reloads.load(Ordering::SeqCst), 0);
+    }
+
+    #[tokio::test]
+    async fn queue_commands_without_a_queue_say_the_gateway_is_not_in_queue_mode() {
+        let g = Fake::default();
+        for line in [
+            "queue list",
+            "queue flush",
+            "queue delete Q1.1",
+            "queue bogus",
+        ] {
+            let e = error_of(&handle(&g, line).await);
+            assert!(e.contains("does not run in queue mode"), "{line:?}: {e}");
+        }
+    }
+
+    #[tokio::test]
+    async fn status_and_reload_answer_what_the_gateway_returns() {
+        let g = Fake::default();
+        assert_eq!(handle(&g, "status").await, g.status());
+        assert_eq!(
+            handle(&g, "  status\t").await,
+            g.status(),
+            "whitespace ignored"
+        );
+        assert_eq!(
+            handle(&g, "reload").await,
+            json!({"ok": true, "reloads": 1})
+        );
+        assert_eq!(
+            handle(&g, "reload").await,
+            json!({"ok": true, "reloads": 2})
+        );
+        assert_eq!(g.reloads.load(Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test]
+    async fn offline_list_and_show_read_the_spool() {
+        let (_dir, spool) = spool_with_entry();
+        let v = offline(spool.root(), "queue list").await;
+        assert_eq!(v["ok"], json!(true), "{v}");
+        let entries = v["entries"].as_array().unwrap();
+        assert_eq!(entries.len(), 1, "{v}");
+        assert_eq!(entries[0]["id"], json!("Q1.1"));
+        assert_eq!(entries[0]["sender"], json!("a@b.test"));
+
+        let v = offline(spool.root(), "queue show Q1.1").await;
+        assert_eq!(v["ok"], json!(true), "{v}");
+        assert_eq!(v["entry"]["id"], json!("Q1.1"));
+        assert_eq!(
+            v["headers"],
+            json!("Subject: queued\r\n"),
+            "the header block only"
+        );
+        let e = error_of(&offline(spool.root(), "queue show Q9.9").await);
+        assert!(!e.is_empty());
+    }
+
+    #[tokio::test]
+    async fn offline_hold_and_release_set_and_clear_held() {
+        let (_dir, spool) = spool_with_entry();
+        assert!(!spool.load("Q1.1").unwrap().held);
+        let v = offline(spool.root(), "queue hold Q1.1").await;
+        assert_eq!(v, json!({"ok": true, "offline": true}));
+        assert!(spool.load("Q1.1").unwrap().held);
+        let v = offline(spool.root(), "queue release Q1.1").await;
+        assert_eq!(v, json!({"ok": true, "offline": true}));
+        assert!(!spool.load("Q1.1").unwrap().held);
+        error_of(&offline(spool.root(), "queue hold Q9.9").await);
+        error_of(&offline(spool.root(), "queue hold ../escape").await);
+    }
+
+    #[tokio::test]
+    async fn offline_delete_removes_the_entry_and_a_second_delete_is_not_found() {
+        let (_dir, spool) = spool_with_entry();
+        let v = offline(spool.root(), "queue delete Q1.1").await;
+        assert_eq!(v, json!({"ok": true, "offline": true}));
+        assert!(spool.ids().unwrap().is_empty());
+        assert!(spool.load("Q1.1").is_err());
+        assert!(spool.message("Q1.1").is_err());
+        let e = error_of(&offline(spool.root(), "queue delete Q1.1").await);
+        assert!(e.contains("no queue entry Q1.1"), "{e}");
+    }
+
+    #[tokio::test]
+    async fn offline_flush_retry_and_other_commands_say_the_gateway_is_not_running() {
+        let (_dir, spool) = spool_with_entry();
+        for line in ["queue flush", "queue retry Q1.1", "status", "reload"] {
+            let e = error_of(&offline(spool.root(), line).await);
+            assert!(e.contains("not running"), "{line:?}: {e}");
+        }
+        assert!(
+            !spool.load("Q1.1").unwrap().held,
+            "nothing changed the entry"
+        );
+        assert_eq!(spool.ids().unwrap(), vec!["Q1.1".to_string()]);
+    }
+
+    #[tokio::test]
+    async fn offline_on_a_path_that_cannot_be_a_spool_is_an_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("file");
+        std::fs::write(&file, b"x").unwrap();
+        error_of(&offline(&file, "queue list").await);
+    }
+
+    #[tokio::test]
+    async fn bind_creates_the_socket_with_mode_0600_in_a_new_directory() {
+        use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("run").join("admin.sock");
+        let _listener = bind(&path).unwrap();
+        let meta = std::fs::metadata(&path).unwrap();
+        assert!(meta.file_type().is_socket());
+        assert_eq!(meta.permissions().mode() & 0o777, 0o600);
+    }
+
+    #[tokio::test]
+    async fn bind_replaces_a_stale_socket_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("admin.sock");
+        drop(std::os::unix::net::UnixListener::bind(&path).unwrap());
+        assert!(path.exists(), "the stale file is left behind");
+        let listener = bind(&path).unwrap();
+        let (accepted, connected) = tokio::join!(
+            timeout_ok(listener.accept()),
+            timeout_ok(UnixStream::connect(&path))
+        );
+        accepted.unwrap();
+        connected.unwrap();
+    }
+
+    #[tokio::test]
+    async fn bind_does_not_steal_a_socket_someone_answers_on() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("admin.sock");
+        let _live = bind(&path).unwrap();
+        let second = bind(&path);
+        assert!(
+            matches!(&second, Err(AdminError::Io { path: p, .. }) if *p == path),
+            "{second:?}"
+        );
+        assert!(path.exists(), "the live socket file stays");
+    }
+
+    async fn timeout_ok<T>(f: impl Future<Output = T>) -> T {
+        tokio::time::timeout(LIMIT, f).await.expect("in time")
+    }
+
+    #[tokio::test]
+    async fn request_answers_none_when_nothing_listens() {
+        let dir = tempfile::tempdir().unwrap();
+        let missing = dir.path().join("missing.sock");
+        assert!(request(&missing, "status").await.unwrap().is_none());
+        let stale = dir.path().join("stale.sock");
+        drop(std::os::unix::net::UnixListener::bind(&stale).unwrap());
+        assert!(request(&stale, "status").await.unwrap().is_none());
+    }
+
+    #[tokio::test]
+    async fn request_reports_an_answer_that_is_not_json() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("admin.sock");
+        let listener = bind(&path).unwrap();
+        let server = async {
+            let (mut s, _) = listener.accept().await.unwrap();
+            let mut line = String::new();
+            BufReader::new(&mut s).read_line(&mut line).await.unwrap();
+            s.write_all(b"not json\n").await.unwrap();
+            line
+        };
+        let (asked, answer) =
+            tokio::join!(timeout_ok(server), timeout_ok(request(&path, "status")));
+        assert_eq!(asked, "status\n");
+        assert!(
+            matches!(&answer, Err(AdminError::BadAnswer(t)) if t.contains("not json")),
+            "{answer:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn serve_answers_requests_and_removes_the_socket_at_shutdown() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("admin.sock");
+        let fake = Arc::new(Fake::default());
+        let gateway: Arc<dyn Gateway> = Arc::clone(&fake) as _;
+        let (stop, stopped) = watch::channel(false);
+        let listener = bind(&path).unwrap();
+        let server = tokio::spawn(serve(listener, path.clone(), gateway, stopped));
+
+        let status = timeout_ok(request(&path, "status")).await.unwrap();
+        assert_eq!(status, Some(fake.status()));
+        let reload = timeout_ok(request(&path, "reload")).await.unwrap();
+        assert_eq!(reload, Some(json!({"ok": true, "reloads": 1})));
+        assert_eq!(fake.reloads.load(Ordering::SeqCst), 1);
+        let unknown = timeout_ok(request(&path, "bogus")).await.unwrap().unwrap();
+        assert!(error_of(&unknown).contains("unknown command"));
+
+        stop.send(true).unwrap();
+        timeout_ok(server).await.unwrap();
+        assert!(!path.exists(), "socket file removed");
+        assert!(request(&path, "status").await.unwrap().is_none());
+    }
+}

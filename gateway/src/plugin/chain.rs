@@ -558,3 +558,455 @@ fn classify(e: &wasmtime::Error, st: &State) -> Failure {
     }
     Failure::Trap(format!("{e:#}").chars().take(400).collect())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::PluginSpec;
+    use crate::plugin::registry::Services;
+    use crate::smtp::{Listener, SessionFacts};
+
+    /// Services whose resolver never sends a query anywhere reachable.
+    fn services() -> Arc<Services> {
+        Services::new(Arc::new(crate::dns::Resolver::new(crate::dns::Settings {
+            servers: vec!["127.0.0.1:9".parse().unwrap()],
+            ..Default::default()
+        })))
+    }
+
+    fn state() -> State {
+        let spec = PluginSpec {
+            name: "p".into(),
+            path: "/nonexistent/p.wasm".into(),
+            sha256: None,
+            on_error: OnError::Tempfail,
+            capabilities: vec![],
+            deadline: Duration::from_millis(100),
+            memory: 16 << 20,
+            config: vec![],
+        };
+        State::new(Arc::new(spec), services(), "S".into())
+    }
+
+    fn no_marks() -> wit::Marks {
+        wit::Marks {
+            score: vec![],
+            tags: vec![],
+            reason: None,
+        }
+    }
+
+    fn wit_reply(code: u16, text: &str) -> wit::Reply {
+        wit::Reply {
+            code,
+            enhanced: None,
+            lines: vec![text.into()],
+        }
+    }
+
+    fn addr(local: &str, domain: &str) -> wit::Address {
+        wit::Address {
+            local_part: local.into(),
+            domain: domain.into(),
+        }
+    }
+
+    /// The rule a returned value broke; panics if it was valid.
+    fn invalid(r: Returned) -> String {
+        match validate(r) {
+            Ok(v) => panic!("accepted: {}", describe(&v.decision)),
+            Err(e) => e.0,
+        }
+    }
+
+    fn valid(r: Returned) -> Valid {
+        match validate(r) {
+            Ok(v) => v,
+            Err(e) => panic!("refused: {e}"),
+        }
+    }
+
+    fn session_info() -> wit::SessionInfo {
+        convert::session_info(
+            &SessionFacts::new(
+                "S".into(),
+                "192.0.2.1:4000".parse().unwrap(),
+                "127.0.0.1:25".parse().unwrap(),
+                Listener::Smtp,
+            ),
+            0.0,
+            &[],
+        )
+    }
+
+    #[test]
+    fn a_data_header_edit_with_cr_lf_is_invalid() {
+        let e = invalid(Returned::Data(DataOutcome {
+            verdict: wit::DataVerdict::Continue,
+            marks: no_marks(),
+            header_edits: vec![wit::HeaderEdit::Append(wit::Header {
+                name: "X-Spam".into(),
+                value: "yes\r\nBcc: victim@example.test".into(),
+            })],
+            recipient_edits: vec![],
+        }));
+        assert!(e.contains("control characters"), "{e}");
+    }
+
+    #[test]
+    fn a_valid_data_outcome_comes_back_typed() {
+        let v = valid(Returned::Data(DataOutcome {
+            verdict: wit::DataVerdict::Quarantine("looks odd".into()),
+            marks: no_marks(),
+            header_edits: vec![
+                wit::HeaderEdit::Prepend(wit::Header {
+                    name: "X-Spam-Flag".into(),
+                    value: "YES".into(),
+                }),
+                wit::HeaderEdit::Remove(wit::HeaderRef {
+                    name: "X-Old".into(),
+                    occurrence: Some(1),
+                }),
+            ],
+            recipient_edits: vec![wit::RecipientEdit::Remove(addr("u", "example.test"))],
+        }));
+        assert_eq!(v.decision, Decision::Quarantine("looks odd".into()));
+        assert_eq!(
+            v.header_edits,
+            vec![
+                HeaderEdit::Prepend("X-Spam-Flag".into(), "YES".into()),
+                HeaderEdit::Remove(crate::plugin::edits::HeaderRef {
+                    name: "X-Old".into(),
+                    occurrence: Some(1),
+                }),
+            ]
+        );
+        assert_eq!(
+            v.recipient_edits,
+            vec![RecipientEdit::Remove("u@example.test".into())]
+        );
+        assert!(v.routes.is_empty());
+    }
+
+    #[test]
+    fn a_valid_rcpt_outcome_returns_typed_recipient_edits() {
+        let v = valid(Returned::Rcpt(RcptOutcome {
+            verdict: wit::Verdict::Accept,
+            marks: no_marks(),
+            recipient_edits: vec![
+                wit::RecipientEdit::Add(addr("archive", "example.test")),
+                wit::RecipientEdit::Rewrite(wit::AddressRewrite {
+                    original: addr("old", "example.test"),
+                    replacement: addr("new", "example.test"),
+                }),
+            ],
+        }));
+        assert_eq!(v.decision, Decision::Accept);
+        assert_eq!(
+            v.recipient_edits,
+            vec![
+                RecipientEdit::Add("archive@example.test".into()),
+                RecipientEdit::Rewrite("old@example.test".into(), "new@example.test".into()),
+            ]
+        );
+        assert!(v.header_edits.is_empty(), "RCPT carries no header edits");
+    }
+
+    #[test]
+    fn a_bad_recipient_edit_at_rcpt_is_invalid() {
+        let e = invalid(Returned::Rcpt(RcptOutcome {
+            verdict: wit::Verdict::Continue,
+            marks: no_marks(),
+            recipient_edits: vec![wit::RecipientEdit::Add(addr("a%b", "example.test"))],
+        }));
+        assert!(e.contains("bad recipient address"), "{e}");
+    }
+
+    #[test]
+    fn marks_points_are_summed_and_tags_and_reason_kept() {
+        let v = valid(Returned::Outcome(Outcome {
+            verdict: wit::Verdict::Continue,
+            marks: wit::Marks {
+                score: vec![
+                    wit::ScoreEntry {
+                        rule: "DNSBL_A".into(),
+                        points: 1.5,
+                    },
+                    wit::ScoreEntry {
+                        rule: "SPF_FAIL".into(),
+                        points: 2.25,
+                    },
+                    wit::ScoreEntry {
+                        rule: "WHITELIST".into(),
+                        points: -0.75,
+                    },
+                ],
+                tags: vec!["listed".into(), "spf:fail".into()],
+                reason: Some("two hits".into()),
+            },
+        }));
+        assert_eq!(v.points, 3.0);
+        assert_eq!(v.tags, vec!["listed".to_string(), "spf:fail".to_string()]);
+        assert_eq!(v.reason.as_deref(), Some("two hits"));
+        assert_eq!(v.decision, Decision::Continue);
+    }
+
+    #[test]
+    fn invalid_marks_make_a_valid_verdict_invalid() {
+        let e = invalid(Returned::Outcome(Outcome {
+            verdict: wit::Verdict::Accept,
+            marks: wit::Marks {
+                score: vec![wit::ScoreEntry {
+                    rule: "R".into(),
+                    points: f64::INFINITY,
+                }],
+                tags: vec![],
+                reason: None,
+            },
+        }));
+        assert!(e.contains("finite"), "{e}");
+        let e = invalid(Returned::Outcome(Outcome {
+            verdict: wit::Verdict::Continue,
+            marks: wit::Marks {
+                score: vec![],
+                tags: vec![],
+                reason: Some("line\nbreak".into()),
+            },
+        }));
+        assert!(e.contains("control characters"), "{e}");
+    }
+
+    #[test]
+    fn a_reject_or_tempfail_with_the_wrong_code_class_is_invalid() {
+        for verdict in [
+            wit::Verdict::Reject(wit_reply(250, "fine")),
+            wit::Verdict::Reject(wit_reply(451, "later")),
+            wit::Verdict::Tempfail(wit_reply(550, "never")),
+            wit::Verdict::Disconnect(wit_reply(451, "bye")),
+        ] {
+            let e = invalid(Returned::Outcome(Outcome {
+                verdict,
+                marks: no_marks(),
+            }));
+            assert!(e.contains("not allowed"), "{e}");
+        }
+        let e = invalid(Returned::Data(DataOutcome {
+            verdict: wit::DataVerdict::Reject(wit_reply(250, "fine")),
+            marks: no_marks(),
+            header_edits: vec![],
+            recipient_edits: vec![],
+        }));
+        assert!(e.contains("reject reply code 250"), "{e}");
+    }
+
+    #[test]
+    fn a_reject_with_a_5xx_code_is_a_reply_decision() {
+        let v = valid(Returned::Outcome(Outcome {
+            verdict: wit::Verdict::Reject(wit_reply(554, "go away")),
+            marks: no_marks(),
+        }));
+        match v.decision {
+            Decision::Reply(r) => assert_eq!(r.to_bytes(), b"554 5.0.0 go away\r\n"),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_deliver_outcome_returns_routes_and_no_score() {
+        let v = valid(Returned::Deliver(DeliverOutcome {
+            routes: vec![
+                wit::RecipientRoute {
+                    recipient: addr("a", "example.test"),
+                    route: wit::Route::Local,
+                },
+                wit::RecipientRoute {
+                    recipient: addr("b", "example.test"),
+                    route: wit::Route::Discard,
+                },
+            ],
+            reason: Some("split".into()),
+        }));
+        assert_eq!(v.decision, Decision::Continue);
+        assert_eq!(v.points, 0.0);
+        assert_eq!(
+            v.routes,
+            vec![
+                (
+                    "a@example.test".to_string(),
+                    Route::To(crate::delivery::Destination::Local)
+                ),
+                ("b@example.test".to_string(), Route::Discard),
+            ]
+        );
+        assert_eq!(v.reason.as_deref(), Some("split"));
+        let e = invalid(Returned::Deliver(DeliverOutcome {
+            routes: vec![
+                wit::RecipientRoute {
+                    recipient: addr("a", "example.test"),
+                    route: wit::Route::Local,
+                },
+                wit::RecipientRoute {
+                    recipient: addr("A", "example.test"),
+                    route: wit::Route::Mx,
+                },
+            ],
+            reason: None,
+        }));
+        assert!(e.contains("routed twice"), "{e}");
+    }
+
+    #[test]
+    fn describe_names_each_decision_with_its_code() {
+        let r = |code, enh| Reply::new(code, enh, "x");
+        assert_eq!(describe(&Decision::Continue), "continue");
+        assert_eq!(describe(&Decision::Accept), "accept");
+        assert_eq!(describe(&Decision::Reply(r(451, "4.7.1"))), "tempfail 451");
+        assert_eq!(describe(&Decision::Reply(r(550, "5.7.1"))), "reject 550");
+        assert_eq!(
+            describe(&Decision::Disconnect(r(421, "4.3.2"))),
+            "disconnect 421"
+        );
+        assert_eq!(describe(&Decision::Discard(Some("x".into()))), "discard");
+        assert_eq!(describe(&Decision::Quarantine("x".into())), "quarantine");
+    }
+
+    #[test]
+    fn classify_maps_interrupt_to_deadline_and_stack_overflow_to_stack() {
+        let st = state();
+        let interrupt = wasmtime::Error::from(wasmtime::Trap::Interrupt);
+        assert_eq!(classify(&interrupt, &st), Failure::Deadline);
+        let overflow = wasmtime::Error::from(wasmtime::Trap::StackOverflow);
+        assert_eq!(classify(&overflow, &st), Failure::Stack);
+    }
+
+    #[test]
+    fn classify_finds_the_trap_under_added_context() {
+        // wasmtime attaches the wasm backtrace as context on the trap it returns.
+        let st = state();
+        let e = wasmtime::Error::from(wasmtime::Trap::Interrupt).context("wasm backtrace: ...");
+        assert_eq!(classify(&e, &st), Failure::Deadline);
+        let e = wasmtime::Error::from(wasmtime::Trap::StackOverflow).context("in on-data");
+        assert_eq!(classify(&e, &st), Failure::Stack);
+    }
+
+    #[test]
+    fn classify_reports_memory_when_the_limiter_refused_whatever_the_trap() {
+        let mut st = state();
+        st.limiter.hit = true;
+        for e in [
+            wasmtime::Error::from(wasmtime::Trap::Interrupt),
+            wasmtime::Error::from(wasmtime::Trap::UnreachableCodeReached),
+            wasmtime::Error::msg("allocation failed"),
+        ] {
+            assert_eq!(classify(&e, &st), Failure::Memory, "{e}");
+        }
+    }
+
+    #[test]
+    fn classify_reports_other_errors_as_traps_with_a_bounded_message() {
+        let st = state();
+        assert_eq!(
+            classify(&wasmtime::Error::msg("x"), &st),
+            Failure::Trap("x".into())
+        );
+        let unreachable = wasmtime::Error::from(wasmtime::Trap::UnreachableCodeReached);
+        assert_eq!(
+            classify(&unreachable, &st),
+            Failure::Trap(wasmtime::Trap::UnreachableCodeReached.to_string())
+        );
+        match classify(&wasmtime::Error::msg("y".repeat(1000)), &st) {
+            Failure::Trap(m) => assert_eq!(m.chars().count(), 400),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn failures_display_their_cause() {
+        assert_eq!(Failure::Deadline.to_string(), "deadline exceeded");
+        assert_eq!(Failure::Memory.to_string(), "memory cap reached");
+        assert_eq!(Failure::Stack.to_string(), "stack overflow");
+        assert_eq!(Failure::Trap("boom".into()).to_string(), "trap: boom");
+        assert_eq!(Failure::Init("bad".into()).to_string(), "init failed: bad");
+        assert_eq!(
+            Failure::Invalid("x".into()).to_string(),
+            "invalid plugin output: x"
+        );
+        assert_eq!(Failure::Capacity.to_string(), "no free instance slot");
+    }
+
+    #[test]
+    fn every_stage_has_its_own_flag_and_name() {
+        let all = [
+            Stage::Connect,
+            Stage::Helo,
+            Stage::MailFrom,
+            Stage::RcptTo,
+            Stage::Data,
+            Stage::Deliver,
+        ];
+        let mut union = HookSet::empty();
+        for (i, a) in all.iter().enumerate() {
+            assert!(!union.contains(a.flag()), "{a:?} shares a flag");
+            union |= a.flag();
+            for b in &all[i + 1..] {
+                assert_ne!(a.name(), b.name());
+            }
+        }
+        assert_eq!(union, HookSet::all());
+        assert_eq!(Stage::MailFrom.name(), "mail");
+        assert_eq!(Stage::RcptTo.flag(), HookSet::RCPT_TO);
+    }
+
+    fn empty_chain() -> Chain {
+        let generation = Arc::new(Generation {
+            engine: crate::plugin::engine::build(32 << 20).unwrap(),
+            plugins: vec![],
+            services: services(),
+        });
+        Chain::new(generation, "S".into())
+    }
+
+    #[tokio::test]
+    async fn an_empty_chain_continues_with_no_edits_score_or_trace() {
+        let mut chain = empty_chain();
+        let info = session_info();
+        let out = chain.run(Call::Connect(&info)).await;
+        assert_eq!(out.decision, Decision::Continue);
+        assert!(out.header_edits.is_empty());
+        assert!(out.recipient_edits.is_empty());
+        assert!(out.routes.is_empty());
+        assert_eq!(chain.score(), 0.0);
+        assert!(chain.tags().is_empty());
+        assert_eq!(chain.trace_text(), "");
+        assert_eq!(chain.live_instances(), 0);
+    }
+
+    #[test]
+    fn a_new_transaction_keeps_the_session_score_and_clears_the_trace() {
+        let mut chain = empty_chain();
+        chain.session_score = 1.5;
+        chain.txn_score = 2.0;
+        let entry = |plugin: &str, stage, outcome: &str, micros| TraceEntry {
+            plugin: plugin.into(),
+            stage,
+            outcome: outcome.into(),
+            reason: None,
+            micros,
+        };
+        chain
+            .trace
+            .push(entry("dnsbl", Stage::Connect, "continue", 12));
+        chain
+            .trace
+            .push(entry("spam", Stage::Data, "reject 550", 3400));
+        assert_eq!(chain.score(), 3.5);
+        assert_eq!(
+            chain.trace_text(),
+            "dnsbl/connect=continue (12us); spam/data=reject 550 (3400us)"
+        );
+        chain.new_transaction();
+        assert_eq!(chain.score(), 1.5);
+        assert!(chain.trace.is_empty());
+        assert_eq!(chain.trace_text(), "");
+    }
+}

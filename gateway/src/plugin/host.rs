@@ -393,3 +393,465 @@ impl message::HostMessage for State {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::{Arc, Mutex};
+    use std::time::Duration;
+
+    use super::*;
+    use crate::config::{OnError, PluginSpec};
+    use crate::plugin::message::ParsedMessage;
+    use crate::plugin::registry::Services;
+
+    /// Services whose resolver sends any query to a dead loopback port, with `budget`
+    /// lookups per plugin and session.
+    fn services(budget: u32) -> Arc<Services> {
+        Services::new(Arc::new(crate::dns::Resolver::new(crate::dns::Settings {
+            servers: vec!["127.0.0.1:9".parse().unwrap()],
+            timeout: Duration::from_millis(300),
+            plugin_budget: budget,
+            ..Default::default()
+        })))
+    }
+
+    fn state_with(name: &str, caps: &[Capability], services: Arc<Services>) -> State {
+        let spec = PluginSpec {
+            name: name.into(),
+            path: "/nonexistent/p.wasm".into(),
+            sha256: None,
+            on_error: OnError::Tempfail,
+            capabilities: caps.to_vec(),
+            deadline: Duration::from_millis(100),
+            memory: 16 << 20,
+            config: vec![],
+        };
+        State::new(Arc::new(spec), services, "S1".into())
+    }
+
+    fn state(caps: &[Capability]) -> State {
+        state_with("p", caps, services(50))
+    }
+
+    /// Every capability but `cap`.
+    fn all_but(cap: Capability) -> Vec<Capability> {
+        Capability::ALL.into_iter().filter(|c| *c != cap).collect()
+    }
+
+    /// Log output written while a [`Capture`] guard is alive, on this thread.
+    #[derive(Clone, Debug, Default)]
+    struct Capture(Arc<Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Capture {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    impl Capture {
+        /// Captures events up to `level` on this thread until the guard drops.
+        fn start(level: tracing::Level) -> (Capture, tracing::subscriber::DefaultGuard) {
+            let c = Capture::default();
+            let writer = c.clone();
+            let subscriber = tracing_subscriber::fmt()
+                .with_writer(move || writer.clone())
+                .with_max_level(level)
+                .with_ansi(false)
+                .finish();
+            (c, tracing::subscriber::set_default(subscriber))
+        }
+
+        fn text(&self) -> String {
+            String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
+        }
+
+        fn count(&self, needle: &str) -> usize {
+            self.text().lines().filter(|l| l.contains(needle)).count()
+        }
+    }
+
+    #[tokio::test]
+    async fn kv_without_the_grant_is_denied_and_stores_nothing() {
+        let services = services(50);
+        let mut st = state_with("p", &all_but(Capability::Kv), Arc::clone(&services));
+        fn denied<T>(r: Result<T, kv::KvError>) -> bool {
+            matches!(r, Err(kv::KvError::Denied))
+        }
+        assert!(denied(
+            kv::Host::set(&mut st, "k".into(), b"v".to_vec(), None)
+                .await
+                .unwrap()
+        ));
+        assert!(denied(
+            kv::Host::set_if_absent(&mut st, "k".into(), b"v".to_vec(), None)
+                .await
+                .unwrap()
+        ));
+        assert!(denied(kv::Host::get(&mut st, "k".into()).await.unwrap()));
+        assert!(denied(
+            kv::Host::increment(&mut st, "n".into(), 1, None)
+                .await
+                .unwrap()
+        ));
+        assert!(denied(kv::Host::delete(&mut st, "k".into()).await.unwrap()));
+        assert_eq!(services.kv.get("p", "k").unwrap(), None);
+        assert_eq!(services.kv.get("p", "n").unwrap(), None);
+    }
+
+    #[tokio::test]
+    async fn kv_set_get_increment_delete_round_trip_when_granted() {
+        let mut st = state(&[Capability::Kv]);
+        kv::Host::set(&mut st, "k".into(), b"v1".to_vec(), None)
+            .await
+            .unwrap()
+            .unwrap();
+        let got = kv::Host::get(&mut st, "k".into()).await.unwrap().unwrap();
+        assert_eq!(got, Some(b"v1".to_vec()));
+        let set = kv::Host::set_if_absent(&mut st, "k".into(), b"v2".to_vec(), None)
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(!set, "present: not replaced");
+        assert_eq!(
+            kv::Host::increment(&mut st, "n".into(), 5, Some(60))
+                .await
+                .unwrap()
+                .unwrap(),
+            5
+        );
+        assert_eq!(
+            kv::Host::increment(&mut st, "n".into(), -2, None)
+                .await
+                .unwrap()
+                .unwrap(),
+            3
+        );
+        assert!(matches!(
+            kv::Host::increment(&mut st, "k".into(), 1, None)
+                .await
+                .unwrap(),
+            Err(kv::KvError::NotACounter)
+        ));
+        assert!(
+            kv::Host::delete(&mut st, "k".into())
+                .await
+                .unwrap()
+                .unwrap()
+        );
+        assert!(
+            !kv::Host::delete(&mut st, "k".into())
+                .await
+                .unwrap()
+                .unwrap()
+        );
+        assert_eq!(
+            kv::Host::get(&mut st, "k".into()).await.unwrap().unwrap(),
+            None
+        );
+        assert!(matches!(
+            kv::Host::get(&mut st, String::new()).await.unwrap(),
+            Err(kv::KvError::InvalidKey)
+        ));
+    }
+
+    #[tokio::test]
+    async fn kv_keys_are_namespaced_by_plugin_name() {
+        let services = services(50);
+        let mut a = state_with("a", &[Capability::Kv], Arc::clone(&services));
+        let mut b = state_with("b", &[Capability::Kv], Arc::clone(&services));
+        kv::Host::set(&mut a, "shared".into(), b"from a".to_vec(), None)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            kv::Host::get(&mut b, "shared".into())
+                .await
+                .unwrap()
+                .unwrap(),
+            None
+        );
+        let first = kv::Host::set_if_absent(&mut b, "shared".into(), b"from b".to_vec(), None)
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(first, "b's key is its own");
+        assert_eq!(
+            kv::Host::get(&mut a, "shared".into())
+                .await
+                .unwrap()
+                .unwrap(),
+            Some(b"from a".to_vec())
+        );
+    }
+
+    #[tokio::test]
+    async fn clock_without_the_grant_is_denied() {
+        let mut st = state(&all_but(Capability::Clock));
+        assert!(matches!(
+            clock::Host::now(&mut st).await.unwrap(),
+            Err(clock::ClockError::Denied)
+        ));
+        assert!(matches!(
+            clock::Host::monotonic_now(&mut st).await.unwrap(),
+            Err(clock::ClockError::Denied)
+        ));
+    }
+
+    #[tokio::test]
+    async fn clock_now_when_granted_is_the_wall_clock() {
+        let mut st = state(&[Capability::Clock]);
+        let before = crate::queue::entry::now_ms();
+        let now = clock::Host::now(&mut st).await.unwrap().unwrap();
+        let after = crate::queue::entry::now_ms();
+        assert!(
+            now + 5_000 >= before && now <= after + 5_000,
+            "{before} <= {now} <= {after} (within 5 s)"
+        );
+        let m1 = clock::Host::monotonic_now(&mut st).await.unwrap().unwrap();
+        let m2 = clock::Host::monotonic_now(&mut st).await.unwrap().unwrap();
+        assert!(m2 >= m1, "{m1} then {m2}");
+    }
+
+    #[tokio::test]
+    async fn dns_without_the_grant_is_denied_and_uses_no_budget() {
+        let mut st = state(&all_but(Capability::Dns));
+        fn denied<T>(r: Result<T, dns::DnsError>) -> bool {
+            matches!(r, Err(dns::DnsError::Denied))
+        }
+        assert!(denied(
+            dns::Host::lookup_txt(&mut st, "example.test".into())
+                .await
+                .unwrap()
+        ));
+        assert!(denied(
+            dns::Host::lookup_a(&mut st, "example.test".into())
+                .await
+                .unwrap()
+        ));
+        assert!(denied(
+            dns::Host::lookup_aaaa(&mut st, "example.test".into())
+                .await
+                .unwrap()
+        ));
+        assert!(denied(
+            dns::Host::lookup_mx(&mut st, "example.test".into())
+                .await
+                .unwrap()
+        ));
+        assert!(denied(
+            dns::Host::lookup_ptr(&mut st, types::IpAddress::Ipv4((192, 0, 2, 1)))
+                .await
+                .unwrap()
+        ));
+        assert_eq!(st.dns_queries, 0);
+    }
+
+    #[tokio::test]
+    async fn dns_budget_refuses_the_lookup_after_the_last_one_allowed() {
+        let mut st = state_with("p", &[Capability::Dns], services(2));
+        // Names the resolver refuses before sending anything still count.
+        assert!(matches!(
+            dns::Host::lookup_txt(&mut st, "bad name".into())
+                .await
+                .unwrap(),
+            Err(dns::DnsError::InvalidName)
+        ));
+        assert!(matches!(
+            dns::Host::lookup_a(&mut st, "bad name".into())
+                .await
+                .unwrap(),
+            Err(dns::DnsError::InvalidName)
+        ));
+        assert_eq!(st.dns_queries, 2);
+        // A valid name now: a query sent to the dead server would time out instead.
+        assert!(matches!(
+            dns::Host::lookup_mx(&mut st, "example.test".into())
+                .await
+                .unwrap(),
+            Err(dns::DnsError::BudgetExceeded)
+        ));
+        assert!(matches!(st.dns_admit(), Err(dns::DnsError::BudgetExceeded)));
+        assert_eq!(st.dns_queries, 2, "refused lookups are not counted");
+    }
+
+    #[tokio::test]
+    async fn dns_admit_counts_each_admitted_lookup_up_to_the_budget() {
+        let mut st = state_with("p", &[Capability::Dns], services(3));
+        for n in 1..=3 {
+            assert!(st.dns_admit().is_ok(), "lookup {n}");
+            assert_eq!(st.dns_queries, n);
+        }
+        assert!(matches!(st.dns_admit(), Err(dns::DnsError::BudgetExceeded)));
+        let mut fresh = state_with("p", &[], services(3));
+        assert!(matches!(fresh.dns_admit(), Err(dns::DnsError::Denied)));
+    }
+
+    #[tokio::test]
+    async fn auth_results_are_denied_without_the_grant_and_unavailable_with_it() {
+        let mut st = state(&all_but(Capability::AuthResults));
+        assert!(matches!(
+            auth_results::Host::spf(&mut st).await.unwrap(),
+            Err(auth_results::AuthError::Denied)
+        ));
+        assert!(matches!(
+            auth_results::Host::dmarc(&mut st).await.unwrap(),
+            Err(auth_results::AuthError::Denied)
+        ));
+        let mut st = state(&[Capability::AuthResults]);
+        assert!(matches!(
+            auth_results::Host::spf(&mut st).await.unwrap(),
+            Err(auth_results::AuthError::Unavailable)
+        ));
+        assert!(matches!(
+            auth_results::Host::header_value(&mut st).await.unwrap(),
+            Err(auth_results::AuthError::Unavailable)
+        ));
+    }
+
+    #[tokio::test]
+    async fn log_without_the_grant_writes_nothing() {
+        let (captured, _guard) = Capture::start(tracing::Level::TRACE);
+        let mut st = state(&all_but(Capability::Log));
+        assert!(
+            !log::Host::enabled(&mut st, log::Level::Error)
+                .await
+                .unwrap()
+        );
+        log::Host::log(&mut st, log::Level::Error, "ungranted-line".into(), vec![])
+            .await
+            .unwrap();
+        assert_eq!(captured.count("ungranted-line"), 0);
+        assert_eq!(st.log_lines, 0);
+    }
+
+    #[tokio::test]
+    async fn log_enabled_follows_the_subscriber_level_when_granted() {
+        let (_captured, _guard) = Capture::start(tracing::Level::INFO);
+        let mut st = state(&[Capability::Log]);
+        assert!(log::Host::enabled(&mut st, log::Level::Warn).await.unwrap());
+        assert!(log::Host::enabled(&mut st, log::Level::Info).await.unwrap());
+        assert!(
+            !log::Host::enabled(&mut st, log::Level::Debug)
+                .await
+                .unwrap()
+        );
+    }
+
+    #[tokio::test]
+    async fn log_lines_over_the_per_instance_budget_are_dropped() {
+        let (captured, _guard) = Capture::start(tracing::Level::TRACE);
+        let mut st = state(&[Capability::Log]);
+        let extra = 5;
+        for _ in 0..MAX_LOG_LINES + extra {
+            log::Host::log(&mut st, log::Level::Info, "budget-line".into(), vec![])
+                .await
+                .unwrap();
+        }
+        assert_eq!(st.log_lines, MAX_LOG_LINES);
+        assert_eq!(captured.count("budget-line"), MAX_LOG_LINES as usize);
+    }
+
+    #[tokio::test]
+    async fn log_strips_control_characters_and_caps_fields() {
+        let (captured, _guard) = Capture::start(tracing::Level::TRACE);
+        let mut st = state(&[Capability::Log]);
+        let fields = (0..20)
+            .map(|i| (format!("f{i:02}"), format!("v{i}")))
+            .collect();
+        log::Host::log(
+            &mut st,
+            log::Level::Warn,
+            "evil\r\nFAKE log line".into(),
+            fields,
+        )
+        .await
+        .unwrap();
+        let text = captured.text();
+        assert_eq!(captured.count("FAKE log line"), 1, "{text}");
+        assert!(text.contains("evil  FAKE log line"), "{text}");
+        assert!(text.contains("plugin=\"p\""), "{text}");
+        assert!(text.contains("session=\"S1\""), "{text}");
+        assert!(text.contains("f15="), "{text}");
+        assert!(!text.contains("f16="), "at most 16 fields: {text}");
+    }
+
+    #[tokio::test]
+    async fn metrics_are_recorded_only_when_granted_and_well_formed() {
+        let (captured, _guard) = Capture::start(tracing::Level::DEBUG);
+        let mut st = state(&all_but(Capability::Metrics));
+        metrics::Host::counter_add(&mut st, "ungranted".into(), vec![], 1)
+            .await
+            .unwrap();
+        assert_eq!(captured.count("plugin metric"), 0);
+
+        let mut st = state(&[Capability::Metrics]);
+        metrics::Host::counter_add(&mut st, "hits_ok".into(), vec![], 1)
+            .await
+            .unwrap();
+        metrics::Host::gauge_set(&mut st, "bad name!".into(), vec![], 1.0)
+            .await
+            .unwrap();
+        let labels = (0..9).map(|i| (format!("l{i}"), "v".into())).collect();
+        metrics::Host::histogram_observe(&mut st, "too_many_labels".into(), labels, 0.5)
+            .await
+            .unwrap();
+        let text = captured.text();
+        assert_eq!(captured.count("plugin metric"), 1, "{text}");
+        assert!(text.contains("hits_ok"), "{text}");
+    }
+
+    #[tokio::test]
+    async fn a_lent_message_is_read_through_its_resource_and_a_deleted_one_traps() {
+        let mut st = state(&[]);
+        let raw = bytes::Bytes::from_static(b"Subject: hello\r\nX-A: 1\r\n\r\nthe body\r\n");
+        let parsed = ParsedMessage::new("S1.1".into(), 42, raw.clone());
+        let own = st.table().push(MessageHandle(Arc::new(parsed))).unwrap();
+        let lent = || Resource::<MessageHandle>::new_borrow(own.rep());
+        assert_eq!(
+            message::HostMessage::id(&mut st, lent()).await.unwrap(),
+            "S1.1"
+        );
+        assert_eq!(
+            message::HostMessage::received_at(&mut st, lent())
+                .await
+                .unwrap(),
+            42
+        );
+        assert_eq!(
+            message::HostMessage::size(&mut st, lent()).await.unwrap(),
+            raw.len() as u64
+        );
+        assert_eq!(
+            message::HostMessage::header(&mut st, lent(), "subject".into())
+                .await
+                .unwrap(),
+            vec!["hello".to_string()]
+        );
+        assert_eq!(
+            message::HostMessage::read_body(&mut st, lent(), 4, 100)
+                .await
+                .unwrap(),
+            b"body\r\n"
+        );
+        assert_eq!(
+            message::HostMessage::read_raw(&mut st, lent(), 0, 7)
+                .await
+                .unwrap(),
+            b"Subject"
+        );
+        assert!(
+            message::HostMessage::read_part(&mut st, lent(), 99, 0, 10)
+                .await
+                .unwrap()
+                .is_empty()
+        );
+        let rep = own.rep();
+        st.table().delete(own).unwrap();
+        let gone = Resource::<MessageHandle>::new_borrow(rep);
+        assert!(message::HostMessage::id(&mut st, gone).await.is_err());
+    }
+}

@@ -357,3 +357,396 @@ fn log_message(
 fn new_session_id() -> String {
     format!("{:012X}", rand::random::<u64>() & 0xFFFF_FFFF_FFFF)
 }
+
+#[cfg(test)]
+mod tests {
+    use std::path::{Path, PathBuf};
+
+    use tokio::io::{AsyncBufReadExt, BufReader, DuplexStream, duplex};
+
+    use super::*;
+    use crate::server::outbound::Backend;
+
+    /// Bound on any one read the test client makes (never reached when the code works).
+    const READ_LIMIT: Duration = Duration::from_secs(30);
+    /// The timeouts and delays under test. tokio's `test-util` (paused time) is not
+    /// enabled for this crate, so these run on the real clock; kept short.
+    const SHORT: Duration = Duration::from_millis(50);
+    /// Most lines one reply may have before the client gives up.
+    const MAX_REPLY_LINES: usize = 64;
+
+    /// A driver context, a session and the shutdown switch, over a Maildir in a temp dir.
+    struct Rig {
+        ctx: Ctx,
+        session: Session,
+        /// Kept alive: a dropped sender reads as a shutdown.
+        stop: watch::Sender<bool>,
+        dir: tempfile::TempDir,
+    }
+
+    /// The default settings, validated.
+    fn runtime() -> crate::config::Runtime {
+        crate::config::Config::from_toml("")
+            .unwrap()
+            .validate()
+            .unwrap()
+    }
+
+    fn rig(rt: crate::config::Runtime, starttls: bool) -> Rig {
+        let rt = Arc::new(rt);
+        let cur = Arc::new(Current {
+            session: Arc::new(crate::server::session_config(&rt, starttls)),
+            runtime: rt,
+            plugins: None,
+            generation: 1,
+            since: 0,
+        });
+        let dir = tempfile::tempdir().unwrap();
+        let backend = Backend::Maildir(Arc::new(crate::delivery::Maildir::new(dir.path())));
+        let (stop, shutdown) = watch::channel(false);
+        let ctx = Ctx {
+            cur: Arc::clone(&cur),
+            outbound: Outbound::new(&backend, "mx.test"),
+            shutdown,
+            shutdown_seen: false,
+            greeted: false,
+            txn_started: None,
+            messages: 0,
+            plugins: None,
+        };
+        let session = Session::new(
+            Arc::clone(&cur.session),
+            SessionFacts::new(
+                "T1".into(),
+                "192.0.2.1:4000".parse().unwrap(),
+                "127.0.0.1:25".parse().unwrap(),
+                Listener::Smtp,
+            ),
+        );
+        Rig {
+            ctx,
+            session,
+            stop,
+            dir,
+        }
+    }
+
+    /// The server end for `drive` and the client end, buffered for line reads.
+    fn pipe() -> (DuplexStream, BufReader<DuplexStream>) {
+        let (server, client) = duplex(64 * 1024);
+        (server, BufReader::new(client))
+    }
+
+    /// Reads one whole reply (all its lines); empty at end of stream.
+    async fn reply(c: &mut BufReader<DuplexStream>) -> String {
+        let mut out = String::new();
+        for _ in 0..MAX_REPLY_LINES {
+            let mut line = String::new();
+            let n = timeout(READ_LIMIT, c.read_line(&mut line))
+                .await
+                .expect("the server answers in time")
+                .expect("read");
+            out.push_str(&line);
+            if n == 0 || line.as_bytes().get(3) != Some(&b'-') {
+                return out;
+            }
+        }
+        panic!("reply longer than {MAX_REPLY_LINES} lines: {out}");
+    }
+
+    async fn send(c: &mut BufReader<DuplexStream>, text: &str) {
+        c.get_mut().write_all(text.as_bytes()).await.unwrap();
+    }
+
+    /// Sends one command line and returns the reply.
+    async fn cmd(c: &mut BufReader<DuplexStream>, line: &str) -> String {
+        send(c, &format!("{line}\r\n")).await;
+        reply(c).await
+    }
+
+    /// Everything the server still sends until it closes its end.
+    async fn rest(c: &mut BufReader<DuplexStream>) -> String {
+        let mut out = String::new();
+        timeout(READ_LIMIT, c.read_to_string(&mut out))
+            .await
+            .expect("the server end is closed")
+            .expect("read");
+        out
+    }
+
+    fn files_in(dir: &Path) -> Vec<PathBuf> {
+        match std::fs::read_dir(dir) {
+            Ok(entries) => entries.map(|e| e.unwrap().path()).collect(),
+            Err(_) => Vec::new(),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_whole_transaction_is_delivered_to_the_maildir_and_the_drive_closes() {
+        let mut r = rig(runtime(), false);
+        let (mut server, mut c) = pipe();
+        let client = async {
+            let greeting = reply(&mut c).await;
+            assert!(greeting.starts_with("220 mx.example.test "), "{greeting}");
+            let ehlo = cmd(&mut c, "EHLO client.test").await;
+            assert!(
+                ehlo.starts_with("250-mx.example.test Hello client.test\r\n"),
+                "{ehlo}"
+            );
+            assert!(!ehlo.contains("STARTTLS"), "no TLS configured: {ehlo}");
+            let mail = cmd(&mut c, "MAIL FROM:<alice@sender.test>").await;
+            assert!(mail.starts_with("250 2.1.0"), "{mail}");
+            let rcpt = cmd(&mut c, "RCPT TO:<bob@example.test>").await;
+            assert!(rcpt.starts_with("250 2.1.5"), "{rcpt}");
+            let data = cmd(&mut c, "DATA").await;
+            assert!(data.starts_with("354 "), "{data}");
+            send(&mut c, "Subject: hi\r\n\r\nHello body line\r\n.\r\n").await;
+            assert_eq!(reply(&mut c).await, "250 2.0.0 Ok: queued as T1.1\r\n");
+            let quit = cmd(&mut c, "QUIT").await;
+            assert!(quit.starts_with("221 2.0.0"), "{quit}");
+        };
+        let (flow, ()) = tokio::join!(drive(&mut server, &mut r.session, &mut r.ctx), client);
+        assert!(matches!(flow.unwrap(), Flow::Closed));
+        assert_eq!(r.ctx.messages, 1);
+        drop(server);
+        assert_eq!(rest(&mut c).await, "", "nothing after 221");
+
+        let new = r.dir.path().join("example.test").join("bob").join("new");
+        let files = files_in(&new);
+        assert_eq!(files.len(), 1, "{files:?}");
+        let text = std::fs::read_to_string(&files[0]).unwrap();
+        assert!(
+            text.starts_with("Return-Path: <alice@sender.test>\r\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("Delivered-To: <bob@example.test>\r\n"),
+            "{text}"
+        );
+        assert!(text.contains("Received: from client.test"), "{text}");
+        assert!(text.contains("by mx.test (mailgate)"), "{text}");
+        assert!(
+            text.ends_with("Subject: hi\r\n\r\nHello body line\r\n"),
+            "{text}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_silent_client_gets_421_after_the_command_timeout() {
+        let mut rt = runtime();
+        rt.live.command_timeout = SHORT;
+        let mut r = rig(rt, false);
+        let (mut server, mut c) = pipe();
+        // Before the drive starts, so before the server's timer does.
+        let started = Instant::now();
+        let client = async {
+            assert!(reply(&mut c).await.starts_with("220 "));
+            let r = reply(&mut c).await;
+            assert!(r.starts_with("421 4.4.2 "), "{r}");
+            started.elapsed()
+        };
+        let (flow, waited) = tokio::join!(drive(&mut server, &mut r.session, &mut r.ctx), client);
+        assert!(matches!(flow.unwrap(), Flow::Closed));
+        assert!(waited >= SHORT, "not before the timeout: {waited:?}");
+    }
+
+    #[tokio::test]
+    async fn a_client_silent_during_data_gets_421_after_the_data_timeout() {
+        let mut rt = runtime();
+        rt.live.command_timeout = Duration::from_secs(10);
+        rt.live.data_timeout = SHORT;
+        let mut r = rig(rt, false);
+        let (mut server, mut c) = pipe();
+        let client = async {
+            assert!(reply(&mut c).await.starts_with("220 "));
+            assert!(cmd(&mut c, "HELO client.test").await.starts_with("250 "));
+            assert!(
+                cmd(&mut c, "MAIL FROM:<a@b.test>")
+                    .await
+                    .starts_with("250 ")
+            );
+            assert!(
+                cmd(&mut c, "RCPT TO:<u@example.test>")
+                    .await
+                    .starts_with("250 ")
+            );
+            assert!(cmd(&mut c, "DATA").await.starts_with("354 "));
+            // The server restarts its data timer when this line arrives, after `started`.
+            let started = Instant::now();
+            send(&mut c, "Subject: half a message\r\n").await;
+            let r = reply(&mut c).await;
+            assert!(r.starts_with("421 4.4.2 "), "{r}");
+            started.elapsed()
+        };
+        let (flow, waited) = tokio::join!(drive(&mut server, &mut r.session, &mut r.ctx), client);
+        assert!(matches!(flow.unwrap(), Flow::Closed));
+        assert!(waited >= SHORT, "not before the data timeout: {waited:?}");
+        assert!(
+            waited < Duration::from_secs(10),
+            "the data timeout applies, not the command timeout: {waited:?}"
+        );
+        assert!(
+            files_in(&r.dir.path().join("example.test").join("u").join("new")).is_empty(),
+            "nothing delivered"
+        );
+    }
+
+    #[tokio::test]
+    async fn shutdown_while_waiting_for_a_command_answers_421_and_ends_the_drive() {
+        let mut r = rig(runtime(), false);
+        let (mut server, mut c) = pipe();
+        let stop = &r.stop;
+        let client = async {
+            assert!(reply(&mut c).await.starts_with("220 "));
+            stop.send(true).unwrap();
+            reply(&mut c).await
+        };
+        let (flow, answer) = tokio::join!(drive(&mut server, &mut r.session, &mut r.ctx), client);
+        assert!(matches!(flow.unwrap(), Flow::Closed));
+        assert!(answer.starts_with("421 4.3.2 "), "{answer}");
+        assert!(r.ctx.shutdown_seen);
+    }
+
+    #[tokio::test]
+    async fn starttls_hands_over_after_220_and_answers_nothing_pipelined_behind_it() {
+        let mut r = rig(runtime(), true);
+        let (mut server, mut c) = pipe();
+        let client = async {
+            assert!(reply(&mut c).await.starts_with("220 "));
+            let ehlo = cmd(&mut c, "EHLO client.test").await;
+            assert!(
+                ehlo.contains("\r\n250-STARTTLS\r\n") || ehlo.ends_with("250 STARTTLS\r\n"),
+                "{ehlo}"
+            );
+            send(&mut c, "STARTTLS\r\nMAIL FROM:<evil@x.test>\r\n").await;
+            reply(&mut c).await
+        };
+        let (flow, answer) = tokio::join!(drive(&mut server, &mut r.session, &mut r.ctx), client);
+        assert!(matches!(flow.unwrap(), Flow::StartTls));
+        assert_eq!(answer, "220 2.0.0 Ready to start TLS\r\n");
+        drop(server);
+        assert_eq!(rest(&mut c).await, "", "the pipelined MAIL got no answer");
+        assert_eq!(r.session.envelope().mail_from, "", "and was not run");
+    }
+
+    #[tokio::test]
+    async fn client_eof_after_the_greeting_ends_the_drive_without_error() {
+        let mut r = rig(runtime(), false);
+        let (mut server, mut c) = pipe();
+        let client = async {
+            let greeting = reply(&mut c).await;
+            // Half-close: the server reads EOF.
+            c.get_mut().shutdown().await.unwrap();
+            greeting
+        };
+        let (flow, greeting) = tokio::join!(drive(&mut server, &mut r.session, &mut r.ctx), client);
+        assert!(matches!(flow.unwrap(), Flow::Closed));
+        assert!(greeting.starts_with("220 "), "{greeting}");
+        assert_eq!(r.ctx.messages, 0);
+    }
+
+    #[tokio::test]
+    async fn a_client_that_talks_during_the_greeting_delay_is_refused() {
+        let mut rt = runtime();
+        rt.live.greeting_delay = Duration::from_secs(10);
+        let mut r = rig(rt, false);
+        let (mut server, mut c) = pipe();
+        let started = Instant::now();
+        let client = async {
+            send(&mut c, "EHLO eager.test\r\n").await;
+            reply(&mut c).await
+        };
+        let (flow, answer) = tokio::join!(drive(&mut server, &mut r.session, &mut r.ctx), client);
+        assert!(matches!(flow.unwrap(), Flow::Closed));
+        assert!(answer.starts_with("554 5.5.0 "), "{answer}");
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "refused at once, not after the delay"
+        );
+        drop(server);
+        assert_eq!(rest(&mut c).await, "", "no greeting after the refusal");
+    }
+
+    #[tokio::test]
+    async fn a_patient_client_is_greeted_after_the_greeting_delay() {
+        let mut rt = runtime();
+        rt.live.greeting_delay = SHORT;
+        let mut r = rig(rt, false);
+        let (mut server, mut c) = pipe();
+        let started = Instant::now();
+        let client = async {
+            let greeting = reply(&mut c).await;
+            let waited = started.elapsed();
+            assert!(cmd(&mut c, "QUIT").await.starts_with("221 "));
+            (greeting, waited)
+        };
+        let (flow, (greeting, waited)) =
+            tokio::join!(drive(&mut server, &mut r.session, &mut r.ctx), client);
+        assert!(matches!(flow.unwrap(), Flow::Closed));
+        assert!(greeting.starts_with("220 "), "{greeting}");
+        assert!(waited >= SHORT, "{waited:?}");
+    }
+
+    #[tokio::test]
+    async fn a_message_without_recipients_left_is_answered_queued_and_not_written() {
+        let mut r = rig(runtime(), false);
+        let message = crate::smtp::Message::sample("a@b.test", &[], b"Subject: x\r\n\r\nx\r\n");
+        let reply = deliver(&mut r.ctx, message).await;
+        assert_eq!(reply.to_bytes(), b"250 2.0.0 Ok: queued as s1.1\r\n");
+        assert_eq!(r.ctx.messages, 1);
+        assert!(files_in(r.dir.path()).is_empty(), "nothing delivered");
+    }
+
+    #[tokio::test]
+    async fn quarantine_keeps_the_message_with_its_reason() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("quarantine");
+        let message = crate::smtp::Message::sample(
+            "a@b.test",
+            &["u@example.test"],
+            b"Subject: x\r\n\r\nsuspicious body\r\n",
+        );
+        let reply = quarantine(root.clone(), &message, "looks like spam").await;
+        assert_eq!(reply.to_bytes(), b"250 2.0.0 Ok: queued as s1.1\r\n");
+        let files = files_in(&root.join("example.test").join("u").join("new"));
+        assert_eq!(files.len(), 1, "{files:?}");
+        let text = std::fs::read_to_string(&files[0]).unwrap();
+        assert!(
+            text.contains("X-Mailgate-Quarantine: looks like spam\r\n"),
+            "{text}"
+        );
+        assert!(text.ends_with("suspicious body\r\n"), "{text}");
+    }
+
+    #[tokio::test]
+    async fn a_failed_quarantine_write_is_a_temporary_failure() {
+        let dir = tempfile::tempdir().unwrap();
+        // A file where the quarantine root should be: nothing can be created under it.
+        let root = dir.path().join("not-a-dir");
+        std::fs::write(&root, b"x").unwrap();
+        let message = crate::smtp::Message::sample("a@b.test", &["u@example.test"], b"x\r\n");
+        let reply = quarantine(root, &message, "why").await;
+        assert_eq!(reply.code(), 451, "{reply}");
+        assert!(reply.is_transient());
+    }
+
+    #[test]
+    fn outcome_names_the_reply_class() {
+        assert_eq!(outcome(&Reply::new(250, "2.0.0", "ok")), "accepted");
+        assert_eq!(outcome(&Reply::new(451, "4.3.0", "later")), "tempfail");
+        assert_eq!(outcome(&Reply::new(550, "5.7.1", "no")), "rejected");
+    }
+
+    #[test]
+    fn session_ids_are_twelve_upper_case_hex_digits() {
+        for _ in 0..32 {
+            let id = new_session_id();
+            assert_eq!(id.len(), 12, "{id}");
+            assert!(
+                id.bytes()
+                    .all(|b| b.is_ascii_digit() || (b'A'..=b'F').contains(&b)),
+                "{id}"
+            );
+        }
+    }
+}
