@@ -167,28 +167,50 @@ pub async fn offline(spool_dir: &Path, line: &str) -> Value {
     }
 }
 
-/// Binds the admin socket (mode 0600), replacing a stale socket file nobody answers on.
-/// Must run inside a tokio runtime.
+/// Binds the admin socket, mode 0600 from the start: it is bound inside a new private
+/// (0700) directory beside `path`, made 0600 there, and renamed into place, so nobody can
+/// connect before it is private. A socket file left by a gateway that died (nobody
+/// answers on it) is replaced; anything else at `path` (a regular file, a directory, a
+/// live socket) is an error and left alone. Must run inside a tokio runtime.
 pub fn bind(path: &Path) -> Result<UnixListener, AdminError> {
+    use std::os::unix::fs::{FileTypeExt, PermissionsExt};
     let io = |source| AdminError::Io {
         path: path.to_path_buf(),
         source,
     };
-    if let Some(dir) = path.parent()
-        && !dir.as_os_str().is_empty()
-    {
-        std::fs::create_dir_all(dir).map_err(io)?;
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    std::fs::create_dir_all(dir).map_err(io)?;
+    match std::fs::symlink_metadata(path) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(io(e)),
+        Ok(m) if !m.file_type().is_socket() => {
+            return Err(io(std::io::Error::new(
+                std::io::ErrorKind::AlreadyExists,
+                "exists and is not a socket; refusing to replace it",
+            )));
+        }
+        Ok(_) if std::os::unix::net::UnixStream::connect(path).is_ok() => {
+            return Err(io(std::io::Error::new(
+                std::io::ErrorKind::AddrInUse,
+                "another process answers on this socket",
+            )));
+        }
+        Ok(_) => std::fs::remove_file(path).map_err(io)?,
     }
-    // A socket file left by a gateway that died: nobody answers on it.
-    if path.exists() && std::os::unix::net::UnixStream::connect(path).is_err() {
-        let _ = std::fs::remove_file(path);
-    }
-    let listener = UnixListener::bind(path).map_err(io)?;
-    {
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(io)?;
-    }
-    Ok(listener)
+    let private = dir.join(format!(".admin-{:016x}", rand::random::<u64>()));
+    crate::private_fs::create_dir(&private).map_err(io)?;
+    let staged = private.join("s");
+    let bound = UnixListener::bind(&staged).and_then(|l| {
+        std::fs::set_permissions(&staged, std::fs::Permissions::from_mode(0o600))?;
+        std::fs::rename(&staged, path)?;
+        Ok(l)
+    });
+    let _ = std::fs::remove_file(&staged);
+    let _ = std::fs::remove_dir(&private);
+    bound.map_err(io)
 }
 
 /// Serves the bound admin socket at `path` until `shutdown`, then removes the file.

@@ -14,13 +14,17 @@
 //! - [`current`]: the settings and plugins in force, swapped by a reload.
 //! - [`dns`]: the resolver (hickory) for plugins, reverse names and MX routing.
 //! - [`admin`]: the admin socket behind `mailgate status`, `reload` and `queue`.
+//! - [`log_escape`]: log lines with control and bidi characters escaped.
+//! - [`private_fs`]: files `0600` and directories `0700` for everything holding mail.
 
 pub mod admin;
 pub mod config;
 pub mod current;
 pub mod delivery;
 pub mod dns;
+pub mod log_escape;
 pub mod plugin;
+pub mod private_fs;
 pub mod queue;
 pub mod server;
 pub mod smtp;

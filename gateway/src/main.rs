@@ -210,9 +210,11 @@ fn load(config: Option<&std::path::Path>) -> anyhow::Result<(Config, mailgate::c
 fn init_logs(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("MAILGATE_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let json = matches!(format, LogFormat::Json);
+    // What clients send reaches the log escaped (mailgate::log_escape).
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_writer(move || mailgate::log_escape::Escaping::new(std::io::stderr(), json));
     match format {
         LogFormat::Text => builder.with_ansi(false).init(),
         LogFormat::Json => builder.json().init(),

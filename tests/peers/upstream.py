@@ -5,9 +5,11 @@ stores each accepted message as <dir>/<n>.eml (exact bytes received) plus <n>.js
 (envelope, whether the session used TLS), then prints "stored n".
 
   upstream.py DIR [--port N] [--reject ADDR]... [--tempfail] [--tempfail-first N] [--starttls]
+              [--odd-reply ADDR=REPLY]...
 
 --port binds a given port (to come back on the same address after being stopped);
---tempfail-first N answers the first N DATA commands with 451, then accepts.
+--tempfail-first N answers the first N DATA commands with 451, then accepts;
+--odd-reply answers RCPT TO:<ADDR> with REPLY (e.g. "354 go ahead": a broken server).
 """
 import argparse
 import asyncio
@@ -29,6 +31,10 @@ class Handler:
     async def handle_RCPT(self, server, session, envelope, address, rcpt_options):
         if address in self.args.reject:
             return f"550 5.1.1 <{address}>: Recipient address rejected: User unknown"
+        for odd in self.args.odd_reply:
+            addr, _, reply = odd.partition("=")
+            if address == addr:
+                return reply
         envelope.rcpt_tos.append(address)
         return "250 2.1.5 OK"
 
@@ -73,6 +79,7 @@ async def main():
     p.add_argument("--starttls", action="store_true")
     p.add_argument("--port", type=int, default=0)
     p.add_argument("--tempfail-first", type=int, default=0)
+    p.add_argument("--odd-reply", action="append", default=[])
     args = p.parse_args()
     handler = Handler(args)
     ctx = tls_context(args.dir) if args.starttls else None

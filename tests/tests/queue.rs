@@ -243,7 +243,7 @@ nomx    A   127.0.0.1
     let gw = queue_setup(
         dir.path(),
         &[("client.test", up.addr())],
-        &format!("mx_port = {}\n", up.port),
+        &format!("mx_port = {}\nmx_allow_private = true\n", up.port),
     )
     .section(&format!(
         "[dns]\nservers = [\"{}\"]\nreverse_lookup = false\n[relay]\nlocal_domains = [\"mx.test\", \"nomx.mx.test\", \"missing.mx.test\"]\n",

@@ -102,6 +102,9 @@ pub struct Queue {
     pub connection_idle_secs: u64,
     /// Port of MX hosts.
     pub mx_port: u16,
+    /// Deliver to MX hosts whose addresses are loopback, private, link-local or
+    /// unspecified (off by default).
+    pub mx_allow_private: bool,
     /// Recipient domain → next hop, instead of MX lookup.
     pub routes: std::collections::BTreeMap<String, Route>,
 }
@@ -133,6 +136,7 @@ impl Default for Queue {
             delay_warning_secs: 0,
             connection_idle_secs: 10,
             mx_port: 25,
+            mx_allow_private: false,
             routes: Default::default(),
         }
     }
@@ -255,14 +259,24 @@ pub struct Server {
     pub listen_tls: Vec<String>,
     /// Connections open at once, over all listeners.
     pub max_connections: usize,
-    /// Connections open at once from one client IP address.
+    /// Connections open at once from one client network (see the two prefixes).
     pub max_connections_per_ip: usize,
+    /// Leading bits of an IPv4 client address that make one client for the per-client
+    /// limits (32: each address).
+    pub client_ipv4_prefix: u8,
+    /// Leading bits of an IPv6 client address that make one client (64: a site's /64).
+    pub client_ipv6_prefix: u8,
     /// Pause before the greeting; a client that talks during it is refused.
     pub greeting_delay_ms: u64,
     /// Wait for the next command (RFC 5321 4.5.3.2: at least 5 minutes).
     pub command_timeout_secs: u64,
-    /// Wait for the next chunk of message data (RFC 5321 4.5.3.2: 3 minutes).
+    /// Time for the message data (RFC 5321 4.5.3.2: 3 minutes), extended by one second
+    /// per `min_data_rate` octets received.
     pub data_timeout_secs: u64,
+    /// Octets per second a client must keep up while sending message data.
+    pub min_data_rate: u64,
+    /// Longest wait for a client to read a reply (a client that never reads is dropped).
+    pub write_timeout_secs: u64,
     /// On SIGTERM, how long running sessions may take to finish.
     pub shutdown_grace_secs: u64,
     /// How often the config file and plugin files are checked for changes (a change
@@ -278,9 +292,13 @@ impl Default for Server {
             listen_tls: vec![],
             max_connections: 1000,
             max_connections_per_ip: 20,
+            client_ipv4_prefix: 32,
+            client_ipv6_prefix: 64,
             greeting_delay_ms: 0,
             command_timeout_secs: 300,
             data_timeout_secs: 180,
+            min_data_rate: 500,
+            write_timeout_secs: 300,
             shutdown_grace_secs: 30,
             watch_interval_ms: 1000,
         }
@@ -317,12 +335,18 @@ pub struct Limits {
     pub max_message_size: usize,
     /// Recipients per message.
     pub max_recipients: usize,
+    /// Recipients refused past `max_recipients` before each further one counts as an
+    /// error.
+    pub max_recipient_overshoot: usize,
     /// Longest command line, CRLF included (RFC 5321: 512).
     pub max_command_line: usize,
     /// Longest message text line, CRLF included (RFC 5321: 1000).
     pub max_text_line: usize,
     /// Error replies in one session before it is closed with 421.
     pub max_errors: usize,
+    /// `Received:` headers a message may already carry (Postfix's `hopcount_limit`);
+    /// more get `554 5.4.6`, so a mail loop ends.
+    pub max_hops: usize,
 }
 
 impl Default for Limits {
@@ -330,9 +354,11 @@ impl Default for Limits {
         Limits {
             max_message_size: 25 * 1024 * 1024,
             max_recipients: 100,
+            max_recipient_overshoot: 1000,
             max_command_line: 512,
             max_text_line: 1000,
             max_errors: 20,
+            max_hops: 50,
         }
     }
 }
@@ -365,6 +391,8 @@ pub struct Delivery {
     pub mode: Option<String>,
     /// Maildir root for `maildir` mode.
     pub maildir: PathBuf,
+    /// Local parts that differ only in case or quoting are one mailbox.
+    pub fold_local_part: bool,
     /// Next hop `host:port` for `proxy` mode; in `queue` mode, the next hop of every
     /// recipient without a `[queue.routes]` entry (unset: MX lookup).
     pub upstream: Option<String>,
@@ -379,6 +407,7 @@ impl Default for Delivery {
         Delivery {
             mode: None,
             maildir: PathBuf::from("./var/mail"),
+            fold_local_part: true,
             upstream: None,
             upstream_tls: "opportunistic".into(),
             connect_timeout_secs: 30,

@@ -229,6 +229,10 @@ pub struct Live {
     pub command_timeout: Duration,
     /// Message data read timeout.
     pub data_timeout: Duration,
+    /// Octets per second of message data that extend `data_timeout`.
+    pub min_data_rate: u64,
+    /// Longest wait for a client to take a reply off its socket.
+    pub write_timeout: Duration,
     /// Protocol limits.
     pub limits: Limits,
     /// Local domains, lowercase, without trailing dot.
@@ -260,9 +264,12 @@ pub struct Fixed {
     /// Total connection limit.
     #[serde(rename = "server.max_connections")]
     pub max_connections: usize,
-    /// Per-client-IP connection limit.
+    /// Per-client connection limit.
     #[serde(rename = "server.max_connections_per_ip")]
     pub max_connections_per_ip: usize,
+    /// IPv4 and IPv6 prefix lengths that make one client.
+    #[serde(rename = "server.client_ipv4_prefix / client_ipv6_prefix")]
+    pub client_prefixes: (u8, u8),
     /// Grace period on shutdown.
     #[serde(rename = "server.shutdown_grace_secs")]
     pub shutdown_grace: Duration,
@@ -278,6 +285,10 @@ pub struct Fixed {
     /// Delivery mode.
     #[serde(rename = "delivery / queue")]
     pub delivery: DeliveryMode,
+    /// Local parts that differ only in case or quoting are one mailbox (at RCPT and in
+    /// Maildir names).
+    #[serde(rename = "delivery.fold_local_part")]
+    pub fold_local_part: bool,
     /// Upstream connect timeout.
     #[serde(rename = "delivery.connect_timeout_secs")]
     pub connect_timeout: Duration,
@@ -410,6 +421,7 @@ impl Config {
             routes,
             default,
             mx_port: q.mx_port,
+            mx_allow_private: q.mx_allow_private,
         })
     }
 
@@ -435,6 +447,7 @@ impl Config {
             connection_idle: Duration::from_secs(q.connection_idle_secs),
             connect_timeout: Duration::from_secs(self.delivery.connect_timeout_secs.max(1)),
             maildir: self.delivery.maildir.clone(),
+            fold_local_part: self.delivery.fold_local_part,
         })
     }
 }
@@ -482,6 +495,12 @@ impl Config {
         }
         if s.max_connections == 0 {
             return Err(invalid("server.max_connections", "must be greater than 0"));
+        }
+        if !(8..=32).contains(&s.client_ipv4_prefix) {
+            return Err(invalid("server.client_ipv4_prefix", "must be 8..=32"));
+        }
+        if !(16..=128).contains(&s.client_ipv6_prefix) {
+            return Err(invalid("server.client_ipv6_prefix", "must be 16..=128"));
         }
         if s.max_connections_per_ip == 0 {
             return Err(invalid(
@@ -594,6 +613,8 @@ impl Config {
                 greeting_delay: Duration::from_millis(s.greeting_delay_ms),
                 command_timeout: positive("server.command_timeout_secs", s.command_timeout_secs)?,
                 data_timeout: positive("server.data_timeout_secs", s.data_timeout_secs)?,
+                min_data_rate: s.min_data_rate.max(1),
+                write_timeout: positive("server.write_timeout_secs", s.write_timeout_secs)?,
                 limits: l.clone(),
                 local_domains,
                 trusted_networks,
@@ -607,11 +628,13 @@ impl Config {
                 listen_tls,
                 max_connections: s.max_connections,
                 max_connections_per_ip: s.max_connections_per_ip,
+                client_prefixes: (s.client_ipv4_prefix, s.client_ipv6_prefix),
                 shutdown_grace: Duration::from_secs(s.shutdown_grace_secs),
                 watch_interval: Duration::from_millis(s.watch_interval_ms),
                 tls_files,
                 tls_self_signed: self.tls.self_signed,
                 delivery,
+                fold_local_part: d.fold_local_part,
                 connect_timeout: positive("delivery.connect_timeout_secs", d.connect_timeout_secs)?,
                 dns: dns(&self.dns)?,
                 admin_socket: self.admin.socket.clone(),

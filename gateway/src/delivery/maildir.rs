@@ -21,13 +21,14 @@
 //! our 4xx, so those recipients may get it twice; that is the usual trade-off of
 //! at-least-once delivery).
 
-use std::fs::{self, File, OpenOptions};
+use std::fs::{self, File};
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use crate::smtp::Message;
+use crate::smtp::address::mailbox_key;
 
 /// Process-wide delivery counter for unique file names (the `Q` part).
 static COUNTER: AtomicU64 = AtomicU64::new(0);
@@ -62,6 +63,8 @@ pub struct Maildir {
     root: PathBuf,
     /// Host part of unique names, already escaped.
     hostname: String,
+    /// Local parts that differ only in case or quoting share one Maildir.
+    fold_local_part: bool,
 }
 
 impl Maildir {
@@ -76,7 +79,15 @@ impl Maildir {
         Maildir {
             root: root.into(),
             hostname: escape_hostname(host.trim()),
+            fold_local_part: true,
         }
+    }
+
+    /// Whether local parts that differ only in case share one Maildir (the default;
+    /// quoting is always folded: `"alice"` is `alice`).
+    pub fn fold_local_part(mut self, fold: bool) -> Maildir {
+        self.fold_local_part = fold;
+        self
     }
 
     /// Uses `hostname` in unique file names instead (`/` and `:` escaped as the Maildir
@@ -91,17 +102,22 @@ impl Maildir {
         &self.root
     }
 
-    /// The Maildir of `rcpt` (`local@domain`), without touching the file system.
+    /// The Maildir of `rcpt` (`local@domain`), without touching the file system: the
+    /// domain lowercased, the local part unquoted (and lowercased unless folding is off),
+    /// then escaped for the file system.
     pub fn mailbox_path(&self, rcpt: &str) -> Result<PathBuf, MaildirError> {
         let invalid = |reason| MaildirError::InvalidRecipient {
             rcpt: rcpt.to_string(),
             reason,
         };
-        let (local, domain) = rcpt.rsplit_once('@').ok_or_else(|| invalid("no domain"))?;
+        if !rcpt.contains('@') {
+            return Err(invalid("no domain"));
+        }
+        let key = mailbox_key(rcpt, self.fold_local_part);
+        let (local, domain) = key.rsplit_once('@').ok_or_else(|| invalid("no domain"))?;
         if local.is_empty() || local == "." || local == ".." {
             return Err(invalid("empty or dot-only local part"));
         }
-        let domain = domain.to_lowercase();
         let domain_ok = !domain.is_empty()
             && !domain.starts_with('.')
             && !domain.contains("..")
@@ -166,14 +182,8 @@ impl Maildir {
             move |source| MaildirError::Io { op, path, source }
         };
 
-        let mut opts = OpenOptions::new();
-        opts.write(true).create_new(true);
-        #[cfg(unix)]
-        {
-            use std::os::unix::fs::OpenOptionsExt;
-            opts.mode(0o600);
-        }
-        let mut file = opts.open(&tmp_path).map_err(io_err("create", &tmp_path))?;
+        let mut file =
+            crate::private_fs::create_new(&tmp_path).map_err(io_err("create", &tmp_path))?;
         let written = file
             .write_all(head)
             .and_then(|()| parts.iter().try_for_each(|p| file.write_all(p)))
@@ -255,7 +265,7 @@ fn ensure_dir(dir: &Path) -> Result<(), MaildirError> {
     if let Some(parent) = dir.parent() {
         ensure_dir(parent)?;
     }
-    match fs::create_dir(dir) {
+    match crate::private_fs::create_dir(dir) {
         Ok(()) => {
             if let Some(parent) = dir.parent() {
                 sync_dir(parent)?;

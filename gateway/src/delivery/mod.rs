@@ -27,7 +27,7 @@ pub use client::{
     AcceptAnyServerCert, ClientError, Extensions, SmtpClient, Timeouts, TlsPolicy,
     client_tls_config, connect_tcp,
 };
-pub use destination::{Destination, domain_of};
+pub use destination::{Destination, domain_of, literal_ip};
 pub use dotstuff::{DotStuffer, dot_stuff};
 pub use maildir::{Maildir, MaildirError};
 pub use proxy::{ProxyTarget, ProxyTransaction};

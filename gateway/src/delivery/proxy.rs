@@ -86,6 +86,12 @@ fn local(code: u16, enhanced: &str, text: &str) -> Reply {
         .unwrap_or_else(|| Reply::new(451, "4.3.0", "Internal error"))
 }
 
+/// Whether `reply` can answer MAIL, RCPT or the end of DATA: 2xx, 4xx or 5xx. A 1xx or 3xx
+/// (a `354` to RCPT, a `221` to MAIL) means the upstream is confused.
+fn completes(reply: &Reply) -> bool {
+    matches!(reply.code() / 100, 2 | 4 | 5)
+}
+
 /// `451 4.4.2 Upstream connection lost`.
 fn lost() -> Reply {
     Reply::new(451, "4.4.2", "Upstream connection lost")
@@ -163,6 +169,7 @@ impl ProxyTransaction {
                     }
                     return demote_421(&reply);
                 }
+                Ok(reply) if !completes(&reply) => return self.nonsense("MAIL", &reply),
                 Ok(reply) => {
                     if reply.is_positive() {
                         self.state = State::InTransaction;
@@ -204,6 +211,7 @@ impl ProxyTransaction {
                 self.mark_lost();
                 demote_421(&reply)
             }
+            Ok(reply) if !completes(&reply) => self.nonsense("RCPT", &reply),
             Ok(reply) => {
                 if reply.is_positive() {
                     self.accepted += 1;
@@ -242,6 +250,7 @@ impl ProxyTransaction {
                 self.mark_lost();
                 return demote_421(&reply);
             }
+            Ok(refusal) if !completes(&refusal) => return self.nonsense("DATA", &refusal),
             Ok(refusal) => return refusal,
             Err(e) => {
                 tracing::warn!(upstream = %self.target.addr, error = %e, "upstream connection lost at DATA");
@@ -256,6 +265,7 @@ impl ProxyTransaction {
         }
         let [head, rest] = message.text.parts();
         match client.data_send(&[&header, head, rest]).await {
+            Ok(reply) if !completes(&reply) => self.nonsense("end of DATA", &reply),
             Ok(reply) => {
                 self.state = State::Idle;
                 self.accepted = 0;
@@ -318,6 +328,14 @@ impl ProxyTransaction {
     }
 
     /// Drops the connection mid-transaction and returns `451 4.4.2`.
+    /// The upstream answered `stage` with a code that makes no sense there: it is not
+    /// trusted further (the connection is dropped) and our client gets `451 4.4.0`.
+    fn nonsense(&mut self, stage: &str, reply: &Reply) -> Reply {
+        tracing::warn!(upstream = %self.target.addr, stage, %reply, "upstream reply makes no sense here; connection dropped");
+        self.mark_lost();
+        Reply::new(451, "4.4.0", "Upstream sent an unexpected reply")
+    }
+
     fn mark_lost(&mut self) -> Reply {
         self.client = None;
         self.state = State::Lost;

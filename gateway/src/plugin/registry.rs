@@ -270,14 +270,11 @@ pub fn compile_cached(
     }
     let component = compile(engine, name, bytes)?;
     let store = || -> std::io::Result<()> {
-        use std::os::unix::fs::DirBuilderExt;
-        std::fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(dir)?;
+        use std::io::Write;
+        crate::private_fs::create_dir_all(dir)?;
         let compiled = component.serialize().map_err(std::io::Error::other)?;
         let tmp = dir.join(format!(".{sha256}.{:x}.tmp", rand::random::<u32>()));
-        std::fs::write(&tmp, compiled)?;
+        crate::private_fs::create_new(&tmp)?.write_all(&compiled)?;
         std::fs::rename(&tmp, &path)
     };
     if let Err(e) = store() {

@@ -15,7 +15,7 @@ use tokio::sync::Semaphore;
 use super::deliver::{self, Attempt, Outcome};
 use super::dsn;
 use super::entry::{Entry, RcptStatus, from_secs, now_ms};
-use super::route::{Destination, NoRoute};
+use super::route::{self, Destination, NoRoute};
 use super::schedule::{self, Next};
 use super::{Queue, QueueError, on_spool};
 use crate::current::Current;
@@ -24,12 +24,18 @@ use crate::plugin::{QueuedMessage, Route};
 use crate::smtp::{MailParams, Reply};
 
 impl Queue {
+    /// The limiter of `d` (`queue.per_destination` attempts at once). Limiters nobody
+    /// holds are dropped whenever one is added, so the map holds only destinations with
+    /// an attempt under way, not every destination ever seen.
     fn dest_limit(&self, d: &Destination) -> Arc<Semaphore> {
         let mut m = self.per_dest.lock().unwrap_or_else(|e| e.into_inner());
-        Arc::clone(
-            m.entry(d.clone())
-                .or_insert_with(|| Arc::new(Semaphore::new(self.settings.per_destination.max(1)))),
-        )
+        if let Some(s) = m.get(d) {
+            return Arc::clone(s);
+        }
+        m.retain(|_, s| Arc::strong_count(s) > 1);
+        let s = Arc::new(Semaphore::new(self.settings.per_destination.max(1)));
+        m.insert(d.clone(), Arc::clone(&s));
+        s
     }
 
     /// One delivery attempt of entry `id`; reschedules, bounces or removes it.
@@ -166,7 +172,8 @@ impl Queue {
     ) -> Vec<Outcome> {
         let maildir = Arc::new(
             crate::delivery::Maildir::new(self.settings.maildir.clone())
-                .with_hostname(cur.hostname()),
+                .with_hostname(cur.hostname())
+                .fold_local_part(self.settings.fold_local_part),
         );
         let mut out = Vec::new();
         for i in idx {
@@ -199,11 +206,28 @@ impl Queue {
         let Ok(_permit) = limit.acquire().await else {
             return all(Reply::new(451, "4.3.0", "shutting down"));
         };
-        let targets = match cur.runtime.live.routing.targets(dest, &self.dns).await {
+        let found = match cur.runtime.live.routing.targets(dest, &self.dns).await {
             Ok(t) => t,
             Err(NoRoute::Permanent(why, code)) => return all(deliver::reply(550, code, &why)),
             Err(NoRoute::Temporary(why, code)) => return all(deliver::reply(451, code, &why)),
         };
+        // Never connect to ourselves: that is a mail loop, not a delivery.
+        let mut targets = Vec::with_capacity(found.len());
+        for t in found {
+            if route::loops_back(&t, &self.own).await {
+                tracing::warn!(queue_id = %entry.id, next_hop = %t.addr, "next hop is this gateway; not connecting");
+            } else {
+                targets.push(t);
+            }
+        }
+        if targets.is_empty() {
+            let domain = crate::delivery::domain_of(&entry.recipients[idx[0]].address);
+            return all(deliver::reply(
+                451,
+                "4.4.6",
+                &format!("mail for {domain} loops back to myself"),
+            ));
+        }
         let rcpts: Vec<String> = idx
             .iter()
             .map(|i| entry.recipients[*i].address.clone())
@@ -270,6 +294,30 @@ impl Queue {
         Ok(())
     }
 
+    /// Whether a notice to `sender` could reach anyone: its domain is routed by
+    /// configuration, or has an MX or address record. An unanswered lookup counts as
+    /// yes (the notice then waits in the queue like other mail).
+    async fn sender_can_exist(&self, sender: &str) -> bool {
+        let cur = self.current.get();
+        let Destination::Mx(domain) = cur.runtime.live.routing.destination(sender) else {
+            return true;
+        };
+        if domain.starts_with('[') {
+            return true;
+        }
+        match self.dns.mx(&domain).await {
+            Ok(mx) if !mx.is_empty() => true,
+            Err(crate::dns::DnsError::NxDomain) => false,
+            Err(_) => true,
+            Ok(_) => match (self.dns.a(&domain).await, self.dns.aaaa(&domain).await) {
+                (Ok(a), _) if !a.is_empty() => true,
+                (_, Ok(a)) if !a.is_empty() => true,
+                (Err(crate::dns::DnsError::NxDomain), _) | (Ok(_), Ok(_)) => false,
+                _ => true,
+            },
+        }
+    }
+
     /// Queues a DSN to the sender for the recipients in `kind`'s state (failed ones, or
     /// pending ones for a delay notice). Never to the null sender.
     async fn notify_sender(&self, entry: &Entry, kind: dsn::Action) -> Result<(), QueueError> {
@@ -299,6 +347,11 @@ impl Queue {
             tracing::warn!(queue_id = %entry.id, "undeliverable notification or null-sender message: no notice sent");
             return Ok(());
         }
+        if !self.sender_can_exist(&entry.sender).await {
+            // Backscatter: a forged sender in a domain without mail hosts gets nothing.
+            tracing::warn!(queue_id = %entry.id, sender = %entry.sender, "the sender's domain has no mail host: no notice sent");
+            return Ok(());
+        }
         let id = entry.id.clone();
         let original = on_spool(&self.spool, move |s| s.message(&id)).await?;
         let cur = self.current.get();
@@ -316,9 +369,8 @@ impl Queue {
             dsn::Action::Failed => "bounce",
             dsn::Action::Delayed => "delay",
         };
-        let dsn_id = format!("{}.{suffix}", entry.id);
         let e = Entry::new(
-            dsn_id.clone(),
+            format!("{}.{suffix}", entry.id),
             "",
             &MailParams {
                 smtputf8: !entry.sender.is_ascii(),
@@ -327,10 +379,9 @@ impl Queue {
             std::slice::from_ref(&entry.sender),
             bytes.len() as u64,
         );
-        let stored = e.clone();
-        on_spool(&self.spool, move |s| s.store(&stored, &[&bytes])).await?;
+        let e = on_spool(&self.spool, move |s| s.store_unique(e, &[&bytes])).await?;
         self.counters.dsn_sent.fetch_add(1, Ordering::Relaxed);
-        tracing::info!(queue_id = %entry.id, dsn = %dsn_id, to = %entry.sender, kind = ?kind, "delivery status notification queued");
+        tracing::info!(queue_id = %entry.id, dsn = %e.id, to = %entry.sender, kind = ?kind, "delivery status notification queued");
         self.add(&e);
         Ok(())
     }

@@ -98,6 +98,11 @@ impl Queue {
             failed: c.failed.load(Ordering::Relaxed),
             expired: c.expired.load(Ordering::Relaxed),
             dsn_sent: c.dsn_sent.load(Ordering::Relaxed),
+            destinations: {
+                let mut m = self.per_dest.lock().unwrap_or_else(|e| e.into_inner());
+                m.retain(|_, s| std::sync::Arc::strong_count(s) > 1);
+                m.len()
+            },
         }
     }
 }

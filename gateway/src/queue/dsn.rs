@@ -346,12 +346,27 @@ fn status_part(req: &DsnRequest<'_>, host: &str) -> String {
     s
 }
 
-/// Part 3: the header section of `original` (up to and including the empty line that
-/// ends it, or the whole message if there is none), normalised to CRLF, with bare CR and
-/// NUL turned into spaces and lines cut at 998 octets, at most 64 KiB of whole lines.
+/// Whether `line` can be part of a header section after `fields` field lines: a field
+/// (`name:` with a name of printable ASCII) or the continuation of one.
+fn header_line(line: &[u8], fields: usize) -> bool {
+    if line.first().is_some_and(|&b| b == b' ' || b == b'\t') {
+        return fields > 0;
+    }
+    match line.iter().position(|&b| b == b':') {
+        Some(colon) => colon > 0 && line[..colon].iter().all(|&b| (33..=126).contains(&b)),
+        None => false,
+    }
+}
+
+/// Part 3: the header section of `original`, and nothing else: its field lines up to
+/// the empty line that ends it, stopping early at the first line that is not a header
+/// field (a message without a header section returns nothing of its body), normalised
+/// to CRLF, with bare CR and NUL turned into spaces and lines cut at 998 octets, at most
+/// 64 KiB of whole lines.
 fn original_headers(original: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(original.len().min(MAX_ORIGINAL_HEADERS));
     let mut rest = original;
+    let mut fields = 0;
     while !rest.is_empty() {
         let (line, next) = match rest.iter().position(|&b| b == b'\n') {
             Some(i) => (&rest[..i], &rest[i + 1..]),
@@ -359,6 +374,11 @@ fn original_headers(original: &[u8]) -> Vec<u8> {
         };
         rest = next;
         let line = line.strip_suffix(b"\r").unwrap_or(line);
+        if !line.is_empty() && !header_line(line, fields) {
+            out.extend_from_slice(b"\r\n");
+            break;
+        }
+        fields += 1;
         let mut cut = line.len().min(HARD_LINE);
         // Do not split a UTF-8 sequence (at most three continuation bytes to back over).
         let floor = cut.saturating_sub(3);
@@ -945,6 +965,21 @@ mod tests {
             ),
             "{tail}"
         );
+    }
+
+    #[test]
+    fn a_message_without_a_blank_line_returns_its_fields_only() {
+        let mut original = b"Subject: reflected?\r\nX-A: 1\r\n continued\r\n".to_vec();
+        for i in 0..800 {
+            original.extend_from_slice(format!("body line {i} with no colon\r\n").as_bytes());
+        }
+        let headers = original_headers(&original);
+        assert_eq!(
+            headers,
+            b"Subject: reflected?\r\nX-A: 1\r\n continued\r\n\r\n"
+        );
+        assert_eq!(original_headers(b"no header at all\r\nsecond\r\n"), b"\r\n");
+        assert_eq!(original_headers(b" starts folded\r\n"), b"\r\n");
     }
 
     #[test]

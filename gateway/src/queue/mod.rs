@@ -69,6 +69,8 @@ pub struct Settings {
     pub connect_timeout: Duration,
     /// Maildir root for recipients a plugin routes `local`.
     pub maildir: PathBuf,
+    /// Local parts that differ only in case share one Maildir.
+    pub fold_local_part: bool,
 }
 
 /// Why a queue operation failed.
@@ -131,6 +133,8 @@ pub struct Stats {
     pub expired: u64,
     /// Notifications queued since start.
     pub dsn_sent: u64,
+    /// Destinations with a delivery limiter held (an attempt under way or just ended).
+    pub destinations: usize,
 }
 
 /// The queue.
@@ -140,6 +144,8 @@ pub struct Queue {
     /// Host name, routes and plugins in force (a reload changes them for the next attempt).
     current: Arc<CurrentCell>,
     dns: Arc<Resolver>,
+    /// Our listening addresses: a next hop among them would be a loop.
+    own: Vec<std::net::SocketAddr>,
     index: Mutex<Index>,
     wake: Notify,
     pool: Pool,
@@ -160,10 +166,12 @@ impl std::fmt::Debug for Queue {
 impl Queue {
     /// Opens the spool, recovers it and indexes what is there. Nothing is delivered
     /// until [`Queue::run`].
+    /// `own` are the addresses the gateway listens on (as bound).
     pub fn open(
         settings: Settings,
         current: Arc<CurrentCell>,
         dns: Arc<Resolver>,
+        own: Vec<std::net::SocketAddr>,
     ) -> Result<Arc<Queue>, QueueError> {
         let spool = Spool::open(&settings.spool)?;
         let rec = spool.recover()?;
@@ -184,6 +192,7 @@ impl Queue {
             settings,
             current,
             dns,
+            own,
             index: Mutex::new(index),
             wake: Notify::new(),
             pool: Pool::default(),
@@ -210,10 +219,9 @@ impl Queue {
         let entry = Entry::accepted(message, size, score, tags);
         let header = received.to_string();
         let text = message.text.clone();
-        let e = entry.clone();
-        on_spool(&self.spool, move |s| {
+        let entry = on_spool(&self.spool, move |s| {
             let [head, rest] = text.parts();
-            s.store(&e, &[header.as_bytes(), head, rest])
+            s.store_unique(entry, &[header.as_bytes(), head, rest])
         })
         .await?;
         self.add(&entry);

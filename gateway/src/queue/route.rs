@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
 
 use crate::delivery::TlsPolicy;
-pub use crate::delivery::{Destination, domain_of};
+pub use crate::delivery::{Destination, domain_of, literal_ip};
 use crate::dns::{DnsError, Resolver};
 
 /// A configured next hop.
@@ -28,6 +28,10 @@ pub struct Routing {
     pub default: Option<Hop>,
     /// Port of MX hosts (25 on the Internet).
     pub mx_port: u16,
+    /// Use MX hosts whose addresses are loopback, private, link-local or unspecified
+    /// (off: a domain pointing its MX at such an address cannot reach internal
+    /// services through us).
+    pub mx_allow_private: bool,
 }
 
 /// One address to try, with the name it came from (for logs and notices).
@@ -57,6 +61,7 @@ impl Default for Routing {
             routes: BTreeMap::new(),
             default: None,
             mx_port: 25,
+            mx_allow_private: false,
         }
     }
 }
@@ -93,6 +98,24 @@ impl Routing {
     }
 
     async fn mx_targets(&self, domain: &str, dns: &Resolver) -> Result<Vec<Target>, NoRoute> {
+        if domain.starts_with('[') {
+            // An address literal is its own mail host (RFC 5321 5.1).
+            return match literal_ip(domain) {
+                Some(ip) if self.mx_allow_private || is_public(ip) => Ok(vec![Target {
+                    addr: SocketAddr::new(ip, self.mx_port).to_string(),
+                    host: domain.to_string(),
+                    tls: TlsPolicy::Opportunistic,
+                }]),
+                Some(ip) => Err(NoRoute::Permanent(
+                    format!("{domain} is a private or local address ({ip})"),
+                    "5.4.4",
+                )),
+                None => Err(NoRoute::Permanent(
+                    format!("{domain} is not an address literal we can reach"),
+                    "5.1.2",
+                )),
+            };
+        }
         let hosts: Vec<String> = match dns.mx(domain).await {
             Ok(mx) if mx.is_empty() => vec![domain.to_string()],
             Ok(mx) => {
@@ -122,6 +145,7 @@ impl Routing {
             }
         };
         let mut targets = Vec::new();
+        let mut refused = Vec::new();
         let mut last_err = None;
         for host in hosts.iter().take(10) {
             let mut addrs: Vec<IpAddr> = Vec::new();
@@ -132,12 +156,29 @@ impl Routing {
                 }
             }
             for ip in addrs {
+                if !self.mx_allow_private && !is_public(ip) {
+                    refused.push(ip);
+                    continue;
+                }
                 targets.push(Target {
                     addr: SocketAddr::new(ip, self.mx_port).to_string(),
                     host: host.clone(),
                     tls: TlsPolicy::Opportunistic,
                 });
             }
+        }
+        if targets.is_empty() && !refused.is_empty() {
+            return Err(NoRoute::Permanent(
+                format!(
+                    "the mail hosts of {domain} resolve only to private or local addresses ({})",
+                    refused
+                        .iter()
+                        .map(ToString::to_string)
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+                "5.4.4",
+            ));
         }
         if targets.is_empty() {
             let why = match last_err {
@@ -148,6 +189,57 @@ impl Routing {
         }
         Ok(targets)
     }
+}
+
+/// Whether `ip` is an address on the public Internet: not loopback, private (RFC 1918,
+/// RFC 4193), shared (RFC 6598), link-local, unspecified, broadcast or "this network".
+pub fn is_public(ip: IpAddr) -> bool {
+    match ip {
+        IpAddr::V4(v4) => {
+            let o = v4.octets();
+            !(v4.is_loopback()
+                || v4.is_private()
+                || v4.is_link_local()
+                || v4.is_unspecified()
+                || v4.is_broadcast()
+                || o[0] == 0
+                || (o[0] == 100 && (o[1] & 0xc0) == 64))
+        }
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => is_public(IpAddr::V4(v4)),
+            None => {
+                let s = v6.segments();
+                !(v6.is_loopback()
+                    || v6.is_unspecified()
+                    || (s[0] & 0xfe00) == 0xfc00
+                    || (s[0] & 0xffc0) == 0xfe80)
+            }
+        },
+    }
+}
+
+/// Whether `ip` is one of this host's addresses (binding to it succeeds).
+fn is_local(ip: IpAddr) -> bool {
+    ip.is_loopback() || std::net::UdpSocket::bind(SocketAddr::new(ip, 0)).is_ok()
+}
+
+/// Whether connecting to `target` would reach one of our own listeners (`own`, as
+/// bound; an unspecified address there stands for every local address). Names are
+/// resolved as the connection would resolve them.
+pub async fn loops_back(target: &Target, own: &[SocketAddr]) -> bool {
+    let addrs: Vec<SocketAddr> = match target.addr.parse::<SocketAddr>() {
+        Ok(a) => vec![a],
+        Err(_) => match tokio::net::lookup_host(target.addr.as_str()).await {
+            Ok(it) => it.collect(),
+            Err(_) => return false,
+        },
+    };
+    addrs.iter().any(|a| {
+        own.iter().any(|l| {
+            l.port() == a.port()
+                && (l.ip() == a.ip() || (l.ip().is_unspecified() && is_local(a.ip())))
+        })
+    })
 }
 
 #[cfg(test)]
@@ -167,6 +259,7 @@ mod tests {
             routes,
             default: None,
             mx_port: 25,
+            mx_allow_private: false,
         }
     }
 
@@ -198,5 +291,59 @@ mod tests {
     fn domains_are_normalised() {
         assert_eq!(domain_of("u@Example.TEST."), "example.test");
         assert_eq!(domain_of("\"a@b\"@c.test"), "c.test");
+    }
+
+    #[test]
+    fn public_addresses_only() {
+        for ip in [
+            "127.0.0.1",
+            "10.1.2.3",
+            "172.16.0.1",
+            "192.168.1.1",
+            "169.254.1.1",
+            "0.0.0.0",
+            "100.64.0.1",
+            "255.255.255.255",
+            "::1",
+            "::",
+            "fd00::1",
+            "fe80::1",
+            "::ffff:10.0.0.1",
+        ] {
+            assert!(!is_public(ip.parse().unwrap()), "{ip}");
+        }
+        for ip in [
+            "192.0.2.1",
+            "8.8.8.8",
+            "2001:db8::1",
+            "2a00:1450::1",
+            "::ffff:198.51.100.1",
+        ] {
+            assert!(is_public(ip.parse().unwrap()), "{ip}");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_target_that_is_one_of_our_listeners_loops_back() {
+        let t = |addr: &str| Target {
+            addr: addr.into(),
+            host: "h".into(),
+            tls: TlsPolicy::None,
+        };
+        let own: Vec<SocketAddr> = vec![
+            "127.0.0.1:2525".parse().unwrap(),
+            "0.0.0.0:25".parse().unwrap(),
+        ];
+        assert!(loops_back(&t("127.0.0.1:2525"), &own).await);
+        assert!(
+            loops_back(&t("localhost:2525"), &own).await,
+            "names are resolved"
+        );
+        assert!(
+            loops_back(&t("127.0.0.7:25"), &own).await,
+            "0.0.0.0 is every local address"
+        );
+        assert!(!loops_back(&t("127.0.0.1:2526"), &own).await);
+        assert!(!loops_back(&t("192.0.2.1:25"), &own).await);
     }
 }

@@ -100,6 +100,7 @@ mod tests {
             connection_idle: Duration::from_secs(10),
             connect_timeout: Duration::from_secs(30),
             maildir: "/nonexistent".into(),
+            fold_local_part: true,
         }
     }
 

@@ -19,7 +19,7 @@
 //! client never got its 250), moves unreadable state files to `corrupt/` with a warning,
 //! and empties `tmp/`.
 
-use std::fs::{self, File, OpenOptions};
+use std::fs::{self, File};
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 
@@ -49,6 +49,9 @@ pub enum SpoolError {
     /// An id with characters that cannot name a file.
     #[error("invalid queue id {0:?}")]
     BadId(String),
+    /// An entry with this id is already queued (it is never replaced).
+    #[error("queue id {0} is taken")]
+    Exists(String),
 }
 
 fn io_err<'a>(action: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> SpoolError + 'a {
@@ -101,11 +104,7 @@ fn fsync_dir(dir: &Path) -> Result<(), SpoolError> {
 }
 
 fn write_synced(path: &Path, parts: &[&[u8]]) -> Result<(), SpoolError> {
-    let mut f = OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .open(path)
-        .map_err(io_err("create", path))?;
+    let mut f = crate::private_fs::create_new(path).map_err(io_err("create", path))?;
     for p in parts {
         f.write_all(p).map_err(io_err("write", path))?;
     }
@@ -118,7 +117,17 @@ impl Spool {
         let root = root.into();
         for sub in ["tmp", "msg", "env", "corrupt"] {
             let d = root.join(sub);
-            fs::create_dir_all(&d).map_err(io_err("create directory", &d))?;
+            crate::private_fs::create_dir_all(&d).map_err(io_err("create directory", &d))?;
+        }
+        // Queued mail is readable by the gateway's user only, however the spool was made.
+        for d in [
+            &root,
+            &root.join("tmp"),
+            &root.join("msg"),
+            &root.join("env"),
+            &root.join("corrupt"),
+        ] {
+            crate::private_fs::restrict_dir(d).map_err(io_err("chmod 0700", d))?;
         }
         Ok(Spool { root })
     }
@@ -137,21 +146,62 @@ impl Spool {
     }
 
     /// Durably stores a new entry and its message (`parts` concatenated). When this
-    /// returns `Ok`, the entry survives a crash or power loss.
+    /// returns `Ok`, the entry survives a crash or power loss. An entry never replaces
+    /// another: the files are linked into place, which fails if the name is taken
+    /// ([`SpoolError::Exists`]), where a rename would overwrite.
     pub fn store(&self, entry: &Entry, parts: &[&[u8]]) -> Result<(), SpoolError> {
         check_id(&entry.id)?;
         let id = &entry.id;
-        let tmp_msg = self.root.join("tmp").join(format!("{id}.msg"));
+        let unique = rand::random::<u64>();
+        let tmp_msg = self.root.join("tmp").join(format!("{id}.msg.{unique:x}"));
         let msg = self.msg_path(id);
         write_synced(&tmp_msg, parts)?;
-        fs::rename(&tmp_msg, &msg).map_err(io_err("rename", &msg))?;
-        let json = self.encode(entry)?;
-        let tmp_env = self.root.join("tmp").join(format!("{id}.json"));
-        let env = self.env_path(id);
-        write_synced(&tmp_env, &[&json])?;
-        fs::rename(&tmp_env, &env).map_err(io_err("rename", &env))?;
+        let linked = self.link_new(&tmp_msg, &msg, id);
+        let _ = fs::remove_file(&tmp_msg);
+        linked?;
+        let stored = (|| {
+            let json = self.encode(entry)?;
+            let tmp_env = self.root.join("tmp").join(format!("{id}.json.{unique:x}"));
+            write_synced(&tmp_env, &[&json])?;
+            let linked = self.link_new(&tmp_env, &self.env_path(id), id);
+            let _ = fs::remove_file(&tmp_env);
+            linked
+        })();
+        if let Err(e) = stored {
+            // Not committed: the message file is ours, and nobody was told 250.
+            let _ = fs::remove_file(&msg);
+            return Err(e);
+        }
         fsync_dir(&self.root.join("msg"))?;
         fsync_dir(&self.root.join("env"))
+    }
+
+    /// Stores a new entry under its id, or, if that is taken, under the first free
+    /// `<id>-<n>` (n = 2, 3, …; a few tries); returns the entry as stored.
+    pub fn store_unique(&self, mut entry: Entry, parts: &[&[u8]]) -> Result<Entry, SpoolError> {
+        let base = entry.id.clone();
+        for n in 1..=16 {
+            if n > 1 {
+                entry.id = format!("{base}-{n}");
+            }
+            match self.store(&entry, parts) {
+                Ok(()) => return Ok(entry),
+                Err(SpoolError::Exists(_)) => continue,
+                Err(e) => return Err(e),
+            }
+        }
+        Err(SpoolError::Exists(base))
+    }
+
+    /// Links `from` to the new name `to`; `Exists` when `to` is taken.
+    fn link_new(&self, from: &Path, to: &Path, id: &str) -> Result<(), SpoolError> {
+        fs::hard_link(from, to).map_err(|e| {
+            if e.kind() == io::ErrorKind::AlreadyExists {
+                SpoolError::Exists(id.to_string())
+            } else {
+                io_err("link", to)(e)
+            }
+        })
     }
 
     fn encode(&self, entry: &Entry) -> Result<Vec<u8>, SpoolError> {
@@ -341,5 +391,22 @@ mod tests {
             assert!(!valid_id(bad), "{bad:?}");
             assert!(matches!(s.message(bad), Err(SpoolError::BadId(_))));
         }
+    }
+
+    #[test]
+    fn an_entry_never_replaces_another() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Spool::open(dir.path()).unwrap();
+        s.store(&sample("Q1"), &[b"first\r\n"]).unwrap();
+        assert!(matches!(
+            s.store(&sample("Q1"), &[b"second\r\n"]),
+            Err(SpoolError::Exists(_))
+        ));
+        assert_eq!(s.message("Q1").unwrap(), b"first\r\n");
+        let again = s.store_unique(sample("Q1"), &[b"second\r\n"]).unwrap();
+        assert_eq!(again.id, "Q1-2");
+        assert_eq!(s.message("Q1-2").unwrap(), b"second\r\n");
+        assert_eq!(s.ids().unwrap(), ["Q1", "Q1-2"]);
+        assert_eq!(fs::read_dir(dir.path().join("tmp")).unwrap().count(), 0);
     }
 }

@@ -149,14 +149,40 @@ where
     S: AsyncRead + AsyncWrite + Unpin,
 {
     let rt = Arc::clone(&ctx.cur.runtime);
+    let live = &rt.live;
     let mut buf = vec![0u8; 16 * 1024];
+    // Deadlines cover a whole request, not each read: a command must arrive whole within
+    // `command_timeout` of the last reply, and message data within `data_timeout` plus
+    // one second per `min_data_rate` octets received, so a client trickling a byte at a
+    // time cannot hold a session forever. (Postfix: smtpd_per_request_deadline,
+    // smtpd_min_data_rate.)
+    let mut since = Instant::now();
+    let mut data_octets = 0u64;
     // Bounded: every iteration either consumes input, writes output, or resolves a pause
-    // the session asked for; the session closes on EOF, timeout and error limits.
+    // the session asked for; the session closes on EOF, timeouts and error limits.
     loop {
         match s.step() {
             Step::Send(bytes) => {
-                io.write_all(&bytes).await?;
-                io.flush().await?;
+                // A client that does not read its replies is not waited for forever.
+                let write = async {
+                    io.write_all(&bytes).await?;
+                    io.flush().await
+                };
+                match timeout(live.write_timeout, write).await {
+                    Ok(r) => r?,
+                    Err(_) => {
+                        info!(
+                            timeout_secs = live.write_timeout.as_secs(),
+                            "client does not read; write timed out"
+                        );
+                        return Err(std::io::Error::new(
+                            std::io::ErrorKind::TimedOut,
+                            "write timeout",
+                        ));
+                    }
+                }
+                since = Instant::now();
+                data_octets = 0;
                 if let Some(r) = s.take_refused() {
                     let started = ctx.txn_started.take().unwrap_or_else(Instant::now);
                     ctx.messages += 1;
@@ -164,18 +190,28 @@ where
                 }
             }
             Step::NeedInput => {
-                let limit = match s.read_timeout() {
-                    ReadTimeout::Command => rt.live.command_timeout,
-                    ReadTimeout::Data => rt.live.data_timeout,
+                let phase = s.read_timeout();
+                let limit = match phase {
+                    ReadTimeout::Command => live.command_timeout,
+                    ReadTimeout::Data => {
+                        let rate = live.min_data_rate.max(1) as f64;
+                        live.data_timeout + Duration::from_secs_f64(data_octets as f64 / rate)
+                    }
                 };
+                let deadline = tokio::time::Instant::from_std(since + limit);
                 tokio::select! {
-                    r = timeout(limit, io.read(&mut buf)) => match r {
+                    r = tokio::time::timeout_at(deadline, io.read(&mut buf)) => match r {
                         Err(_) => {
-                            info!(timeout_secs = limit.as_secs(), "client timed out");
+                            info!(timeout_secs = limit.as_secs(), phase = ?phase, "client timed out");
                             s.timed_out();
                         }
                         Ok(Ok(0)) => s.feed_eof(),
-                        Ok(Ok(n)) => s.feed(&buf[..n]),
+                        Ok(Ok(n)) => {
+                            if phase == ReadTimeout::Data {
+                                data_octets += n as u64;
+                            }
+                            s.feed(&buf[..n]);
+                        }
                         Ok(Err(e)) => return Err(e),
                     },
                     _ = ctx.shutdown.changed(), if !ctx.shutdown_seen => {
@@ -188,13 +224,16 @@ where
                 let r = on_hook(ctx, s, hook).await;
                 if !ctx.greeted {
                     ctx.greeted = true;
-                    pre_greeting(io, s, rt.live.greeting_delay, &mut buf).await;
+                    pre_greeting(io, s, live.greeting_delay, &mut buf).await;
                 }
                 s.resolve(r);
+                // Time spent in plugins and upstreams is not the client's.
+                since = Instant::now();
             }
             Step::Deliver(message) => {
                 let reply = deliver(ctx, *message).await;
                 s.resolve(Resolution::Reply(reply));
+                since = Instant::now();
             }
             Step::StartTls => return Ok(Flow::StartTls),
             Step::Close => return Ok(Flow::Closed),
@@ -353,9 +392,18 @@ fn log_message(
     );
 }
 
-/// A short random id for the session: 12 upper-case hex digits.
+/// The session's id, unique by construction: 16 upper-case hex digits, the process's
+/// start time in milliseconds shifted left by 20 bits plus a counter of the sessions it
+/// served. Ids never repeat within a process, and a process started later begins above
+/// every id an earlier one could have reached unless that one served over 2^20 sessions
+/// per millisecond between the two starts. Message and queue ids are `<session>.<n>`.
 fn new_session_id() -> String {
-    format!("{:012X}", rand::random::<u64>() & 0xFFFF_FFFF_FFFF)
+    use std::sync::OnceLock;
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static BASE: OnceLock<u64> = OnceLock::new();
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let base = *BASE.get_or_init(|| crate::queue::entry::now_ms() << 20);
+    format!("{:016X}", base + NEXT.fetch_add(1, Ordering::Relaxed))
 }
 
 #[cfg(test)]
@@ -738,15 +786,19 @@ mod tests {
     }
 
     #[test]
-    fn session_ids_are_twelve_upper_case_hex_digits() {
-        for _ in 0..32 {
-            let id = new_session_id();
-            assert_eq!(id.len(), 12, "{id}");
+    fn session_ids_are_sixteen_hex_digits_and_never_repeat() {
+        let ids: Vec<String> = (0..1000).map(|_| new_session_id()).collect();
+        for id in &ids {
+            assert_eq!(id.len(), 16, "{id}");
             assert!(
                 id.bytes()
                     .all(|b| b.is_ascii_digit() || (b'A'..=b'F').contains(&b)),
                 "{id}"
             );
         }
+        let distinct: std::collections::BTreeSet<&String> = ids.iter().collect();
+        assert_eq!(distinct.len(), ids.len());
+        let n = |s: &str| u64::from_str_radix(s, 16).unwrap();
+        assert!(ids.windows(2).all(|w| n(&w[1]) > n(&w[0])), "increasing");
     }
 }

@@ -43,6 +43,9 @@ pub enum ServerError {
     /// The queue's spool could not be opened or recovered.
     #[error("queue: {0}")]
     Queue(#[from] crate::queue::QueueError),
+    /// The admin socket could not be set up.
+    #[error(transparent)]
+    Admin(#[from] crate::admin::AdminError),
 }
 
 /// Bound listening sockets, plain and implicit TLS.
@@ -133,9 +136,12 @@ pub fn session_config(rt: &Runtime, tls_available: bool) -> SessionConfig {
         hostname: rt.live.hostname.clone(),
         max_message_size: rt.live.limits.max_message_size,
         max_recipients: rt.live.limits.max_recipients,
+        max_recipient_overshoot: rt.live.limits.max_recipient_overshoot,
+        fold_local_part: rt.fixed.fold_local_part,
         max_command_line: rt.live.limits.max_command_line,
         max_text_line: rt.live.limits.max_text_line,
         max_errors: rt.live.limits.max_errors,
+        max_hops: rt.live.limits.max_hops,
         starttls: tls_available,
         local_domains: rt.live.local_domains.clone(),
     }
@@ -170,6 +176,7 @@ pub async fn run(
             (**s).clone(),
             Arc::clone(&current),
             Arc::clone(&dns),
+            listeners.addresses().into_iter().map(|(_, a)| a).collect(),
         )?),
         _ => None,
     };
@@ -180,7 +187,11 @@ pub async fn run(
         queue: queue.clone(),
         tls: acceptor,
         shutdown: stop_rx,
-        conns: ConnTracker::new(rt.fixed.max_connections, rt.fixed.max_connections_per_ip),
+        conns: ConnTracker::new(
+            rt.fixed.max_connections,
+            rt.fixed.max_connections_per_ip,
+            rt.fixed.client_prefixes,
+        ),
         backend: outbound::Backend::new(&rt.fixed, queue.clone()),
         dns,
         started,
@@ -198,18 +209,15 @@ pub async fn run(
         ));
     }
     let tracker = TaskTracker::new();
-    match crate::admin::bind(&rt.fixed.admin_socket) {
-        Ok(l) => {
-            let gateway: Arc<dyn crate::admin::Gateway> = Arc::clone(&shared) as _;
-            tokio::spawn(crate::admin::serve(
-                l,
-                rt.fixed.admin_socket.clone(),
-                gateway,
-                shared.shutdown.clone(),
-            ));
-        }
-        Err(e) => warn!(error = %e, "admin socket unavailable"),
-    }
+    // Without its admin socket the gateway cannot be managed: refuse to start.
+    let admin = crate::admin::bind(&rt.fixed.admin_socket)?;
+    let gateway: Arc<dyn crate::admin::Gateway> = Arc::clone(&shared) as _;
+    tokio::spawn(crate::admin::serve(
+        admin,
+        rt.fixed.admin_socket.clone(),
+        gateway,
+        shared.shutdown.clone(),
+    ));
     // The queue's scheduler stops with the listeners; its attempts in progress finish.
     let scheduler = queue.map(|q| tokio::spawn(q.run(shared.shutdown.clone())));
     let mut accept_loops = Vec::new();

@@ -32,7 +32,9 @@ impl Backend {
             return Backend::Queue(q);
         }
         match &fixed.delivery {
-            DeliveryMode::Maildir(root) => Backend::Maildir(Arc::new(Maildir::new(root.clone()))),
+            DeliveryMode::Maildir(root) => Backend::Maildir(Arc::new(
+                Maildir::new(root.clone()).fold_local_part(fixed.fold_local_part),
+            )),
             DeliveryMode::Proxy { upstream, tls } => {
                 // The HELO name is set per connection, from the settings it started with.
                 let mut target = ProxyTarget::new(upstream.clone(), "");

@@ -41,9 +41,9 @@ impl Mailbox {
         format!("{}@{}", self.local, self.domain.trim_end_matches('.'))
     }
 
-    /// Domain lowercased without a trailing dot (for comparisons).
+    /// The domain as DNS knows it, for comparisons (see [`domain_key`]).
     pub fn domain_key(&self) -> String {
-        self.domain.trim_end_matches('.').to_lowercase()
+        domain_key(&self.domain)
     }
 
     /// The domain is an address literal (`[192.0.2.1]`).
@@ -63,6 +63,46 @@ impl Mailbox {
     pub fn is_ascii(&self) -> bool {
         self.local.is_ascii() && self.domain.is_ascii()
     }
+}
+
+/// A domain as DNS knows it: lowercased, without a trailing dot, an internationalized
+/// domain in its A-label form (`Bücher.test` is `xn--bcher-kva.test`, RFC 5890), an
+/// address literal (`[192.0.2.1]`) as it is.
+pub fn domain_key(domain: &str) -> String {
+    let domain = domain.trim_end_matches('.');
+    if domain.is_ascii() {
+        return domain.to_ascii_lowercase();
+    }
+    idna::domain_to_ascii(domain).unwrap_or_else(|_| domain.to_lowercase())
+}
+
+/// The mailbox an address names, for telling recipients apart and for Maildir names:
+/// the domain lowercased without a trailing dot, the local part unquoted (`"alice"` is
+/// `alice`, `"a\\b"` is `ab`) and, with `fold_case`, lowercased (RFC 5321 lets a server
+/// treat local parts case-sensitively; almost no mail system does).
+pub fn mailbox_key(address: &str, fold_case: bool) -> String {
+    let (local, domain) = address.rsplit_once('@').unwrap_or((address, ""));
+    let mut key = match local.strip_prefix('"').and_then(|l| l.strip_suffix('"')) {
+        Some(inner) => {
+            let mut out = String::with_capacity(inner.len());
+            let mut chars = inner.chars();
+            while let Some(c) = chars.next() {
+                out.push(if c == '\\' {
+                    chars.next().unwrap_or(c)
+                } else {
+                    c
+                });
+            }
+            out
+        }
+        None => local.to_string(),
+    };
+    if fold_case {
+        key = key.to_lowercase();
+    }
+    key.push('@');
+    key.push_str(&domain_key(domain));
+    key
 }
 
 /// Why a path was refused.
@@ -299,5 +339,24 @@ mod tests {
         assert_eq!(split_path("<\"a>b\"@c>"), Some(("<\"a>b\"@c>", "")));
         assert_eq!(split_path("<a@b>x"), None);
         assert_eq!(split_path("a@b"), None);
+    }
+
+    #[test]
+    fn mailbox_keys_fold_quoting_case_and_domain() {
+        for a in [
+            "alice@Example.TEST",
+            "Alice@example.test.",
+            "ALICE@example.test",
+            "\"alice\"@example.test",
+            "\"al\\ice\"@EXAMPLE.test",
+        ] {
+            assert_eq!(mailbox_key(a, true), "alice@example.test", "{a}");
+        }
+        assert_eq!(
+            mailbox_key("Alice@Example.test", false),
+            "Alice@example.test"
+        );
+        assert_eq!(mailbox_key("\"a b\"@x.test", true), "a b@x.test");
+        assert_eq!(mailbox_key("Ünïcode@X.test", true), "ünïcode@x.test");
     }
 }

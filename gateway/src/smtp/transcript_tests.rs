@@ -360,13 +360,10 @@ fn rcpt_local_domain_and_relay_denied() {
     t.cmd("RCPT TO:<u@[192.0.2.1]>", "550 5.7.1");
     t.cmd("RCPT TO:<u@sub.example.test>", "550 5.7.1");
     t.cmd("RCPT TO:<postmaster>", "250 2.1.5");
+    // `u@example.test.` is the mailbox `u@Example.TEST` already named: one recipient.
     assert_eq!(
         t.s.envelope().rcpt_to,
-        vec![
-            "u@Example.TEST",
-            "u@example.test",
-            "postmaster@example.test"
-        ]
+        vec!["u@Example.TEST", "postmaster@example.test"]
     );
 }
 
@@ -430,6 +427,91 @@ fn recipient_limit_gives_452() {
     t.cmd("RCPT TO:<u2@example.test>", "250");
     t.cmd("RCPT TO:<u3@example.test>", "452 4.5.3");
     assert_eq!(t.s.envelope().rcpt_to.len(), 2);
+}
+
+#[test]
+fn recipients_past_the_limit_are_refused_without_ending_the_session() {
+    let mut t = T::with(
+        SessionConfig {
+            max_recipients: 3,
+            max_errors: 5,
+            max_recipient_overshoot: 30,
+            ..cfg()
+        },
+        conn(false),
+    );
+    t.connect();
+    t.cmd("EHLO c.test", "250");
+    t.cmd("MAIL FROM:<a@b.test>", "250");
+    let mut rcpts = String::new();
+    for i in 0..30 {
+        rcpts.push_str(&format!("RCPT TO:<u{i}@example.test>\r\n"));
+    }
+    let r = t.send(rcpts.as_bytes());
+    assert_eq!(
+        T::codes(&r).iter().filter(|c| **c == "452").count(),
+        27,
+        "{r}"
+    );
+    assert!(!r.contains("421"), "the overshoot is not an error: {r}");
+    t.cmd("DATA", "354");
+    t.send(b"x\r\n.\r\n");
+    assert_eq!(t.delivered[0].envelope.rcpt_to.len(), 3);
+    // Far past the limit, each further one counts as an error.
+    t.cmd("MAIL FROM:<a@b.test>", "250");
+    let mut rcpts = String::new();
+    for i in 0..40 {
+        rcpts.push_str(&format!("RCPT TO:<v{i}@example.test>\r\n"));
+    }
+    let r = t.send(rcpts.as_bytes());
+    assert!(r.contains("421 4.7.0"), "{r}");
+}
+
+#[test]
+fn too_many_received_headers_is_a_loop() {
+    let mut t = T::with(
+        SessionConfig {
+            max_hops: 3,
+            ..cfg()
+        },
+        conn(false),
+    );
+    t.connect();
+    t.cmd("EHLO c.test", "250");
+    for (n, code) in [(3, "250 2.0.0"), (4, "554 5.4.6")] {
+        txn(&mut t);
+        t.cmd("DATA", "354");
+        let mut msg = "RECEIVED: from a\r\n\tby b\r\n".repeat(n);
+        msg.push_str("Subject: x\r\n\r\nReceived: in the body\r\n.\r\n");
+        let r = t.send(msg.as_bytes());
+        assert!(r.starts_with(code), "{n}: {r}");
+    }
+    assert_eq!(t.delivered.len(), 1);
+}
+
+#[test]
+fn the_same_mailbox_twice_is_one_recipient() {
+    let mut t = T::ready();
+    t.cmd("MAIL FROM:<a@b.test>", "250");
+    t.cmd("RCPT TO:<alice@example.test>", "250 2.1.5");
+    for dup in [
+        "alice@example.test",
+        "Alice@EXAMPLE.test",
+        "\"alice\"@example.test",
+    ] {
+        t.cmd(&format!("RCPT TO:<{dup}>"), "250 2.1.5");
+    }
+    t.cmd("RCPT TO:<bob@example.test>", "250 2.1.5");
+    assert_eq!(
+        t.s.envelope().rcpt_to,
+        vec!["alice@example.test", "bob@example.test"]
+    );
+    let hooks = t
+        .hooks
+        .iter()
+        .filter(|h| matches!(h, Hook::RcptTo { .. }))
+        .count();
+    assert_eq!(hooks, 2, "duplicates are not asked again");
 }
 
 #[test]

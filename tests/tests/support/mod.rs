@@ -129,6 +129,8 @@ pub struct Setup {
     pub dir: Option<PathBuf>,
     /// Listen on this port instead of an ephemeral one.
     pub port: Option<u16>,
+    /// Extra arguments after `run --config FILE` (e.g. `--log-format json`).
+    pub args: Vec<String>,
 }
 
 impl Setup {
@@ -144,6 +146,10 @@ impl Setup {
     }
     pub fn env(mut self, k: &str, v: &str) -> Self {
         self.env.push((k.into(), v.into()));
+        self
+    }
+    pub fn arg(mut self, a: &str) -> Self {
+        self.args.push(a.into());
         self
     }
     pub fn tls_listener(mut self) -> Self {
@@ -208,6 +214,7 @@ impl Gateway {
         let mut cmd = Command::new(binary());
         cmd.args(["run", "--config"])
             .arg(&path)
+            .args(&setup.args)
             .current_dir(&workdir)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())

@@ -3,7 +3,7 @@
 
 use super::data::Content;
 use super::{Hook, Phase, Session, Step};
-use crate::smtp::address::Path;
+use crate::smtp::address::{Path, mailbox_key};
 use crate::smtp::command::{Command, CommandError};
 use crate::smtp::envelope::MailParams;
 use crate::smtp::reply::Reply;
@@ -217,8 +217,31 @@ impl Session {
                 m.address()
             }
         };
+        // The same mailbox twice is one recipient: accepted again, delivered once.
+        let key = mailbox_key(&address, self.cfg.fold_local_part);
+        let fold = self.cfg.fold_local_part;
+        if self
+            .envelope
+            .rcpt_to
+            .iter()
+            .any(|r| mailbox_key(r, fold) == key)
+        {
+            return self.send(Reply::new(
+                250,
+                "2.1.5",
+                format!("Recipient <{address}> ok (duplicate)"),
+            ));
+        }
         if self.envelope.rcpt_to.len() >= self.cfg.max_recipients {
-            return self.send(Reply::new(452, "4.5.3", "Too many recipients"));
+            // RFC 5321 4.5.3.1.10: refuse the extra recipients in order and keep the
+            // transaction; only a client that goes on far past the limit is in error.
+            let reply = Reply::new(452, "4.5.3", "Too many recipients");
+            self.overshoot += 1;
+            return if self.overshoot > self.cfg.max_recipient_overshoot {
+                self.send(reply)
+            } else {
+                self.send_uncounted(reply)
+            };
         }
         self.pause(Hook::RcptTo { address });
     }

@@ -22,10 +22,28 @@ pub(super) struct Content {
     pub(super) line_len: usize,
 }
 
+/// `Received:` fields in the header section of `message` (CRLF lines).
+pub(super) fn received_headers(message: &[u8]) -> usize {
+    message
+        .split(|&b| b == b'\n')
+        .take_while(|l| !l.is_empty() && *l != b"\r")
+        .filter(|l| l.len() >= 9 && l[..9].eq_ignore_ascii_case(b"received:"))
+        .count()
+}
+
 impl Session {
     /// The message is complete and passed the content checks: freeze it into one shared
     /// buffer and ask the DATA hook.
     fn complete(&mut self) {
+        let hops = received_headers(&self.data);
+        if hops > self.cfg.max_hops {
+            // RFC 5321 6.3: a message that has passed this many relays is looping.
+            return self.refuse_message(Reply::new(
+                554,
+                "5.4.6",
+                format!("Too many hops ({hops} Received: headers): mail loop"),
+            ));
+        }
         self.text = Bytes::from(std::mem::take(&mut self.data));
         self.pause(Hook::Data);
     }

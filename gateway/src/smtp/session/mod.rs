@@ -36,12 +36,19 @@ pub struct SessionConfig {
     pub max_message_size: usize,
     /// Recipients per transaction.
     pub max_recipients: usize,
+    /// Recipients past `max_recipients` refused with `452` before each further one counts
+    /// as an error (RFC 5321 4.5.3.1.10: refuse the extra ones, keep the transaction).
+    pub max_recipient_overshoot: usize,
+    /// Local parts that differ only in case name one mailbox (duplicates at RCPT).
+    pub fold_local_part: bool,
     /// Longest command line including CRLF.
     pub max_command_line: usize,
     /// Longest message text line including CRLF.
     pub max_text_line: usize,
     /// Error replies before the session is closed.
     pub max_errors: usize,
+    /// `Received:` headers a message may carry; more is a mail loop (`554 5.4.6`).
+    pub max_hops: usize,
     /// STARTTLS can be offered.
     pub starttls: bool,
     /// Lowercase domains we accept mail for.
@@ -54,9 +61,12 @@ impl Default for SessionConfig {
             hostname: "localhost".into(),
             max_message_size: 25 * 1024 * 1024,
             max_recipients: 100,
+            max_recipient_overshoot: 1000,
+            fold_local_part: true,
             max_command_line: 512,
             max_text_line: 1000,
             max_errors: 20,
+            max_hops: 50,
             starttls: false,
             local_domains: Vec::new(),
         }
@@ -185,6 +195,8 @@ pub struct Session {
     shutting_down: bool,
     messages: usize,
     received: usize,
+    /// Recipients refused past `max_recipients` in this transaction.
+    overshoot: usize,
     refused: Option<Refused>,
 }
 
@@ -213,6 +225,7 @@ impl Session {
             shutting_down: false,
             messages: 0,
             received: 0,
+            overshoot: 0,
             refused: None,
         }
     }
@@ -311,6 +324,12 @@ impl Session {
         Step::Send(std::mem::take(&mut self.out))
     }
 
+    /// Sends a reply that is not the client's error (it does not count towards
+    /// `max_errors`).
+    fn send_uncounted(&mut self, r: Reply) {
+        r.write_to(&mut self.out);
+    }
+
     fn send(&mut self, r: Reply) {
         r.write_to(&mut self.out);
         if r.code() == 421 {
@@ -328,6 +347,7 @@ impl Session {
 
     fn reset_txn(&mut self) {
         self.received = 0;
+        self.overshoot = 0;
         self.in_txn = false;
         self.envelope = Envelope::default();
         self.data = Vec::new();
