@@ -780,3 +780,54 @@ mx      A   127.0.0.1
     rcpts.sort();
     assert_eq!(rcpts, ["leser@bücher.test", "lit@[127.0.0.1]"]);
 }
+
+/// Item 3: the memory all sessions together hold for message content is capped
+/// (`limits.max_message_memory_mb`): a message that would go past it is refused with
+/// `452 4.3.1` and the sender retries later; others and the next message are served.
+#[test]
+fn message_memory_is_capped_across_sessions() {
+    let gw = Setup::default()
+        .section("[limits]\nmax_message_memory_mb = 3")
+        .start();
+    let dir = tempfile::tempdir().unwrap();
+    let message = |name: &str, size: usize| -> String {
+        let mut m = String::from("Subject: sized\r\n\r\n");
+        while m.len() < size {
+            m.push_str("0123456789012345678901234567890123456789012345678901234567890123456789\r\n");
+        }
+        let file = dir.path().join(name);
+        std::fs::write(&file, m).unwrap();
+        file.display().to_string()
+    };
+    let (big, mid) = (message("big", 4 << 20), message("mid", 1_500_000));
+    let send = |file: &str, to: &str| json(&smtplib(&["send", HOST, &gw.port(), "--to", to, "--data", file]));
+    let out = send(&big, "big@example.test");
+    assert_eq!(out["data"]["code"], 452, "{out}");
+    assert!(out["data"]["text"].as_str().unwrap().starts_with("4.3.1"), "{out}");
+    // A holds 1.5 MB of an unfinished message: B's does not fit beside it.
+    let mut a = Raw::connect(gw.smtp);
+    assert!(a.reply().starts_with("220"));
+    assert!(a.cmd("EHLO a.test").starts_with("250"));
+    assert!(a.cmd("MAIL FROM:<a@client.test>").starts_with("250"));
+    assert!(a.cmd("RCPT TO:<a@example.test>").starts_with("250"));
+    assert!(a.cmd("DATA").starts_with("354"));
+    let body = std::fs::read(&mid).unwrap();
+    a.send(&body);
+    // Bounded wait until the gateway has taken A's data in (it logs nothing for that:
+    // poll B until it is refused, at most 100 tries).
+    let mut refused = None;
+    for _ in 0..100 {
+        let out = send(&mid, "b@example.test");
+        if out["data"]["code"] == 452 {
+            refused = Some(out);
+            break;
+        }
+    }
+    let refused = refused.expect("B refused while A holds its message");
+    assert!(refused["data"]["text"].as_str().unwrap().starts_with("4.3.1"), "{refused}");
+    assert!(a.cmd(".").starts_with("250 2.0.0"), "A's message is delivered");
+    let out = send(&mid, "c@example.test");
+    assert_eq!(out["data"]["code"], 250, "memory is given back: {out}");
+    assert_eq!(gw.mailbox("example.test", "a").len(), 1);
+    assert!(gw.log().contains("message memory exhausted"), "{}", gw.log());
+}

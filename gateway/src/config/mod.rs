@@ -344,6 +344,9 @@ pub struct Limits {
     pub max_text_line: usize,
     /// Error replies in one session before it is closed with 421.
     pub max_errors: usize,
+    /// Memory all sessions together may hold for message content, MiB; a message that
+    /// would go past it gets `452 4.3.1` (the client retries later).
+    pub max_message_memory_mb: u64,
     /// `Received:` headers a message may already carry (Postfix's `hopcount_limit`);
     /// more get `554 5.4.6`, so a mail loop ends.
     pub max_hops: usize,
@@ -359,6 +362,7 @@ impl Default for Limits {
             max_text_line: 1000,
             max_errors: 20,
             max_hops: 50,
+            max_message_memory_mb: 256,
         }
     }
 }

@@ -267,6 +267,9 @@ pub struct Fixed {
     /// Per-client connection limit.
     #[serde(rename = "server.max_connections_per_ip")]
     pub max_connections_per_ip: usize,
+    /// Octets of message content all sessions together may hold in memory.
+    #[serde(rename = "limits.max_message_memory_mb")]
+    pub max_message_memory: usize,
     /// IPv4 and IPv6 prefix lengths that make one client.
     #[serde(rename = "server.client_ipv4_prefix / client_ipv6_prefix")]
     pub client_prefixes: (u8, u8),
@@ -543,6 +546,9 @@ impl Config {
         if l.max_recipients == 0 {
             return Err(invalid("limits.max_recipients", "must be greater than 0"));
         }
+        if l.max_message_memory_mb == 0 {
+            return Err(invalid("limits.max_message_memory_mb", "must be greater than 0"));
+        }
         if l.max_errors == 0 {
             return Err(invalid("limits.max_errors", "must be greater than 0"));
         }
@@ -629,6 +635,7 @@ impl Config {
                 max_connections: s.max_connections,
                 max_connections_per_ip: s.max_connections_per_ip,
                 client_prefixes: (s.client_ipv4_prefix, s.client_ipv6_prefix),
+                max_message_memory: (l.max_message_memory_mb as usize) << 20,
                 shutdown_grace: Duration::from_secs(s.shutdown_grace_secs),
                 watch_interval: Duration::from_millis(s.watch_interval_ms),
                 tls_files,

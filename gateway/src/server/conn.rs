@@ -41,6 +41,30 @@ struct Ctx {
     txn_started: Option<Instant>,
     messages: usize,
     plugins: Option<SessionPlugins>,
+    /// Octets of message content this session has taken from the shared budget.
+    held: usize,
+    memory: Arc<super::limits::MessageMemory>,
+}
+
+impl Ctx {
+    /// Brings this session's share of the message memory budget up to date with what the
+    /// session holds; past the budget, the message being received is refused.
+    fn account(&mut self, s: &mut Session) {
+        let now = s.held_bytes();
+        if now > self.held {
+            if self.memory.grow(now - self.held) {
+                self.held = now;
+                return;
+            }
+            warn!(held = self.held, want = now, in_use = self.memory.used(), "message memory exhausted; refusing this message");
+            s.out_of_memory();
+        }
+        let now = s.held_bytes();
+        if now < self.held {
+            self.memory.release(self.held - now);
+            self.held = now;
+        }
+    }
 }
 
 /// Serves one accepted TCP connection until it closes. `implicit_tls` for `listen_tls`.
@@ -74,6 +98,8 @@ pub async fn serve(
                 .plugins
                 .as_ref()
                 .map(|g| SessionPlugins::new(Arc::clone(g), session_id.clone())),
+            held: 0,
+            memory: Arc::clone(&shared.memory),
         };
         let listener = if implicit_tls {
             Listener::Smtps
@@ -132,6 +158,7 @@ pub async fn serve(
             }
         };
         ctx.outbound.close().await;
+        ctx.memory.release(ctx.held);
         let ms = started.elapsed().as_millis() as u64;
         match result {
             Ok(()) => info!(messages = ctx.messages, duration_ms = ms, "disconnect"),
@@ -190,6 +217,7 @@ where
                 }
             }
             Step::NeedInput => {
+                ctx.account(s);
                 let phase = s.read_timeout();
                 let limit = match phase {
                     ReadTimeout::Command => live.command_timeout,
@@ -461,6 +489,8 @@ mod tests {
             txn_started: None,
             messages: 0,
             plugins: None,
+            held: 0,
+            memory: super::super::limits::MessageMemory::new(64 << 20),
         };
         let session = Session::new(
             Arc::clone(&cur.session),

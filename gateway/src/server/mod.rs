@@ -105,6 +105,8 @@ pub struct Shared {
     pub shutdown: watch::Receiver<bool>,
     /// Open-connection accounting.
     pub conns: Arc<ConnTracker>,
+    /// Memory for message content, shared by all sessions.
+    pub memory: Arc<limits::MessageMemory>,
     /// The delivery mode.
     pub backend: outbound::Backend,
     /// When the gateway started (unix seconds).
@@ -192,6 +194,7 @@ pub async fn run(
             rt.fixed.max_connections_per_ip,
             rt.fixed.client_prefixes,
         ),
+        memory: limits::MessageMemory::new(rt.fixed.max_message_memory),
         backend: outbound::Backend::new(&rt.fixed, queue.clone()),
         dns,
         started,

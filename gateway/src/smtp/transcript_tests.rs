@@ -490,6 +490,26 @@ fn too_many_received_headers_is_a_loop() {
 }
 
 #[test]
+fn out_of_message_memory_refuses_that_message_only() {
+    let mut t = T::ready();
+    txn(&mut t);
+    t.cmd("DATA", "354");
+    t.s.feed(b"Subject: big\r\n\r\npart one\r\n");
+    t.pump();
+    assert!(t.s.held_bytes() > 0);
+    t.s.out_of_memory();
+    assert_eq!(t.s.held_bytes(), 0, "the message was dropped");
+    let r = t.send(b"part two\r\n.\r\n");
+    assert!(r.starts_with("452 4.3.1"), "{r}");
+    assert!(t.delivered.is_empty());
+    t.s.out_of_memory();
+    txn(&mut t);
+    t.cmd("DATA", "354");
+    let r = t.send(b"small\r\n.\r\n");
+    assert!(r.starts_with("250 2.0.0"), "the next message is fine: {r}");
+}
+
+#[test]
 fn the_same_mailbox_twice_is_one_recipient() {
     let mut t = T::ready();
     t.cmd("MAIL FROM:<a@b.test>", "250");

@@ -11,6 +11,8 @@ use crate::smtp::reply::Reply;
 pub(super) struct Content {
     pub(super) bare: bool,
     pub(super) too_big: bool,
+    /// The gateway's memory for messages ran out: the rest is read and dropped.
+    pub(super) no_memory: bool,
     pub(super) long_line: bool,
     /// DATA: the previous line ended in CRLF (so `.CRLF` now ends the data).
     pub(super) prev_crlf: bool,
@@ -51,7 +53,7 @@ impl Session {
     /// Appends message content within the size limit.
     pub(super) fn store(&mut self, bytes: &[u8]) {
         self.received += bytes.len();
-        if self.content.too_big {
+        if self.content.too_big || self.content.no_memory {
             return;
         }
         if self.data.len() + bytes.len() > self.cfg.max_message_size {
@@ -86,6 +88,12 @@ impl Session {
                 552,
                 "5.3.4",
                 "Message size exceeds fixed maximum message size",
+            ))
+        } else if c.no_memory {
+            Some(Reply::new(
+                452,
+                "4.3.1",
+                "Insufficient system storage, try again later",
             ))
         } else if c.long_line {
             Some(Reply::new(

@@ -285,6 +285,22 @@ impl Session {
         }
     }
 
+    /// Octets of message content the session holds now (what it has allocated for the
+    /// message being received, or the complete message while the DATA hook runs).
+    pub fn held_bytes(&self) -> usize {
+        self.data.capacity() + self.text.len()
+    }
+
+    /// The driver has no memory left for message content: the message being received is
+    /// dropped and read to its end, and its end answered `452 4.3.1`. Nothing changes
+    /// outside message data.
+    pub fn out_of_memory(&mut self) {
+        if matches!(self.phase, Phase::Data | Phase::Bdat { .. }) {
+            self.content.no_memory = true;
+            self.data = Vec::new();
+        }
+    }
+
     /// The current transaction.
     pub fn envelope(&self) -> &Envelope {
         &self.envelope

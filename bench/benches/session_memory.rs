@@ -1,0 +1,156 @@
+//! Peak memory of the gateway while many clients each send a large message at once and
+//! none finishes: the real binary, real sockets, its resident set read from
+//! `/proc/<pid>/status` (`VmHWM`). Run twice in one go, with the default
+//! `limits.max_message_memory_mb` and with the cap lifted, so the figures are a ratio
+//! measured in the same run.
+//!
+//! ```sh
+//! cargo build -p mailgate && cargo bench -p mailgate-bench --bench session_memory
+//! # sizes: SESSIONS (default 200), MESSAGE_MB (default 10); binary: MAILGATE_BIN
+//! # CAPPED_ONLY=1 skips the run without the cap (1000 x 25 MiB uncapped needs ~25 GiB)
+//! SESSIONS=1000 MESSAGE_MB=25 CAPPED_ONLY=1 cargo bench -p mailgate-bench --bench session_memory
+//! ```
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+fn env(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+fn binary() -> PathBuf {
+    std::env::var("MAILGATE_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| {
+            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/debug/mailgate")
+        })
+}
+
+/// Starts the gateway with `extra` config; returns it and its SMTP address.
+fn start(dir: &std::path::Path, extra: &str) -> (Child, SocketAddr) {
+    let cfg = dir.join("gw.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[server]\nlisten = [\"127.0.0.1:0\"]\nmax_connections = 5000\n\
+             max_connections_per_ip = 5000\nwatch_interval_ms = 0\n\
+             [delivery]\nmaildir = {:?}\n[admin]\nsocket = {:?}\n\
+             [dns]\nreverse_lookup = false\n{extra}",
+            dir.join("mail").display().to_string(),
+            dir.join("admin.sock").display().to_string()
+        ),
+    )
+    .unwrap();
+    let mut child = Command::new(binary())
+        .args(["run", "--config"])
+        .arg(&cfg)
+        .env("MAILGATE_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("run the mailgate binary (cargo build -p mailgate, or MAILGATE_BIN)");
+    let mut addr = None;
+    for line in BufReader::new(child.stdout.take().unwrap()).lines() {
+        let line = line.unwrap();
+        if let Some(a) = line.strip_prefix("listening smtp ") {
+            addr = Some(a.parse().unwrap());
+        }
+        if line == "ready" {
+            break;
+        }
+    }
+    (child, addr.expect("listening"))
+}
+
+fn peak_rss_mib(pid: u32) -> f64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let kb: f64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap();
+    kb / 1024.0
+}
+
+/// `sessions` clients each send `mb` MiB of message data and do not finish; returns the
+/// gateway's peak RSS in MiB and how long the sending took.
+fn run(extra: &str, sessions: usize, mb: usize) -> (f64, Duration) {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut gw, addr) = start(dir.path(), extra);
+    let line = b"0123456789012345678901234567890123456789012345678901234567890123456789abc\r\n";
+    let chunk: Vec<u8> = line
+        .iter()
+        .copied()
+        .cycle()
+        .take(line.len() * 1024)
+        .collect();
+    let t = Instant::now();
+    let clients: Vec<_> = (0..sessions)
+        .map(|i| {
+            let chunk = chunk.clone();
+            std::thread::spawn(move || {
+                let mut s = TcpStream::connect(addr).unwrap();
+                let mut r = BufReader::new(s.try_clone().unwrap());
+                let mut reply = |s: &mut TcpStream, cmd: &str| {
+                    if !cmd.is_empty() {
+                        s.write_all(format!("{cmd}\r\n").as_bytes()).unwrap();
+                    }
+                    let mut l = String::new();
+                    // Multi-line EHLO reply: read to the last line.
+                    while r.read_line(&mut l).unwrap() > 0 && l.as_bytes().get(3) == Some(&b'-') {
+                        l.clear();
+                    }
+                };
+                reply(&mut s, "");
+                reply(&mut s, "EHLO bench.test");
+                reply(&mut s, "MAIL FROM:<b@bench.test>");
+                reply(&mut s, &format!("RCPT TO:<u{i}@example.test>"));
+                reply(&mut s, "DATA");
+                let mut sent = 0;
+                while sent < mb << 20 {
+                    s.write_all(&chunk).unwrap();
+                    sent += chunk.len();
+                }
+                // Unfinished: the connection stays open until the main thread is done.
+                s
+            })
+        })
+        .collect();
+    let open: Vec<TcpStream> = clients.into_iter().map(|c| c.join().unwrap()).collect();
+    let took = t.elapsed();
+    // Let the gateway take in what is still in its socket buffers.
+    std::thread::sleep(Duration::from_secs(2));
+    let peak = peak_rss_mib(gw.id());
+    drop(open);
+    let _ = gw.kill();
+    let _ = gw.wait();
+    (peak, took)
+}
+
+fn main() {
+    // `cargo bench` passes --bench; `cargo test --benches` would pass nothing: run only
+    // when benchmarking.
+    if !std::env::args().any(|a| a == "--bench") {
+        return;
+    }
+    let sessions = env("SESSIONS", 200);
+    let mb = env("MESSAGE_MB", 10);
+    println!("{sessions} sessions x {mb} MiB of unfinished DATA each");
+    let (capped, t1) = run("", sessions, mb);
+    println!(
+        "default cap (limits.max_message_memory_mb = 256): peak RSS {capped:.0} MiB ({t1:.1?})"
+    );
+    if std::env::var("CAPPED_ONLY").is_ok() {
+        return;
+    }
+    let (uncapped, t2) = run("[limits]\nmax_message_memory_mb = 1000000\n", sessions, mb);
+    println!("cap lifted: peak RSS {uncapped:.0} MiB ({t2:.1?})");
+    println!("ratio capped/uncapped: {:.3}", capped / uncapped);
+}
