@@ -793,17 +793,32 @@ fn message_memory_is_capped_across_sessions() {
     let message = |name: &str, size: usize| -> String {
         let mut m = String::from("Subject: sized\r\n\r\n");
         while m.len() < size {
-            m.push_str("0123456789012345678901234567890123456789012345678901234567890123456789\r\n");
+            m.push_str(
+                "0123456789012345678901234567890123456789012345678901234567890123456789\r\n",
+            );
         }
         let file = dir.path().join(name);
         std::fs::write(&file, m).unwrap();
         file.display().to_string()
     };
     let (big, mid) = (message("big", 4 << 20), message("mid", 1_500_000));
-    let send = |file: &str, to: &str| json(&smtplib(&["send", HOST, &gw.port(), "--to", to, "--data", file]));
+    let send = |file: &str, to: &str| {
+        json(&smtplib(&[
+            "send",
+            HOST,
+            &gw.port(),
+            "--to",
+            to,
+            "--data",
+            file,
+        ]))
+    };
     let out = send(&big, "big@example.test");
     assert_eq!(out["data"]["code"], 452, "{out}");
-    assert!(out["data"]["text"].as_str().unwrap().starts_with("4.3.1"), "{out}");
+    assert!(
+        out["data"]["text"].as_str().unwrap().starts_with("4.3.1"),
+        "{out}"
+    );
     // A holds 1.5 MB of an unfinished message: B's does not fit beside it.
     let mut a = Raw::connect(gw.smtp);
     assert!(a.reply().starts_with("220"));
@@ -824,10 +839,23 @@ fn message_memory_is_capped_across_sessions() {
         }
     }
     let refused = refused.expect("B refused while A holds its message");
-    assert!(refused["data"]["text"].as_str().unwrap().starts_with("4.3.1"), "{refused}");
-    assert!(a.cmd(".").starts_with("250 2.0.0"), "A's message is delivered");
+    assert!(
+        refused["data"]["text"]
+            .as_str()
+            .unwrap()
+            .starts_with("4.3.1"),
+        "{refused}"
+    );
+    assert!(
+        a.cmd(".").starts_with("250 2.0.0"),
+        "A's message is delivered"
+    );
     let out = send(&mid, "c@example.test");
     assert_eq!(out["data"]["code"], 250, "memory is given back: {out}");
     assert_eq!(gw.mailbox("example.test", "a").len(), 1);
-    assert!(gw.log().contains("message memory exhausted"), "{}", gw.log());
+    assert!(
+        gw.log().contains("message memory exhausted"),
+        "{}",
+        gw.log()
+    );
 }

@@ -547,7 +547,10 @@ impl Config {
             return Err(invalid("limits.max_recipients", "must be greater than 0"));
         }
         if l.max_message_memory_mb == 0 {
-            return Err(invalid("limits.max_message_memory_mb", "must be greater than 0"));
+            return Err(invalid(
+                "limits.max_message_memory_mb",
+                "must be greater than 0",
+            ));
         }
         if l.max_errors == 0 {
             return Err(invalid("limits.max_errors", "must be greater than 0"));

@@ -56,7 +56,12 @@ impl Ctx {
                 self.held = now;
                 return;
             }
-            warn!(held = self.held, want = now, in_use = self.memory.used(), "message memory exhausted; refusing this message");
+            warn!(
+                held = self.held,
+                want = now,
+                in_use = self.memory.used(),
+                "message memory exhausted; refusing this message"
+            );
             s.out_of_memory();
         }
         let now = s.held_bytes();

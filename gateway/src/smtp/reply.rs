@@ -90,9 +90,11 @@ impl Reply {
             return None;
         }
         let class = (code / 100) as u8;
+        // Enhanced codes exist for classes 2, 4 and 5 only (RFC 3463): a 3xx has none.
         let enhanced = match enhanced {
-            Some(e) if e.0 == class => e,
-            _ => Enhanced(class, 0, 0),
+            _ if !matches!(class, 2 | 4 | 5) => None,
+            Some(e) if e.0 == class => Some(e),
+            _ => Some(Enhanced(class, 0, 0)),
         };
         let mut out: Vec<String> = lines
             .iter()
@@ -114,7 +116,7 @@ impl Reply {
         }
         Some(Reply {
             code,
-            enhanced: Some(enhanced),
+            enhanced,
             lines: out,
         })
     }
@@ -230,6 +232,15 @@ impl<'de> serde::Deserialize<'de> for Reply {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_3xx_reply_gets_no_enhanced_code() {
+        let r = Reply::sanitized(354, Some(Enhanced(2, 0, 0)), &["go ahead"]).unwrap();
+        assert_eq!(r.to_bytes(), b"354 go ahead\r\n");
+        assert_eq!(r.enhanced(), None);
+        let r = Reply::sanitized(250, None, &["ok"]).unwrap();
+        assert_eq!(r.to_bytes(), b"250 2.0.0 ok\r\n");
+    }
 
     #[test]
     fn one_line_form_round_trips() {
