@@ -510,6 +510,33 @@ fn out_of_message_memory_refuses_that_message_only() {
 }
 
 #[test]
+fn the_size_verdict_does_not_depend_on_how_a_long_line_arrives() {
+    // Found by the session fuzz target: 88 + 2 + 9 + 2 octets over a 100-octet limit,
+    // with a text line limit of 78, was 552 whole but 554 in pieces.
+    let cfg = || SessionConfig {
+        max_message_size: 100,
+        max_text_line: 78,
+        ..cfg()
+    };
+    let msg = format!("{}\r\nyyyyyyyyy\r\n.\r\n", "x".repeat(88));
+    let mut replies = Vec::new();
+    for chunk in [msg.len(), 7] {
+        let mut t = T::with(cfg(), conn(false));
+        t.connect();
+        t.cmd("EHLO c.test", "250");
+        txn(&mut t);
+        t.cmd("DATA", "354");
+        let mut r = String::new();
+        for piece in msg.as_bytes().chunks(chunk) {
+            r.push_str(&t.send(piece));
+        }
+        replies.push(r);
+    }
+    assert!(replies[0].starts_with("552 5.3.4"), "{replies:?}");
+    assert_eq!(replies[0], replies[1]);
+}
+
+#[test]
 fn the_same_mailbox_twice_is_one_recipient() {
     let mut t = T::ready();
     t.cmd("MAIL FROM:<a@b.test>", "250");

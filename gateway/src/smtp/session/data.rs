@@ -56,7 +56,9 @@ impl Session {
         if self.content.too_big || self.content.no_memory {
             return;
         }
-        if self.data.len() + bytes.len() > self.cfg.max_message_size {
+        // `received` counts every octet of the message, also the dropped rest of an
+        // over-long line, so the size verdict does not depend on how lines arrive.
+        if self.received > self.cfg.max_message_size {
             self.content.too_big = true;
             self.data = Vec::new();
         } else {
