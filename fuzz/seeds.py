@@ -136,6 +136,15 @@ session(
 )
 session("eof-in-data", EHLO + TXN + b"DATA\r\nunterminated", chunks=[5])
 session("eof-in-bdat", EHLO + TXN + b"BDAT 100\r\nshort")
+# Fixed in db6b231: 552 (size) when the 88-octet line arrived whole, 554 (line length) in pieces.
+write(
+    "session",
+    "size-verdict-depends-on-chunking",
+    bytes([0, 0x24, 0]) + struct.pack("<Q", 0) + bytes([0, 0])
+    + b"EHLO c\r\nMAIL FROM:<>\r\nRCPT TO:<u@example.test>\r\nDATA\r\n"
+    + b"x" * 88 + b"\r\n" + b"y" * 9 + b"\r\n.\r\nQUIT\r\n",
+    prefix="regression-",
+)
 
 
 # ---- command: one command line (or path) as text ----

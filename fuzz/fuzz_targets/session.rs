@@ -47,8 +47,6 @@
 //! - whatever is buffered behind STARTTLS is discarded (CVE-2011-0411). A run is compared
 //!   past a `StartTls` when it had fed exactly as much of the stream as the reference by
 //!   then (nothing was discarded), and up to it otherwise.
-//!
-//! One known difference is not a protocol rule; see `KNOWN_SIZE_VERDICT_ISSUE`.
 
 #![no_main]
 
@@ -311,8 +309,7 @@ fn run(plan: &Plan<'_>, feed: Feed) -> Run {
                 if let Err(e) = check::reply_stream(&bytes) {
                     panic!("Step::Send {:?}: {e}", String::from_utf8_lossy(&bytes));
                 }
-                out.sent
-                    .extend_from_slice(&known_issue_normalized(cfg, &bytes));
+                out.sent.extend_from_slice(&bytes);
             }
             Step::NeedInput => {
                 assert!(!eof, "NeedInput after EOF");
@@ -437,71 +434,11 @@ fn run(plan: &Plan<'_>, feed: Feed) -> Run {
             );
             mail = None;
             rcpts.clear();
-            out.events.push((
-                out.sent.len(),
-                Event::Refused(r.envelope, known_issue_reply(cfg, r.reply)),
-            ));
+            out.events
+                .push((out.sent.len(), Event::Refused(r.envelope, r.reply)));
         }
     }
     panic!("session did not close within {budget} steps");
-}
-
-/// Found by this target and fixed: a message over `max_message_size` with a line over
-/// `max_text_line` got `552 5.3.4` when the long line arrived whole but `554 5.6.0` when
-/// it arrived in pieces (the size check counted only the octets kept). Now the runs are
-/// compared as they are; `true` would take both replies as one again.
-/// fuzz/regressions/session/ has the reproducer.
-const KNOWN_SIZE_VERDICT_ISSUE: bool = false;
-
-/// The replies of the size and line-length verdicts (see `KNOWN_SIZE_VERDICT_ISSUE`).
-fn size_or_line_verdicts(cfg: &SessionConfig) -> [Reply; 2] {
-    [
-        Reply::new(
-            552,
-            "5.3.4",
-            "Message size exceeds fixed maximum message size",
-        ),
-        Reply::new(
-            554,
-            "5.6.0",
-            format!(
-                "Message refused: line longer than {} octets",
-                cfg.max_text_line
-            ),
-        ),
-    ]
-}
-
-/// `reply`, one of the two verdicts replaced by the other (see `KNOWN_SIZE_VERDICT_ISSUE`).
-fn known_issue_reply(cfg: &SessionConfig, reply: Reply) -> Reply {
-    let [size, line] = size_or_line_verdicts(cfg);
-    if KNOWN_SIZE_VERDICT_ISSUE && reply == line {
-        size
-    } else {
-        reply
-    }
-}
-
-/// `sent` with the line-length verdict written as the size verdict (see
-/// `KNOWN_SIZE_VERDICT_ISSUE`), for comparing runs.
-fn known_issue_normalized(cfg: &SessionConfig, sent: &[u8]) -> Vec<u8> {
-    if !KNOWN_SIZE_VERDICT_ISSUE {
-        return sent.to_vec();
-    }
-    let [size, line] = size_or_line_verdicts(cfg);
-    let (size, line) = (size.to_bytes(), line.to_bytes());
-    let mut out = Vec::with_capacity(sent.len());
-    let mut rest = sent;
-    while !rest.is_empty() {
-        let end = rest
-            .windows(2)
-            .position(|w| w == b"\r\n")
-            .map_or(rest.len(), |i| i + 2);
-        let l = &rest[..end];
-        out.extend_from_slice(if l == line { &size } else { l });
-        rest = &rest[end..];
-    }
-    out
 }
 
 /// Where `run` stops being comparable with the byte-by-byte `reference` (see the module
