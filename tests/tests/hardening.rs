@@ -32,6 +32,21 @@ fn modes(root: &Path) -> Vec<(String, u32)> {
     out
 }
 
+/// `mailgate status` of `gw`, polled (bounded: 200 × 50 ms) until `done` holds; the last
+/// answer either way.
+fn status_when(gw: &Gateway, done: impl Fn(&serde_json::Value) -> bool) -> serde_json::Value {
+    let mut status = serde_json::Value::Null;
+    for _ in 0..200 {
+        let (_, text, _) = mailgate(&["status", "--config", &gw.config.display().to_string()]);
+        status = json(&text);
+        if done(&status) {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    status
+}
+
 /// Item 7: the same mailbox given twice (in any case or quoting) is delivered once.
 #[test]
 fn a_repeated_recipient_is_delivered_once() {
@@ -409,15 +424,7 @@ fn destination_limiters_do_not_pile_up() {
     let out = json(&smtplib(&args));
     assert_eq!(out["data"]["code"], 250, "{out}");
     // Bounded wait: every destination attempted (nothing listens there: deferred).
-    let mut status = serde_json::Value::Null;
-    for _ in 0..200 {
-        let (_, text, _) = mailgate(&["status", "--config", &gw.config.display().to_string()]);
-        status = json(&text);
-        if status["queue"]["deferred"].as_u64() == Some(20) {
-            break;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    }
+    let status = status_when(&gw, |s| s["queue"]["deferred"].as_u64() == Some(20));
     assert_eq!(status["queue"]["deferred"], 20, "{status}");
     assert_eq!(status["queue"]["destinations"], 0, "{status}");
 }
@@ -710,15 +717,9 @@ ns      A   127.0.0.1
         "gone@example.test",
     ]));
     assert_eq!(out["data"]["code"], 250, "{out}");
-    let mut status = serde_json::Value::Null;
-    for _ in 0..200 {
-        let (_, text, _) = mailgate(&["status", "--config", &gw.config.display().to_string()]);
-        status = json(&text);
-        if status["queue"]["depth"] == 0 && status["queue"]["failed"] == 1 {
-            break;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    }
+    let status = status_when(&gw, |s| {
+        s["queue"]["depth"] == 0 && s["queue"]["failed"] == 1
+    });
     assert_eq!(status["queue"]["failed"], 1, "{status}");
     assert_eq!(status["queue"]["dsn_sent"], 0, "{status}");
     assert_eq!(status["queue"]["depth"], 0, "{status}");
