@@ -325,13 +325,7 @@ impl Fixed {
 impl Live {
     /// Whether `ip` may relay to any domain.
     pub fn relay_allowed(&self, ip: IpAddr) -> bool {
-        let ip = match ip {
-            IpAddr::V6(v6) => v6
-                .to_ipv4_mapped()
-                .map(IpAddr::V4)
-                .unwrap_or(IpAddr::V6(v6)),
-            v4 => v4,
-        };
+        let ip = ip.to_canonical();
         self.trusted_networks.iter().any(|n| n.contains(&ip))
     }
 }

@@ -194,7 +194,7 @@ impl Routing {
 /// Whether `ip` is an address on the public Internet: not loopback, private (RFC 1918,
 /// RFC 4193), shared (RFC 6598), link-local, unspecified, broadcast or "this network".
 pub fn is_public(ip: IpAddr) -> bool {
-    match ip {
+    match ip.to_canonical() {
         IpAddr::V4(v4) => {
             let o = v4.octets();
             !(v4.is_loopback()
@@ -205,16 +205,13 @@ pub fn is_public(ip: IpAddr) -> bool {
                 || o[0] == 0
                 || (o[0] == 100 && (o[1] & 0xc0) == 64))
         }
-        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
-            Some(v4) => is_public(IpAddr::V4(v4)),
-            None => {
-                let s = v6.segments();
-                !(v6.is_loopback()
-                    || v6.is_unspecified()
-                    || (s[0] & 0xfe00) == 0xfc00
-                    || (s[0] & 0xffc0) == 0xfe80)
-            }
-        },
+        IpAddr::V6(v6) => {
+            let s = v6.segments();
+            !(v6.is_loopback()
+                || v6.is_unspecified()
+                || (s[0] & 0xfe00) == 0xfc00
+                || (s[0] & 0xffc0) == 0xfe80)
+        }
     }
 }
 

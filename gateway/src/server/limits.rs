@@ -15,10 +15,7 @@ use ipnet::IpNet;
 /// The network a client address counts as: `v4_prefix` bits of an IPv4 address (an
 /// IPv4-mapped IPv6 address is IPv4), `v6_prefix` bits of an IPv6 one.
 pub fn client_network(ip: IpAddr, v4_prefix: u8, v6_prefix: u8) -> IpNet {
-    let ip = match ip {
-        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(IpAddr::V6(v6), IpAddr::V4),
-        v4 => v4,
-    };
+    let ip = ip.to_canonical();
     let prefix = match ip {
         IpAddr::V4(_) => v4_prefix.min(32),
         IpAddr::V6(_) => v6_prefix.min(128),
