@@ -149,7 +149,7 @@ fn bench(c: &mut Criterion) {
     while body.len() < 10 * 1024 {
         body.extend_from_slice(b"a line of body text that is about sixty four octets long....\r\n");
     }
-    let raw = Bytes::from(body);
+    let raw = mailgate::smtp::MessageText::new(Bytes::from(body));
     let mut g = c.benchmark_group("data");
     g.bench_function("live-instance", |b| {
         let mut chain = plugins(&adder);

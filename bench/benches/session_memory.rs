@@ -1,14 +1,19 @@
 //! Peak memory of the gateway while many clients each send a large message at once and
 //! none finishes: the real binary, real sockets, its resident set read from
-//! `/proc/<pid>/status` (`VmHWM`). Run twice in one go, with the default
-//! `limits.max_message_memory_mb` and with the cap lifted, so the figures are a ratio
-//! measured in the same run.
+//! `/proc/<pid>/status` (`VmHWM`). Run twice in one go, with the default settings
+//! (message content past `limits.spill_threshold_kb` or past `limits.max_message_memory_mb`
+//! moves to spill files) and with every message held in memory (threshold and cap
+//! lifted, as before spilling existed), so the figures are a ratio measured in the same
+//! run. With `FINISH=1` the clients then end their messages, every one must be accepted
+//! (`250`), and the peak is read again once they are delivered.
 //!
 //! ```sh
 //! cargo build -p mailgate && cargo bench -p mailgate-bench --bench session_memory
 //! # sizes: SESSIONS (default 200), MESSAGE_MB (default 10); binary: MAILGATE_BIN
-//! # CAPPED_ONLY=1 skips the run without the cap (1000 x 25 MiB uncapped needs ~25 GiB)
-//! SESSIONS=1000 MESSAGE_MB=25 CAPPED_ONLY=1 cargo bench -p mailgate-bench --bench session_memory
+//! # DEFAULT_ONLY=1 skips the all-in-memory run (1000 x 25 MiB in memory needs ~25 GiB);
+//! # the spill files need SESSIONS x MESSAGE_MB of disk (twice that with FINISH=1)
+//! SESSIONS=1000 MESSAGE_MB=25 DEFAULT_ONLY=1 cargo bench -p mailgate-bench --bench session_memory
+//! SESSIONS=200 MESSAGE_MB=10 FINISH=1 cargo bench -p mailgate-bench --bench session_memory
 //! ```
 
 use std::io::{BufRead, BufReader, Write};
@@ -79,11 +84,24 @@ fn peak_rss_mib(pid: u32) -> f64 {
     kb / 1024.0
 }
 
-/// `sessions` clients each send `mb` MiB of message data and do not finish; returns the
-/// gateway's peak RSS in MiB and how long the sending took.
-fn run(extra: &str, sessions: usize, mb: usize) -> (f64, Duration) {
+/// What one run measured.
+struct Figures {
+    /// Peak RSS (MiB) while every client has sent its data and none has finished.
+    unfinished: f64,
+    /// How long the sending took.
+    took: Duration,
+    /// With `FINISH=1`: peak RSS once the messages were ended and delivered, and how
+    /// many of them were accepted with 250.
+    finished: Option<(f64, usize)>,
+}
+
+/// `sessions` clients each send `mb` MiB of message data and do not finish (then, with
+/// `finish`, they end their messages). `limits`: lines for `[limits]`.
+fn run(limits: &str, sessions: usize, mb: usize, finish: bool) -> Figures {
     let dir = tempfile::tempdir().unwrap();
-    let (mut gw, addr) = start(dir.path(), extra);
+    // The messages are a little over `mb` MiB: the size limit leaves room for that.
+    let extra = format!("[limits]\nmax_message_size = {}\n{limits}", (mb + 1) << 20);
+    let (mut gw, addr) = start(dir.path(), &extra);
     let line = b"0123456789012345678901234567890123456789012345678901234567890123456789abc\r\n";
     let chunk: Vec<u8> = line
         .iter()
@@ -127,11 +145,43 @@ fn run(extra: &str, sessions: usize, mb: usize) -> (f64, Duration) {
     let took = t.elapsed();
     // Let the gateway take in what is still in its socket buffers.
     std::thread::sleep(Duration::from_secs(2));
-    let peak = peak_rss_mib(gw.id());
-    drop(open);
+    let unfinished = peak_rss_mib(gw.id());
+    let finished = finish.then(|| {
+        let enders: Vec<_> = open
+            .into_iter()
+            .map(|mut s| {
+                std::thread::spawn(move || {
+                    s.write_all(b"\r\n.\r\n").unwrap();
+                    let mut l = String::new();
+                    BufReader::new(s).read_line(&mut l).unwrap();
+                    l.starts_with("250")
+                })
+            })
+            .collect();
+        let accepted = enders
+            .into_iter()
+            .filter_map(|e| e.join().ok())
+            .filter(|ok| *ok)
+            .count();
+        (peak_rss_mib(gw.id()), accepted)
+    });
     let _ = gw.kill();
     let _ = gw.wait();
-    (peak, took)
+    Figures {
+        unfinished,
+        took,
+        finished,
+    }
+}
+
+fn report(name: &str, f: &Figures, sessions: usize) {
+    println!(
+        "{name}: peak RSS {:.0} MiB with every message unfinished ({:.1?})",
+        f.unfinished, f.took
+    );
+    if let Some((peak, accepted)) = f.finished {
+        println!("{name}: peak RSS {peak:.0} MiB once ended; {accepted}/{sessions} accepted (250)");
+    }
 }
 
 fn main() {
@@ -142,15 +192,22 @@ fn main() {
     }
     let sessions = env("SESSIONS", 200);
     let mb = env("MESSAGE_MB", 10);
-    println!("{sessions} sessions x {mb} MiB of unfinished DATA each");
-    let (capped, t1) = run("", sessions, mb);
-    println!(
-        "default cap (limits.max_message_memory_mb = 256): peak RSS {capped:.0} MiB ({t1:.1?})"
-    );
-    if std::env::var("CAPPED_ONLY").is_ok() {
+    let finish = std::env::var("FINISH").is_ok();
+    println!("{sessions} sessions x {mb} MiB of DATA each");
+    let spilled = run("", sessions, mb, finish);
+    report("defaults (spill past 1 MiB, 128 MiB cap)", &spilled, sessions);
+    if std::env::var("DEFAULT_ONLY").is_ok() {
         return;
     }
-    let (uncapped, t2) = run("[limits]\nmax_message_memory_mb = 1000000\n", sessions, mb);
-    println!("cap lifted: peak RSS {uncapped:.0} MiB ({t2:.1?})");
-    println!("ratio capped/uncapped: {:.3}", capped / uncapped);
+    let held = run(
+        "max_message_memory_mb = 1000000\nspill_threshold_kb = 1000000000\n",
+        sessions,
+        mb,
+        finish,
+    );
+    report("all in memory", &held, sessions);
+    println!(
+        "ratio defaults / all in memory: {:.3}",
+        spilled.unfinished / held.unfinished
+    );
 }

@@ -21,7 +21,10 @@
 //!
 //! Each input runs three times, fed in different pieces: one octet at a time (the
 //! reference), pipelined as far as a client may (before EHLO one line at a time, after it
-//! everything up to the next STARTTLS line), and in the input's chunk lengths.
+//! everything up to the next STARTTLS line), and in the input's chunk lengths. The chunked
+//! run also spills: after every piece it takes the content the session holds
+//! (`take_content()`) into a "file" in memory, answers `Step::Seal` with it, and so reads
+//! every message back from there; its deliveries must be the same octets.
 //!
 //! Invariants on every run:
 //! - every `Step::Send` is a sequence of complete, well-formed replies (`check::reply_stream`);
@@ -56,9 +59,24 @@ use libfuzzer_sys::fuzz_target;
 use mailgate_fuzz::check;
 use mailgate_fuzz::smtp::address::mailbox_key;
 use mailgate_fuzz::smtp::{
-    Envelope, Hook, Listener, Message, Reply, Resolution, Session, SessionConfig, SessionFacts,
-    Step, TlsInfo,
+    Backing, Envelope, Hook, Listener, Message, MessageText, Reply, Resolution, Session,
+    SessionConfig, SessionFacts, Step, TlsInfo,
 };
+
+/// A spill file in memory.
+#[derive(Debug)]
+struct SpillFile(Vec<u8>);
+
+impl Backing for SpillFile {
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<usize> {
+        let start = usize::try_from(offset)
+            .unwrap_or(usize::MAX)
+            .min(self.0.len());
+        let n = buf.len().min(self.0.len() - start);
+        buf[..n].copy_from_slice(&self.0[start..start + n]);
+        Ok(n)
+    }
+}
 
 const HEADER: usize = 13;
 
@@ -294,6 +312,8 @@ fn run(plan: &Plan<'_>, feed: Feed) -> Run {
     let mut mail: Option<String> = None;
     let mut rcpts: Vec<String> = Vec::new();
     let mut accepted_text: Option<Vec<u8>> = None;
+    let spills = matches!(feed, Feed::Chunks);
+    let mut file: Vec<u8> = Vec::new();
 
     let budget = 100_000 + 16 * plan.stream.len();
     for _ in 0..budget {
@@ -313,12 +333,20 @@ fn run(plan: &Plan<'_>, feed: Feed) -> Run {
             }
             Step::NeedInput => {
                 assert!(!eof, "NeedInput after EOF");
+                if s.spilled() == 0 {
+                    // The message the file was for ended (refused, reset, delivered).
+                    file.clear();
+                }
                 match input.next(s.facts().esmtp()) {
                     Some(piece) => s.feed(piece),
                     None => {
                         s.feed_eof();
                         eof = true;
                     }
+                }
+                if spills {
+                    file.extend(s.take_content());
+                    assert_eq!(file.len(), s.spilled(), "spilled octets");
                 }
             }
             Step::Hook(hook) => {
@@ -356,7 +384,11 @@ fn run(plan: &Plan<'_>, feed: Feed) -> Run {
                         }
                     }
                     Hook::Data => {
-                        let text = s.message().expect("message() at the DATA hook").to_vec();
+                        let text = s
+                            .message()
+                            .expect("message() at the DATA hook")
+                            .to_vec()
+                            .expect("readable");
                         check_text(cfg, &text);
                         let env = s.envelope();
                         assert_eq!(Some(&env.mail_from), mail.as_ref(), "DATA hook sender");
@@ -370,11 +402,19 @@ fn run(plan: &Plan<'_>, feed: Feed) -> Run {
                 out.events.push((out.sent.len(), Event::Hook(hook)));
                 s.resolve(resolution);
             }
-            Step::Deliver(message) => {
+            Step::Seal(tail) => {
+                assert!(spills, "Seal though nothing was taken");
+                file.extend(tail);
+                assert_eq!(file.len(), s.spilled(), "sealed octets");
+                s.sealed(Arc::new(SpillFile(std::mem::take(&mut file))));
+            }
+            Step::Deliver(mut message) => {
                 let text = accepted_text
                     .take()
                     .expect("Deliver without an accepted DATA hook");
-                let delivered = message.text.to_vec();
+                let delivered = message.text.to_vec().expect("readable");
+                // Runs compare messages by their octets, not where they are kept.
+                message.text = MessageText::new(delivered.clone());
                 assert_eq!(delivered, text, "Deliver carries another text than DATA's");
                 check_text(cfg, &delivered);
                 let from = mail

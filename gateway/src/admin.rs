@@ -328,7 +328,9 @@ mod tests {
             &["x@example.test".into()],
             text.len() as u64,
         );
-        spool.store(&entry, &[text]).unwrap();
+        spool
+            .store(&entry, &crate::queue::spool::parts(&[text]))
+            .unwrap();
         (dir, spool)
     }
 

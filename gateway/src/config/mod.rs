@@ -345,8 +345,16 @@ pub struct Limits {
     /// Error replies in one session before it is closed with 421.
     pub max_errors: usize,
     /// Memory all sessions together may hold for message content, MiB; a message that
-    /// would go past it gets `452 4.3.1` (the client retries later).
+    /// would go past it is moved to a spill file (and gets `452 4.3.1`, so the client
+    /// retries later, only if that fails).
     pub max_message_memory_mb: u64,
+    /// A message whose content grows past this many KiB while it arrives is moved to a
+    /// spill file and read from there by plugins and delivery (0: every message).
+    pub spill_threshold_kb: usize,
+    /// Directory of spill files (unnamed, so nothing is left behind); empty: the
+    /// spool's `tmp/` in queue mode, the Maildir root in maildir mode, the system's
+    /// temporary directory in proxy mode.
+    pub spill_dir: PathBuf,
     /// `Received:` headers a message may already carry (Postfix's `hopcount_limit`);
     /// more get `554 5.4.6`, so a mail loop ends.
     pub max_hops: usize,
@@ -362,7 +370,9 @@ impl Default for Limits {
             max_text_line: 1000,
             max_errors: 20,
             max_hops: 50,
-            max_message_memory_mb: 256,
+            max_message_memory_mb: 128,
+            spill_threshold_kb: 1024,
+            spill_dir: PathBuf::new(),
         }
     }
 }

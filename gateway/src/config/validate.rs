@@ -248,6 +248,10 @@ pub struct Live {
     /// Queue routing (`[queue.routes]`, `delivery.upstream`, `queue.mx_port`); empty
     /// unless in queue mode.
     pub routing: Routing,
+    /// Where spill files go (`limits.spill_dir`, or the delivery mode's default).
+    pub spill_dir: PathBuf,
+    /// Octets of a message held in memory before it is spilled.
+    pub spill_threshold: usize,
 }
 
 /// Settings a running gateway cannot change: listeners, sockets, shared state built at
@@ -625,6 +629,16 @@ impl Config {
                 trace_header: self.chain.trace_header,
                 quarantine: self.chain.quarantine.clone(),
                 routing,
+                spill_dir: if !l.spill_dir.as_os_str().is_empty() {
+                    l.spill_dir.clone()
+                } else {
+                    match &delivery {
+                        DeliveryMode::Queue(q) => q.spool.join("tmp"),
+                        DeliveryMode::Maildir(root) => root.clone(),
+                        DeliveryMode::Proxy { .. } => std::env::temp_dir(),
+                    }
+                },
+                spill_threshold: l.spill_threshold_kb.saturating_mul(1024),
             },
             fixed: Fixed {
                 listen,

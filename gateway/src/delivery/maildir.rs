@@ -27,8 +27,8 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use crate::smtp::Message;
 use crate::smtp::address::mailbox_key;
+use crate::smtp::{Message, MessageText};
 
 /// Process-wide delivery counter for unique file names (the `Q` part).
 static COUNTER: AtomicU64 = AtomicU64::new(0);
@@ -137,18 +137,18 @@ impl Maildir {
             &message.envelope.mail_from,
             &message.envelope.rcpt_to,
             received_header,
-            &message.text.parts(),
+            &message.text,
         )
     }
 
-    /// Delivers the text made of `parts` from `sender` to each of `rcpts`, with
+    /// Delivers `text` from `sender` to each of `rcpts`, with
     /// `received_header` (empty, or ending in CRLF) in front.
     pub fn deliver_text(
         &self,
         sender: &str,
         rcpts: &[String],
         received_header: &str,
-        parts: &[&[u8]],
+        text: &MessageText,
     ) -> Result<(), MaildirError> {
         let sender = header_safe(sender);
         for rcpt in rcpts {
@@ -161,13 +161,13 @@ impl Maildir {
             if !received_header.is_empty() && !received_header.ends_with('\n') {
                 head.push_str("\r\n");
             }
-            self.deliver_one(&dir, head.as_bytes(), parts)?;
+            self.deliver_one(&dir, head.as_bytes(), text)?;
         }
         Ok(())
     }
 
     /// Writes one copy into the Maildir at `dir`.
-    fn deliver_one(&self, dir: &Path, head: &[u8], parts: &[&[u8]]) -> Result<(), MaildirError> {
+    fn deliver_one(&self, dir: &Path, head: &[u8], text: &MessageText) -> Result<(), MaildirError> {
         let tmp = dir.join("tmp");
         let new = dir.join("new");
         ensure_dir(&tmp)?;
@@ -186,7 +186,7 @@ impl Maildir {
             crate::private_fs::create_new(&tmp_path).map_err(io_err("create", &tmp_path))?;
         let written = file
             .write_all(head)
-            .and_then(|()| parts.iter().try_for_each(|p| file.write_all(p)))
+            .and_then(|()| text.write_to(&mut file))
             .map_err(io_err("write", &tmp_path))
             .and_then(|()| file.sync_all().map_err(io_err("fsync", &tmp_path)));
         drop(file);

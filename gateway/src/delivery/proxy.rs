@@ -263,8 +263,8 @@ impl ProxyTransaction {
         if !header.is_empty() && !header.ends_with(b"\n") {
             header.extend_from_slice(b"\r\n");
         }
-        let [head, rest] = message.text.parts();
-        match client.data_send(&[&header, head, rest]).await {
+        let pieces = std::iter::once(Ok(bytes::Bytes::from(header))).chain(message.text.chunks());
+        match client.data_send_pieces(pieces).await {
             Ok(reply) if !completes(&reply) => self.nonsense("end of DATA", &reply),
             Ok(reply) => {
                 self.state = State::Idle;

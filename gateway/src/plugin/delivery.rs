@@ -6,14 +6,12 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use bytes::Bytes;
-
 use super::bindings::exports::mailgate::plugin::hooks::DeliveryInfo;
 use super::chain::{Call, Chain, Stage};
 use super::convert::{self, Decision, Route};
 use super::message::ParsedMessage;
 use super::registry::Generation;
-use crate::smtp::{Envelope, Reply, SessionFacts};
+use crate::smtp::{Envelope, MessageText, Reply, SessionFacts};
 
 /// A queued message as `on-deliver` sees it.
 #[derive(Debug)]
@@ -31,7 +29,7 @@ pub struct QueuedMessage<'a> {
     /// Sender, parameters and the recipients still pending.
     pub envelope: &'a Envelope,
     /// The stored message.
-    pub text: Bytes,
+    pub text: MessageText,
     /// When it was accepted, unix milliseconds.
     pub received_at_ms: u64,
 }

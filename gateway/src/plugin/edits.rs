@@ -107,8 +107,10 @@ fn selected(f: &Field, r: &HeaderRef, nth: &mut u32) -> bool {
 }
 
 /// Applies header edits to a message (CRLF lines): the new header block (its blank line
-/// included) and the offset in `data` where the untouched body starts.
-pub fn apply_headers(data: &[u8], edits: &[HeaderEdit]) -> (Vec<u8>, usize) {
+/// included) and the offset in `data` where the untouched body starts. `whole`: `data`
+/// is the whole message (a message of header fields only gets its blank line); else it
+/// is the first lines of a longer one, whose header block may go on past `data`.
+pub fn apply_headers(data: &[u8], whole: bool, edits: &[HeaderEdit]) -> (Vec<u8>, usize) {
     let (mut fields, rest) = split(data);
     let body_at = data.len() - rest.len();
     let mut top: Vec<Field> = Vec::new();
@@ -139,7 +141,7 @@ pub fn apply_headers(data: &[u8], edits: &[HeaderEdit]) -> (Vec<u8>, usize) {
     for f in top.iter().chain(fields.iter()) {
         out.extend_from_slice(&f.raw);
     }
-    if rest.is_empty() && !data.is_empty() {
+    if rest.is_empty() && !data.is_empty() && whole {
         out.extend_from_slice(b"\r\n");
     }
     (out, body_at)
@@ -179,7 +181,7 @@ mod tests {
     }
 
     fn applied(msg: &[u8], edits: &[HeaderEdit]) -> Vec<u8> {
-        let (head, at) = apply_headers(msg, edits);
+        let (head, at) = apply_headers(msg, true, edits);
         [&head[..], &msg[at..]].concat()
     }
 
@@ -196,7 +198,7 @@ mod tests {
             String::from_utf8(applied(msg, &edits)).unwrap(),
             "X-Top: t\r\nReceived: x\r\nSubject: new\r\nX-Spam: 2\r\nX-End: e\r\n\r\nbody\r\n"
         );
-        let (_, at) = apply_headers(msg, &edits);
+        let (_, at) = apply_headers(msg, true, &edits);
         assert_eq!(
             &msg[at..],
             b"\r\nbody\r\n",
@@ -210,6 +212,16 @@ mod tests {
             applied(b"", &[HeaderEdit::Prepend("B".into(), "2".into())]),
             b"B: 2\r\n"
         );
+    }
+
+    #[test]
+    fn the_first_lines_of_a_spilled_message_get_no_blank_line() {
+        // Only the start of a long header block is in memory: the edit must not end it.
+        let front = b"A: 1\r\nB: 2\r\n";
+        let (head, at) =
+            apply_headers(front, false, &[HeaderEdit::Prepend("X".into(), "y".into())]);
+        assert_eq!(head, b"X: y\r\nA: 1\r\nB: 2\r\n");
+        assert_eq!(at, front.len());
     }
 
     #[test]

@@ -325,7 +325,7 @@ impl message::HostMessage for State {
         Ok(self.msg(&m)?.0.received_at_ms)
     }
     async fn size(&mut self, m: Resource<MessageHandle>) -> R<u64> {
-        Ok(self.msg(&m)?.0.raw.len() as u64)
+        Ok(self.msg(&m)?.0.size() as u64)
     }
     async fn headers(&mut self, m: Resource<MessageHandle>) -> R<Vec<types::Header>> {
         let h = self.msg(&m)?;
@@ -345,13 +345,13 @@ impl message::HostMessage for State {
         Ok(self.msg(&m)?.0.header_decoded(&name))
     }
     async fn body_size(&mut self, m: Resource<MessageHandle>) -> R<u64> {
-        Ok(self.msg(&m)?.0.body().len() as u64)
+        Ok(self.msg(&m)?.0.body_size() as u64)
     }
     async fn read_body(&mut self, m: Resource<MessageHandle>, offset: u64, len: u32) -> R<Vec<u8>> {
-        Ok(chunk(self.msg(&m)?.0.body(), offset, len))
+        Ok(self.msg(&m)?.0.read_body(offset, len)?)
     }
     async fn read_raw(&mut self, m: Resource<MessageHandle>, offset: u64, len: u32) -> R<Vec<u8>> {
-        Ok(chunk(&self.msg(&m)?.0.raw, offset, len))
+        Ok(self.msg(&m)?.0.read_raw(offset, len)?)
     }
     async fn parts(&mut self, m: Resource<MessageHandle>) -> R<Vec<message::Part>> {
         let h = self.msg(&m)?;
@@ -808,7 +808,11 @@ mod tests {
     async fn a_lent_message_is_read_through_its_resource_and_a_deleted_one_traps() {
         let mut st = state(&[]);
         let raw = bytes::Bytes::from_static(b"Subject: hello\r\nX-A: 1\r\n\r\nthe body\r\n");
-        let parsed = ParsedMessage::new("S1.1".into(), 42, raw.clone());
+        let parsed = ParsedMessage::new(
+            "S1.1".into(),
+            42,
+            crate::smtp::MessageText::new(raw.clone()),
+        );
         let own = st.table().push(MessageHandle(Arc::new(parsed))).unwrap();
         let lent = || Resource::<MessageHandle>::new_borrow(own.rep());
         assert_eq!(

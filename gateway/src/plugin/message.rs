@@ -1,9 +1,11 @@
 //! The message as plugins see it: a host-owned resource with headers parsed once and
-//! the body read in bounded chunks (no copy of the whole message into the guest).
+//! the body read in bounded chunks (no copy of the whole message into the guest). A
+//! message spilled to disk is read from its file; only its header block is in memory,
+//! and MIME parsing (parts, text) reads at most [`MAX_MIME`] octets of it.
 
 use std::sync::OnceLock;
 
-use bytes::Bytes;
+use crate::smtp::MessageText;
 
 /// Largest chunk one `read-*` call returns.
 pub const MAX_CHUNK: usize = 64 * 1024;
@@ -11,6 +13,9 @@ pub const MAX_CHUNK: usize = 64 * 1024;
 pub const MAX_HEADERS: usize = 1000;
 /// Longest `text` result.
 pub const MAX_TEXT: usize = 1024 * 1024;
+/// Octets of a message MIME parsing looks at (`parts`, `read-part`, `text`,
+/// `header-decoded`): a larger message's later parts are not seen.
+pub const MAX_MIME: usize = 4 * 1024 * 1024;
 
 /// A message shared by all plugins of one DATA stage.
 #[derive(Debug)]
@@ -19,9 +24,9 @@ pub struct ParsedMessage {
     pub id: String,
     /// End of DATA, ms since the epoch.
     pub received_at_ms: u64,
-    /// The bytes as received.
-    pub raw: Bytes,
-    /// Offset of the body (after the empty line), or `raw.len()` without one.
+    /// The text as received.
+    pub raw: MessageText,
+    /// Offset of the body (after the empty line), or the whole text without one.
     pub body_offset: usize,
     /// Header fields, unfolded.
     pub headers: Vec<(String, String)>,
@@ -56,9 +61,10 @@ pub struct Part {
 pub struct MessageHandle(pub std::sync::Arc<ParsedMessage>);
 
 impl ParsedMessage {
-    /// Parses the header block of `raw`.
-    pub fn new(id: String, received_at_ms: u64, raw: Bytes) -> ParsedMessage {
-        let (headers, body_offset) = parse_headers(&raw);
+    /// Parses the header block of `raw` (as far as it is in memory: see
+    /// [`MessageText::front`]).
+    pub fn new(id: String, received_at_ms: u64, raw: MessageText) -> ParsedMessage {
+        let (headers, body_offset) = parse_headers(raw.front());
         ParsedMessage {
             id,
             received_at_ms,
@@ -88,9 +94,30 @@ impl ParsedMessage {
             .collect()
     }
 
-    /// The body.
-    pub fn body(&self) -> &[u8] {
-        &self.raw[self.body_offset..]
+    /// Octets of the whole text.
+    pub fn size(&self) -> usize {
+        self.raw.received_len()
+    }
+
+    /// Octets of the body.
+    pub fn body_size(&self) -> usize {
+        self.size() - self.body_offset
+    }
+
+    /// Up to `len` octets (at most [`MAX_CHUNK`]) of the whole text from `offset`.
+    pub fn read_raw(&self, offset: u64, len: u32) -> std::io::Result<Vec<u8>> {
+        let offset = usize::try_from(offset).unwrap_or(usize::MAX);
+        let len = (len as usize).min(MAX_CHUNK);
+        Ok(self.raw.read_received(offset, len)?.to_vec())
+    }
+
+    /// Up to `len` octets (at most [`MAX_CHUNK`]) of the body from `offset`.
+    pub fn read_body(&self, offset: u64, len: u32) -> std::io::Result<Vec<u8>> {
+        let at = offset.saturating_add(self.body_offset as u64);
+        if at > self.size() as u64 {
+            return Ok(Vec::new());
+        }
+        self.read_raw(at, len)
     }
 
     /// MIME leaf parts.
@@ -109,7 +136,13 @@ impl ParsedMessage {
     }
 
     fn mime(&self) -> &Mime {
-        self.mime.get_or_init(|| mime(&self.raw))
+        self.mime.get_or_init(|| match self.raw.read_received(0, MAX_MIME) {
+            Ok(bytes) => mime(&bytes),
+            Err(e) => {
+                tracing::warn!(msg = %self.id, error = %e, "cannot read the spilled message for MIME parsing");
+                Mime::default()
+            }
+        })
     }
 }
 
@@ -124,6 +157,9 @@ pub fn chunk(bytes: &[u8], offset: u64, len: u32) -> Vec<u8> {
     bytes[start..end].to_vec()
 }
 
+/// The header fields of `raw` and where its body starts. For a spilled message `raw` is
+/// its first lines only; a header block longer than that ends there for plugins (the
+/// rest of it reads as body).
 fn parse_headers(raw: &[u8]) -> (Vec<(String, String)>, usize) {
     let mut headers: Vec<(String, String)> = Vec::new();
     let mut pos = 0;
@@ -223,7 +259,7 @@ mod tests {
     use super::*;
 
     fn msg(raw: &str) -> ParsedMessage {
-        ParsedMessage::new("S.1".into(), 0, Bytes::copy_from_slice(raw.as_bytes()))
+        ParsedMessage::new("S.1".into(), 0, MessageText::new(raw.as_bytes().to_vec()))
     }
 
     #[test]
@@ -231,10 +267,10 @@ mod tests {
         let m = msg("Subject: one\r\n two\r\nX-A: 1\r\nx-a: 2\r\n\r\nbody\r\n");
         assert_eq!(m.header("subject"), vec!["one two"]);
         assert_eq!(m.header("X-A"), vec!["1", "2"]);
-        assert_eq!(m.body(), b"body\r\n");
+        assert_eq!(m.read_body(0, 100).unwrap(), b"body\r\n");
         let m = msg("no header here\r\n");
         assert!(m.headers.is_empty());
-        assert_eq!(m.body(), b"no header here\r\n");
+        assert_eq!(m.read_body(0, 100).unwrap(), b"no header here\r\n");
     }
 
     #[test]

@@ -6,15 +6,13 @@
 
 use std::sync::Arc;
 
-use bytes::Bytes;
-
 use super::chain::{Call, Chain};
 use super::convert::{self, Decision};
 use super::edits::{self, HeaderEdit, RecipientEdit};
 use super::message::ParsedMessage;
 use super::registry::Generation;
 use super::wit;
-use crate::smtp::{Envelope, Helo, Hook, Message, Resolution, SessionFacts};
+use crate::smtp::{Envelope, Helo, Hook, Message, MessageText, Resolution, SessionFacts};
 
 /// What becomes of an accepted message.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -90,7 +88,7 @@ impl SessionPlugins {
         session: &SessionFacts,
         envelope: &Envelope,
         txn_id: &str,
-        message: Option<&Bytes>,
+        message: Option<&MessageText>,
     ) -> Resolution {
         if matches!(hook, Hook::MailFrom { .. }) {
             // A new transaction: its score, trace and edits start afresh.
@@ -192,7 +190,11 @@ impl SessionPlugins {
             ));
         }
         if !headers.is_empty() {
-            let (head, body_at) = edits::apply_headers(message.text.received(), &headers);
+            let (head, body_at) = edits::apply_headers(
+                message.text.front(),
+                message.text.front_is_whole(),
+                &headers,
+            );
             message.text.replace_head(head, body_at);
         }
         let rcpt_edits = std::mem::take(&mut self.recipient_edits);

@@ -21,7 +21,7 @@ use super::{Queue, QueueError, on_spool};
 use crate::current::Current;
 use crate::delivery::Timeouts;
 use crate::plugin::{QueuedMessage, Route};
-use crate::smtp::{MailParams, Reply};
+use crate::smtp::{MailParams, MessageText, Reply};
 
 impl Queue {
     /// The limiter of `d` (`queue.per_destination` attempts at once). Limiters nobody
@@ -137,7 +137,7 @@ impl Queue {
             tags: &entry.tags,
             attempt: entry.attempts,
             envelope: &envelope,
-            text: message.clone(),
+            text: MessageText::new(message.clone()),
             received_at_ms: entry.arrival * 1000,
         };
         crate::plugin::delivery::routes(g, &m).await
@@ -179,9 +179,10 @@ impl Queue {
         for i in idx {
             let rcpt = vec![entry.recipients[*i].address.clone()];
             let (m, sender, text) = (Arc::clone(&maildir), entry.sender.clone(), message.clone());
-            let r =
-                tokio::task::spawn_blocking(move || m.deliver_text(&sender, &rcpt, "", &[&text]))
-                    .await;
+            let r = tokio::task::spawn_blocking(move || {
+                m.deliver_text(&sender, &rcpt, "", &MessageText::new(text))
+            })
+            .await;
             out.push(Outcome::ours(match r {
                 Ok(Ok(())) => Reply::new(250, "2.0.0", "delivered to the local Maildir"),
                 Ok(Err(e)) => deliver::reply(451, "4.3.0", &format!("local delivery failed: {e}")),
@@ -379,7 +380,10 @@ impl Queue {
             std::slice::from_ref(&entry.sender),
             bytes.len() as u64,
         );
-        let e = on_spool(&self.spool, move |s| s.store_unique(e, &[&bytes])).await?;
+        let e = on_spool(&self.spool, move |s| {
+            s.store_unique(e, &super::spool::parts(&[&bytes]))
+        })
+        .await?;
         self.counters.dsn_sent.fetch_add(1, Ordering::Relaxed);
         tracing::info!(queue_id = %entry.id, dsn = %e.id, to = %entry.sender, kind = ?kind, "delivery status notification queued");
         self.add(&e);

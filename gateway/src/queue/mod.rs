@@ -26,6 +26,7 @@ pub mod schedule;
 pub mod spool;
 
 use std::collections::HashMap;
+use std::io::Write;
 use std::path::PathBuf;
 use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex};
@@ -220,8 +221,10 @@ impl Queue {
         let header = received.to_string();
         let text = message.text.clone();
         let entry = on_spool(&self.spool, move |s| {
-            let [head, rest] = text.parts();
-            s.store_unique(entry, &[header.as_bytes(), head, rest])
+            s.store_unique(entry, &|f| {
+                f.write_all(header.as_bytes())?;
+                text.write_to(f)
+            })
         })
         .await?;
         self.add(&entry);

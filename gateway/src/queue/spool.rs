@@ -103,11 +103,18 @@ fn fsync_dir(dir: &Path) -> Result<(), SpoolError> {
         .map_err(io_err("fsync", dir))
 }
 
-fn write_synced(path: &Path, parts: &[&[u8]]) -> Result<(), SpoolError> {
+/// Writes a message file's contents (the caller's `write`, reading a spilled message
+/// from its file if need be).
+pub type Contents<'a> = &'a dyn Fn(&mut File) -> io::Result<()>;
+
+/// `Contents` made of `parts` in order.
+pub fn parts<'a>(parts: &'a [&'a [u8]]) -> impl Fn(&mut File) -> io::Result<()> + 'a {
+    move |f| parts.iter().try_for_each(|p| f.write_all(p))
+}
+
+fn write_synced(path: &Path, write: Contents<'_>) -> Result<(), SpoolError> {
     let mut f = crate::private_fs::create_new(path).map_err(io_err("create", path))?;
-    for p in parts {
-        f.write_all(p).map_err(io_err("write", path))?;
-    }
+    write(&mut f).map_err(io_err("write", path))?;
     f.sync_all().map_err(io_err("fsync", path))
 }
 
@@ -145,24 +152,24 @@ impl Spool {
         self.root.join("env").join(format!("{id}.json"))
     }
 
-    /// Durably stores a new entry and its message (`parts` concatenated). When this
+    /// Durably stores a new entry and its message (what `write` writes). When this
     /// returns `Ok`, the entry survives a crash or power loss. An entry never replaces
     /// another: the files are linked into place, which fails if the name is taken
     /// ([`SpoolError::Exists`]), where a rename would overwrite.
-    pub fn store(&self, entry: &Entry, parts: &[&[u8]]) -> Result<(), SpoolError> {
+    pub fn store(&self, entry: &Entry, write: Contents<'_>) -> Result<(), SpoolError> {
         check_id(&entry.id)?;
         let id = &entry.id;
         let unique = rand::random::<u64>();
         let tmp_msg = self.root.join("tmp").join(format!("{id}.msg.{unique:x}"));
         let msg = self.msg_path(id);
-        write_synced(&tmp_msg, parts)?;
+        write_synced(&tmp_msg, write)?;
         let linked = self.link_new(&tmp_msg, &msg, id);
         let _ = fs::remove_file(&tmp_msg);
         linked?;
         let stored = (|| {
             let json = self.encode(entry)?;
             let tmp_env = self.root.join("tmp").join(format!("{id}.json.{unique:x}"));
-            write_synced(&tmp_env, &[&json])?;
+            write_synced(&tmp_env, &|f| f.write_all(&json))?;
             let linked = self.link_new(&tmp_env, &self.env_path(id), id);
             let _ = fs::remove_file(&tmp_env);
             linked
@@ -178,13 +185,13 @@ impl Spool {
 
     /// Stores a new entry under its id, or, if that is taken, under the first free
     /// `<id>-<n>` (n = 2, 3, …; a few tries); returns the entry as stored.
-    pub fn store_unique(&self, mut entry: Entry, parts: &[&[u8]]) -> Result<Entry, SpoolError> {
+    pub fn store_unique(&self, mut entry: Entry, write: Contents<'_>) -> Result<Entry, SpoolError> {
         let base = entry.id.clone();
         for n in 1..=16 {
             if n > 1 {
                 entry.id = format!("{base}-{n}");
             }
-            match self.store(&entry, parts) {
+            match self.store(&entry, write) {
                 Ok(()) => return Ok(entry),
                 Err(SpoolError::Exists(_)) => continue,
                 Err(e) => return Err(e),
@@ -219,7 +226,7 @@ impl Spool {
             self.root
                 .join("tmp")
                 .join(format!("{}.json.{:x}", entry.id, rand::random::<u32>()));
-        write_synced(&tmp, &[&json])?;
+        write_synced(&tmp, &|f| f.write_all(&json))?;
         let env = self.env_path(&entry.id);
         fs::rename(&tmp, &env).map_err(io_err("rename", &env))?;
         fsync_dir(&self.root.join("env"))
@@ -338,8 +345,11 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let s = Spool::open(dir.path()).unwrap();
         let mut e = sample("A1");
-        s.store(&e, &[b"Received: x\r\n", b"Subject: t\r\n\r\nbody\r\n"])
-            .unwrap();
+        s.store(
+            &e,
+            &parts(&[b"Received: x\r\n", b"Subject: t\r\n\r\nbody\r\n"]),
+        )
+        .unwrap();
         assert_eq!(
             s.message("A1").unwrap(),
             b"Received: x\r\nSubject: t\r\n\r\nbody\r\n"
@@ -358,7 +368,7 @@ mod tests {
     fn recovery_keeps_complete_and_drops_half_written() {
         let dir = tempfile::tempdir().unwrap();
         let s = Spool::open(dir.path()).unwrap();
-        s.store(&sample("OK1"), &[b"m\r\n"]).unwrap();
+        s.store(&sample("OK1"), &parts(&[b"m\r\n"])).unwrap();
         // Crash after step 1: message without state.
         fs::write(dir.path().join("msg/HALF"), b"m\r\n").unwrap();
         // Crash while writing: leftovers in tmp.
@@ -397,13 +407,15 @@ mod tests {
     fn an_entry_never_replaces_another() {
         let dir = tempfile::tempdir().unwrap();
         let s = Spool::open(dir.path()).unwrap();
-        s.store(&sample("Q1"), &[b"first\r\n"]).unwrap();
+        s.store(&sample("Q1"), &parts(&[b"first\r\n"])).unwrap();
         assert!(matches!(
-            s.store(&sample("Q1"), &[b"second\r\n"]),
+            s.store(&sample("Q1"), &parts(&[b"second\r\n"])),
             Err(SpoolError::Exists(_))
         ));
         assert_eq!(s.message("Q1").unwrap(), b"first\r\n");
-        let again = s.store_unique(sample("Q1"), &[b"second\r\n"]).unwrap();
+        let again = s
+            .store_unique(sample("Q1"), &parts(&[b"second\r\n"]))
+            .unwrap();
         assert_eq!(again.id, "Q1-2");
         assert_eq!(s.message("Q1-2").unwrap(), b"second\r\n");
         assert_eq!(s.ids().unwrap(), ["Q1", "Q1-2"]);

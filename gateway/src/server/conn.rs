@@ -19,6 +19,7 @@ use tracing::{debug, info, warn};
 use super::Shared;
 use super::limits::ConnGuard;
 use super::outbound::Outbound;
+use super::spill::Spill;
 use crate::current::Current;
 use crate::plugin::session::refuses;
 use crate::plugin::{Disposition, SessionPlugins};
@@ -44,30 +45,102 @@ struct Ctx {
     /// Octets of message content this session has taken from the shared budget.
     held: usize,
     memory: Arc<super::limits::MessageMemory>,
+    /// The spill file of the message being received, once it went past the threshold.
+    spill: Option<Spill>,
 }
 
+/// Once a message is spilled, what it holds in memory goes to its file in pieces of
+/// about this size.
+const SPILL_PIECE: usize = 32 * 1024;
+
 impl Ctx {
-    /// Brings this session's share of the message memory budget up to date with what the
-    /// session holds; past the budget, the message being received is refused.
-    fn account(&mut self, s: &mut Session) {
+    /// Keeps the message being received within memory: past `limits.spill_threshold_kb`,
+    /// or when the shared budget (`limits.max_message_memory_mb`) has no room for it, its
+    /// content moves to a spill file; only if that fails is the message refused
+    /// (`452 4.3.1` at its end). Then brings this session's share of the budget up to
+    /// date with what it holds.
+    async fn keep_memory(&mut self, s: &mut Session) {
+        if s.spilled() == 0 {
+            // A spill file of a message that ended (refused, reset) is dropped.
+            self.spill = None;
+        }
+        let piece = match s.spilled() {
+            0 => self.cur.runtime.live.spill_threshold,
+            _ => SPILL_PIECE,
+        };
+        let now = s.held_bytes();
+        let over_budget = now > self.held && !self.memory.grow(now - self.held);
+        if now > self.held && !over_budget {
+            self.held = now;
+        }
+        let content = s.content_len();
+        if content > 0 && (content >= piece || over_budget) {
+            if over_budget && s.spilled() == 0 {
+                debug!(
+                    in_use = self.memory.used(),
+                    "message memory budget reached; spilling this message"
+                );
+            }
+            self.spill(s).await;
+        }
+        // What is left after spilling is bounded (a spilled message's first lines, at
+        // most `text::FRONT`), so it is taken even past the budget.
         let now = s.held_bytes();
         if now > self.held {
-            if self.memory.grow(now - self.held) {
-                self.held = now;
-                return;
+            self.memory.force(now - self.held);
+        } else {
+            self.memory.release(self.held - now);
+        }
+        self.held = now;
+    }
+
+    /// Moves what the session holds of the message being received to its spill file;
+    /// on failure the message is refused at its end.
+    async fn spill(&mut self, s: &mut Session) {
+        let dir = &self.cur.runtime.live.spill_dir;
+        if self.spill.is_none() {
+            match Spill::create(dir).await {
+                Ok(f) => {
+                    debug!(dir = %dir.display(), "message spilled to a file");
+                    self.spill = Some(f);
+                }
+                Err(e) => {
+                    warn!(dir = %dir.display(), error = %e, "cannot create a spill file; refusing this message");
+                    return s.out_of_memory();
+                }
             }
-            warn!(
-                held = self.held,
-                want = now,
-                in_use = self.memory.used(),
-                "message memory exhausted; refusing this message"
-            );
+        }
+        let Some(f) = self.spill.as_mut() else {
+            return;
+        };
+        if let Err(e) = f.append(s.take_content()).await {
+            warn!(dir = %dir.display(), error = %e, "cannot write the spill file; refusing this message");
+            self.spill = None;
             s.out_of_memory();
         }
-        let now = s.held_bytes();
-        if now < self.held {
-            self.memory.release(self.held - now);
-            self.held = now;
+    }
+
+    /// The end of a spilled message: its last octets go to the file, which the session
+    /// then reads the message from.
+    async fn seal(&mut self, s: &mut Session, tail: Vec<u8>) {
+        let Some(mut f) = self.spill.take() else {
+            warn!("message end without its spill file; refusing this message");
+            return s.seal_failed();
+        };
+        match f.append(tail).await {
+            Ok(()) if f.written() == s.spilled() as u64 => s.sealed(f.finish()),
+            Ok(()) => {
+                warn!(
+                    written = f.written(),
+                    expected = s.spilled(),
+                    "spill file length mismatch; refusing this message"
+                );
+                s.seal_failed();
+            }
+            Err(e) => {
+                warn!(error = %e, "cannot write the spill file; refusing this message");
+                s.seal_failed();
+            }
         }
     }
 }
@@ -105,6 +178,7 @@ pub async fn serve(
                 .map(|g| SessionPlugins::new(Arc::clone(g), session_id.clone())),
             held: 0,
             memory: Arc::clone(&shared.memory),
+            spill: None,
         };
         let listener = if implicit_tls {
             Listener::Smtps
@@ -222,7 +296,7 @@ where
                 }
             }
             Step::NeedInput => {
-                ctx.account(s);
+                ctx.keep_memory(s).await;
                 let phase = s.read_timeout();
                 let limit = match phase {
                     ReadTimeout::Command => live.command_timeout,
@@ -263,6 +337,7 @@ where
                 // Time spent in plugins and upstreams is not the client's.
                 since = Instant::now();
             }
+            Step::Seal(tail) => ctx.seal(s, tail).await,
             Step::Deliver(message) => {
                 let reply = deliver(ctx, *message).await;
                 s.resolve(Resolution::Reply(reply));
@@ -496,6 +571,7 @@ mod tests {
             plugins: None,
             held: 0,
             memory: super::super::limits::MessageMemory::new(64 << 20),
+            spill: None,
         };
         let session = Session::new(
             Arc::clone(&cur.session),

@@ -8,6 +8,7 @@ pub mod conn;
 pub mod limits;
 pub mod outbound;
 pub mod reload;
+pub mod spill;
 pub mod tls;
 
 use std::future::Future;

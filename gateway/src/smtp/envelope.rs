@@ -1,9 +1,8 @@
 //! What a transaction carries from the SMTP session to delivery: the envelope, the
 //! message text in one shared buffer, and the facts of the session it came in.
 
-use bytes::Bytes;
-
 use super::facts::SessionFacts;
+use super::text::MessageText;
 
 /// The body type declared with `MAIL FROM:<..> BODY=` (RFC 6152).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -35,61 +34,6 @@ pub struct Envelope {
     pub params: MailParams,
     /// Accepted forward-paths without angle brackets, in the order they were accepted.
     pub rcpt_to: Vec<String>,
-}
-
-/// The text of a message from the end of DATA on: the bytes as received, held in one
-/// shared immutable buffer (cloning shares it), and the header block plugins rewrote, if
-/// they did. Writers take [`MessageText::parts`]; nothing copies the body.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct MessageText {
-    received: Bytes,
-    /// New header fields standing for `received[..rest]`.
-    head: Bytes,
-    /// Where the part of `received` that is still used starts.
-    rest: usize,
-}
-
-impl MessageText {
-    /// The text as received.
-    pub fn new(received: impl Into<Bytes>) -> MessageText {
-        MessageText {
-            received: received.into(),
-            head: Bytes::new(),
-            rest: 0,
-        }
-    }
-
-    /// The bytes as the client sent them (dot-unstuffed), before any header edit.
-    pub fn received(&self) -> &Bytes {
-        &self.received
-    }
-
-    /// Replaces the first `upto` octets of the received text (its header block) by
-    /// `head`; the rest (the body) stays where it is.
-    pub fn replace_head(&mut self, head: impl Into<Bytes>, upto: usize) {
-        self.head = head.into();
-        self.rest = upto.min(self.received.len());
-    }
-
-    /// The text as it goes out: the header block, then the rest of the received bytes.
-    pub fn parts(&self) -> [&[u8]; 2] {
-        [&self.head, &self.received[self.rest..]]
-    }
-
-    /// Octets of the text as it goes out.
-    pub fn len(&self) -> usize {
-        self.head.len() + self.received.len() - self.rest
-    }
-
-    /// Whether the text is empty.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
-    /// The whole text in one new buffer (a copy: for tests and small messages only).
-    pub fn to_vec(&self) -> Vec<u8> {
-        self.parts().concat()
-    }
 }
 
 /// A message accepted by the session and its hooks, ready for delivery.
@@ -138,27 +82,5 @@ impl Message {
                 )
             },
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_new_head_shares_the_body() {
-        let received = Bytes::from_static(b"Subject: a\r\nX-Old: 1\r\n\r\nbody\r\n");
-        let mut t = MessageText::new(received.clone());
-        assert_eq!(t.to_vec(), received.to_vec());
-        // The fields before the blank line are replaced; the blank line and body stay.
-        t.replace_head(&b"X-New: 2\r\nSubject: a\r\n"[..], 22);
-        assert_eq!(t.to_vec(), b"X-New: 2\r\nSubject: a\r\n\r\nbody\r\n");
-        assert_eq!(t.len(), t.to_vec().len());
-        assert_eq!(
-            t.parts()[1].as_ptr(),
-            received[22..].as_ptr(),
-            "body not copied"
-        );
-        assert_eq!(t.received(), &received);
     }
 }

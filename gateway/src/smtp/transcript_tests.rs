@@ -7,6 +7,7 @@ use super::envelope::Message;
 use super::facts::{Listener, SessionFacts, TlsInfo};
 use super::reply::Reply;
 use super::session::{Hook, ReadTimeout, Resolution, Session, SessionConfig, Step};
+use super::text::Backing;
 
 /// A test's hook answer: when the hook matches, resolve with the reply.
 type Rule = (fn(&Hook) -> bool, Reply);
@@ -21,6 +22,23 @@ struct T {
     deliver_reply: Option<Reply>,
     closed: bool,
     starttls: bool,
+    /// Spill like the driver: after every feed, take the content into this "file".
+    spill: Option<Vec<u8>>,
+    /// Fail the next seal (a full disk).
+    seal_fails: bool,
+}
+
+/// A spill file in memory.
+#[derive(Debug)]
+struct SpillFile(Vec<u8>);
+
+impl Backing for SpillFile {
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<usize> {
+        let start = (offset as usize).min(self.0.len());
+        let n = buf.len().min(self.0.len() - start);
+        buf[..n].copy_from_slice(&self.0[start..start + n]);
+        Ok(n)
+    }
 }
 
 fn cfg() -> SessionConfig {
@@ -62,6 +80,8 @@ impl T {
             deliver_reply: None,
             closed: false,
             starttls: false,
+            spill: None,
+            seal_fails: false,
         }
     }
 
@@ -74,7 +94,16 @@ impl T {
         for _ in 0..10_000 {
             match self.s.step() {
                 Step::Send(b) => self.got.extend_from_slice(&b),
-                Step::NeedInput => return,
+                Step::NeedInput => {
+                    if let Some(file) = self.spill.as_mut() {
+                        if self.s.spilled() == 0 {
+                            // The message the file was for ended.
+                            file.clear();
+                        }
+                        file.extend(self.s.take_content());
+                    }
+                    return;
+                }
                 Step::Hook(h) => {
                     let r = self
                         .rules
@@ -84,6 +113,17 @@ impl T {
                         .unwrap_or(Resolution::Continue);
                     self.hooks.push(h);
                     self.s.resolve(r);
+                }
+                Step::Seal(tail) => {
+                    let mut file = self.spill.take().expect("Seal without spilling");
+                    file.extend(tail);
+                    assert_eq!(file.len(), self.s.spilled());
+                    if std::mem::take(&mut self.seal_fails) {
+                        self.s.seal_failed();
+                    } else {
+                        self.s.sealed(Arc::new(SpillFile(file)));
+                    }
+                    self.spill = Some(Vec::new());
                 }
                 Step::Deliver(m) => {
                     self.delivered.push(*m);
@@ -509,6 +549,116 @@ fn out_of_message_memory_refuses_that_message_only() {
     assert!(r.starts_with("250 2.0.0"), "the next message is fine: {r}");
 }
 
+// ---- spilling ----
+
+#[test]
+fn a_spilled_message_is_delivered_from_its_file_with_only_its_start_in_memory() {
+    let mut t = T::ready();
+    t.spill = Some(Vec::new());
+    for (n, last) in [(0, false), (1, true)] {
+        txn(&mut t);
+        let mut msg = b"Subject: spilled\r\n\r\n".to_vec();
+        msg.extend(b"0123456789abcdef\r\n".repeat(5_000));
+        if last {
+            // BDAT, its last chunk without the final CRLF (the session adds it).
+            msg.truncate(msg.len() - 2);
+            let (a, b) = msg.split_at(40_000);
+            assert!(
+                t.send(&[format!("BDAT {}\r\n", a.len()).as_bytes(), a].concat())
+                    .starts_with("250")
+            );
+            let r = t.send(&[format!("BDAT {} LAST\r\n", b.len()).as_bytes(), b].concat());
+            assert!(r.starts_with("250 2.0.0 Ok"), "{r}");
+            msg.extend(b"\r\n");
+        } else {
+            t.cmd("DATA", "354");
+            for piece in msg.chunks(7_000) {
+                t.send(piece);
+                assert!(
+                    t.s.held_bytes() <= super::text::FRONT,
+                    "only the front copy is held"
+                );
+            }
+            let r = t.send(b".\r\n");
+            assert!(r.starts_with("250 2.0.0 Ok"), "{r}");
+        }
+        let m = &t.delivered[n];
+        assert!(m.text.is_spilled(), "read from the file");
+        assert_eq!(m.text.to_vec().unwrap(), msg);
+        assert!(m.text.front().starts_with(b"Subject: spilled\r\n"));
+        assert!(m.text.memory_len() <= super::text::FRONT);
+        assert_eq!(t.s.spilled(), 0, "the next transaction starts afresh");
+        assert_eq!(t.s.held_bytes(), 0);
+    }
+}
+
+#[test]
+fn a_spilled_message_keeps_every_check() {
+    let mut t = T::with(
+        SessionConfig {
+            max_hops: 3,
+            max_message_size: 50_000,
+            ..cfg()
+        },
+        conn(false),
+    );
+    t.spill = Some(Vec::new());
+    t.connect();
+    t.cmd("EHLO c.test", "250");
+    // The hop count sees every Received: field, however the octets were taken.
+    let mut hops = "Received: from a\r\n".repeat(4).into_bytes();
+    hops.extend(b"Subject: x\r\n\r\nbody\r\n.\r\n");
+    // Too big, bare LF: refused as when held in memory.
+    let mut big = b"Subject: x\r\n\r\n".to_vec();
+    big.extend(b"0123456789\r\n".repeat(5_000));
+    big.extend(b".\r\n");
+    let bare = b"Subject: x\r\n\r\nbare\nLF\r\n.\r\n".to_vec();
+    for (msg, code) in [(hops, "554 5.4.6"), (big, "552 5.3.4"), (bare, "554 5.6.0")] {
+        txn(&mut t);
+        t.cmd("DATA", "354");
+        let mut r = String::new();
+        for piece in msg.chunks(1_000) {
+            r = t.send(piece);
+        }
+        assert!(r.starts_with(code), "{code}: {r}");
+        assert_eq!(t.s.spilled(), 0, "the refused message's file is let go");
+    }
+    // A file that cannot be sealed is a temporary failure for that message only.
+    txn(&mut t);
+    t.cmd("DATA", "354");
+    t.seal_fails = true;
+    t.send(b"Subject: x\r\n\r\nbody\r\n");
+    assert!(t.s.spilled() > 0);
+    let r = t.send(b".\r\n");
+    assert!(r.starts_with("452 4.3.1"), "{r}");
+    txn(&mut t);
+    t.cmd("DATA", "354");
+    let r = t.send(b"Subject: x\r\n\r\nbody\r\n.\r\n");
+    assert!(r.starts_with("250 2.0.0"), "{r}");
+    assert_eq!(t.delivered.len(), 1);
+}
+
+#[test]
+fn rset_after_spilling_starts_afresh() {
+    let mut t = T::ready();
+    t.spill = Some(Vec::new());
+    txn(&mut t);
+    t.cmd("DATA", "354");
+    t.send(b"Subject: x\r\n\r\nfirst\r\n");
+    assert!(t.s.spilled() > 0);
+    // The client goes away from DATA: the BDAT-less way back is a new transaction
+    // after the end of data; here the message is refused by a hook instead.
+    t.rules
+        .push((|h| *h == Hook::Data, Reply::new(550, "5.7.1", "no")));
+    assert!(t.send(b".\r\n").starts_with("550 5.7.1"));
+    assert_eq!(t.s.spilled(), 0);
+    t.rules.clear();
+    txn(&mut t);
+    t.cmd("DATA", "354");
+    assert!(t.send(b"second\r\n.\r\n").starts_with("250"));
+    assert_eq!(t.delivered[0].text.to_vec().unwrap(), b"second\r\n");
+}
+
 #[test]
 fn the_size_verdict_does_not_depend_on_how_a_long_line_arrives() {
     // Found by the session fuzz target: 88 + 2 + 9 + 2 octets over a 100-octet limit,
@@ -585,7 +735,10 @@ fn data_delivers_unstuffed_message() {
     assert!(r.starts_with("250 2.0.0 Ok: queued as S1.1"), "{r}");
     assert_eq!(t.delivered.len(), 1);
     let m = &t.delivered[0];
-    assert_eq!(m.text.to_vec(), b"Subject: x\r\n\r\n.leading dot\r\n..\r\n");
+    assert_eq!(
+        m.text.to_vec().unwrap(),
+        b"Subject: x\r\n\r\n.leading dot\r\n..\r\n"
+    );
     assert_eq!(m.envelope.mail_from, "a@sender.test");
     assert_eq!(m.envelope.rcpt_to, vec!["u@example.test"]);
     assert_eq!(m.protocol(), "ESMTP");
@@ -604,7 +757,7 @@ fn empty_message() {
     txn(&mut t);
     t.cmd("DATA", "354");
     t.cmd(".", "250 2.0.0");
-    assert_eq!(t.delivered[0].text.to_vec(), b"");
+    assert_eq!(t.delivered[0].text.to_vec().unwrap(), b"");
 }
 
 #[test]
@@ -752,7 +905,7 @@ fn bdat_chunks() {
     assert_eq!(r, "250 2.0.0 5 octets received\r\n");
     let r = t.send(b"BDAT 8 LAST\r\n world\r\n");
     assert!(r.starts_with("250 2.0.0 Ok: queued as"), "{r}");
-    assert_eq!(t.delivered[0].text.to_vec(), b"hello world\r\n");
+    assert_eq!(t.delivered[0].text.to_vec().unwrap(), b"hello world\r\n");
 }
 
 #[test]
@@ -761,7 +914,7 @@ fn bdat_crlf_split_across_chunks_and_missing_final_crlf() {
     txn(&mut t);
     assert!(t.send(b"BDAT 2\r\na\r").starts_with("250"));
     assert!(t.send(b"BDAT 2 LAST\r\n\nb").starts_with("250 2.0.0 Ok"));
-    assert_eq!(t.delivered[0].text.to_vec(), b"a\r\nb\r\n");
+    assert_eq!(t.delivered[0].text.to_vec().unwrap(), b"a\r\nb\r\n");
 }
 
 #[test]
@@ -773,7 +926,7 @@ fn bdat_zero_last_and_byte_at_a_time() {
     }
     let r = t.send(b"BDAT 0 LAST\r\n");
     assert!(r.starts_with("250 2.0.0 Ok"), "{r}");
-    assert_eq!(t.delivered[0].text.to_vec(), b"ab\r\n");
+    assert_eq!(t.delivered[0].text.to_vec().unwrap(), b"ab\r\n");
 }
 
 #[test]

@@ -497,16 +497,33 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> SmtpClient<S> {
     /// terminated with `.CRLF`, each block of at most 64 KiB within
     /// [`Timeouts::data_block`], and returns the final reply.
     pub async fn data_send(&mut self, parts: &[&[u8]]) -> Result<Reply, ClientError> {
-        let r = self.data_send_inner(parts).await;
+        let pieces: Vec<std::io::Result<&[u8]>> = parts.iter().map(|p| Ok(*p)).collect();
+        self.data_send_pieces(pieces).await
+    }
+
+    /// Like [`SmtpClient::data_send`], for message text read piece by piece (a spilled
+    /// message read from its file). A piece that cannot be read ends the connection
+    /// without the terminating dot, so the next hop discards the partial message.
+    pub async fn data_send_pieces<I, B>(&mut self, pieces: I) -> Result<Reply, ClientError>
+    where
+        I: IntoIterator<Item = std::io::Result<B>>,
+        B: AsRef<[u8]>,
+    {
+        let r = self.data_send_inner(pieces).await;
         self.check(r)
     }
 
-    async fn data_send_inner(&mut self, parts: &[&[u8]]) -> Result<Reply, ClientError> {
+    async fn data_send_inner<I, B>(&mut self, pieces: I) -> Result<Reply, ClientError>
+    where
+        I: IntoIterator<Item = std::io::Result<B>>,
+        B: AsRef<[u8]>,
+    {
         let t = self.timeouts;
         let mut enc = DotStuffer::new();
         let mut out = Vec::with_capacity(DATA_CHUNK + DATA_CHUNK / 8);
-        for part in parts {
-            for piece in part.chunks(DATA_CHUNK) {
+        for part in pieces {
+            let part = part.map_err(ClientError::Io)?;
+            for piece in part.as_ref().chunks(DATA_CHUNK) {
                 enc.push(piece, &mut out);
                 if out.len() >= DATA_CHUNK {
                     self.write(&out, t.data_block, "sending message data")

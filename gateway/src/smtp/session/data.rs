@@ -1,10 +1,9 @@
 //! Message content for DATA and BDAT: dot-unstuffing, the size and line-length limits,
 //! bare CR/LF detection (SMTP smuggling), and the end of the message.
 
-use bytes::Bytes;
-
 use super::{Hook, Phase, Session, Step};
 use crate::smtp::reply::Reply;
+use crate::smtp::text::MessageText;
 
 /// Checks on message content shared by DATA and BDAT.
 #[derive(Debug, Default)]
@@ -22,22 +21,62 @@ pub(super) struct Content {
     pub(super) prev_cr: bool,
     /// BDAT: length of the current line so far.
     pub(super) line_len: usize,
+    /// The last octet stored (the message ends in CRLF when it is LF: bare LF is
+    /// refused anyway).
+    pub(super) last: Option<u8>,
+    /// `Received:` fields of the header block, counted as the content is stored.
+    pub(super) hops: HopCount,
 }
 
-/// `Received:` fields in the header section of `message` (CRLF lines).
-pub(super) fn received_headers(message: &[u8]) -> usize {
-    message
-        .split(|&b| b == b'\n')
-        .take_while(|l| !l.is_empty() && *l != b"\r")
-        .filter(|l| l.len() >= 9 && l[..9].eq_ignore_ascii_case(b"received:"))
-        .count()
+/// Counts the `Received:` fields of a message's header block (up to its first empty
+/// line) as its octets go by, however they are cut and wherever they are kept later.
+#[derive(Debug, Default)]
+pub(super) struct HopCount {
+    /// `Received:` fields so far.
+    pub(super) hops: usize,
+    /// The empty line that ends the header block was seen.
+    done: bool,
+    /// Octets of the current line so far.
+    pos: usize,
+    /// The current line starts like `Received:` (as far as it goes).
+    prefix: bool,
+    /// The current line's first octet is CR.
+    cr: bool,
+}
+
+impl HopCount {
+    fn feed(&mut self, bytes: &[u8]) {
+        const FIELD: &[u8] = b"received:";
+        for &b in bytes {
+            if self.done {
+                return;
+            }
+            if b == b'\n' {
+                // An empty line ends the header block ("\n" or "\r\n").
+                self.done = self.pos == 0 || (self.pos == 1 && self.cr);
+                self.pos = 0;
+                continue;
+            }
+            if self.pos == 0 {
+                self.prefix = true;
+                self.cr = b == b'\r';
+            }
+            if self.pos < FIELD.len() {
+                self.prefix &= b.eq_ignore_ascii_case(&FIELD[self.pos]);
+                if self.prefix && self.pos == FIELD.len() - 1 {
+                    self.hops += 1;
+                }
+            }
+            self.pos += 1;
+        }
+    }
 }
 
 impl Session {
     /// The message is complete and passed the content checks: freeze it into one shared
-    /// buffer and ask the DATA hook.
+    /// buffer (or have the driver seal its spill file) and ask the DATA hook.
     fn complete(&mut self) {
-        let hops = received_headers(&self.data);
+        let hops = self.content.hops.hops;
         if hops > self.cfg.max_hops {
             // RFC 5321 6.3: a message that has passed this many relays is looping.
             return self.refuse_message(Reply::new(
@@ -46,8 +85,15 @@ impl Session {
                 format!("Too many hops ({hops} Received: headers): mail loop"),
             ));
         }
-        self.text = Bytes::from(std::mem::take(&mut self.data));
-        self.pause(Hook::Data);
+        if self.spilled > 0 {
+            // The rest goes to the driver's file, which the DATA hook then reads.
+            let tail = self.take_content();
+            self.phase = Phase::Sealing;
+            self.next = Some(Step::Seal(tail));
+        } else {
+            self.text = MessageText::new(std::mem::take(&mut self.data));
+            self.pause(Hook::Data);
+        }
     }
 
     /// Appends message content within the size limit.
@@ -63,6 +109,10 @@ impl Session {
             self.data = Vec::new();
         } else {
             self.data.extend_from_slice(bytes);
+            self.content.hops.feed(bytes);
+            if let Some(&b) = bytes.last() {
+                self.content.last = Some(b);
+            }
         }
     }
 
@@ -242,7 +292,7 @@ impl Session {
             self.send(Reply::new(250, "2.0.0", format!("{size} octets received")));
             return None;
         }
-        if !self.data.is_empty() && !self.data.ends_with(b"\r\n") {
+        if self.content.last.is_some_and(|b| b != b'\n') {
             self.store(b"\r\n");
             if let Some(r) = self.content_verdict() {
                 self.refuse_message(r);
@@ -251,5 +301,42 @@ impl Session {
         }
         self.complete();
         None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::HopCount;
+
+    /// `Received:` fields in the header section of `message` (CRLF lines), counted whole.
+    fn whole(message: &[u8]) -> usize {
+        message
+            .split(|&b| b == b'\n')
+            .take_while(|l| !l.is_empty() && *l != b"\r")
+            .filter(|l| l.len() >= 9 && l[..9].eq_ignore_ascii_case(b"received:"))
+            .count()
+    }
+
+    #[test]
+    fn hops_are_counted_the_same_however_the_octets_arrive() {
+        let messages: [&[u8]; 5] = [
+            b"Received: a\r\nRECEIVED:b\r\nX: 1\r\n received: folded\r\nReceived: c\r\n\r\nReceived: body\r\n",
+            b"Receive: no\r\nXReceived: no\r\nReceived:\r\n",
+            b"\r\nReceived: after the blank line\r\n",
+            b"Received: x\r\n\nReceived: after a bare blank line\r\n",
+            b"",
+        ];
+        for m in messages {
+            for cut in 1..=m.len().max(1) {
+                let mut h = HopCount::default();
+                m.chunks(cut).for_each(|c| h.feed(c));
+                assert_eq!(
+                    h.hops,
+                    whole(m),
+                    "{:?} in pieces of {cut}",
+                    String::from_utf8_lossy(m)
+                );
+            }
+        }
     }
 }

@@ -19,12 +19,11 @@ mod data;
 
 use std::sync::Arc;
 
-use bytes::Bytes;
-
 use super::command::{self, Command};
-use super::envelope::{Envelope, MailParams, Message, MessageText};
+use super::envelope::{Envelope, MailParams, Message};
 use super::facts::{Helo, SessionFacts, TlsInfo};
 use super::reply::Reply;
+use super::text::{Backing, MessageText};
 use data::Content;
 
 /// Protocol settings shared by all sessions.
@@ -82,6 +81,10 @@ pub enum Step {
     NeedInput,
     /// Ask the plugin chain; `resolve()` before the next `step()`.
     Hook(Hook),
+    /// The message is complete and part of it was taken with
+    /// [`Session::take_content`]: append these last octets to the same file, then
+    /// [`Session::sealed`] with the file (or [`Session::seal_failed`]) before `step()`.
+    Seal(Vec<u8>),
     /// Deliver, then `resolve(Resolution::Reply(final reply))`.
     Deliver(Box<Message>),
     /// The 220 was sent: do the TLS handshake, then `tls_established()`.
@@ -164,6 +167,8 @@ enum Phase {
     },
     /// Paused at a hook until `resolve()`.
     Awaiting(Hook),
+    /// The spilled message's end went out in `Step::Seal`; waiting for `sealed()`.
+    Sealing,
     /// The message went out in `Step::Deliver`; waiting for the final reply.
     Delivering,
     StartTls,
@@ -182,10 +187,15 @@ pub struct Session {
     eof: bool,
     in_txn: bool,
     envelope: Envelope,
-    /// Message content while it arrives.
+    /// Message content while it arrives (what the driver has not taken yet).
     data: Vec<u8>,
+    /// Octets of this message's content the driver took with `take_content`.
+    spilled: usize,
+    /// A copy of a spilled message's first octets (up to `text::FRONT`), for the hop
+    /// count and header parsing.
+    front: Vec<u8>,
     /// The complete message, once DATA/BDAT ended, while the DATA hook runs.
-    text: Bytes,
+    text: MessageText,
     content: Content,
     bdat_used: bool,
     errors: usize,
@@ -215,7 +225,9 @@ impl Session {
             in_txn: false,
             envelope: Envelope::default(),
             data: Vec::new(),
-            text: Bytes::new(),
+            spilled: 0,
+            front: Vec::new(),
+            text: MessageText::default(),
             content: Content::default(),
             bdat_used: false,
             errors: 0,
@@ -276,19 +288,81 @@ impl Session {
         }
     }
 
-    /// The message under evaluation during `Hook::Data` (a shared buffer: cloning it
-    /// copies nothing).
-    pub fn message(&self) -> Option<&Bytes> {
+    /// The message under evaluation during `Hook::Data` (cloning it copies nothing).
+    pub fn message(&self) -> Option<&MessageText> {
         match self.phase {
             Phase::Awaiting(Hook::Data) => Some(&self.text),
             _ => None,
         }
     }
 
-    /// Octets of message content the session holds now (what it has allocated for the
-    /// message being received, or the complete message while the DATA hook runs).
+    /// Octets of message content the session holds in memory now (what it has
+    /// allocated for the message being received, or the complete message while the
+    /// DATA hook runs, unless that was spilled).
     pub fn held_bytes(&self) -> usize {
-        self.data.capacity() + self.text.len()
+        self.data.capacity() + self.front.capacity() + self.text.memory_len()
+    }
+
+    /// Octets of the message being received that the driver may take now.
+    pub fn content_len(&self) -> usize {
+        self.data.len()
+    }
+
+    /// Octets of the message being received that the driver has taken; zero when no
+    /// transaction holds spilled content (so a spill file the driver still has belongs
+    /// to a message that ended: refused, reset or delivered).
+    pub fn spilled(&self) -> usize {
+        self.spilled
+    }
+
+    /// Takes the content of the message being received that the session holds, for
+    /// the driver to append to a file (in order: each call continues where the last one
+    /// ended). The session keeps a copy of the first octets for header checks, and at
+    /// the end of the message asks for the rest to be appended ([`Step::Seal`]).
+    pub fn take_content(&mut self) -> Vec<u8> {
+        let taken = std::mem::take(&mut self.data);
+        self.keep_front(&taken);
+        self.spilled += taken.len();
+        taken
+    }
+
+    /// Copies the start of `more` into the front copy, up to `text::FRONT` in all.
+    fn keep_front(&mut self, more: &[u8]) {
+        let want = super::text::FRONT.saturating_sub(self.front.len());
+        if more.is_empty() || want == 0 {
+            return;
+        }
+        if self.front.capacity() == 0 {
+            self.front.reserve_exact(super::text::FRONT);
+        }
+        self.front.extend_from_slice(&more[..want.min(more.len())]);
+    }
+
+    /// The driver appended the octets of [`Step::Seal`]: `back` holds the whole
+    /// message. The DATA hook comes next.
+    pub fn sealed(&mut self, back: std::sync::Arc<dyn Backing>) {
+        if !matches!(self.phase, Phase::Sealing) {
+            debug_assert!(false, "sealed() without Step::Seal");
+            return;
+        }
+        let front = std::mem::take(&mut self.front);
+        self.text = MessageText::spilled(front, back, self.spilled);
+        self.pause(Hook::Data);
+    }
+
+    /// The driver could not keep the spilled message (disk full, I/O error): it is
+    /// refused with `452 4.3.1`, and the session goes on.
+    pub fn seal_failed(&mut self) {
+        if !matches!(self.phase, Phase::Sealing) {
+            debug_assert!(false, "seal_failed() without Step::Seal");
+            return;
+        }
+        self.phase = Phase::Command;
+        self.refuse_message(Reply::new(
+            452,
+            "4.3.1",
+            "Insufficient system storage, try again later",
+        ));
     }
 
     /// The driver has no memory left for message content: the message being received is
@@ -367,7 +441,9 @@ impl Session {
         self.in_txn = false;
         self.envelope = Envelope::default();
         self.data = Vec::new();
-        self.text = Bytes::new();
+        self.spilled = 0;
+        self.front = Vec::new();
+        self.text = MessageText::default();
         self.content = Content::default();
         self.bdat_used = false;
     }
@@ -466,7 +542,7 @@ impl Session {
                     let message = Message {
                         id: format!("{}.{}", self.facts.id, self.messages),
                         envelope: self.envelope.clone(),
-                        text: MessageText::new(std::mem::take(&mut self.text)),
+                        text: std::mem::take(&mut self.text),
                         session: self.facts.clone(),
                     };
                     self.phase = Phase::Delivering;
@@ -517,7 +593,7 @@ impl Session {
                 Phase::Start => {
                     self.pause(Hook::Connect);
                 }
-                Phase::Awaiting(_) | Phase::Delivering => {
+                Phase::Awaiting(_) | Phase::Delivering | Phase::Sealing => {
                     debug_assert!(false, "step() while a hook is pending");
                     return Step::Close;
                 }
