@@ -505,6 +505,9 @@ fn validate(r: Returned) -> Result<Valid, Invalid> {
             convert::recipient_edits(&o.recipient_edits)?,
         ),
         Returned::Deliver(o) => {
+            if let Some(r) = &o.reason {
+                convert::clean_text("reason", r, convert::MAX_REASON)?;
+            }
             return Ok(Valid {
                 decision: Decision::Continue,
                 points: 0.0,
@@ -853,6 +856,14 @@ mod tests {
             reason: None,
         }));
         assert!(e.contains("routed twice"), "{e}");
+        let e = invalid(Returned::Deliver(DeliverOutcome {
+            routes: vec![],
+            reason: Some("line\r\nX-Injected: 1".into()),
+        }));
+        assert!(
+            e.contains("reason"),
+            "a reason with control characters: {e}"
+        );
     }
 
     #[test]

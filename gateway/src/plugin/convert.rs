@@ -180,7 +180,7 @@ pub fn transaction(id: &str, env: &Envelope) -> wit::Transaction {
     }
 }
 
-fn clean_text(what: &str, s: &str, max: usize) -> Result<(), Invalid> {
+pub(super) fn clean_text(what: &str, s: &str, max: usize) -> Result<(), Invalid> {
     if s.len() > max {
         return invalid(format!("{what} longer than {max} octets"));
     }

@@ -264,6 +264,10 @@ where
     // smtpd_min_data_rate.)
     let mut since = Instant::now();
     let mut data_octets = 0u64;
+    if ctx.shutdown_seen {
+        // Accepted while the server was already stopping: no change will come.
+        s.shutting_down();
+    }
     // Bounded: every iteration either consumes input, writes output, or resolves a pause
     // the session asked for; the session closes on EOF, timeouts and error limits.
     loop {
@@ -764,6 +768,22 @@ mod tests {
         assert!(matches!(flow.unwrap(), Flow::Closed));
         assert!(answer.starts_with("421 4.3.2 "), "{answer}");
         assert!(r.ctx.shutdown_seen);
+    }
+
+    #[tokio::test]
+    async fn a_session_started_during_shutdown_answers_421_at_its_first_command() {
+        let mut r = rig(runtime(), false);
+        r.stop.send(true).unwrap();
+        r.ctx.shutdown_seen = *r.ctx.shutdown.borrow();
+        let (mut server, mut c) = pipe();
+        let client = async {
+            assert!(reply(&mut c).await.starts_with("220 "));
+            send(&mut c, "EHLO c.test\r\n").await;
+            reply(&mut c).await
+        };
+        let (flow, answer) = tokio::join!(drive(&mut server, &mut r.session, &mut r.ctx), client);
+        assert!(matches!(flow.unwrap(), Flow::Closed));
+        assert!(answer.starts_with("421 4.3.2 "), "{answer}");
     }
 
     #[tokio::test]

@@ -549,6 +549,22 @@ fn out_of_message_memory_refuses_that_message_only() {
     assert!(r.starts_with("250 2.0.0"), "the next message is fine: {r}");
 }
 
+#[test]
+fn the_hello_reply_to_a_longest_name_stays_within_512_octets() {
+    // "EHLO " + 505 octets + CRLF is a 512-octet command line.
+    let name = format!("{}.test", "a".repeat(500));
+    for verb in ["EHLO", "HELO"] {
+        let mut t = T::new();
+        t.connect();
+        let r = t.cmd(&format!("{verb} {name}"), "250");
+        for line in r.split_inclusive("\r\n") {
+            assert!(line.len() <= 512, "{} octets: {line}", line.len());
+        }
+        assert!(r.contains("Hello aaaa"), "{r}");
+        assert!(r.contains("..."), "the name is cut: {r}");
+    }
+}
+
 // ---- spilling ----
 
 #[test]

@@ -210,6 +210,22 @@ pub struct Session {
     refused: Option<Refused>,
 }
 
+/// The text of the HELO/EHLO reply's first line: `<host> Hello <name>`, the name cut
+/// short (`...`) so that the line stays within 512 octets (RFC 5321 4.5.3.1.5).
+fn hello(host: &str, name: &str) -> String {
+    // "250-" and CRLF around the text.
+    const MAX_TEXT: usize = 512 - 6;
+    let text = format!("{host} Hello {name}");
+    if text.len() <= MAX_TEXT {
+        return text;
+    }
+    let mut cut = MAX_TEXT.saturating_sub(3);
+    while !text.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    format!("{}...", &text[..cut])
+}
+
 impl Session {
     /// A new session; its first step is `Hook(Connect)`. `facts` come from the driver
     /// (TLS already set for implicit-TLS listeners; no HELO yet).
@@ -498,7 +514,7 @@ impl Session {
                         extended,
                     });
                     let reply = if extended {
-                        let mut lines = vec![format!("{host} Hello {name}")];
+                        let mut lines = vec![hello(&host, &name)];
                         lines.push("PIPELINING".into());
                         lines.push(format!("SIZE {}", self.cfg.max_message_size));
                         lines.push("8BITMIME".into());
@@ -510,7 +526,7 @@ impl Session {
                         }
                         Reply::multiline(250, None, lines)
                     } else {
-                        Reply::plain(250, format!("{host} Hello {name}"))
+                        Reply::plain(250, hello(&host, &name))
                     };
                     self.send(reply);
                 }
