@@ -301,7 +301,12 @@ impl Chain {
             let name = self.slots[i].plugin.spec.name.clone();
             let (decision, reason, outcome) = match result {
                 Ok(v) => {
-                    self.txn_score += v.points;
+                    // Points given before MAIL belong to the session and persist across
+                    // its transactions; the rest to the transaction.
+                    match stage {
+                        Stage::Connect | Stage::Helo => self.session_score += v.points,
+                        _ => self.txn_score += v.points,
+                    }
                     for t in v.tags {
                         if !self.tags.contains(&t) {
                             self.tags.push(t);
