@@ -43,7 +43,7 @@ fn gateway_alive(gw: &Gateway) {
 #[test]
 fn helo_sessions_reach_plugins_as_helo() {
     let gw = with_plugin("adder", "header-adder", "config = { session = \"show\" }");
-    for (flags, want) in [
+    let cases = [
         (
             &["--helo"][..],
             "helo=client.test ehlo=false listener=smtp tls=false",
@@ -56,14 +56,19 @@ fn helo_sessions_reach_plugins_as_helo() {
             &[][..],
             "helo=client.test ehlo=true listener=smtp tls=false",
         ),
-    ] {
+    ];
+    for (i, (flags, want)) in cases.into_iter().enumerate() {
         let port = gw.port();
-        let mut args = vec!["send", HOST, &port, "--to", "facts@example.test"];
+        // One mailbox per case: Maildir file names do not sort by arrival.
+        let local = format!("facts{i}");
+        let rcpt = format!("{local}@example.test");
+        let mut args = vec!["send", HOST, &port, "--to", &rcpt];
         args.extend_from_slice(flags);
         let out = json(&smtplib(&args));
         assert_eq!(out["data"]["code"], 250, "{flags:?}: {out}");
-        let mail = gw.mailbox("example.test", "facts");
-        let text = String::from_utf8_lossy(mail.last().unwrap()).into_owned();
+        let mail = gw.mailbox("example.test", &local);
+        assert_eq!(mail.len(), 1, "{flags:?}");
+        let text = String::from_utf8_lossy(&mail[0]).into_owned();
         assert!(
             text.contains(&format!("X-Session: {want}\r\n")),
             "{flags:?}: {text}"

@@ -54,3 +54,76 @@ fn connect_and_helo_scores_last_the_whole_session() {
         assert_eq!(field(&text, "X-Score"), Some("3.5"), "{who}: {text}");
     }
 }
+
+/// Item 12: a plugin's words reach a header only as one field: an `init` error message
+/// with CR/LF in it, written into `X-Mailgate-Trace`, cannot add `Bcc:` or any field.
+#[test]
+fn a_plugin_cannot_inject_fields_through_the_trace_header() {
+    let gw = Setup::default()
+        .section("[chain]\ntrace_header = true")
+        .section(&plugin_toml(
+            "liar",
+            "init-fails",
+            "on_error = \"continue\"\ncapabilities = [\"kv\"]\n\
+             config = { after_load = true, message = \"boom\\r\\nBcc: victim@example.test\\r\\nX-Injected: 1\" }",
+        ))
+        .start();
+    let replies = transactions(&gw, &[("u@example.test", "Subject: t\r\n\r\nbody\r\n")]);
+    assert!(replies[0].starts_with("250"), "{replies:?}");
+    let mail = gw.mailbox("example.test", "u");
+    let text = String::from_utf8_lossy(&mail[0]).into_owned();
+    let trace = field(&text, "X-Mailgate-Trace").expect("trace header");
+    assert!(trace.contains("init failed: boom"), "{text}");
+    for injected in ["\r\nBcc:", "\r\nX-Injected:"] {
+        assert!(!text.contains(injected), "{injected:?} injected: {text}");
+    }
+}
+
+/// Item 7: a header value is folded at its spaces; one with a word that no line of 998
+/// octets can hold is refused (the plugin fails under its policy) instead of being
+/// written as a line the next hop refuses. No line the gateway writes is longer.
+#[test]
+fn header_values_are_folded_or_refused_never_over_998_octets() {
+    for (long, code) in [("spaced", "250"), ("word", "451")] {
+        let gw = Setup::default()
+            .section(&plugin_toml(
+                "long",
+                "header-injection",
+                &format!("config = {{ long = \"{long}\" }}"),
+            ))
+            .start();
+        let replies = transactions(&gw, &[("u@example.test", "Subject: t\r\n\r\nbody\r\n")]);
+        assert!(replies[0].starts_with(code), "{long}: {replies:?}");
+        for copy in gw.mailbox("example.test", "u") {
+            let text = String::from_utf8_lossy(&copy).into_owned();
+            assert!(text.contains("X-Long: abcdefghi"), "{long}: {text}");
+            let longest = text.split("\r\n").map(str::len).max().unwrap();
+            assert!(longest <= 998, "{long}: a {longest}-octet line");
+        }
+        if long == "word" {
+            assert!(gw.mailbox("example.test", "u").is_empty());
+            assert!(gw.log().contains("cannot be folded"), "{}", gw.log());
+        }
+    }
+}
+
+/// Item 13: reply text is ASCII: a plugin's non-ASCII reply reaches a client that did
+/// not ask for SMTPUTF8 with `?` in place of each such character.
+#[test]
+fn replies_to_clients_are_ascii() {
+    let gw = Setup::default()
+        .section(&plugin_toml(
+            "utf8",
+            "header-injection",
+            "config = { reply = \"utf8\" }",
+        ))
+        .start();
+    let mut raw = Raw::connect(gw.smtp);
+    assert!(raw.reply().starts_with("220"));
+    assert!(raw.cmd("EHLO client.test").starts_with("250"));
+    assert!(raw.cmd("MAIL FROM:<a@client.test>").starts_with("250"));
+    let r = raw.cmd("RCPT TO:<u@example.test>");
+    assert!(r.starts_with("550"), "{r}");
+    assert!(r.is_ascii(), "{r:?}");
+    assert!(r.contains("no?way f?r you"), "{r:?}");
+}

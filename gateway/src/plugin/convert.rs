@@ -301,7 +301,7 @@ fn header_name(n: &str) -> Result<(), Invalid> {
     }
 }
 
-fn header_value(v: &str) -> Result<(), Invalid> {
+fn header_value(name: &str, v: &str) -> Result<(), Invalid> {
     if v.len() > MAX_HEADER_VALUE {
         return invalid(format!(
             "header value longer than {MAX_HEADER_VALUE} octets"
@@ -309,6 +309,15 @@ fn header_value(v: &str) -> Result<(), Invalid> {
     }
     if v.chars().any(|c| c.is_control() && c != '\t') {
         return invalid("header value contains CR, LF or other control characters");
+    }
+    // Folding breaks lines at spaces only: a word that cannot share a line with the
+    // field name would make a line over 998 octets, which next hops refuse.
+    let longest = v.split(' ').map(str::len).max().unwrap_or(0);
+    if name.len() + 2 + longest > super::edits::MAX_LINE {
+        return invalid(format!(
+            "header value has a {longest}-octet word: cannot be folded within {} octets",
+            super::edits::MAX_LINE
+        ));
     }
     Ok(())
 }
@@ -328,7 +337,7 @@ pub fn header_edits(e: &[wit::HeaderEdit]) -> Result<Vec<HeaderEdit>, Invalid> {
     }
     let field = |h: &wit::Header| {
         header_name(&h.name)?;
-        header_value(&h.value)?;
+        header_value(&h.name, &h.value)?;
         Ok::<_, Invalid>((h.name.clone(), h.value.clone()))
     };
     e.iter()
@@ -344,7 +353,7 @@ pub fn header_edits(e: &[wit::HeaderEdit]) -> Result<Vec<HeaderEdit>, Invalid> {
                 }
                 wit::HeaderEdit::Remove(r) => HeaderEdit::Remove(header_ref(r)?),
                 wit::HeaderEdit::Replace(r) => {
-                    header_value(&r.value)?;
+                    header_value(&r.target.name, &r.value)?;
                     HeaderEdit::Replace(header_ref(&r.target)?, r.value.clone())
                 }
             })

@@ -80,9 +80,20 @@ fn field(name: &str, value: &str) -> Field {
 
 /// `Name: value` folded at whitespace to lines of at most 78 characters where possible.
 pub fn fold(name: &str, value: &str) -> String {
+    // Whatever the value, the field stays one field: control characters (CR and LF
+    // above all) become spaces. Validated values have none; the trace and other texts
+    // the gateway writes itself may carry a plugin's words.
+    let value: String = value
+        .chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect();
+    // No line over 998 octets (RFC 5322 2.1.1): a word too long for that is cut (only
+    // text the gateway writes itself can have one: validation refuses them).
+    let longest = MAX_LINE.saturating_sub(name.len() + 2).max(1);
     let mut out = format!("{name}:");
     let mut line_len = out.len();
-    for (i, word) in value.split(' ').enumerate() {
+    let words = value.split(' ').flat_map(|w| split_word(w, longest));
+    for (i, word) in words.enumerate() {
         if i > 0 || !word.is_empty() {
             if line_len + 1 + word.len() > 78 && line_len > name.len() + 1 {
                 out.push_str("\r\n");
@@ -95,6 +106,29 @@ pub fn fold(name: &str, value: &str) -> String {
     }
     out.push_str("\r\n");
     out
+}
+
+/// Longest line of a header field, CRLF excluded (RFC 5322 2.1.1).
+pub const MAX_LINE: usize = 998;
+
+/// `word` in pieces of at most `max` octets (cut at character boundaries).
+fn split_word(word: &str, max: usize) -> Vec<&str> {
+    let mut pieces = Vec::new();
+    let mut rest = word;
+    // Bounded: every pass takes at least one character off `rest`.
+    while rest.len() > max {
+        let mut cut = max;
+        while !rest.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        if cut == 0 {
+            cut = rest.chars().next().map_or(rest.len(), char::len_utf8);
+        }
+        pieces.push(&rest[..cut]);
+        rest = &rest[cut..];
+    }
+    pieces.push(rest);
+    pieces
 }
 
 fn selected(f: &Field, r: &HeaderRef, nth: &mut u32) -> bool {
@@ -212,6 +246,30 @@ mod tests {
             applied(b"", &[HeaderEdit::Prepend("B".into(), "2".into())]),
             b"B: 2\r\n"
         );
+    }
+
+    #[test]
+    fn fold_keeps_one_field_and_every_line_short() {
+        // CR/LF in a value cannot start another field.
+        let f = fold(
+            "X-Mailgate-Trace",
+            "init failed: x\r\nBcc: victim@example.test\nX-Injected: 1",
+        );
+        assert_eq!(
+            f.matches("\r\n").count(),
+            1 + f.matches("\r\n ").count(),
+            "{f:?}"
+        );
+        assert!(
+            !f.contains("\r\nBcc") && !f.contains("\r\nX-Injected"),
+            "{f:?}"
+        );
+        // A 4,000-octet word is cut into lines within 998 octets.
+        let f = fold("X-Long", &"a".repeat(4000));
+        assert!(f.split("\r\n").all(|l| l.len() <= MAX_LINE), "{f:?}");
+        assert_eq!(f.matches('a').count(), 4000);
+        let f = fold("X-Utf8", &"ä".repeat(1000));
+        assert!(f.split("\r\n").all(|l| l.len() <= MAX_LINE));
     }
 
     #[test]

@@ -82,7 +82,8 @@ impl Reply {
     }
 
     /// Builds a reply from untrusted parts (upstream server or plugin): the code must be
-    /// 200..=599, text is stripped of control characters and capped at [`MAX_REPLY_TEXT`],
+    /// 200..=599, text is stripped of control characters, other non-ASCII characters
+    /// become `?`, and it is capped at [`MAX_REPLY_TEXT`],
     /// and an enhanced code whose class disagrees with the basic code is replaced by the
     /// class default (`X.0.0`). Returns `None` if the code is out of range.
     pub fn sanitized(code: u16, enhanced: Option<Enhanced>, lines: &[&str]) -> Option<Reply> {
@@ -100,7 +101,13 @@ impl Reply {
             .iter()
             .take(16)
             .map(|l| {
-                let mut s: String = l.chars().filter(|c| !c.is_control()).collect();
+                // Printable ASCII only: a client that did not ask for SMTPUTF8 gets
+                // no other octets (RFC 5321 4.2), and none can be a control.
+                let mut s: String = l
+                    .chars()
+                    .filter(|c| !c.is_control())
+                    .map(|c| if c.is_ascii() { c } else { '?' })
+                    .collect();
                 if s.len() > MAX_REPLY_TEXT {
                     let mut cut = MAX_REPLY_TEXT;
                     while !s.is_char_boundary(cut) {
