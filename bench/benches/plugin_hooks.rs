@@ -47,6 +47,7 @@ fn spec(name: &str, file: &str, config: Vec<(String, String)>) -> PluginSpec {
         deadline: Duration::from_secs(1),
         memory: 32 << 20,
         config,
+        literal_recipients: false,
     }
 }
 

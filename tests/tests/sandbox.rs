@@ -127,3 +127,56 @@ fn replies_to_clients_are_ascii() {
     assert!(r.is_ascii(), "{r:?}");
     assert!(r.contains("no?way f?r you"), "{r:?}");
 }
+
+/// Item 8: recipients a plugin adds count against `limits.max_recipients` (past it the
+/// message is refused `452 4.5.3`, never delivered to more), and an address literal
+/// from a plugin is invalid output unless the plugin has `literal_recipients = true`.
+#[test]
+fn recipients_from_plugins_count_and_literals_need_permission() {
+    let send = |gw: &Gateway| {
+        let mut raw = Raw::connect(gw.smtp);
+        assert!(raw.reply().starts_with("220"));
+        assert!(raw.cmd("EHLO client.test").starts_with("250"));
+        assert!(raw.cmd("MAIL FROM:<a@client.test>").starts_with("250"));
+        for r in ["r1", "r2", "r3"] {
+            assert!(
+                raw.cmd(&format!("RCPT TO:<{r}@example.test>"))
+                    .starts_with("250")
+            );
+        }
+        assert!(raw.cmd("DATA").starts_with("354"));
+        raw.send(b"Subject: t\r\n\r\nbody\r\n");
+        raw.cmd(".")
+    };
+    for (adds, code) in [(2, "250"), (5, "452 4.5.3")] {
+        let gw = Setup::default()
+            .section("[limits]\nmax_recipients = 5")
+            .section(&plugin_toml(
+                "copier",
+                "header-injection",
+                &format!("config = {{ add_recipients = \"{adds}\" }}"),
+            ))
+            .start();
+        let r = send(&gw);
+        assert!(r.starts_with(code), "{adds} added: {r}");
+        let delivered = (0..adds)
+            .map(|i| gw.mailbox("example.test", &format!("copy{i}")).len())
+            .sum::<usize>()
+            + gw.mailbox("example.test", "r1").len();
+        assert_eq!(delivered, if adds == 2 { 3 } else { 0 }, "{adds} added");
+    }
+    for (allowed, code) in [(false, "451"), (true, "250")] {
+        let gw = Setup::default()
+            .section(&plugin_toml(
+                "literal",
+                "header-injection",
+                &format!("literal_recipients = {allowed}\nconfig = {{ add_literal = true }}"),
+            ))
+            .start();
+        let r = send(&gw);
+        assert!(r.starts_with(code), "literal_recipients = {allowed}: {r}");
+        if !allowed {
+            assert!(gw.log().contains("address literal"), "{}", gw.log());
+        }
+    }
+}

@@ -219,6 +219,10 @@ pub struct Plugin {
     /// Per-call limits.
     #[serde(default)]
     pub limits: PluginLimits,
+    /// Recipients this plugin adds or rewrites to may be address literals
+    /// (`user@[192.0.2.1]`); refused as invalid output otherwise.
+    #[serde(default)]
+    pub literal_recipients: bool,
     /// The plugin's own settings, handed to its `init` as key/value pairs.
     #[serde(default)]
     pub config: std::collections::BTreeMap<String, serde_json::Value>,

@@ -114,6 +114,8 @@ pub struct PluginSpec {
     pub memory: usize,
     /// `config` flattened to key/value pairs (nested tables as dotted keys, arrays as JSON).
     pub config: Vec<(String, String)>,
+    /// May add or rewrite to address-literal recipients.
+    pub literal_recipients: bool,
 }
 
 fn flatten(prefix: &str, v: &serde_json::Value, out: &mut Vec<(String, String)>) {
@@ -204,6 +206,7 @@ fn plugin_spec(p: &super::Plugin, seen: &mut Vec<String>) -> Result<PluginSpec, 
         deadline: Duration::from_millis(p.limits.deadline_ms),
         memory: (p.limits.memory_mb as usize) << 20,
         config,
+        literal_recipients: p.literal_recipients,
     })
 }
 

@@ -293,10 +293,19 @@ impl Chain {
                 continue;
             }
             let started = Instant::now();
+            let literals = self.slots[i].plugin.spec.literal_recipients;
             let result = self
                 .invoke(i, &call)
                 .await
-                .and_then(|r| validate(r).map_err(|e| Failure::Invalid(e.0)));
+                .and_then(|r| validate(r).map_err(|e| Failure::Invalid(e.0)))
+                .and_then(
+                    |v| match v.recipient_edits.iter().find_map(literal_target) {
+                        Some(a) if !literals => Err(Failure::Invalid(format!(
+                            "recipient {a:?} is an address literal (literal_recipients is off)"
+                        ))),
+                        _ => Ok(v),
+                    },
+                );
             let micros = started.elapsed().as_micros() as u64;
             let name = self.slots[i].plugin.spec.name.clone();
             let (decision, reason, outcome) = match result {
@@ -494,6 +503,18 @@ struct Valid {
     routes: Vec<(String, Route)>,
 }
 
+/// The address an edit adds (or rewrites to) when it is an address literal
+/// (`user@[192.0.2.1]`).
+fn literal_target(e: &RecipientEdit) -> Option<&str> {
+    match e {
+        RecipientEdit::Add(a) | RecipientEdit::Rewrite(_, a) => a
+            .rsplit_once('@')
+            .filter(|(_, d)| d.starts_with('['))
+            .map(|_| a.as_str()),
+        RecipientEdit::Remove(_) => None,
+    }
+}
+
 fn validate(r: Returned) -> Result<Valid, Invalid> {
     let (decision, marks, header_edits, recipient_edits) = match r {
         Returned::Outcome(o) => (convert::verdict(&o.verdict)?, o.marks, vec![], vec![]),
@@ -592,6 +613,7 @@ mod tests {
             deadline: Duration::from_millis(100),
             memory: 16 << 20,
             config: vec![],
+            literal_recipients: false,
         };
         State::new(Arc::new(spec), services(), "S".into())
     }

@@ -425,6 +425,7 @@ mod tests {
             deadline: Duration::from_millis(100),
             memory: 16 << 20,
             config: vec![],
+            literal_recipients: false,
         };
         State::new(Arc::new(spec), services, "S1".into())
     }

@@ -521,6 +521,7 @@ pub async fn describe(path: &std::path::Path) -> Result<Description, LoadError> 
             deadline: LOAD_DEADLINE,
             memory: 64 << 20,
             config: vec![],
+            literal_recipients: false,
         };
         let mut st = store(
             &engine,

@@ -23,6 +23,8 @@ pub enum Disposition {
     Discard,
     /// Answer 250 and keep it in quarantine, for this reason.
     Quarantine(String),
+    /// Refuse it with this reply (plugin edits left it undeliverable as it is).
+    Refuse(crate::smtp::Reply),
 }
 
 /// The plugins of one SMTP session.
@@ -175,12 +177,14 @@ impl SessionPlugins {
     /// Applies the transaction's edits to `message` and says what becomes of it. Header
     /// edits (and the decision trace, with `trace_header`) make a new header block; the
     /// body is not copied. Recipient edits apply unless `recipients_fixed` (proxy mode:
-    /// the upstream already has the recipients; they are logged as not applied).
+    /// the upstream already has the recipients; they are logged as not applied); if
+    /// they leave more than `max_recipients`, the message is refused `452 4.5.3`.
     pub fn finish(
         &mut self,
         message: &mut Message,
         trace_header: bool,
         recipients_fixed: bool,
+        max_recipients: usize,
     ) -> Disposition {
         let mut headers = std::mem::take(&mut self.header_edits);
         if trace_header {
@@ -203,6 +207,18 @@ impl SessionPlugins {
                 tracing::warn!(msg = %message.id, "recipient edits are not applied in proxy mode");
             } else {
                 edits::apply_recipients(&mut message.envelope.rcpt_to, &rcpt_edits);
+                let n = message.envelope.rcpt_to.len();
+                if n > max_recipients {
+                    tracing::warn!(msg = %message.id, recipients = n, max_recipients, "plugin recipient edits exceed max_recipients; message refused");
+                    self.disposition = Disposition::Deliver;
+                    return Disposition::Refuse(crate::smtp::Reply::new(
+                        452,
+                        "4.5.3",
+                        format!(
+                            "Too many recipients after plugin edits ({n}, at most {max_recipients})"
+                        ),
+                    ));
+                }
             }
         }
         std::mem::replace(&mut self.disposition, Disposition::Deliver)

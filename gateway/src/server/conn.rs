@@ -404,7 +404,12 @@ async fn deliver(ctx: &mut Ctx, mut message: crate::smtp::Message) -> Reply {
     let cur = Arc::clone(&ctx.cur);
     let live = &cur.runtime.live;
     let disposition = match ctx.plugins.as_mut() {
-        Some(p) => p.finish(&mut message, live.trace_header, ctx.outbound.before_queue()),
+        Some(p) => p.finish(
+            &mut message,
+            live.trace_header,
+            ctx.outbound.before_queue(),
+            live.limits.max_recipients,
+        ),
         None => Disposition::Deliver,
     };
     let queued = || Reply::new(250, "2.0.0", format!("Ok: queued as {}", message.id));
@@ -414,6 +419,7 @@ async fn deliver(ctx: &mut Ctx, mut message: crate::smtp::Message) -> Reply {
             queued()
         }
         Disposition::Quarantine(why) => quarantine(live.quarantine.clone(), &message, &why).await,
+        Disposition::Refuse(reply) => reply,
         Disposition::Deliver if message.envelope.rcpt_to.is_empty() => {
             info!(msg = %message.id, "no recipients left after plugin edits; nothing delivered");
             queued()
