@@ -48,6 +48,7 @@ fn spec(name: &str, file: &str, config: Vec<(String, String)>) -> PluginSpec {
         memory: 32 << 20,
         config,
         literal_recipients: false,
+        log_rate: (100, 65536),
     }
 }
 

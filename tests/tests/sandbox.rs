@@ -180,3 +180,77 @@ fn recipients_from_plugins_count_and_literals_need_permission() {
         }
     }
 }
+
+/// Item 3: `dns.plugin_queries_per_session` is the plugin's budget for the whole
+/// session: a plugin that spends it at RCPT and traps (so the next hook runs on a new
+/// instance) does not get it back.
+#[test]
+fn the_dns_budget_is_per_session_not_per_instance() {
+    let nsd = support::Nsd::start(&[(
+        "mailgate.test",
+        "$ORIGIN mailgate.test.\n$TTL 300\n@ SOA ns hostmaster 1 3600 600 86400 300\n\
+         @ NS ns\nns A 127.0.0.1\nclient A 127.0.0.1\n",
+    )]);
+    let gw = Setup::default()
+        .section(&format!(
+            "[dns]\nservers = [\"{}\"]\nplugin_queries_per_session = 12\n",
+            nsd.addr
+        ))
+        .section(&plugin_toml(
+            "probe",
+            "dns-probe",
+            "on_error = \"continue\"\ncapabilities = [\"dns\"]\n\
+             config = { domain = \"mailgate.test\", rcpt_lookups = \"10\" }",
+        ))
+        .start();
+    let replies = transactions(&gw, &[("u@example.test", "Subject: t\r\n\r\nbody\r\n")]);
+    assert!(replies[0].starts_with("250"), "{replies:?}");
+    let mail = gw.mailbox("example.test", "u");
+    let text = String::from_utf8_lossy(&mail[0]).into_owned();
+    // 10 of 12 went at RCPT: the DATA hook's first two lookups (TXT, A) are answered,
+    // everything after them is over the budget.
+    assert_eq!(field(&text, "X-A"), Some("127.0.0.1"), "{text}");
+    assert_eq!(field(&text, "X-Mx"), Some("budget-exceeded"), "{text}");
+    assert_eq!(
+        field(&text, "X-Budget"),
+        Some("0 then budget-exceeded"),
+        "{text}"
+    );
+}
+
+/// Item 4: a plugin's log lines are rate-limited over all its sessions
+/// (`limits.log_lines_per_sec`): sessions that each log hundreds of lines write about a
+/// second's worth in all, and the gateway says once that it is dropping them.
+#[test]
+fn plugin_logging_is_rate_limited_across_sessions() {
+    let gw = Setup::default()
+        .env("MAILGATE_LOG", "debug")
+        .section(&plugin_toml(
+            "chatty",
+            "slow-host",
+            "capabilities = [\"log\"]\nlimits = { log_lines_per_sec = 50 }\n\
+             config = { capability = \"log\", iterations = \"300\" }",
+        ))
+        .start();
+    let started = std::time::Instant::now();
+    for i in 0..4 {
+        let replies = transactions(
+            &gw,
+            &[(&format!("u{i}@example.test")[..], "Subject: t\r\n\r\nx\r\n")],
+        );
+        assert!(replies[0].starts_with("250"), "{replies:?}");
+    }
+    let secs = started.elapsed().as_secs_f64();
+    let log = gw.log();
+    let written = log
+        .lines()
+        .filter(|l| l.contains(" slow-host plugin=\"chatty\""))
+        .count();
+    // 4 x 300 lines were offered; the bucket holds 50 and refills 50 a second.
+    let allowed = 50 + (50.0 * (secs + 1.0)) as usize;
+    assert!(
+        written >= 50 && written <= allowed,
+        "{written} lines written in {secs:.1} s"
+    );
+    assert!(log.contains("dropping its lines"), "{log}");
+}

@@ -240,6 +240,11 @@ pub struct PluginLimits {
     pub deadline_ms: u64,
     /// Linear memory cap.
     pub memory_mb: u64,
+    /// Log lines per second the plugin may write, over all sessions (a token bucket
+    /// holding one second's worth); the rest are dropped and counted.
+    pub log_lines_per_sec: u32,
+    /// Log octets per second, likewise.
+    pub log_bytes_per_sec: u32,
 }
 
 impl Default for PluginLimits {
@@ -247,6 +252,8 @@ impl Default for PluginLimits {
         PluginLimits {
             deadline_ms: 1000,
             memory_mb: 32,
+            log_lines_per_sec: 100,
+            log_bytes_per_sec: 64 * 1024,
         }
     }
 }

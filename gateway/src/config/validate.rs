@@ -116,6 +116,8 @@ pub struct PluginSpec {
     pub config: Vec<(String, String)>,
     /// May add or rewrite to address-literal recipients.
     pub literal_recipients: bool,
+    /// Log lines and octets per second, over all sessions.
+    pub log_rate: (u32, u32),
 }
 
 fn flatten(prefix: &str, v: &serde_json::Value, out: &mut Vec<(String, String)>) {
@@ -207,6 +209,7 @@ fn plugin_spec(p: &super::Plugin, seen: &mut Vec<String>) -> Result<PluginSpec, 
         memory: (p.limits.memory_mb as usize) << 20,
         config,
         literal_recipients: p.literal_recipients,
+        log_rate: (p.limits.log_lines_per_sec, p.limits.log_bytes_per_sec),
     })
 }
 

@@ -196,6 +196,8 @@ struct Live {
 struct Slot {
     plugin: Arc<LoadedPlugin>,
     live: Option<Live>,
+    /// The plugin's budget in this session, kept across its instances.
+    budget: Arc<super::budget::SessionBudget>,
 }
 
 /// The chain for one session.
@@ -228,6 +230,7 @@ impl Chain {
             .map(|p| Slot {
                 plugin: Arc::clone(p),
                 live: None,
+                budget: Default::default(),
             })
             .collect();
         Chain {
@@ -418,6 +421,10 @@ impl Chain {
                 Arc::clone(&spec),
                 Arc::clone(&generation.services),
                 session_id,
+                super::budget::Budgets {
+                    session: Arc::clone(&slot.budget),
+                    log_rate: Arc::clone(&slot.plugin.log_rate),
+                },
             );
             st.data_mut().deadline = Instant::now() + spec.deadline;
             let pre = &slot.plugin.pre;
@@ -614,8 +621,9 @@ mod tests {
             memory: 16 << 20,
             config: vec![],
             literal_recipients: false,
+            log_rate: (100, 65536),
         };
-        State::new(Arc::new(spec), services(), "S".into())
+        State::new(Arc::new(spec), services(), "S".into(), Default::default())
     }
 
     fn no_marks() -> wit::Marks {

@@ -3,17 +3,18 @@
 //! gateway's resolver ([`crate::dns`]) within the per-session budget; auth results answer
 //! `unavailable` until the SPF/DKIM/DMARC checks land.
 
-use std::time::SystemTime;
+use std::time::{Instant, SystemTime};
 
 use wasmtime::component::Resource;
 
 use super::bindings::mailgate::plugin::{
     auth_results, clock, dns, kv, log, message, metrics, types,
 };
+use super::budget::LogAdmit;
 use super::convert;
 use super::kv::KvFault;
 use super::message::{MessageHandle, chunk};
-use super::state::{MAX_LOG_LINES, State};
+use super::state::State;
 use crate::config::Capability;
 
 type R<T> = wasmtime::Result<T>;
@@ -50,10 +51,32 @@ impl log::Host for State {
         message: String,
         fields: Vec<(String, String)>,
     ) -> R<()> {
-        if !self.granted(Capability::Log) || self.log_lines >= MAX_LOG_LINES {
+        if !self.granted(Capability::Log) || !self.budgets.session.take_log_line() {
             return Ok(());
         }
-        self.log_lines += 1;
+        let (plugin, session) = (self.spec.name.as_str(), self.session_id.as_str());
+        let len = message.len() + fields.iter().map(|(k, v)| k.len() + v.len()).sum::<usize>();
+        match self.budgets.log_rate.admit(len, Instant::now()) {
+            LogAdmit::Write { dropped: 0 } => {}
+            LogAdmit::Write { dropped } => {
+                tracing::warn!(
+                    plugin,
+                    dropped,
+                    total_dropped = self.budgets.log_rate.dropped(),
+                    "plugin log lines were dropped (log rate limit)"
+                );
+            }
+            LogAdmit::Drop { first } => {
+                if first {
+                    tracing::warn!(
+                        plugin,
+                        session,
+                        "plugin logs faster than its log rate limit; dropping its lines"
+                    );
+                }
+                return Ok(());
+            }
+        }
         let msg: String = cut(&message, MAX_LOG_MESSAGE)
             .chars()
             .map(|c| if c.is_control() { ' ' } else { c })
@@ -64,7 +87,6 @@ impl log::Host for State {
             .map(|(k, v)| format!("{}={:?}", cut(k, 64), cut(v, 512)))
             .collect();
         let fields = fields.join(" ");
-        let (plugin, session) = (self.spec.name.as_str(), self.session_id.as_str());
         match level {
             log::Level::Trace => tracing::trace!(plugin, session, fields, "{msg}"),
             log::Level::Debug => tracing::debug!(plugin, session, fields, "{msg}"),
@@ -103,10 +125,9 @@ impl State {
             return Err(dns::DnsError::Denied);
         }
         let dns = &self.services.dns;
-        if self.dns_queries >= dns.settings().plugin_budget {
+        if !self.budgets.session.take_dns(dns.settings().plugin_budget) {
             return Err(dns::DnsError::BudgetExceeded);
         }
-        self.dns_queries += 1;
         Ok(std::sync::Arc::clone(dns))
     }
 }
@@ -426,8 +447,9 @@ mod tests {
             memory: 16 << 20,
             config: vec![],
             literal_recipients: false,
+            log_rate: (100, 65536),
         };
-        State::new(Arc::new(spec), services, "S1".into())
+        State::new(Arc::new(spec), services, "S1".into(), Default::default())
     }
 
     fn state(caps: &[Capability]) -> State {
@@ -648,7 +670,13 @@ mod tests {
                 .await
                 .unwrap()
         ));
-        assert_eq!(st.dns_queries, 0);
+        assert_eq!(
+            st.budgets
+                .session
+                .dns_queries
+                .load(std::sync::atomic::Ordering::Relaxed),
+            0
+        );
     }
 
     #[tokio::test]
@@ -667,7 +695,13 @@ mod tests {
                 .unwrap(),
             Err(dns::DnsError::InvalidName)
         ));
-        assert_eq!(st.dns_queries, 2);
+        assert_eq!(
+            st.budgets
+                .session
+                .dns_queries
+                .load(std::sync::atomic::Ordering::Relaxed),
+            2
+        );
         // A valid name now: a query sent to the dead server would time out instead.
         assert!(matches!(
             dns::Host::lookup_mx(&mut st, "example.test".into())
@@ -676,7 +710,14 @@ mod tests {
             Err(dns::DnsError::BudgetExceeded)
         ));
         assert!(matches!(st.dns_admit(), Err(dns::DnsError::BudgetExceeded)));
-        assert_eq!(st.dns_queries, 2, "refused lookups are not counted");
+        assert_eq!(
+            st.budgets
+                .session
+                .dns_queries
+                .load(std::sync::atomic::Ordering::Relaxed),
+            2,
+            "refused lookups are not counted"
+        );
     }
 
     #[tokio::test]
@@ -684,7 +725,13 @@ mod tests {
         let mut st = state_with("p", &[Capability::Dns], services(3));
         for n in 1..=3 {
             assert!(st.dns_admit().is_ok(), "lookup {n}");
-            assert_eq!(st.dns_queries, n);
+            assert_eq!(
+                st.budgets
+                    .session
+                    .dns_queries
+                    .load(std::sync::atomic::Ordering::Relaxed),
+                n
+            );
         }
         assert!(matches!(st.dns_admit(), Err(dns::DnsError::BudgetExceeded)));
         let mut fresh = state_with("p", &[], services(3));
@@ -726,7 +773,13 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(captured.count("ungranted-line"), 0);
-        assert_eq!(st.log_lines, 0);
+        assert_eq!(
+            st.budgets
+                .session
+                .log_lines
+                .load(std::sync::atomic::Ordering::Relaxed),
+            0
+        );
     }
 
     #[tokio::test]
@@ -743,17 +796,43 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn log_lines_over_the_per_instance_budget_are_dropped() {
+    async fn log_lines_over_the_per_session_budget_are_dropped() {
+        use crate::plugin::budget::{LogRate, MAX_LOG_LINES};
         let (captured, _guard) = Capture::start(tracing::Level::TRACE);
         let mut st = state(&[Capability::Log]);
+        // A rate that never runs dry: the session budget is what stops it.
+        st.budgets.log_rate = Arc::new(LogRate::new(u32::MAX, u32::MAX));
         let extra = 5;
         for _ in 0..MAX_LOG_LINES + extra {
             log::Host::log(&mut st, log::Level::Info, "budget-line".into(), vec![])
                 .await
                 .unwrap();
         }
-        assert_eq!(st.log_lines, MAX_LOG_LINES);
+        assert_eq!(
+            st.budgets
+                .session
+                .log_lines
+                .load(std::sync::atomic::Ordering::Relaxed),
+            MAX_LOG_LINES
+        );
         assert_eq!(captured.count("budget-line"), MAX_LOG_LINES as usize);
+    }
+
+    #[tokio::test]
+    async fn log_lines_past_the_plugin_rate_are_dropped_and_said_once() {
+        use crate::plugin::budget::LogRate;
+        let (captured, _guard) = Capture::start(tracing::Level::TRACE);
+        let mut st = state(&[Capability::Log]);
+        let rate = Arc::new(LogRate::new(3, 1 << 20));
+        st.budgets.log_rate = Arc::clone(&rate);
+        for _ in 0..10 {
+            log::Host::log(&mut st, log::Level::Info, "rated-line".into(), vec![])
+                .await
+                .unwrap();
+        }
+        assert_eq!(captured.count("rated-line"), 3);
+        assert_eq!(rate.dropped(), 7);
+        assert_eq!(captured.count("dropping its lines"), 1, "said once");
     }
 
     #[tokio::test]

@@ -14,6 +14,7 @@
 //! module; [`convert`] is the one place that turns them into ours, validated.
 
 mod bindings;
+pub mod budget;
 pub mod chain;
 pub mod convert;
 pub mod delivery;

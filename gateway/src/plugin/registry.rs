@@ -83,6 +83,8 @@ pub struct LoadedPlugin {
     pub ungranted: Vec<String>,
     /// When it was loaded.
     pub loaded_at: std::time::SystemTime,
+    /// Its log rate over all sessions.
+    pub log_rate: Arc<super::budget::LogRate>,
 }
 
 impl std::fmt::Debug for LoadedPlugin {
@@ -195,8 +197,9 @@ pub fn store(
     spec: Arc<PluginSpec>,
     services: Arc<Services>,
     session_id: String,
+    budgets: super::budget::Budgets,
 ) -> Store<State> {
-    let mut store = Store::new(engine, State::new(spec, services, session_id));
+    let mut store = Store::new(engine, State::new(spec, services, session_id, budgets));
     store.limiter(|s| &mut s.limiter);
     store.set_epoch_deadline(1);
     store.epoch_deadline_callback(|ctx| {
@@ -383,7 +386,20 @@ pub async fn load(
         .and_then(PluginPre::new)
         .map_err(|e| invalid(format!("cannot link: {e:#}")))?;
     let spec = Arc::new(spec);
-    let mut st = store(engine, Arc::clone(&spec), services, "load".into());
+    let log_rate = Arc::new(super::budget::LogRate::new(
+        spec.log_rate.0,
+        spec.log_rate.1,
+    ));
+    let mut st = store(
+        engine,
+        Arc::clone(&spec),
+        services,
+        "load".into(),
+        super::budget::Budgets {
+            session: Default::default(),
+            log_rate: Arc::clone(&log_rate),
+        },
+    );
     st.data_mut().deadline = Instant::now() + LOAD_DEADLINE;
     let run = async {
         let inst = pre.instantiate_async(&mut st).await?;
@@ -431,6 +447,7 @@ pub async fn load(
         sha256,
         ungranted,
         loaded_at: std::time::SystemTime::now(),
+        log_rate,
     })
 }
 
@@ -522,12 +539,14 @@ pub async fn describe(path: &std::path::Path) -> Result<Description, LoadError> 
             memory: 64 << 20,
             config: vec![],
             literal_recipients: false,
+            log_rate: (100, 65536),
         };
         let mut st = store(
             &engine,
             Arc::new(spec),
             Services::new(Arc::new(Resolver::new(Default::default()))),
             "inspect".into(),
+            Default::default(),
         );
         st.data_mut().deadline = Instant::now() + LOAD_DEADLINE;
         let run = async {

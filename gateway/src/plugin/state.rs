@@ -12,6 +12,7 @@ use wasmtime_wasi::{
     HostMonotonicClock, HostWallClock, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView,
 };
 
+use super::budget::Budgets;
 use super::registry::Services;
 use crate::config::{Capability, PluginSpec};
 
@@ -19,8 +20,6 @@ use crate::config::{Capability, PluginSpec};
 const PIPE_CAPACITY: usize = 16 * 1024;
 /// Resources a plugin may hold at once.
 const MAX_RESOURCES: usize = 1000;
-/// Log lines a plugin may emit per session.
-pub const MAX_LOG_LINES: u32 = 1000;
 
 /// Memory limiter that remembers when it refused to grow, so a failed call can be
 /// classified as "memory cap" whatever trap the guest's allocator turns it into.
@@ -102,8 +101,8 @@ pub struct State {
     pub spec: Arc<PluginSpec>,
     /// Gateway services (kv, DNS).
     pub services: Arc<Services>,
-    /// DNS lookups made in this session.
-    pub dns_queries: u32,
+    /// What the plugin may still use in this session and per second.
+    pub budgets: Budgets,
     /// When the call in progress must end.
     pub deadline: Instant,
     /// Plugin stdout and stderr.
@@ -112,8 +111,6 @@ pub struct State {
     pub session_id: String,
     /// When the instance was created.
     pub started: Instant,
-    /// Log lines emitted so far.
-    pub log_lines: u32,
 }
 
 impl std::fmt::Debug for State {
@@ -127,7 +124,12 @@ impl std::fmt::Debug for State {
 
 impl State {
     /// Fresh state: no files, no environment, no network, clocks frozen unless granted.
-    pub fn new(spec: Arc<PluginSpec>, services: Arc<Services>, session_id: String) -> State {
+    pub fn new(
+        spec: Arc<PluginSpec>,
+        services: Arc<Services>,
+        session_id: String,
+        budgets: Budgets,
+    ) -> State {
         let output = MemoryOutputPipe::new(PIPE_CAPACITY);
         let mut b = WasiCtxBuilder::new();
         b.stdout(output.clone()).stderr(output.clone());
@@ -153,12 +155,11 @@ impl State {
                 hit: false,
             },
             services,
-            dns_queries: 0,
+            budgets,
             deadline: Instant::now(),
             output,
             session_id,
             started: Instant::now(),
-            log_lines: 0,
             spec,
         }
     }
