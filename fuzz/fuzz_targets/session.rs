@@ -7,7 +7,7 @@
 //! |-------|---------|
 //! | 0     | flags: 1 STARTTLS offered, 2 trusted client (may relay), 4 local parts case-sensitive, 8 implicit TLS (smtps listener), 16 the connect hook refuses, 32 no local domains, 64 every second delivery fails with 451, 128 the chunked run does not pipeline before EHLO |
 //! | 1     | limits, two bits each from bit 0: max_command_line {512, 80, 40, 1000}, max_text_line {1000, 78, 12, 4}, max_message_size {25 MiB, 2000, 100, 10}, max_errors {20, 5, 2, 1000} |
-//! | 2     | limits, two bits each from bit 0: max_recipients {100, 3, 1, 0}, max_recipient_overshoot {1000, 2, 0, 5}, max_hops {50, 1, 0, 3} |
+//! | 2     | limits, two bits each from bit 0: max_recipients {100, 3, 1, 0}, max_recipient_overshoot {1000, 2, 0, 5}, max_hops {50, 1, 0, 3}, max_junk_commands {100, 3, 1, 0} |
 //! | 3..11 | hook answers, little-endian u64, two bits per hook (the n-th hook after Connect uses bits 2(n mod 32)): 0 and 1 continue, 2 refuses with `550 5.7.1 no`, 3 accepts with `250 2.0.0 policy ok` |
 //! | 11    | the n-th hook after Connect (1-based) disconnects with `554 5.7.1`; 0: none |
 //! | 12    | n = low four bits: the next n octets are chunk lengths (each octet + 1), used in turn; n = 0: one chunk |
@@ -125,6 +125,7 @@ impl<'a> Plan<'a> {
             max_recipients: pick([100, 3, 1, 0], b),
             max_recipient_overshoot: pick([1000, 2, 0, 5], b >> 2),
             max_hops: pick([50, 1, 0, 3], b >> 4),
+            max_junk_commands: pick([100, 3, 1, 0], b >> 6),
             starttls: flags & 1 != 0,
             fold_local_part: flags & 4 == 0,
             local_domains: if flags & 32 == 0 {

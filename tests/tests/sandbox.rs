@@ -254,3 +254,26 @@ fn plugin_logging_is_rate_limited_across_sessions() {
     );
     assert!(log.contains("dropping its lines"), "{log}");
 }
+
+/// Item 11: a flood of EHLO/RSET/NOOP counts as errors past `limits.max_junk_commands`,
+/// so it ends at `limits.max_errors` with `421 4.7.0` (the decision trace it would have
+/// grown is bounded as well: `chain.rs` unit test).
+#[test]
+fn junk_commands_end_a_session() {
+    let gw = Setup::default().start();
+    let mut raw = Raw::connect(gw.smtp);
+    assert!(raw.reply().starts_with("220"));
+    let mut answered = 0;
+    let mut last = String::new();
+    for cmd in ["EHLO client.test", "NOOP", "RSET"].iter().cycle().take(300) {
+        last = raw.cmd(cmd);
+        if !last.starts_with("250") {
+            break;
+        }
+        answered += 1;
+    }
+    assert!(last.contains("421 4.7.0"), "{answered}: {last}");
+    // 100 free, then 19 more counted as errors; the 20th error closes.
+    assert_eq!(answered, 119, "{last}");
+    assert!(raw.closed());
+}

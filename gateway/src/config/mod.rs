@@ -369,6 +369,10 @@ pub struct Limits {
     /// `Received:` headers a message may already carry (Postfix's `hopcount_limit`);
     /// more get `554 5.4.6`, so a mail loop ends.
     pub max_hops: usize,
+    /// EHLO, HELO, RSET, NOOP, VRFY and HELP a session may send (since its last accepted
+    /// message) before each further one counts as an error (Postfix's
+    /// `smtpd_junk_command_limit`), so a flood of them ends at `max_errors`.
+    pub max_junk_commands: usize,
 }
 
 impl Default for Limits {
@@ -381,6 +385,7 @@ impl Default for Limits {
             max_text_line: 1000,
             max_errors: 20,
             max_hops: 50,
+            max_junk_commands: 100,
             max_message_memory_mb: 128,
             spill_threshold_kb: 1024,
             spill_dir: PathBuf::new(),

@@ -208,9 +208,15 @@ pub struct Chain {
     session_score: f64,
     txn_score: f64,
     tags: Vec<String>,
-    /// The decisions of the current transaction (and the session before it).
+    /// The decisions of the current transaction (and the session before it): the
+    /// latest [`MAX_TRACE`].
     pub trace: Vec<TraceEntry>,
+    /// Older decisions dropped from `trace`.
+    trace_dropped: usize,
 }
+
+/// Decisions a chain's trace keeps.
+pub const MAX_TRACE: usize = 64;
 
 impl std::fmt::Debug for Chain {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -241,6 +247,7 @@ impl Chain {
             txn_score: 0.0,
             tags: Vec::new(),
             trace: Vec::new(),
+            trace_dropped: 0,
         }
     }
 
@@ -263,13 +270,16 @@ impl Chain {
     pub fn new_transaction(&mut self) {
         self.txn_score = 0.0;
         self.trace.clear();
+        self.trace_dropped = 0;
     }
 
     /// The trace as one header value: `plugin/stage=outcome(ms)` entries.
     pub fn trace_text(&self) -> String {
-        self.trace
-            .iter()
-            .map(|t| {
+        let dropped = (self.trace_dropped > 0)
+            .then(|| format!("({} earlier decisions omitted)", self.trace_dropped));
+        dropped
+            .into_iter()
+            .chain(self.trace.iter().map(|t| {
                 format!(
                     "{}/{}={} ({}us)",
                     t.plugin,
@@ -277,9 +287,19 @@ impl Chain {
                     t.outcome,
                     t.micros
                 )
-            })
+            }))
             .collect::<Vec<_>>()
             .join("; ")
+    }
+
+    /// Adds a decision to the trace, which keeps the latest [`MAX_TRACE`] (a flood of
+    /// EHLOs before any MAIL must not grow it) and counts the ones it dropped.
+    fn record(&mut self, entry: TraceEntry) {
+        if self.trace.len() >= MAX_TRACE {
+            self.trace.remove(0);
+            self.trace_dropped += 1;
+        }
+        self.trace.push(entry);
     }
 
     /// Runs one stage through the chain.
@@ -348,7 +368,7 @@ impl Chain {
             if !matches!(decision, Decision::Continue) {
                 tracing::info!(plugin = %name, stage = stage.name(), outcome = %outcome, reason = reason.as_deref().unwrap_or(""), "plugin decision");
             }
-            self.trace.push(TraceEntry {
+            self.record(TraceEntry {
                 plugin: name,
                 stage,
                 outcome,
@@ -1025,6 +1045,25 @@ mod tests {
         assert!(chain.tags().is_empty());
         assert_eq!(chain.trace_text(), "");
         assert_eq!(chain.live_instances(), 0);
+    }
+
+    #[test]
+    fn the_trace_keeps_the_latest_decisions_and_counts_the_rest() {
+        let mut chain = empty_chain();
+        for i in 0..MAX_TRACE + 10 {
+            chain.record(TraceEntry {
+                plugin: format!("p{i}"),
+                stage: Stage::Helo,
+                outcome: "continue".into(),
+                reason: None,
+                micros: 1,
+            });
+        }
+        assert_eq!(chain.trace.len(), MAX_TRACE);
+        assert_eq!(chain.trace[0].plugin, "p10");
+        assert!(chain.trace_text().starts_with("(10 earlier decisions omitted); p10/helo="));
+        chain.new_transaction();
+        assert_eq!(chain.trace_text(), "");
     }
 
     #[test]

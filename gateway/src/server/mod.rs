@@ -145,6 +145,7 @@ pub fn session_config(rt: &Runtime, tls_available: bool) -> SessionConfig {
         max_text_line: rt.live.limits.max_text_line,
         max_errors: rt.live.limits.max_errors,
         max_hops: rt.live.limits.max_hops,
+        max_junk_commands: rt.live.limits.max_junk_commands,
         starttls: tls_available,
         local_domains: rt.live.local_domains.clone(),
     }

@@ -31,6 +31,25 @@ impl Session {
                 return;
             }
         };
+        if matches!(
+            cmd,
+            Command::Ehlo(_)
+                | Command::Helo(_)
+                | Command::Rset
+                | Command::Noop
+                | Command::Vrfy
+                | Command::Help
+        ) {
+            self.junk += 1;
+            if self.junk > self.cfg.max_junk_commands {
+                // Past the junk limit each one counts as an error (Postfix's
+                // smtpd_junk_command_limit): a flood ends at max_errors.
+                self.count_error();
+                if self.closing {
+                    return;
+                }
+            }
+        }
         match cmd {
             Command::Ehlo(name) => {
                 self.reset_txn();

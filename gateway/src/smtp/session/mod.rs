@@ -48,6 +48,9 @@ pub struct SessionConfig {
     pub max_errors: usize,
     /// `Received:` headers a message may carry; more is a mail loop (`554 5.4.6`).
     pub max_hops: usize,
+    /// EHLO/HELO/RSET/NOOP/VRFY/HELP since the last accepted message before each
+    /// further one counts as an error.
+    pub max_junk_commands: usize,
     /// STARTTLS can be offered.
     pub starttls: bool,
     /// Lowercase domains we accept mail for.
@@ -66,6 +69,7 @@ impl Default for SessionConfig {
             max_text_line: 1000,
             max_errors: 20,
             max_hops: 50,
+            max_junk_commands: 100,
             starttls: false,
             local_domains: Vec::new(),
         }
@@ -207,6 +211,8 @@ pub struct Session {
     received: usize,
     /// Recipients refused past `max_recipients` in this transaction.
     overshoot: usize,
+    /// Junk commands since the last accepted message.
+    junk: usize,
     refused: Option<Refused>,
 }
 
@@ -254,6 +260,7 @@ impl Session {
             messages: 0,
             received: 0,
             overshoot: 0,
+            junk: 0,
             refused: None,
         }
     }
@@ -441,13 +448,18 @@ impl Session {
         if r.code() == 421 {
             self.closing = true;
         } else if r.code() >= 400 {
-            self.errors += 1;
-            if self.errors >= self.cfg.max_errors {
-                let host = self.cfg.hostname.clone();
-                Reply::new(421, "4.7.0", format!("{host} Error: too many errors"))
-                    .write_to(&mut self.out);
-                self.closing = true;
-            }
+            self.count_error();
+        }
+    }
+
+    /// One more error; at `max_errors` the session says `421 4.7.0` and closes.
+    fn count_error(&mut self) {
+        self.errors += 1;
+        if self.errors >= self.cfg.max_errors {
+            let host = self.cfg.hostname.clone();
+            Reply::new(421, "4.7.0", format!("{host} Error: too many errors"))
+                .write_to(&mut self.out);
+            self.closing = true;
         }
     }
 
@@ -555,6 +567,7 @@ impl Session {
                 Some(r) => self.refuse_message(r),
                 None => {
                     self.messages += 1;
+                    self.junk = 0;
                     let message = Message {
                         id: format!("{}.{}", self.facts.id, self.messages),
                         envelope: self.envelope.clone(),
