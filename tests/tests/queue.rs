@@ -622,3 +622,34 @@ fn plugin_routes_recipients_at_delivery() {
     );
     assert!(gw.log().contains("discarded by plugin"), "{}", gw.log());
 }
+
+/// A failing `on-deliver` never loses mail: with `on_error = "reject"` the message
+/// bounces, and the notice, which would fail in the same plugin, goes to the sender by
+/// the default route instead of being dropped.
+#[test]
+fn a_failing_on_deliver_still_lets_the_notice_reach_the_sender() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut main = Upstream::start(&[]);
+    let gw = queue_setup(dir.path(), &[("client.test", main.addr())], "")
+        .section(&support::plugin_toml(
+            "router",
+            "router",
+            "on_error = \"reject\"\nconfig = { trap = true }",
+        ))
+        .start();
+    send(&gw, "s@client.test", &["u@example.test"]);
+    assert!(main.wait_stored(1, WAIT), "{}", gw.log());
+    let (text, meta) = &main.received()[0];
+    let text = String::from_utf8_lossy(text);
+    assert!(
+        meta.contains("s@client.test"),
+        "the notice goes to the sender: {meta}"
+    );
+    assert!(text.contains("multipart/report"), "{text}");
+    assert!(
+        gw.log()
+            .contains("on-deliver failed for a delivery status notice"),
+        "{}",
+        gw.log()
+    );
+}

@@ -265,7 +265,11 @@ fn junk_commands_end_a_session() {
     assert!(raw.reply().starts_with("220"));
     let mut answered = 0;
     let mut last = String::new();
-    for cmd in ["EHLO client.test", "NOOP", "RSET"].iter().cycle().take(300) {
+    for cmd in ["EHLO client.test", "NOOP", "RSET"]
+        .iter()
+        .cycle()
+        .take(300)
+    {
         last = raw.cmd(cmd);
         if !last.starts_with("250") {
             break;

@@ -1061,7 +1061,11 @@ mod tests {
         }
         assert_eq!(chain.trace.len(), MAX_TRACE);
         assert_eq!(chain.trace[0].plugin, "p10");
-        assert!(chain.trace_text().starts_with("(10 earlier decisions omitted); p10/helo="));
+        assert!(
+            chain
+                .trace_text()
+                .starts_with("(10 earlier decisions omitted); p10/helo=")
+        );
         chain.new_transaction();
         assert_eq!(chain.trace_text(), "");
     }

@@ -68,6 +68,12 @@ impl Queue {
             .collect();
         let plugin_routes = match self.plugin_routes(&cur, &entry, &message).await {
             Ok(r) => r,
+            Err(reply) if entry.notice => {
+                // A notice must reach its recipient even when the plugins fail on it
+                // (it may be the news of their failing): the default route.
+                tracing::warn!(queue_id = %id, reply = %reply, "on-deliver failed for a delivery status notice; using the default route");
+                HashMap::new()
+            }
             Err(reply) => {
                 // The chain failed (its failure policy): the whole attempt ends so.
                 let all = vec![Outcome::ours(reply); pending.len()];

@@ -86,6 +86,10 @@ pub struct Entry {
     pub tags: Vec<String>,
     /// The recipients, in envelope order.
     pub recipients: Vec<Recipient>,
+    /// Written by the gateway itself (a delivery status notice): a failing `on-deliver`
+    /// chain does not stop it (it goes by the default route).
+    #[serde(default)]
+    pub notice: bool,
 }
 
 /// Now as unix milliseconds.
@@ -127,6 +131,7 @@ impl Entry {
             session: None,
             score: 0.0,
             tags: Vec::new(),
+            notice: true,
             recipients: recipients
                 .iter()
                 .map(|r| Recipient {
@@ -147,6 +152,7 @@ impl Entry {
             session: Some(message.session.clone()),
             score,
             tags,
+            notice: false,
             ..Entry::new(
                 message.id.clone(),
                 &env.mail_from,
