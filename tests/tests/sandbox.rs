@@ -281,3 +281,61 @@ fn junk_commands_end_a_session() {
     assert_eq!(answered, 119, "{last}");
     assert!(raw.closed());
 }
+
+/// Item 14: a compile cache entry is bound to the plugin file it was compiled from: one
+/// swapped in from another plugin (or altered) is detected and recompiled, never run;
+/// and a cache directory writable by others is made private before it is used.
+#[test]
+fn a_swapped_compile_cache_entry_is_not_run() {
+    use std::os::unix::fs::PermissionsExt;
+    let cache = tempfile::tempdir().unwrap();
+    let dir = cache.path().join("cache");
+    let start = |fixture: &str| {
+        Setup::default()
+            .section(&format!(
+                "[chain]\ncompile_cache = {:?}\n",
+                dir.display().to_string()
+            ))
+            .section(&plugin_toml("p", fixture, ""))
+            .start()
+    };
+    let entries = || -> Vec<std::path::PathBuf> {
+        let mut v: Vec<_> = std::fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| p.extension().is_some_and(|e| e == "cwasm"))
+            .collect();
+        v.sort();
+        v
+    };
+    let mut gw = start("reject-rcpt");
+    gw.terminate();
+    let rejecter = entries()[0].clone();
+    let mut gw = start("header-adder");
+    gw.terminate();
+    let adder = entries()
+        .into_iter()
+        .find(|p| *p != rejecter)
+        .expect("second entry");
+    // Swap: the reject-rcpt entry now holds header-adder's compiled code. And open the
+    // directory to everyone.
+    std::fs::copy(&adder, &rejecter).unwrap();
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let gw = start("reject-rcpt");
+    let mode = std::fs::metadata(&dir).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o700, "the cache directory was made private");
+    assert!(
+        gw.log().contains("compiled from another plugin file"),
+        "{}",
+        gw.log()
+    );
+    let mut raw = Raw::connect(gw.smtp);
+    assert!(raw.reply().starts_with("220"));
+    assert!(raw.cmd("EHLO client.test").starts_with("250"));
+    assert!(raw.cmd("MAIL FROM:<a@client.test>").starts_with("250"));
+    let r = raw.cmd("RCPT TO:<blocked@example.test>");
+    assert!(
+        r.starts_with("550 5.7.1"),
+        "the configured plugin runs: {r}"
+    );
+}

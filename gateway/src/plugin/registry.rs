@@ -229,21 +229,78 @@ fn cache_path(engine: &Engine, cache: &Path, sha256: &str) -> PathBuf {
     cache.join(format!("{sha256}-{:016x}.cwasm", h.finish()))
 }
 
-/// Loads a compiled component written by [`compile_cached`].
+/// Marks the end of a cache entry: `<compiled>` `<source sha256>` `<sha256 of compiled>`
+/// `MAGIC`, so an entry is bound to the plugin file it was compiled from.
+const MAGIC: &[u8; 8] = b"mgcache1";
+
+/// Whether `dir` may hold compiled code the gateway will run: a directory (not a symlink)
+/// owned by the gateway's user; one writable by group or others is made `0700`. A
+/// missing one is fine (it is created `0700`).
+fn trust_cache_dir(dir: &Path) -> Result<(), String> {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let meta = match std::fs::symlink_metadata(dir) {
+        Ok(m) => m,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(e.to_string()),
+    };
+    if !meta.is_dir() {
+        return Err("not a directory (or a symlink)".into());
+    }
+    let me = rustix::process::geteuid().as_raw();
+    if meta.uid() != me {
+        return Err(format!(
+            "owned by uid {}, not the gateway's {me}",
+            meta.uid()
+        ));
+    }
+    if meta.mode() & 0o022 != 0 {
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+            .map_err(|e| format!("writable by others and cannot be made 0700: {e}"))?;
+        tracing::warn!(cache = %dir.display(), "compile cache was writable by others; made 0700");
+    }
+    Ok(())
+}
+
+/// Loads a compiled component written by [`compile_cached`] for the plugin file whose
+/// SHA-256 is `sha256`; `Err` for an entry of another file, altered, or not the
+/// gateway's own.
 #[allow(unsafe_code)]
-fn load_compiled(engine: &Engine, path: &Path) -> wasmtime::Result<Component> {
-    // SAFETY: wasmtime requires that the file is a trusted result of its own
-    // `precompile_component`. It is: the cache directory is ours (created 0700), every
-    // file in it is written by `compile_cached` from the engine's own output, atomically
-    // (temp file + rename), and named after the SHA-256 of the source component and the
-    // engine's settings; wasmtime also checks the engine version and settings recorded
-    // in the file and refuses a mismatch.
-    unsafe { Component::deserialize_file(engine, path) }
+fn load_compiled(engine: &Engine, path: &Path, sha256: &str) -> wasmtime::Result<Component> {
+    use std::os::unix::fs::MetadataExt;
+    let meta = std::fs::symlink_metadata(path)?;
+    if !meta.is_file()
+        || meta.uid() != rustix::process::geteuid().as_raw()
+        || meta.mode() & 0o022 != 0
+    {
+        wasmtime::bail!("not a private file of the gateway's user");
+    }
+    let bytes = std::fs::read(path)?;
+    let trailer = 32 + 32 + MAGIC.len();
+    if bytes.len() < trailer || !bytes.ends_with(MAGIC) {
+        wasmtime::bail!("no binding to a plugin file");
+    }
+    let (compiled, rest) = bytes.split_at(bytes.len() - trailer);
+    let source = hex::encode(&rest[..32]);
+    if source != sha256 {
+        wasmtime::bail!("compiled from another plugin file ({source})");
+    }
+    if Sha256::digest(compiled)[..] != rest[32..64] {
+        wasmtime::bail!("altered after it was written");
+    }
+    // SAFETY: wasmtime requires that the bytes are a trusted result of its own
+    // `precompile_component`. They are: the cache directory and the file are the
+    // gateway user's own and not writable by others (checked above and at start), the
+    // file was written by `compile_cached` from the engine's own output, and its trailer
+    // binds it to the SHA-256 of this very plugin file and of the compiled bytes, so an
+    // entry swapped from another plugin or altered is refused before this point; wasmtime
+    // also checks the engine version and settings recorded in the bytes.
+    unsafe { Component::deserialize(engine, compiled) }
 }
 
 /// Compiles `bytes`, or loads the result of an earlier compilation of the same bytes
 /// with the same engine settings from `cache`, writing it there after a compilation.
-/// A cache that cannot be read or written only costs a compilation (with a warning).
+/// A cache that cannot be read, written or trusted only costs a compilation (with a
+/// warning).
 pub fn compile_cached(
     engine: &Engine,
     name: &str,
@@ -254,9 +311,13 @@ pub fn compile_cached(
     let Some(dir) = cache else {
         return compile(engine, name, bytes);
     };
+    if let Err(why) = trust_cache_dir(dir) {
+        tracing::warn!(plugin = name, cache = %dir.display(), why, "compile cache not trusted; compiling without it");
+        return compile(engine, name, bytes);
+    }
     let path = cache_path(engine, dir, sha256);
     if path.exists() {
-        match load_compiled(engine, &path) {
+        match load_compiled(engine, &path, sha256) {
             Ok(c) => {
                 tracing::info!(plugin = name, cache = %path.display(), "compiled plugin loaded from the cache");
                 // Mark it used, so pruning keeps it.
@@ -276,8 +337,13 @@ pub fn compile_cached(
         use std::io::Write;
         crate::private_fs::create_dir_all(dir)?;
         let compiled = component.serialize().map_err(std::io::Error::other)?;
+        let source = hex::decode(sha256).map_err(std::io::Error::other)?;
         let tmp = dir.join(format!(".{sha256}.{:x}.tmp", rand::random::<u32>()));
-        crate::private_fs::create_new(&tmp)?.write_all(&compiled)?;
+        let mut f = crate::private_fs::create_new(&tmp)?;
+        f.write_all(&compiled)?;
+        f.write_all(&source)?;
+        f.write_all(&Sha256::digest(&compiled))?;
+        f.write_all(MAGIC)?;
         std::fs::rename(&tmp, &path)
     };
     if let Err(e) = store() {
