@@ -23,6 +23,7 @@ pub mod current;
 pub mod delivery;
 pub mod dns;
 pub mod log_escape;
+pub mod memory_budget;
 pub mod plugin;
 pub mod private_fs;
 pub mod queue;

@@ -265,9 +265,11 @@ fn main() -> anyhow::Result<()> {
                 .build()?;
             let generation = runtime.block_on(async {
                 let dns = Arc::new(mailgate::dns::Resolver::new(rt.fixed.dns.clone()));
-                let services = mailgate::plugin::registry::Services::with_cache(
+                let services = mailgate::plugin::registry::Services::configured(
                     dns,
                     rt.fixed.compile_cache.clone(),
+                    rt.fixed.plugin_sessions,
+                    rt.fixed.plugin_memory,
                 );
                 mailgate::plugin::registry::load_all(&rt.live.plugins, &services).await
             })?;
@@ -357,9 +359,11 @@ fn main() -> anyhow::Result<()> {
                 .build()?;
             runtime.block_on(async move {
                 let dns = Arc::new(mailgate::dns::Resolver::new(rt.fixed.dns.clone()));
-                let services = mailgate::plugin::registry::Services::with_cache(
+                let services = mailgate::plugin::registry::Services::configured(
                     dns,
                     rt.fixed.compile_cache.clone(),
+                    rt.fixed.plugin_sessions,
+                    rt.fixed.plugin_memory,
                 );
                 let plugins =
                     mailgate::plugin::registry::load_all(&rt.live.plugins, &services).await?;

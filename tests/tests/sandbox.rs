@@ -339,3 +339,76 @@ fn a_swapped_compile_cache_entry_is_not_run() {
         "the configured plugin runs: {r}"
     );
 }
+
+/// EHLO, MAIL and RCPT on a new connection; the connection (kept open) and the RCPT reply.
+fn held_rcpt(gw: &Gateway, rcpt: &str) -> (Raw, String) {
+    let mut raw = Raw::connect(gw.smtp);
+    assert!(raw.reply().starts_with("220"));
+    assert!(raw.cmd("EHLO client.test").starts_with("250"));
+    assert!(raw.cmd("MAIL FROM:<a@client.test>").starts_with("250"));
+    let r = raw.cmd(&format!("RCPT TO:<{rcpt}>"));
+    (raw, r)
+}
+
+/// Item 2: the linear memory of all plugin instances together is capped
+/// (`chain.max_total_memory_mb`): with two sessions each holding 16 MiB in their
+/// instance, a third cannot grow past the cap (its plugin fails: `451 4.7.0`), and once
+/// a session ends its memory is given back.
+#[test]
+fn plugin_memory_is_capped_across_instances() {
+    let gw = Setup::default()
+        .section("[chain]\nmax_total_memory_mb = 40")
+        .section(&plugin_toml(
+            "hog",
+            "memory-bomb",
+            "limits = { memory_mb = 32 }\nconfig = { mb = \"16\" }",
+        ))
+        .start();
+    let (mut a, r) = held_rcpt(&gw, "a@example.test");
+    assert!(r.starts_with("250"), "{r}");
+    let (_b, r) = held_rcpt(&gw, "b@example.test");
+    assert!(r.starts_with("250"), "{r}");
+    let (_c, r) = held_rcpt(&gw, "c@example.test");
+    assert!(r.starts_with("451 4.7.0"), "past the total: {r}");
+    assert!(
+        gw.log().contains("chain.max_total_memory_mb"),
+        "{}",
+        gw.log()
+    );
+    assert!(a.cmd("QUIT").starts_with("221"));
+    assert!(a.closed());
+    // A's instance is gone with its session (bounded wait: the server drops it after
+    // the QUIT reply).
+    let mut r = String::new();
+    for _ in 0..50 {
+        r = held_rcpt(&gw, "d@example.test").1;
+        if r.starts_with("250") {
+            break;
+        }
+    }
+    assert!(r.starts_with("250"), "memory given back: {r}");
+}
+
+/// Item 1: the instance pool is sized from the connection limits and the chain: 530
+/// idle sessions that each hold an instance (past the old fixed 512 slots) do not keep
+/// another client from being served.
+#[test]
+fn idle_sessions_cannot_exhaust_the_instance_pool() {
+    let gw = Setup::default()
+        .server("max_connections = 600\nmax_connections_per_ip = 600")
+        .section(&plugin_toml("reject", "reject-rcpt", ""))
+        .start();
+    let mut idle = Vec::new();
+    for i in 0..530 {
+        let (raw, r) = held_rcpt(&gw, &format!("idle{i}@example.test"));
+        assert!(r.starts_with("250"), "session {i}: {r}");
+        idle.push(raw);
+    }
+    let (_, r) = held_rcpt(&gw, "late@example.test");
+    assert!(
+        r.starts_with("250"),
+        "a client past 512 idle sessions is served: {r}"
+    );
+    let (_, r) = held_rcpt(&gw, "blocked@example.test");
+    assert!(r.starts_with("550 5.7.1"), "and its plugin runs: {r}");
+}

@@ -185,11 +185,15 @@ pub struct Chain {
     /// Directory for compiled plugins (reused by restarts and reloads of unchanged
     /// files); empty = no cache.
     pub compile_cache: PathBuf,
+    /// Linear memory all plugin instances together may hold, MiB; a growth past it
+    /// fails that call under the plugin's `on_error` policy.
+    pub max_total_memory_mb: u64,
 }
 
 impl Default for Chain {
     fn default() -> Self {
         Chain {
+            max_total_memory_mb: 1024,
             trace_header: false,
             quarantine: PathBuf::from("./var/quarantine"),
             compile_cache: PathBuf::from("./var/cache/plugins"),

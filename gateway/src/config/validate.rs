@@ -314,6 +314,13 @@ pub struct Fixed {
     /// Compiled-plugin cache directory, if enabled.
     #[serde(rename = "chain.compile_cache")]
     pub compile_cache: Option<PathBuf>,
+    /// Linear memory of all plugin instances together.
+    #[serde(rename = "chain.max_total_memory_mb")]
+    pub plugin_memory: usize,
+    /// Sessions that may run plugins at once (connections plus queue attempts): the
+    /// instance pool is sized from it.
+    #[serde(rename = "server.max_connections / queue.concurrency")]
+    pub plugin_sessions: usize,
 }
 
 impl Fixed {
@@ -652,6 +659,12 @@ impl Config {
                 max_connections: s.max_connections,
                 max_connections_per_ip: s.max_connections_per_ip,
                 client_prefixes: (s.client_ipv4_prefix, s.client_ipv6_prefix),
+                plugin_memory: (self.chain.max_total_memory_mb as usize) << 20,
+                plugin_sessions: s.max_connections
+                    + match &delivery {
+                        DeliveryMode::Queue(q) => q.concurrency,
+                        _ => 0,
+                    },
                 max_message_memory: (l.max_message_memory_mb as usize) << 20,
                 shutdown_grace: Duration::from_secs(s.shutdown_grace_secs),
                 watch_interval: Duration::from_millis(s.watch_interval_ms),

@@ -1025,7 +1025,7 @@ mod tests {
 
     fn empty_chain() -> Chain {
         let generation = Arc::new(Generation {
-            engine: crate::plugin::engine::build(32 << 20).unwrap(),
+            engine: crate::plugin::engine::build(32 << 20, 16, 16).unwrap(),
             plugins: vec![],
             services: services(),
         });

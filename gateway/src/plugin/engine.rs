@@ -10,29 +10,37 @@ use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConf
 pub const EPOCH_TICK: Duration = Duration::from_millis(5);
 /// Stack available to wasm code (deep recursion traps with a stack overflow).
 pub const MAX_WASM_STACK: usize = 512 * 1024;
+/// The stack a call runs on: the wasm stack and the host's frames below it.
+pub const ASYNC_STACK: usize = 2 << 20;
 
-/// Builds the engine. `max_memory` is the largest per-plugin memory cap.
-pub fn build(max_memory: usize) -> wasmtime::Result<Engine> {
+/// Builds the engine. `max_memory` is the largest per-plugin memory cap; `instances` the
+/// component instances that may be alive at once (the pool's slots; at least 16);
+/// `calls` the calls that may run at once (each needs a stack while it runs; at least 16).
+pub fn build(max_memory: usize, instances: usize, calls: usize) -> wasmtime::Result<Engine> {
+    let instances = u32::try_from(instances.max(16)).unwrap_or(u32::MAX);
+    let calls = u32::try_from(calls.max(16)).unwrap_or(u32::MAX);
     let mut c = Config::new();
     c.epoch_interruption(true);
     c.max_wasm_stack(MAX_WASM_STACK);
-    c.async_stack_size(4 << 20);
+    c.async_stack_size(ASYNC_STACK);
     let slot = max_memory.max(16 << 20).next_power_of_two() as u64;
     c.memory_reservation(slot);
     c.memory_guard_size(64 << 10);
     c.memory_reservation_for_growth(0);
     let mut pool = PoolingAllocationConfig::default();
-    pool.total_component_instances(512)
-        .total_core_instances(2048)
-        .total_memories(512)
-        .total_tables(1024)
-        .total_stacks(512)
+    // A component instance of ours holds up to 4 core instances (the plugin and WASI
+    // adapter modules), one memory and two tables in practice.
+    pool.total_component_instances(instances)
+        .total_core_instances(instances.saturating_mul(4))
+        .total_memories(instances)
+        .total_tables(instances.saturating_mul(2))
+        .total_stacks(calls)
         .max_memory_size(slot as usize)
         .max_component_instance_size(4 << 20)
         .max_core_instance_size(4 << 20)
         .max_tables_per_module(4)
         .max_memories_per_module(1)
-        .table_elements(100_000);
+        .table_elements(20_000);
     c.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
     Engine::new(&c)
 }

@@ -119,6 +119,11 @@ pub struct Services {
     pub dns: Arc<Resolver>,
     /// Where compiled plugins are cached, if anywhere.
     pub compile_cache: Option<PathBuf>,
+    /// Linear memory all plugin instances together may hold (`chain.max_total_memory_mb`).
+    pub memory: Arc<crate::memory_budget::MemoryBudget>,
+    /// Sessions that may run plugins at once: each generation's instance pool holds one
+    /// instance per plugin for each of them.
+    pub sessions: usize,
 }
 
 impl Services {
@@ -127,12 +132,26 @@ impl Services {
         Self::with_cache(dns, None)
     }
 
-    /// Services with an empty kv store, `dns`, and compiled plugins cached in `cache`.
+    /// Services with an empty kv store, `dns`, and compiled plugins cached in `cache`;
+    /// room for 128 sessions and 1 GiB of plugin memory.
     pub fn with_cache(dns: Arc<Resolver>, cache: Option<PathBuf>) -> Arc<Services> {
+        Self::configured(dns, cache, 128, 1 << 30)
+    }
+
+    /// Services for `sessions` sessions at once whose plugins hold at most `memory`
+    /// octets of linear memory together.
+    pub fn configured(
+        dns: Arc<Resolver>,
+        cache: Option<PathBuf>,
+        sessions: usize,
+        memory: usize,
+    ) -> Arc<Services> {
         Arc::new(Services {
             kv: Arc::new(Kv::default()),
             dns,
             compile_cache: cache,
+            memory: crate::memory_budget::MemoryBudget::new(memory),
+            sessions,
         })
     }
 }
@@ -526,10 +545,16 @@ pub async fn load_all(
         return Ok(None);
     }
     let max_memory = specs.iter().map(|s| s.memory).max().unwrap_or(0);
-    let engine = super::engine::build(max_memory).map_err(|e| LoadError::Invalid {
-        name: "(engine)".into(),
-        reason: format!("{e:#}"),
-    })?;
+    // One instance per plugin for every session that may run at once, and one more per
+    // plugin for loading: a busy gateway never runs out of slots (they reserve address
+    // space, not memory; memory is `chain.max_total_memory_mb`).
+    let instances = (services.sessions + 1).saturating_mul(specs.len());
+    let calls = services.sessions + 1;
+    let engine =
+        super::engine::build(max_memory, instances, calls).map_err(|e| LoadError::Invalid {
+            name: "(engine)".into(),
+            reason: format!("{e:#}"),
+        })?;
     let linker = linker(&engine).map_err(|e| LoadError::Invalid {
         name: "(linker)".into(),
         reason: format!("{e:#}"),
@@ -574,7 +599,7 @@ pub async fn describe(path: &std::path::Path) -> Result<Description, LoadError> 
             source,
         })?;
     let sha256 = sha256_hex(&bytes);
-    let engine = super::engine::build(64 << 20).map_err(|e| LoadError::Invalid {
+    let engine = super::engine::build(64 << 20, 1, 1).map_err(|e| LoadError::Invalid {
         name: name.clone(),
         reason: format!("{e:#}"),
     })?;

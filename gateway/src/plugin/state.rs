@@ -28,6 +28,16 @@ pub struct Limiter {
     inner: StoreLimits,
     /// The cap refused a growth.
     pub hit: bool,
+    /// The memory of all instances together (`chain.max_total_memory_mb`).
+    total: Arc<crate::memory_budget::MemoryBudget>,
+    /// What this instance's memories took from `total`.
+    held: usize,
+}
+
+impl Drop for Limiter {
+    fn drop(&mut self) {
+        self.total.release(self.held);
+    }
 }
 
 impl ResourceLimiter for Limiter {
@@ -37,7 +47,22 @@ impl ResourceLimiter for Limiter {
         desired: usize,
         maximum: Option<usize>,
     ) -> wasmtime::Result<bool> {
-        let ok = self.inner.memory_growing(current, desired, maximum)?;
+        let mut ok = self.inner.memory_growing(current, desired, maximum)?;
+        if ok && desired > current {
+            // Every instance's growth comes out of the shared budget, the initial
+            // memory included; past it the growth fails like the plugin's own cap.
+            ok = self.total.grow(desired - current);
+            if ok {
+                self.held += desired - current;
+            } else {
+                tracing::warn!(
+                    in_use = self.total.used(),
+                    cap = self.total.cap(),
+                    want = desired - current,
+                    "plugin memory of all instances at chain.max_total_memory_mb; growth refused"
+                );
+            }
+        }
         if !ok {
             self.hit = true;
         }
@@ -153,6 +178,8 @@ impl State {
                     .memories(4)
                     .build(),
                 hit: false,
+                total: Arc::clone(&services.memory),
+                held: 0,
             },
             services,
             budgets,

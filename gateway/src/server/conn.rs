@@ -44,7 +44,7 @@ struct Ctx {
     plugins: Option<SessionPlugins>,
     /// Octets of message content this session has taken from the shared budget.
     held: usize,
-    memory: Arc<super::limits::MessageMemory>,
+    memory: Arc<crate::memory_budget::MemoryBudget>,
     /// The spill file of the message being received, once it went past the threshold.
     spill: Option<Spill>,
 }
@@ -580,7 +580,7 @@ mod tests {
             messages: 0,
             plugins: None,
             held: 0,
-            memory: super::super::limits::MessageMemory::new(64 << 20),
+            memory: crate::memory_budget::MemoryBudget::new(64 << 20),
             spill: None,
         };
         let session = Session::new(

@@ -108,55 +108,6 @@ impl Drop for ConnGuard {
     }
 }
 
-/// The memory all sessions together may hold for message content
-/// (`limits.max_message_memory_mb`). A session that would go past it has its message
-/// refused with `452 4.3.1`; the client retries later, when others have finished.
-#[derive(Debug)]
-pub struct MessageMemory {
-    cap: usize,
-    used: std::sync::atomic::AtomicUsize,
-}
-
-impl MessageMemory {
-    /// A budget of `cap` octets.
-    pub fn new(cap: usize) -> Arc<MessageMemory> {
-        Arc::new(MessageMemory {
-            cap,
-            used: std::sync::atomic::AtomicUsize::new(0),
-        })
-    }
-
-    /// Takes `n` more octets; `false` (and nothing taken) if that would pass the cap.
-    pub fn grow(&self, n: usize) -> bool {
-        use std::sync::atomic::Ordering;
-        self.used
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |u| {
-                u.checked_add(n).filter(|t| *t <= self.cap)
-            })
-            .is_ok()
-    }
-
-    /// Takes `n` more octets even past the cap (for small amounts bounded elsewhere).
-    pub fn force(&self, n: usize) {
-        self.used.fetch_add(n, std::sync::atomic::Ordering::AcqRel);
-    }
-
-    /// Gives back `n` octets.
-    pub fn release(&self, n: usize) {
-        use std::sync::atomic::Ordering;
-        let _ = self
-            .used
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |u| {
-                Some(u.saturating_sub(n))
-            });
-    }
-
-    /// Octets held now.
-    pub fn used(&self) -> usize {
-        self.used.load(std::sync::atomic::Ordering::Acquire)
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -203,18 +154,5 @@ mod tests {
             client_network(ip("2001:db8::1"), 32, 200).to_string(),
             "2001:db8::1/128"
         );
-    }
-
-    #[test]
-    fn message_memory_is_capped_and_given_back() {
-        let m = MessageMemory::new(100);
-        assert!(m.grow(60));
-        assert!(!m.grow(41), "past the cap");
-        assert_eq!(m.used(), 60, "a refused growth takes nothing");
-        assert!(m.grow(40));
-        m.release(100);
-        assert_eq!(m.used(), 0);
-        m.release(5);
-        assert_eq!(m.used(), 0, "never below zero");
     }
 }

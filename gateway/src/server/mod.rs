@@ -107,7 +107,7 @@ pub struct Shared {
     /// Open-connection accounting.
     pub conns: Arc<ConnTracker>,
     /// Memory for message content, shared by all sessions.
-    pub memory: Arc<limits::MessageMemory>,
+    pub memory: Arc<crate::memory_budget::MemoryBudget>,
     /// The delivery mode.
     pub backend: outbound::Backend,
     /// When the gateway started (unix seconds).
@@ -196,7 +196,7 @@ pub async fn run(
             rt.fixed.max_connections_per_ip,
             rt.fixed.client_prefixes,
         ),
-        memory: limits::MessageMemory::new(rt.fixed.max_message_memory),
+        memory: crate::memory_budget::MemoryBudget::new(rt.fixed.max_message_memory),
         backend: outbound::Backend::new(&rt.fixed, queue.clone()),
         dns,
         started,
