@@ -412,3 +412,57 @@ fn idle_sessions_cannot_exhaust_the_instance_pool() {
     let (_, r) = held_rcpt(&gw, "blocked@example.test");
     assert!(r.starts_with("550 5.7.1"), "and its plugin runs: {r}");
 }
+
+/// The reason plugin `name` gave with its last decision, from the debug log.
+fn last_reason(log: &str, name: &str) -> String {
+    log.lines()
+        .rev()
+        .find(|l| l.contains("plugin decision") && l.contains(&format!("plugin={name} ")))
+        .and_then(|l| l.split("reason=").nth(1))
+        .map(|r| {
+            r.split(" micros=")
+                .next()
+                .unwrap_or(r)
+                .trim_matches('"')
+                .to_string()
+        })
+        .unwrap_or_default()
+}
+
+/// Item 5: each plugin's `kv` namespace has its own quota in entries and octets: a
+/// plugin filling its own (100,000 small keys) does not make another's first write
+/// fail, and one writing 64 KiB values is stopped at its byte quota.
+#[test]
+fn kv_quotas_are_per_plugin_in_entries_and_octets() {
+    let gw = Setup::default()
+        .env("MAILGATE_LOG", "debug")
+        .section(&plugin_toml(
+            "filler",
+            "slow-host",
+            "capabilities = [\"kv\"]\nlimits = { deadline_ms = 30000 }\n\
+             config = { capability = \"kv-set\", iterations = \"100001\" }",
+        ))
+        .section(&plugin_toml(
+            "hog",
+            "slow-host",
+            "capabilities = [\"kv\"]\nlimits = { kv_mb = 1 }\n\
+             config = { capability = \"kv-set\", iterations = \"200\", value_bytes = \"65536\" }",
+        ))
+        .section(&plugin_toml(
+            "neighbour",
+            "slow-host",
+            "capabilities = [\"kv\"]\nconfig = { capability = \"kv-set\", iterations = \"1\" }",
+        ))
+        .start();
+    let replies = transactions(&gw, &[("u@example.test", "Subject: t\r\n\r\nx\r\n")]);
+    assert!(replies[0].starts_with("250"), "{replies:?}");
+    let log = gw.log();
+    assert_eq!(
+        last_reason(&log, "filler"),
+        "100001 host calls, 1 failed",
+        "{log}"
+    );
+    // 1 MiB holds 15 values of 64 KiB with their keys and bookkeeping.
+    assert_eq!(last_reason(&log, "hog"), "200 host calls, 185 failed");
+    assert_eq!(last_reason(&log, "neighbour"), "1 host calls, 0 failed");
+}

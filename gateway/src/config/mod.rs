@@ -249,6 +249,10 @@ pub struct PluginLimits {
     pub log_lines_per_sec: u32,
     /// Log octets per second, likewise.
     pub log_bytes_per_sec: u32,
+    /// Entries the plugin's `kv` namespace may hold.
+    pub kv_entries: usize,
+    /// Octets (keys, values, bookkeeping) the plugin's `kv` namespace may hold, MiB.
+    pub kv_mb: usize,
 }
 
 impl Default for PluginLimits {
@@ -258,6 +262,8 @@ impl Default for PluginLimits {
             memory_mb: 32,
             log_lines_per_sec: 100,
             log_bytes_per_sec: 64 * 1024,
+            kv_entries: 100_000,
+            kv_mb: 32,
         }
     }
 }

@@ -118,6 +118,8 @@ pub struct PluginSpec {
     pub literal_recipients: bool,
     /// Log lines and octets per second, over all sessions.
     pub log_rate: (u32, u32),
+    /// What its `kv` namespace may hold.
+    pub kv_quota: crate::plugin::kv::Quota,
 }
 
 fn flatten(prefix: &str, v: &serde_json::Value, out: &mut Vec<(String, String)>) {
@@ -210,6 +212,10 @@ fn plugin_spec(p: &super::Plugin, seen: &mut Vec<String>) -> Result<PluginSpec, 
         config,
         literal_recipients: p.literal_recipients,
         log_rate: (p.limits.log_lines_per_sec, p.limits.log_bytes_per_sec),
+        kv_quota: crate::plugin::kv::Quota {
+            entries: p.limits.kv_entries,
+            bytes: p.limits.kv_mb.saturating_mul(1 << 20),
+        },
     })
 }
 

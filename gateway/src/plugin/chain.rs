@@ -364,7 +364,7 @@ impl Chain {
                     (d, None, label)
                 }
             };
-            tracing::debug!(plugin = %name, stage = stage.name(), outcome = %outcome, micros, "plugin decision");
+            tracing::debug!(plugin = %name, stage = stage.name(), outcome = %outcome, reason = reason.as_deref().unwrap_or(""), micros, "plugin decision");
             if !matches!(decision, Decision::Continue) {
                 tracing::info!(plugin = %name, stage = stage.name(), outcome = %outcome, reason = reason.as_deref().unwrap_or(""), "plugin decision");
             }
@@ -642,6 +642,7 @@ mod tests {
             config: vec![],
             literal_recipients: false,
             log_rate: (100, 65536),
+            kv_quota: Default::default(),
         };
         State::new(Arc::new(spec), services(), "S".into(), Default::default())
     }

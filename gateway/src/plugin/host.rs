@@ -209,7 +209,7 @@ impl kv::Host for State {
         Ok(self
             .services
             .kv
-            .set(&self.spec.name, &key, value, ttl)
+            .set(&self.spec.name, self.spec.kv_quota, &key, value, ttl)
             .map_err(kv_err))
     }
     async fn set_if_absent(
@@ -224,7 +224,7 @@ impl kv::Host for State {
         Ok(self
             .services
             .kv
-            .set_if_absent(&self.spec.name, &key, value, ttl)
+            .set_if_absent(&self.spec.name, self.spec.kv_quota, &key, value, ttl)
             .map_err(kv_err))
     }
     async fn delete(&mut self, key: String) -> R<Result<bool, kv::KvError>> {
@@ -249,7 +249,7 @@ impl kv::Host for State {
         Ok(self
             .services
             .kv
-            .increment(&self.spec.name, &key, delta, ttl)
+            .increment(&self.spec.name, self.spec.kv_quota, &key, delta, ttl)
             .map_err(kv_err))
     }
 }
@@ -448,6 +448,7 @@ mod tests {
             config: vec![],
             literal_recipients: false,
             log_rate: (100, 65536),
+            kv_quota: Default::default(),
         };
         State::new(Arc::new(spec), services, "S1".into(), Default::default())
     }

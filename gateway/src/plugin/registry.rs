@@ -631,6 +631,7 @@ pub async fn describe(path: &std::path::Path) -> Result<Description, LoadError> 
             config: vec![],
             literal_recipients: false,
             log_rate: (100, 65536),
+            kv_quota: Default::default(),
         };
         let mut st = store(
             &engine,
