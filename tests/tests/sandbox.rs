@@ -466,3 +466,30 @@ fn kv_quotas_are_per_plugin_in_entries_and_octets() {
     assert_eq!(last_reason(&log, "hog"), "200 host calls, 185 failed");
     assert_eq!(last_reason(&log, "neighbour"), "1 host calls, 0 failed");
 }
+
+/// Item 10: MIME parsing is capped: a message of 3,000 parts lists the first 1,000 to
+/// plugins (it is parsed once per message, off the runtime's workers).
+#[test]
+fn mime_parts_are_capped() {
+    let gw = Setup::default()
+        .section(&plugin_toml(
+            "counter",
+            "header-adder",
+            "config = { parts = \"count\" }",
+        ))
+        .start();
+    let mut body = String::from(
+        "Subject: parts\r\nMIME-Version: 1.0\r\nContent-Type: multipart/mixed; boundary=b\r\n\r\n",
+    );
+    for i in 0..3000 {
+        body.push_str(&format!(
+            "--b\r\nContent-Type: text/plain\r\n\r\npart {i}\r\n"
+        ));
+    }
+    body.push_str("--b--\r\n");
+    let replies = transactions(&gw, &[("u@example.test", &body)]);
+    assert!(replies[0].starts_with("250"), "{replies:?}");
+    let mail = gw.mailbox("example.test", "u");
+    let text = String::from_utf8_lossy(&mail[0]).into_owned();
+    assert_eq!(field(&text, "X-Parts"), Some("1000"), "{}", &text[..300]);
+}

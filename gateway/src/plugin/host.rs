@@ -363,7 +363,9 @@ impl message::HostMessage for State {
         Ok(self.msg(&m)?.0.header(&name))
     }
     async fn header_decoded(&mut self, m: Resource<MessageHandle>, name: String) -> R<Vec<String>> {
-        Ok(self.msg(&m)?.0.header_decoded(&name))
+        let h = self.msg(&m)?;
+        h.0.parse_mime().await;
+        Ok(h.0.header_decoded(&name))
     }
     async fn body_size(&mut self, m: Resource<MessageHandle>) -> R<u64> {
         Ok(self.msg(&m)?.0.body_size() as u64)
@@ -376,6 +378,7 @@ impl message::HostMessage for State {
     }
     async fn parts(&mut self, m: Resource<MessageHandle>) -> R<Vec<message::Part>> {
         let h = self.msg(&m)?;
+        h.0.parse_mime().await;
         Ok(h.0
             .parts()
             .iter()
@@ -386,7 +389,7 @@ impl message::HostMessage for State {
                 charset: p.charset.clone(),
                 filename: p.filename.clone(),
                 attachment: p.attachment,
-                decoded_size: p.decoded.len() as u64,
+                decoded_size: p.size,
             })
             .collect())
     }
@@ -398,6 +401,7 @@ impl message::HostMessage for State {
         len: u32,
     ) -> R<Vec<u8>> {
         let h = self.msg(&m)?;
+        h.0.parse_mime().await;
         Ok(h.0
             .parts()
             .get(index as usize)
@@ -405,7 +409,9 @@ impl message::HostMessage for State {
             .unwrap_or_default())
     }
     async fn text(&mut self, m: Resource<MessageHandle>, max_len: u32) -> R<String> {
-        Ok(self.msg(&m)?.0.text(max_len as usize))
+        let h = self.msg(&m)?;
+        h.0.parse_mime().await;
+        Ok(h.0.text(max_len as usize))
     }
     async fn drop(&mut self, m: Resource<MessageHandle>) -> R<()> {
         // The host owns lent messages; a guest drop of its borrow is a no-op, and the

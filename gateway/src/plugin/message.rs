@@ -14,8 +14,11 @@ pub const MAX_HEADERS: usize = 1000;
 /// Longest `text` result.
 pub const MAX_TEXT: usize = 1024 * 1024;
 /// Octets of a message MIME parsing looks at (`parts`, `read-part`, `text`,
-/// `header-decoded`): a larger message's later parts are not seen.
+/// `header-decoded`): a larger message's later parts are not seen. Also the most
+/// decoded part content kept in all.
 pub const MAX_MIME: usize = 4 * 1024 * 1024;
+/// MIME leaf parts listed (the rest are not).
+pub const MAX_PARTS: usize = 1000;
 
 /// A message shared by all plugins of one DATA stage.
 #[derive(Debug)]
@@ -52,8 +55,10 @@ pub struct Part {
     pub filename: Option<String>,
     /// Content-Disposition is attachment.
     pub attachment: bool,
-    /// Decoded content.
+    /// Decoded content (empty past [`MAX_MIME`] octets of decoded content in all).
     pub decoded: Vec<u8>,
+    /// Size after removing the transfer encoding.
+    pub size: u64,
 }
 
 /// What the resource table holds for a lent `message`.
@@ -133,6 +138,21 @@ impl ParsedMessage {
             cut -= 1;
         }
         t[..cut].to_string()
+    }
+
+    /// Parses the MIME structure once per message (every plugin of the stage shares
+    /// it), on the blocking pool: a huge or deeply split message never holds up a
+    /// runtime worker, and the time it takes counts against the calling plugin's deadline
+    /// (the call that waits is under it).
+    pub async fn parse_mime(self: &std::sync::Arc<Self>) {
+        if self.mime.get().is_some() {
+            return;
+        }
+        let me = std::sync::Arc::clone(self);
+        let _ = tokio::task::spawn_blocking(move || {
+            me.mime();
+        })
+        .await;
     }
 
     fn mime(&self) -> &Mime {
@@ -218,10 +238,21 @@ fn mime(raw: &[u8]) -> Mime {
         })
         .collect();
     let mut parts = Vec::new();
+    let mut kept = 0usize;
     for p in msg.parts.iter() {
         if matches!(p.body, PartType::Multipart(_)) {
             continue;
         }
+        if parts.len() >= MAX_PARTS {
+            break;
+        }
+        let contents = p.contents();
+        let decoded = if kept + contents.len() <= MAX_MIME {
+            kept += contents.len();
+            contents.to_vec()
+        } else {
+            Vec::new()
+        };
         let ct = p.content_type();
         let content_type = ct
             .map(|c| {
@@ -235,7 +266,8 @@ fn mime(raw: &[u8]) -> Mime {
                 .map(|s| s.to_ascii_lowercase()),
             filename: p.attachment_name().map(str::to_string),
             attachment: p.content_disposition().is_some_and(|d| d.is_attachment()),
-            decoded: p.contents().to_vec(),
+            decoded,
+            size: contents.len() as u64,
         });
     }
     let mut text = String::new();
