@@ -17,71 +17,16 @@
 //! ```
 
 use std::io::{BufRead, BufReader, Write};
-use std::net::{SocketAddr, TcpStream};
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::net::TcpStream;
 use std::time::{Duration, Instant};
+
+use mailgate_bench::{peak_rss_mib, start};
 
 fn env(name: &str, default: usize) -> usize {
     std::env::var(name)
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(default)
-}
-
-fn binary() -> PathBuf {
-    std::env::var("MAILGATE_BIN")
-        .map(PathBuf::from)
-        .unwrap_or_else(|_| {
-            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/debug/mailgate")
-        })
-}
-
-/// Starts the gateway with `extra` config; returns it and its SMTP address.
-fn start(dir: &std::path::Path, extra: &str) -> (Child, SocketAddr) {
-    let cfg = dir.join("gw.toml");
-    std::fs::write(
-        &cfg,
-        format!(
-            "[server]\nlisten = [\"127.0.0.1:0\"]\nmax_connections = 5000\n\
-             max_connections_per_ip = 5000\nwatch_interval_ms = 0\n\
-             [delivery]\nmaildir = {:?}\n[admin]\nsocket = {:?}\n\
-             [dns]\nreverse_lookup = false\n{extra}",
-            dir.join("mail").display().to_string(),
-            dir.join("admin.sock").display().to_string()
-        ),
-    )
-    .unwrap();
-    let mut child = Command::new(binary())
-        .args(["run", "--config"])
-        .arg(&cfg)
-        .env("MAILGATE_LOG", "warn")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("run the mailgate binary (cargo build -p mailgate, or MAILGATE_BIN)");
-    let mut addr = None;
-    for line in BufReader::new(child.stdout.take().unwrap()).lines() {
-        let line = line.unwrap();
-        if let Some(a) = line.strip_prefix("listening smtp ") {
-            addr = Some(a.parse().unwrap());
-        }
-        if line == "ready" {
-            break;
-        }
-    }
-    (child, addr.expect("listening"))
-}
-
-fn peak_rss_mib(pid: u32) -> f64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    let kb: f64 = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.split_whitespace().next())
-        .and_then(|v| v.parse().ok())
-        .unwrap();
-    kb / 1024.0
 }
 
 /// What one run measured.

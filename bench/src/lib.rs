@@ -1,1 +1,86 @@
-//! Benchmarks live in `benches/`; run them with `cargo bench -p mailgate-bench`.
+//! Benchmarks live in `benches/`; run them with `cargo bench -p mailgate-bench`. This
+//! library holds what the whole-process benchmarks share: starting the real gateway
+//! binary and reading its peak resident set.
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+
+/// The gateway binary: `MAILGATE_BIN`, or the workspace's debug build.
+pub fn binary() -> PathBuf {
+    std::env::var("MAILGATE_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| {
+            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/debug/mailgate")
+        })
+}
+
+/// The fixture plugins built for wasm32-wasip2 (as the tests build them).
+pub fn fixture(name: &str) -> PathBuf {
+    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../target/wasm/wasm32-wasip2/release")
+        .join(format!("{}.wasm", name.replace('-', "_")));
+    assert!(
+        p.exists(),
+        "{} missing: cargo build --release --target wasm32-wasip2 --manifest-path \
+         tests/fixtures/Cargo.toml --target-dir target/wasm",
+        p.display()
+    );
+    p
+}
+
+/// Reads a line-oriented number from `/proc/<pid>/status`, in MiB.
+fn status_mib(pid: u32, field: &str) -> f64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let kb: f64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix(field))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0);
+    kb / 1024.0
+}
+
+/// The peak resident set of process `pid` so far (`VmHWM`), in MiB.
+pub fn peak_rss_mib(pid: u32) -> f64 {
+    status_mib(pid, "VmHWM:")
+}
+
+/// Starts the gateway in `dir` (Maildir, admin socket and config there) with `extra`
+/// config appended; returns it and its SMTP address once it is ready.
+pub fn start(dir: &Path, extra: &str) -> (Child, SocketAddr) {
+    let cfg = dir.join("gw.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[server]\nlisten = [\"127.0.0.1:0\"]\nmax_connections = 5000\n\
+             max_connections_per_ip = 5000\nwatch_interval_ms = 0\n\
+             [delivery]\nmaildir = {:?}\n[admin]\nsocket = {:?}\n\
+             [dns]\nreverse_lookup = false\n{extra}",
+            dir.join("mail").display().to_string(),
+            dir.join("admin.sock").display().to_string()
+        ),
+    )
+    .expect("write the config");
+    let mut child = Command::new(binary())
+        .args(["run", "--config"])
+        .arg(&cfg)
+        .env("MAILGATE_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("run the mailgate binary (cargo build -p mailgate, or MAILGATE_BIN)");
+    let mut addr = None;
+    let out = child.stdout.take().expect("stdout");
+    for line in BufReader::new(out).lines() {
+        let line = line.expect("gateway output");
+        if let Some(a) = line.strip_prefix("listening smtp ") {
+            addr = Some(a.parse().expect("address"));
+        }
+        if line == "ready" {
+            break;
+        }
+    }
+    (child, addr.expect("the gateway did not start"))
+}
