@@ -102,6 +102,12 @@ impl std::fmt::Debug for Resolver {
 }
 
 impl Resolver {
+    /// The hickory resolver underneath (its cache included), for libraries that take
+    /// one (mail-auth).
+    pub fn hickory(&self) -> &TokioResolver {
+        &self.inner
+    }
+
     /// Builds the resolver. With no configured servers, reads the system configuration;
     /// if that fails, every lookup answers [`DnsError::ServerFailure`] (and a warning says
     /// why) rather than refusing to start.

@@ -18,6 +18,8 @@ pub struct Budgets {
     pub session: std::sync::Arc<SessionBudget>,
     /// This plugin over all sessions.
     pub log_rate: std::sync::Arc<LogRate>,
+    /// The session's authentication checks (none outside an SMTP session).
+    pub auth: Option<std::sync::Arc<super::auth::SessionAuth>>,
 }
 
 impl Default for Budgets {
@@ -26,6 +28,7 @@ impl Default for Budgets {
         Budgets {
             session: Default::default(),
             log_rate: std::sync::Arc::new(LogRate::new(100, 64 * 1024)),
+            auth: None,
         }
     }
 }

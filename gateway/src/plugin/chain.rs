@@ -213,6 +213,8 @@ pub struct Chain {
     pub trace: Vec<TraceEntry>,
     /// Older decisions dropped from `trace`.
     trace_dropped: usize,
+    /// The session's authentication checks, shared with its instances.
+    pub auth: Option<Arc<super::auth::SessionAuth>>,
 }
 
 /// Decisions a chain's trace keeps.
@@ -248,7 +250,13 @@ impl Chain {
             tags: Vec::new(),
             trace: Vec::new(),
             trace_dropped: 0,
+            auth: None,
         }
+    }
+
+    /// The plugin generation this chain runs.
+    pub fn generation(&self) -> &Arc<Generation> {
+        &self.generation
     }
 
     /// Score so far (session and current transaction).
@@ -431,6 +439,7 @@ impl Chain {
 
     async fn invoke(&mut self, i: usize, call: &Call<'_>) -> Result<Returned, Failure> {
         let generation = Arc::clone(&self.generation);
+        let auth = self.auth.clone();
         let session_id = self.session_id.clone();
         let slot = &mut self.slots[i];
         let spec = Arc::clone(&slot.plugin.spec);
@@ -444,6 +453,7 @@ impl Chain {
                 super::budget::Budgets {
                     session: Arc::clone(&slot.budget),
                     log_rate: Arc::clone(&slot.plugin.log_rate),
+                    auth: auth.clone(),
                 },
             );
             st.data_mut().deadline = Instant::now() + spec.deadline;

@@ -256,37 +256,143 @@ impl kv::Host for State {
 
 impl auth_results::Host for State {
     async fn spf(&mut self) -> R<Result<auth_results::SpfCheck, auth_results::AuthError>> {
-        Ok(Err(self.auth_gate()))
+        let auth = match self.auth() {
+            Ok(a) => a,
+            Err(e) => return Ok(Err(e)),
+        };
+        Ok(auth
+            .spf()
+            .await
+            .map(|s| spf_check(s, auth_results::SpfScope::MailFrom))
+            .map_err(|_| auth_results::AuthError::Unavailable))
     }
     async fn spf_helo(&mut self) -> R<Result<auth_results::SpfCheck, auth_results::AuthError>> {
-        Ok(Err(self.auth_gate()))
+        let auth = match self.auth() {
+            Ok(a) => a,
+            Err(e) => return Ok(Err(e)),
+        };
+        Ok(auth
+            .spf_helo()
+            .await
+            .map(|s| spf_check(s, auth_results::SpfScope::Helo))
+            .map_err(|_| auth_results::AuthError::Unavailable))
     }
     async fn dkim(&mut self) -> R<Result<Vec<auth_results::DkimCheck>, auth_results::AuthError>> {
-        Ok(Err(self.auth_gate()))
+        Ok(self.message_checks().await.map(|c| {
+            c.dkim
+                .into_iter()
+                .map(|d| {
+                    use crate::plugin::auth::DkimOutcome as O;
+                    auth_results::DkimCheck {
+                        outcome: match d.outcome {
+                            O::None => auth_results::DkimResult::None,
+                            O::Pass => auth_results::DkimResult::Pass,
+                            O::Fail => auth_results::DkimResult::Fail,
+                            O::Policy => auth_results::DkimResult::Policy,
+                            O::Neutral => auth_results::DkimResult::Neutral,
+                            O::TempError => auth_results::DkimResult::Temperror,
+                            O::PermError => auth_results::DkimResult::Permerror,
+                        },
+                        domain: d.domain,
+                        selector: d.selector,
+                        detail: d.detail,
+                    }
+                })
+                .collect()
+        }))
     }
     async fn dmarc(&mut self) -> R<Result<auth_results::DmarcCheck, auth_results::AuthError>> {
-        Ok(Err(self.auth_gate()))
+        Ok(self.message_checks().await.map(|c| {
+            use crate::plugin::auth::DmarcOutcome as O;
+            use mail_auth::dmarc::Policy as P;
+            let d = c.dmarc;
+            auth_results::DmarcCheck {
+                outcome: match d.outcome {
+                    O::None => auth_results::DmarcResult::None,
+                    O::Pass => auth_results::DmarcResult::Pass,
+                    O::Fail => auth_results::DmarcResult::Fail,
+                    O::TempError => auth_results::DmarcResult::Temperror,
+                    O::PermError => auth_results::DmarcResult::Permerror,
+                },
+                from_domain: d.from_domain,
+                policy: d.policy.map(|p| match p {
+                    P::Reject => auth_results::DmarcPolicy::Reject,
+                    P::Quarantine => auth_results::DmarcPolicy::Quarantine,
+                    P::None | P::Unspecified => auth_results::DmarcPolicy::None,
+                }),
+                spf_aligned: d.spf_aligned,
+                dkim_aligned: d.dkim_aligned,
+            }
+        }))
     }
     async fn arc(&mut self) -> R<Result<auth_results::ArcResult, auth_results::AuthError>> {
-        Ok(Err(self.auth_gate()))
+        Ok(self.message_checks().await.map(|c| match c.arc {
+            crate::plugin::auth::ArcChain::None => auth_results::ArcResult::None,
+            crate::plugin::auth::ArcChain::Pass => auth_results::ArcResult::Pass,
+            crate::plugin::auth::ArcChain::Fail => auth_results::ArcResult::Fail,
+        }))
     }
     async fn iprev(&mut self) -> R<Result<auth_results::IprevResult, auth_results::AuthError>> {
-        Ok(Err(self.auth_gate()))
+        Ok(self.auth().map(|a| match a.iprev() {
+            crate::plugin::auth::Iprev::Pass => auth_results::IprevResult::Pass,
+            crate::plugin::auth::Iprev::Fail => auth_results::IprevResult::Fail,
+        }))
     }
     async fn header_value(&mut self) -> R<Result<String, auth_results::AuthError>> {
-        Ok(Err(self.auth_gate()))
+        Ok(self.message_checks().await.map(|c| c.header_value))
+    }
+}
+
+fn spf_check(s: crate::plugin::auth::Spf, scope: auth_results::SpfScope) -> auth_results::SpfCheck {
+    use mail_auth::SpfResult as S;
+    auth_results::SpfCheck {
+        outcome: match s.result {
+            S::Pass => auth_results::SpfResult::Pass,
+            S::Fail => auth_results::SpfResult::Fail,
+            S::SoftFail => auth_results::SpfResult::Softfail,
+            S::Neutral => auth_results::SpfResult::Neutral,
+            S::TempError => auth_results::SpfResult::Temperror,
+            S::PermError => auth_results::SpfResult::Permerror,
+            S::None => auth_results::SpfResult::None,
+        },
+        scope,
+        domain: s.domain,
+        explanation: s.explanation,
     }
 }
 
 impl State {
-    fn auth_gate(&self) -> auth_results::AuthError {
-        if self.granted(Capability::AuthResults) {
-            auth_results::AuthError::Unavailable
-        } else {
-            auth_results::AuthError::Denied
+    /// The session's checks, if granted and in a session.
+    fn auth(
+        &self,
+    ) -> Result<std::sync::Arc<crate::plugin::auth::SessionAuth>, auth_results::AuthError> {
+        if !self.granted(Capability::AuthResults) {
+            return Err(auth_results::AuthError::Denied);
         }
+        self.budgets
+            .auth
+            .clone()
+            .ok_or(auth_results::AuthError::Unavailable)
     }
 
+    /// The message checks (from DATA on); the future holds no borrow of the state.
+    fn message_checks(
+        &self,
+    ) -> impl std::future::Future<
+        Output = Result<crate::plugin::auth::MessageChecks, auth_results::AuthError>,
+    > + Send
+    + use<> {
+        let auth = self.auth();
+        async move {
+            auth?
+                .message_checks()
+                .await
+                .map_err(|_| auth_results::AuthError::Unavailable)
+        }
+    }
+}
+
+impl State {
     fn metric(&self, kind: &str, name: &str, labels: &[(String, String)], value: f64) {
         if !self.granted(Capability::Metrics) {
             return;

@@ -13,6 +13,7 @@
 //! the queue (`on-deliver` routes as [`Route`]s). The generated WIT types stay in this
 //! module; [`convert`] is the one place that turns them into ours, validated.
 
+pub mod auth;
 mod bindings;
 pub mod budget;
 pub mod chain;

@@ -124,6 +124,8 @@ pub struct Services {
     /// Sessions that may run plugins at once: each generation's instance pool holds one
     /// instance per plugin for each of them.
     pub sessions: usize,
+    /// SPF/DKIM/DMARC/ARC checks over `dns`.
+    pub auth: Arc<super::auth::Authenticator>,
 }
 
 impl Services {
@@ -148,6 +150,7 @@ impl Services {
     ) -> Arc<Services> {
         Arc::new(Services {
             kv: Arc::new(Kv::default()),
+            auth: Arc::new(super::auth::Authenticator::new(&dns)),
             dns,
             compile_cache: cache,
             memory: crate::memory_budget::MemoryBudget::new(memory),
@@ -483,6 +486,7 @@ pub async fn load(
         super::budget::Budgets {
             session: Default::default(),
             log_rate: Arc::clone(&log_rate),
+            auth: None,
         },
     );
     st.data_mut().deadline = Instant::now() + LOAD_DEADLINE;

@@ -31,6 +31,8 @@ pub enum Disposition {
 #[derive(Debug)]
 pub struct SessionPlugins {
     chain: Chain,
+    /// Our name in `Authentication-Results` (the host name).
+    authserv_id: String,
     /// Edits for the current transaction, applied at delivery.
     header_edits: Vec<HeaderEdit>,
     recipient_edits: Vec<RecipientEdit>,
@@ -62,12 +64,45 @@ fn now_ms() -> u64 {
 
 impl SessionPlugins {
     /// The plugins of `generation` for session `session_id`; nothing is instantiated yet.
-    pub fn new(generation: Arc<Generation>, session_id: String) -> SessionPlugins {
+    /// `authserv_id` names us in `Authentication-Results`.
+    pub fn new(
+        generation: Arc<Generation>,
+        session_id: String,
+        authserv_id: String,
+    ) -> SessionPlugins {
         SessionPlugins {
             chain: Chain::new(generation, session_id),
+            authserv_id,
             header_edits: Vec::new(),
             recipient_edits: Vec::new(),
             disposition: Disposition::Deliver,
+        }
+    }
+
+    /// Keeps the session's authentication checks up to date with what the hook brings:
+    /// the client at connect, the HELO name, the transaction's sender, its message.
+    fn follow_auth(&mut self, hook: &Hook, session: &SessionFacts, message: Option<&MessageText>) {
+        if matches!(hook, Hook::Connect) || self.chain.auth.is_none() {
+            let auth = Arc::clone(&self.chain.generation().services.auth);
+            self.chain.auth = Some(Arc::new(super::auth::SessionAuth::new(
+                auth,
+                self.authserv_id.clone(),
+                session.client.ip(),
+                session.ptr_name.as_deref(),
+            )));
+        }
+        let Some(auth) = &self.chain.auth else {
+            return;
+        };
+        match hook {
+            Hook::Helo { name, .. } => auth.helo(name),
+            Hook::MailFrom { address, .. } => auth.mail_from(address),
+            Hook::Data => {
+                if let Some(text) = message {
+                    auth.message(text);
+                }
+            }
+            Hook::Connect | Hook::RcptTo { .. } => {}
         }
     }
 
@@ -102,6 +137,7 @@ impl SessionPlugins {
         let info = |facts: &SessionFacts, chain: &Chain| {
             convert::session_info(facts, chain.score(), chain.tags())
         };
+        self.follow_auth(hook, session, message);
         match hook {
             Hook::Connect => {
                 let s = info(session, &self.chain);

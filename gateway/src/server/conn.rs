@@ -172,10 +172,13 @@ pub async fn serve(
             greeted: false,
             txn_started: None,
             messages: 0,
-            plugins: cur
-                .plugins
-                .as_ref()
-                .map(|g| SessionPlugins::new(Arc::clone(g), session_id.clone())),
+            plugins: cur.plugins.as_ref().map(|g| {
+                SessionPlugins::new(
+                    Arc::clone(g),
+                    session_id.clone(),
+                    cur.hostname().to_string(),
+                )
+            }),
             held: 0,
             memory: Arc::clone(&shared.memory),
             spill: None,

@@ -1,0 +1,480 @@
+//! The host side of the `auth-results` capability: SPF (MAIL FROM and HELO), DKIM, DMARC,
+//! ARC and iprev for the current session and message, computed by mail-auth through the
+//! gateway's own resolver (hickory, with its cache and `[dns]` settings), on first use
+//! only, once per session (HELO, iprev) or transaction (SPF, and the message checks), and
+//! shared by every plugin that asks: no plugin pays twice, none pays if none asks.
+//!
+//! Bounds of our own around mail-auth: every check is cut at [`CHECK_TIMEOUT`]
+//! (`temperror`, never a failure), at most [`MAX_SIGNATURES`] DKIM signatures of a message
+//! are verified (a message with 500 must not cost 500 key lookups), and the message text
+//! is read whole only when a DKIM/DMARC/ARC result is asked for.
+
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use mail_auth::dmarc::Policy;
+use mail_auth::dmarc::verify::DmarcParameters;
+use mail_auth::spf::verify::SpfParameters;
+use mail_auth::{
+    AuthenticatedMessage, AuthenticationResults, DkimResult, DmarcResult, IprevOutput, IprevResult,
+    MessageAuthenticator, SpfOutput, SpfResult,
+};
+use tokio::sync::OnceCell;
+
+use crate::smtp::MessageText;
+
+/// Longest time one check may take (all its DNS lookups included).
+pub const CHECK_TIMEOUT: Duration = Duration::from_secs(20);
+/// DKIM signatures verified per message (the first ones, top down).
+pub const MAX_SIGNATURES: usize = 10;
+
+/// The gateway's authenticator: mail-auth over the gateway's resolver.
+pub struct Authenticator {
+    inner: MessageAuthenticator,
+}
+
+impl std::fmt::Debug for Authenticator {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Authenticator")
+    }
+}
+
+impl Authenticator {
+    /// Checks through `dns` (its servers, timeouts and cache).
+    pub fn new(dns: &crate::dns::Resolver) -> Authenticator {
+        Authenticator {
+            inner: MessageAuthenticator(dns.hickory().clone()),
+        }
+    }
+}
+
+/// An SPF result for one identity.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Spf {
+    /// The RFC 7208 result.
+    pub result: SpfResult,
+    /// The domain checked.
+    pub domain: String,
+    /// The `exp=` explanation of a fail.
+    pub explanation: Option<String>,
+}
+
+/// The outcome class of a DKIM signature (RFC 8601 names).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DkimOutcome {
+    /// No signature.
+    None,
+    /// Verified.
+    Pass,
+    /// Did not verify.
+    Fail,
+    /// Verified, but not acceptable (e.g. `rsa-sha1`).
+    Policy,
+    /// Could not be judged (a syntax problem).
+    Neutral,
+    /// A temporary DNS failure.
+    TempError,
+    /// A permanent error (no key, bad key).
+    PermError,
+}
+
+/// One DKIM signature's result.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Dkim {
+    /// What it came to.
+    pub outcome: DkimOutcome,
+    /// `d=`.
+    pub domain: String,
+    /// `s=`.
+    pub selector: String,
+    /// Why it failed.
+    pub detail: Option<String>,
+}
+
+/// The outcome class of DMARC.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DmarcOutcome {
+    /// No policy published.
+    None,
+    /// Aligned SPF or DKIM pass.
+    Pass,
+    /// Neither aligned.
+    Fail,
+    /// A temporary DNS failure.
+    TempError,
+    /// A broken record.
+    PermError,
+}
+
+/// DMARC for the From domain.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Dmarc {
+    /// What it came to.
+    pub outcome: DmarcOutcome,
+    /// The RFC 5322 From domain.
+    pub from_domain: String,
+    /// The policy that applies (`sp=` for a subdomain), if a record was found.
+    pub policy: Option<Policy>,
+    /// SPF passed for an aligned domain.
+    pub spf_aligned: bool,
+    /// DKIM passed for an aligned domain.
+    pub dkim_aligned: bool,
+}
+
+/// ARC chain validation.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ArcChain {
+    /// No chain.
+    None,
+    /// A valid chain.
+    Pass,
+    /// A broken chain.
+    Fail,
+}
+
+/// iprev for the client.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Iprev {
+    /// Forward-confirmed reverse name.
+    Pass,
+    /// None, or not confirmed.
+    Fail,
+}
+
+/// The message checks of one transaction.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MessageChecks {
+    /// One per verified signature (a single `None` entry without any).
+    pub dkim: Vec<Dkim>,
+    /// DMARC for the From domain.
+    pub dmarc: Dmarc,
+    /// ARC.
+    pub arc: ArcChain,
+    /// The `Authentication-Results` value (without the field name) for all of it.
+    pub header_value: String,
+}
+
+/// Why a result is not there.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Unavailable {
+    /// Not at this stage (no HELO yet, no MAIL FROM yet, no message yet).
+    NotYet,
+}
+
+#[derive(Debug, Default)]
+struct Txn {
+    sender: Option<String>,
+    spf: OnceCell<SpfOutput>,
+    message: Mutex<Option<MessageText>>,
+    checks: OnceCell<MessageChecks>,
+}
+
+/// One session's checks, shared by the session's plugin instances.
+#[derive(Debug)]
+pub struct SessionAuth {
+    auth: Arc<Authenticator>,
+    /// The `authserv-id` of `Authentication-Results` (our host name).
+    authserv_id: String,
+    client: IpAddr,
+    iprev: Mutex<Iprev>,
+    helo: Mutex<Option<(String, Arc<OnceCell<SpfOutput>>)>>,
+    txn: Mutex<Arc<Txn>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn spf_of(o: &SpfOutput) -> Spf {
+    Spf {
+        result: o.result(),
+        domain: o.domain().to_string(),
+        explanation: o.explanation().map(str::to_string),
+    }
+}
+
+fn timed_out_spf(domain: &str) -> SpfOutput {
+    SpfOutput::new(domain.to_string()).with_result(SpfResult::TempError)
+}
+
+impl SessionAuth {
+    /// Checks for a session from `client`, whose confirmed reverse name is `ptr`;
+    /// `authserv_id` names us in `Authentication-Results`.
+    pub fn new(
+        auth: Arc<Authenticator>,
+        authserv_id: String,
+        client: IpAddr,
+        ptr: Option<&str>,
+    ) -> SessionAuth {
+        SessionAuth {
+            auth,
+            authserv_id,
+            client,
+            iprev: Mutex::new(if ptr.is_some() {
+                Iprev::Pass
+            } else {
+                Iprev::Fail
+            }),
+            helo: Mutex::new(None),
+            txn: Mutex::new(Arc::default()),
+        }
+    }
+
+    /// The client said HELO/EHLO `name`.
+    pub fn helo(&self, name: &str) {
+        let mut h = lock(&self.helo);
+        if h.as_ref().is_none_or(|(n, _)| n != name) {
+            *h = Some((name.to_string(), Arc::default()));
+        }
+    }
+
+    /// A transaction starts with MAIL FROM `sender` (empty for `<>`).
+    pub fn mail_from(&self, sender: &str) {
+        *lock(&self.txn) = Arc::new(Txn {
+            sender: Some(sender.to_string()),
+            ..Txn::default()
+        });
+    }
+
+    /// The message of the transaction arrived.
+    pub fn message(&self, text: &MessageText) {
+        let txn = Arc::clone(&lock(&self.txn));
+        *lock(&txn.message) = Some(text.clone());
+    }
+
+    fn helo_name(&self) -> Option<(String, Arc<OnceCell<SpfOutput>>)> {
+        lock(&self.helo).clone()
+    }
+
+    /// iprev for the client.
+    pub fn iprev(&self) -> Iprev {
+        *lock(&self.iprev)
+    }
+
+    /// SPF for the HELO identity.
+    pub async fn spf_helo(&self) -> Result<Spf, Unavailable> {
+        let (name, cell) = self.helo_name().ok_or(Unavailable::NotYet)?;
+        let out = cell
+            .get_or_init(|| async {
+                let params = SpfParameters::verify_ehlo(self.client, &name, &self.authserv_id);
+                tokio::time::timeout(CHECK_TIMEOUT, self.auth.inner.verify_spf(params))
+                    .await
+                    .unwrap_or_else(|_| timed_out_spf(&name))
+            })
+            .await;
+        Ok(spf_of(out))
+    }
+
+    /// SPF for the MAIL FROM identity (the HELO identity for `<>`).
+    pub async fn spf(&self) -> Result<Spf, Unavailable> {
+        let txn = Arc::clone(&lock(&self.txn));
+        Ok(spf_of(self.spf_output(&txn).await?))
+    }
+
+    async fn spf_output<'a>(&self, txn: &'a Txn) -> Result<&'a SpfOutput, Unavailable> {
+        let sender = txn.sender.as_deref().ok_or(Unavailable::NotYet)?;
+        let helo = self.helo_name().map(|(n, _)| n).unwrap_or_default();
+        Ok(txn
+            .spf
+            .get_or_init(|| async {
+                if sender.is_empty() {
+                    // RFC 7208 2.4: the null sender is checked as postmaster@HELO.
+                    let params = SpfParameters::verify_ehlo(self.client, &helo, &self.authserv_id);
+                    return tokio::time::timeout(CHECK_TIMEOUT, self.auth.inner.verify_spf(params))
+                        .await
+                        .unwrap_or_else(|_| timed_out_spf(&helo));
+                }
+                let params =
+                    SpfParameters::verify_mail_from(self.client, &helo, &self.authserv_id, sender);
+                let domain = sender.rsplit_once('@').map_or(sender, |(_, d)| d);
+                tokio::time::timeout(CHECK_TIMEOUT, self.auth.inner.verify_spf(params))
+                    .await
+                    .unwrap_or_else(|_| timed_out_spf(domain))
+            })
+            .await)
+    }
+
+    /// DKIM, DMARC and ARC for the transaction's message.
+    pub async fn message_checks(&self) -> Result<MessageChecks, Unavailable> {
+        let txn = Arc::clone(&lock(&self.txn));
+        let text = lock(&txn.message).clone().ok_or(Unavailable::NotYet)?;
+        let spf = self.spf_output(&txn).await?.clone();
+        let sender = txn.sender.clone().unwrap_or_default();
+        let checks = txn
+            .checks
+            .get_or_init(|| async {
+                match tokio::time::timeout(CHECK_TIMEOUT, self.check_message(&text, &spf, &sender))
+                    .await
+                {
+                    Ok(c) => c,
+                    Err(_) => MessageChecks::timed_out(&self.authserv_id),
+                }
+            })
+            .await;
+        Ok(checks.clone())
+    }
+
+    async fn check_message(
+        &self,
+        text: &MessageText,
+        spf: &SpfOutput,
+        sender: &str,
+    ) -> MessageChecks {
+        let raw = match text.read_received(0, text.received_len()) {
+            Ok(b) => b,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read the message for authentication");
+                return MessageChecks::timed_out(&self.authserv_id);
+            }
+        };
+        let helo = self.helo_name().map(|(n, _)| n).unwrap_or_default();
+        let Some(mut msg) = AuthenticatedMessage::parse(&raw) else {
+            return MessageChecks {
+                dkim: vec![Dkim::none()],
+                dmarc: Dmarc::none(""),
+                arc: ArcChain::None,
+                header_value: format!("{}; none", self.authserv_id),
+            };
+        };
+        if msg.dkim_headers.len() > MAX_SIGNATURES {
+            tracing::info!(
+                signatures = msg.dkim_headers.len(),
+                verified = MAX_SIGNATURES,
+                "message has more DKIM signatures than are verified"
+            );
+            msg.dkim_headers.truncate(MAX_SIGNATURES);
+        }
+        let dkim = self.auth.inner.verify_dkim(&msg).await;
+        let arc = self.auth.inner.verify_arc(&msg).await;
+        let mail_from_domain = if sender.is_empty() {
+            helo.as_str()
+        } else {
+            sender.rsplit_once('@').map_or(sender, |(_, d)| d)
+        };
+        let dmarc = self
+            .auth
+            .inner
+            .verify_dmarc(DmarcParameters::new(&msg, &dkim, mail_from_domain, spf))
+            .await;
+        let from_domain = msg
+            .from
+            .first()
+            .and_then(|f| f.rsplit_once('@'))
+            .map(|(_, d)| d.to_ascii_lowercase())
+            .unwrap_or_default();
+        let iprev = IprevOutput {
+            result: match self.iprev() {
+                Iprev::Pass => IprevResult::Pass,
+                Iprev::Fail => IprevResult::Fail(mail_auth::Error::NotAligned),
+            },
+            ptr: None,
+        };
+        let mut results =
+            AuthenticationResults::new(&self.authserv_id).with_dkim_results(&dkim, &from_domain);
+        results = if sender.is_empty() {
+            results.with_spf_ehlo_result(spf, self.client, &helo)
+        } else {
+            results.with_spf_mailfrom_result(spf, self.client, sender, &helo)
+        };
+        let results = results
+            .with_dmarc_result(&dmarc)
+            .with_arc_result(&arc, self.client)
+            .with_iprev_result(&iprev, self.client);
+        let dkim: Vec<Dkim> = if dkim.is_empty() {
+            vec![Dkim::none()]
+        } else {
+            dkim.iter()
+                .map(|d| {
+                    let (outcome, detail) = match d.result() {
+                        DkimResult::Pass => (DkimOutcome::Pass, None),
+                        DkimResult::Fail(e) => (DkimOutcome::Fail, Some(e.to_string())),
+                        DkimResult::Neutral(e) => (DkimOutcome::Neutral, Some(e.to_string())),
+                        DkimResult::PermError(e) => (DkimOutcome::PermError, Some(e.to_string())),
+                        DkimResult::TempError(e) => (DkimOutcome::TempError, Some(e.to_string())),
+                        DkimResult::None => (DkimOutcome::None, None),
+                    };
+                    Dkim {
+                        outcome,
+                        domain: d.signature().map(|s| s.d.clone()).unwrap_or_default(),
+                        selector: d.signature().map(|s| s.s.clone()).unwrap_or_default(),
+                        detail,
+                    }
+                })
+                .collect()
+        };
+        let outcome = match dmarc.result() {
+            DmarcResult::Pass => DmarcOutcome::Pass,
+            DmarcResult::Fail(_) => DmarcOutcome::Fail,
+            DmarcResult::TempError(_) => DmarcOutcome::TempError,
+            DmarcResult::PermError(_) => DmarcOutcome::PermError,
+            DmarcResult::None => DmarcOutcome::None,
+        };
+        let policy = dmarc
+            .dmarc_record()
+            .is_some()
+            .then(|| dmarc.policy())
+            .filter(|p| *p != Policy::Unspecified);
+        MessageChecks {
+            dkim,
+            dmarc: Dmarc {
+                outcome,
+                from_domain: if dmarc.domain().is_empty() {
+                    from_domain
+                } else {
+                    dmarc.domain().to_string()
+                },
+                policy,
+                spf_aligned: *dmarc.spf_result() == DmarcResult::Pass,
+                dkim_aligned: *dmarc.dkim_result() == DmarcResult::Pass,
+            },
+            arc: match arc.result() {
+                DkimResult::Pass => ArcChain::Pass,
+                DkimResult::None => ArcChain::None,
+                _ => ArcChain::Fail,
+            },
+            header_value: results.to_string(),
+        }
+    }
+}
+
+impl Dkim {
+    fn none() -> Dkim {
+        Dkim {
+            outcome: DkimOutcome::None,
+            domain: String::new(),
+            selector: String::new(),
+            detail: None,
+        }
+    }
+}
+
+impl Dmarc {
+    fn none(from: &str) -> Dmarc {
+        Dmarc {
+            outcome: DmarcOutcome::None,
+            from_domain: from.to_string(),
+            policy: None,
+            spf_aligned: false,
+            dkim_aligned: false,
+        }
+    }
+}
+
+impl MessageChecks {
+    /// The checks could not finish in time: every result a temporary error.
+    fn timed_out(authserv_id: &str) -> MessageChecks {
+        MessageChecks {
+            dkim: vec![Dkim {
+                outcome: DkimOutcome::TempError,
+                ..Dkim::none()
+            }],
+            dmarc: Dmarc {
+                outcome: DmarcOutcome::TempError,
+                ..Dmarc::none("")
+            },
+            arc: ArcChain::None,
+            header_value: format!("{authserv_id}; dkim=temperror; dmarc=temperror"),
+        }
+    }
+}
