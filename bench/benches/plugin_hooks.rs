@@ -98,7 +98,9 @@ fn bench(c: &mut Criterion) {
     let rcpt = Hook::RcptTo {
         address: "ok@example.test".into(),
     };
-    let plugins = |g: &Arc<Generation>| SessionPlugins::new(Arc::clone(g), "BENCH".into());
+    let plugins = |g: &Arc<Generation>| {
+        SessionPlugins::new(Arc::clone(g), "BENCH".into(), "mx.bench.test".into())
+    };
 
     let mut g = c.benchmark_group("rcpt");
     g.bench_function("no-plugins", |b| {

@@ -554,6 +554,22 @@ pub fn fixture(name: &str) -> PathBuf {
     p
 }
 
+/// The `.wasm` of a shipped plugin (`plugins/<name>` → `mailgate_<name>.wasm`), built
+/// once per test process as `plugins/build` builds them.
+pub fn shipped(name: &str) -> PathBuf {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    let dir = DIR.get_or_init(|| {
+        build_wasm(
+            &Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("../plugins")
+                .join("Cargo.toml"),
+        )
+    });
+    let p = dir.join(format!("mailgate_{}.wasm", name.replace('-', "_")));
+    assert!(p.exists(), "plugin {name} not built at {}", p.display());
+    p
+}
+
 /// A `[[plugin]]` table for a fixture.
 pub fn plugin_toml(name: &str, fixture_name: &str, extra: &str) -> String {
     format!(

@@ -1,0 +1,379 @@
+//! SPF, DKIM and DMARC end to end: the shipped `auth` plugin (plugins/auth) in the real
+//! gateway, messages signed by dkimpy (tests/peers/dkimsign.py), every DNS answer from NSD on
+//! loopback serving the test zones, a real SMTP conversation for each message.
+
+mod support;
+
+use std::path::Path;
+use std::process::{Command, Stdio};
+
+use support::{Gateway, Nsd, Raw, Setup, peer, shipped};
+
+/// Our host name, hence the authserv-id of `Authentication-Results`.
+const HOST: &str = "mx.auth.test";
+
+/// A TXT value split into the 255-octet strings of a zone file.
+fn txt(value: &str) -> String {
+    value
+        .as_bytes()
+        .chunks(250)
+        .map(|c| format!("\"{}\"", String::from_utf8_lossy(c)))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+fn zone(origin: &str, records: &str) -> String {
+    format!(
+        "$ORIGIN {origin}.\n$TTL 300\n@ SOA ns hostmaster 1 3600 600 86400 300\n@ NS ns\n\
+         ns A 127.0.0.1\n{records}"
+    )
+}
+
+/// `dkimsign.py keygen`: the key file in `dir` and the `p=` value.
+fn keygen(dir: &Path, kind: &str, bits: &str) -> (String, String) {
+    let key = dir.join(format!("{kind}-{bits}.key")).display().to_string();
+    let out = Command::new("python3")
+        .arg(peer("dkimsign.py"))
+        .args(["keygen", kind, &key, bits])
+        .output()
+        .expect("python3 dkimsign.py");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (
+        key,
+        String::from_utf8(out.stdout).unwrap().trim().to_string(),
+    )
+}
+
+/// `message` signed by dkimpy.
+fn sign(
+    key: &str,
+    domain: &str,
+    selector: &str,
+    kind: &str,
+    canon: &str,
+    message: &[u8],
+) -> Vec<u8> {
+    let mut child = Command::new("python3")
+        .arg(peer("dkimsign.py"))
+        .args(["sign", key, domain, selector, kind, canon])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("python3 dkimsign.py");
+    std::io::Write::write_all(child.stdin.as_mut().unwrap(), message).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out.stdout
+}
+
+/// The test world: zones for `good.test` (SPF allows us, signed mail, p=reject),
+/// `spoofed.test` (SPF allows someone else, p=reject) and `quarantined.test`
+/// (p=quarantine); a gateway with the auth plugin resolving through them.
+struct World {
+    _nsd: Nsd,
+    gw: Gateway,
+    _keys: tempfile::TempDir,
+    rsa: String,
+    ed: String,
+    weak: String,
+}
+
+fn world(plugin_config: &str) -> World {
+    let keys = tempfile::tempdir().unwrap();
+    let (rsa, rsa_p) = keygen(keys.path(), "rsa", "2048");
+    let (ed, ed_p) = keygen(keys.path(), "ed25519", "0");
+    let (weak, weak_p) = keygen(keys.path(), "rsa", "512");
+    let good = zone(
+        "good.test",
+        &format!(
+            "@ TXT \"v=spf1 ip4:127.0.0.1 -all\"\n\
+             rsa._domainkey TXT {}\n\
+             ed._domainkey TXT {}\n\
+             weak._domainkey TXT {}\n\
+             _dmarc TXT \"v=DMARC1; p=reject\"\n",
+            txt(&format!("v=DKIM1; k=rsa; p={rsa_p}")),
+            txt(&format!("v=DKIM1; k=ed25519; p={ed_p}")),
+            txt(&format!("v=DKIM1; k=rsa; p={weak_p}")),
+        ),
+    );
+    let spoofed = zone(
+        "spoofed.test",
+        "@ TXT \"v=spf1 ip4:192.0.2.1 -all\"\n_dmarc TXT \"v=DMARC1; p=reject\"\n",
+    );
+    let quarantined = zone(
+        "quarantined.test",
+        "@ TXT \"v=spf1 ip4:192.0.2.1 -all\"\n_dmarc TXT \"v=DMARC1; p=quarantine\"\n",
+    );
+    // The parent zone too: DMARC's tree walk asks `_dmarc.test` (NXDOMAIN there, where a
+    // server without the zone would refuse, a temporary error).
+    let parent = zone("test", "");
+    let nsd = Nsd::start(&[
+        ("test", &parent),
+        ("good.test", &good),
+        ("spoofed.test", &spoofed),
+        ("quarantined.test", &quarantined),
+    ]);
+    let gw = Setup::default()
+        .server(&format!("hostname = \"{HOST}\""))
+        .section(&format!("[dns]\nservers = [\"{}\"]\nreverse_lookup = false", nsd.addr))
+        .section(&format!(
+            "[[plugin]]\nname = \"auth\"\npath = {:?}\ncapabilities = [\"auth-results\"]\n{plugin_config}",
+            shipped("auth").display().to_string()
+        ))
+        .start();
+    World {
+        _nsd: nsd,
+        gw,
+        _keys: keys,
+        rsa,
+        ed,
+        weak,
+    }
+}
+
+/// Sends `message` from `sender` to `rcpt` in one session; the end-of-data reply.
+fn send(gw: &Gateway, sender: &str, rcpt: &str, message: &[u8]) -> String {
+    let mut raw = Raw::connect(gw.smtp);
+    assert!(raw.reply().starts_with("220"));
+    assert!(raw.cmd("EHLO client.good.test").starts_with("250"));
+    let r = raw.cmd(&format!("MAIL FROM:<{sender}>"));
+    assert!(r.starts_with("250"), "{r}");
+    assert!(raw.cmd(&format!("RCPT TO:<{rcpt}>")).starts_with("250"));
+    assert!(raw.cmd("DATA").starts_with("354"));
+    raw.send(message);
+    raw.cmd(".")
+}
+
+fn message(from: &str, body: &str) -> Vec<u8> {
+    format!(
+        "From: <{from}>\r\nTo: <u@example.test>\r\nSubject: auth test\r\n\
+         Date: Sun, 29 Nov 2026 10:00:00 +0000\r\nMessage-ID: <t@good.test>\r\n\r\n{body}"
+    )
+    .into_bytes()
+}
+
+/// The `Authentication-Results` fields of a delivered copy, unfolded.
+fn results(copy: &[u8]) -> Vec<String> {
+    let text = String::from_utf8_lossy(copy)
+        .replace("\r\n ", " ")
+        .replace("\r\n\t", " ");
+    text.split("\r\n")
+        .take_while(|l| !l.is_empty())
+        .filter_map(|l| l.strip_prefix("Authentication-Results: "))
+        .map(str::to_string)
+        .collect()
+}
+
+#[test]
+fn signed_messages_are_delivered_with_accurate_results() {
+    let w = world("");
+    let body = "Signed by dkimpy.\r\n  with trailing spaces  \r\n\r\n";
+    for (i, (key, sel, kind, canon)) in [
+        (&w.rsa, "rsa", "rsa", "relaxed/relaxed"),
+        (&w.rsa, "rsa", "rsa", "simple/simple"),
+        (&w.ed, "ed", "ed25519", "relaxed/simple"),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let signed = sign(
+            key,
+            "good.test",
+            sel,
+            kind,
+            canon,
+            &message("a@good.test", body),
+        );
+        let rcpt = format!("u{i}@example.test");
+        let r = send(&w.gw, "a@good.test", &rcpt, &signed);
+        assert!(r.starts_with("250"), "{kind} {canon}: {r}");
+        let copy = &w.gw.mailbox("example.test", &format!("u{i}"))[0];
+        let ar = results(copy);
+        assert_eq!(ar.len(), 1, "{ar:?}");
+        let ar = &ar[0];
+        assert!(ar.starts_with(&format!("{HOST};")), "{ar}");
+        assert!(ar.contains("dkim=pass"), "{kind} {canon}: {ar}");
+        assert!(
+            ar.contains("header.d=good.test") || ar.contains("header.i=@good.test"),
+            "{ar}"
+        );
+        assert!(ar.contains(&format!("header.s={sel}")), "{ar}");
+        assert!(ar.contains("spf=pass"), "{ar}");
+        assert!(ar.contains("dmarc=pass"), "{ar}");
+    }
+}
+
+#[test]
+fn tampered_weak_and_missing_signatures_do_not_pass() {
+    let w = world("");
+    let signed = sign(
+        &w.rsa,
+        "good.test",
+        "rsa",
+        "rsa",
+        "relaxed/relaxed",
+        &message("a@good.test", "Original body.\r\n"),
+    );
+    let tampered = String::from_utf8(signed)
+        .unwrap()
+        .replace("Original body.", "Changed body.");
+    // A 512-bit key (RFC 8301: under 1024 bits must not pass).
+    let weak = sign(
+        &w.weak,
+        "good.test",
+        "weak",
+        "rsa",
+        "relaxed/relaxed",
+        &message("a@good.test", "Weak.\r\n"),
+    );
+    // rsa-sha1 (RFC 8301: must not pass).
+    let sha1 = sign(
+        &w.rsa,
+        "good.test",
+        "rsa",
+        "rsa-sha1",
+        "relaxed/relaxed",
+        &message("a@good.test", "Sha1.\r\n"),
+    );
+    for (who, text) in [
+        ("tampered", tampered.into_bytes()),
+        ("weak", weak),
+        ("sha1", sha1),
+    ] {
+        // SPF still passes and aligns, so DMARC passes and the mail is delivered.
+        let r = send(&w.gw, "a@good.test", &format!("{who}@example.test"), &text);
+        assert!(r.starts_with("250"), "{who}: {r}");
+        let ar = results(&w.gw.mailbox("example.test", who)[0]).join(" ");
+        assert!(!ar.contains("dkim=pass"), "{who}: {ar}");
+        let expected = match who {
+            "weak" => "dkim=fail (RSA key of 512 bits is under 1024",
+            "sha1" => "dkim=policy (rsa-sha1 is not accepted",
+            _ => "dkim=fail",
+        };
+        assert!(ar.contains(expected), "{who}: {ar}");
+        assert!(ar.contains("dmarc=pass"), "{who}: {ar}");
+    }
+}
+
+#[test]
+fn a_spoofed_message_from_a_p_reject_domain_is_refused_at_data() {
+    let w = world("");
+    let r = send(
+        &w.gw,
+        "x@spoofed.test",
+        "u@example.test",
+        &message("boss@spoofed.test", "Pay this invoice.\r\n"),
+    );
+    assert!(r.starts_with("550 5.7.1"), "{r}");
+    assert!(r.contains("spoofed.test") && r.contains("DMARC"), "{r}");
+    assert!(w.gw.mailbox("example.test", "u").is_empty());
+    // p=quarantine: accepted into quarantine, not the mailbox.
+    let r = send(
+        &w.gw,
+        "x@quarantined.test",
+        "q@example.test",
+        &message("boss@quarantined.test", "Hi.\r\n"),
+    );
+    assert!(r.starts_with("250"), "{r}");
+    assert!(
+        w.gw.mailbox("example.test", "q").is_empty(),
+        "quarantined, not delivered"
+    );
+    assert!(w.gw.log().contains("quarantined"), "{}", w.gw.log());
+}
+
+#[test]
+fn forged_results_claiming_our_name_are_removed_and_others_kept() {
+    let w = world("");
+    let mut m = format!(
+        "Authentication-Results: {HOST}; dkim=pass header.d=bank.test\r\n\
+         Authentication-Results: other.test; spf=pass smtp.mailfrom=a@good.test\r\n"
+    )
+    .into_bytes();
+    m.extend(message("a@good.test", "Hello.\r\n"));
+    let r = send(&w.gw, "a@good.test", "u@example.test", &m);
+    assert!(r.starts_with("250"), "{r}");
+    let ar = results(&w.gw.mailbox("example.test", "u")[0]);
+    assert_eq!(ar.len(), 2, "ours and the other one: {ar:?}");
+    assert!(ar.iter().any(|a| a.starts_with("other.test;")), "{ar:?}");
+    assert!(
+        !ar.iter().any(|a| a.contains("bank.test")),
+        "the forged one is gone: {ar:?}"
+    );
+}
+
+#[test]
+fn spf_fail_can_be_refused_at_mail_from() {
+    let w = world("config = { spf_fail = \"reject-mail\" }");
+    let mut raw = Raw::connect(w.gw.smtp);
+    assert!(raw.reply().starts_with("220"));
+    assert!(raw.cmd("EHLO client.good.test").starts_with("250"));
+    let r = raw.cmd("MAIL FROM:<x@spoofed.test>");
+    assert!(r.starts_with("550 5.7.23"), "{r}");
+    assert!(raw.cmd("MAIL FROM:<a@good.test>").starts_with("250"));
+}
+
+/// DNS that does not answer is never a reason for a 5xx: the DMARC policy cannot be
+/// known, so the message is deferred (`451 4.7.5`).
+#[test]
+fn dns_that_does_not_answer_defers_never_refuses() {
+    let silent = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let gw = Setup::default()
+        .server(&format!("hostname = \"{HOST}\""))
+        .section(&format!(
+            "[dns]\nservers = [\"{}\"]\ntimeout_ms = 300\nattempts = 1\nreverse_lookup = false",
+            silent.local_addr().unwrap()
+        ))
+        .section(&format!(
+            "[[plugin]]\nname = \"auth\"\npath = {:?}\ncapabilities = [\"auth-results\"]\n\
+             limits = {{ deadline_ms = 30000 }}",
+            shipped("auth").display().to_string()
+        ))
+        .start();
+    let r = send(
+        &gw,
+        "x@spoofed.test",
+        "u@example.test",
+        &message("boss@spoofed.test", "Hi.\r\n"),
+    );
+    assert!(r.starts_with("451 4.7.5"), "{r}");
+}
+
+/// Allowlisted clients and domains are never refused: the spoofed p=reject message from
+/// a trusted network is delivered, its DMARC failure recorded in the header.
+#[test]
+fn trusted_networks_and_domains_are_not_refused() {
+    for config in [
+        "config = { trusted_networks = [\"192.0.2.0/24\", \"127.0.0.0/8\"] }",
+        "config = { trusted_domains = [\"spoofed.test\"] }",
+    ] {
+        let w = world(config);
+        let r = send(
+            &w.gw,
+            "x@spoofed.test",
+            "u@example.test",
+            &message("boss@spoofed.test", "Hi.\r\n"),
+        );
+        assert!(r.starts_with("250"), "{config}: {r}");
+        let ar = results(&w.gw.mailbox("example.test", "u")[0]).join(" ");
+        assert!(ar.contains("dmarc=fail"), "{config}: {ar}");
+    }
+    // And a network that does not contain the client changes nothing.
+    let w = world("config = { trusted_networks = [\"192.0.2.0/24\", \"::1/128\"] }");
+    let r = send(
+        &w.gw,
+        "x@spoofed.test",
+        "u@example.test",
+        &message("boss@spoofed.test", "Hi.\r\n"),
+    );
+    assert!(r.starts_with("550 5.7.1"), "{r}");
+}
