@@ -116,8 +116,32 @@ fn world(plugin_config: &str) -> World {
     // The parent zone too: DMARC's tree walk asks `_dmarc.test` (NXDOMAIN there, where a
     // server without the zone would refuse, a temporary error).
     let parent = zone("test", "");
+    // One SPF case per name: MAIL FROM a@<case>.spf.test.
+    let mut spf_cases = String::from(
+        "pass TXT \"v=spf1 ip4:127.0.0.1 -all\"\n\
+         fail TXT \"v=spf1 ip4:192.0.2.1 -all\"\n\
+         softfail TXT \"v=spf1 ~all\"\n\
+         neutral TXT \"v=spf1 ?all\"\n\
+         perm TXT \"v=spf1 -all\"\n\
+         perm TXT \"v=spf1 +all\"\n\
+         unknown TXT \"v=spf1 frobnicate:x -all\"\n\
+         loop TXT \"v=spf1 include:loop.spf.test -all\"\n\
+         macro TXT \"v=spf1 exists:%{i}.allow.spf.test -all\"\n\
+         127.0.0.1.allow A 127.0.0.2\n\
+         many TXT \"v=spf1 include:i1.spf.test -all\"\n",
+    );
+    // An include chain of 11 lookups: past RFC 7208's 10.
+    for i in 1..=11 {
+        spf_cases.push_str(&format!(
+            "i{i} TXT \"v=spf1 include:i{}.spf.test -all\"\n",
+            i + 1
+        ));
+    }
+    spf_cases.push_str("i12 TXT \"v=spf1 ip4:127.0.0.1 -all\"\n");
+    let spf = zone("spf.test", &spf_cases);
     let nsd = Nsd::start(&[
         ("test", &parent),
+        ("spf.test", &spf),
         ("good.test", &good),
         ("spoofed.test", &spoofed),
         ("quarantined.test", &quarantined),
@@ -376,4 +400,34 @@ fn trusted_networks_and_domains_are_not_refused() {
         &message("boss@spoofed.test", "Hi.\r\n"),
     );
     assert!(r.starts_with("550 5.7.1"), "{r}");
+}
+
+/// SPF results for the MAIL FROM identity, as the `Authentication-Results` header reports
+/// them: every RFC 7208 result, the 10-lookup limit, an include loop, a macro.
+#[test]
+fn spf_results_cover_the_rfc() {
+    let w = world("");
+    let mut wrong = Vec::new();
+    for (case, result) in [
+        ("pass", "spf=pass"),
+        ("fail", "spf=fail"),
+        ("softfail", "spf=softfail"),
+        ("neutral", "spf=neutral"),
+        ("none", "spf=none"),
+        ("perm", "spf=permerror"),
+        ("unknown", "spf=permerror"),
+        ("loop", "spf=permerror"),
+        ("many", "spf=permerror"),
+        ("macro", "spf=pass"),
+    ] {
+        let sender = format!("a@{case}.spf.test");
+        let rcpt = format!("{case}@example.test");
+        let r = send(&w.gw, &sender, &rcpt, &message(&sender, "SPF.\r\n"));
+        assert!(r.starts_with("250"), "{case}: {r}");
+        let ar = results(&w.gw.mailbox("example.test", case)[0]).join(" ");
+        if !ar.contains(result) {
+            wrong.push(format!("{case}: want {result}: {ar}"));
+        }
+    }
+    assert!(wrong.is_empty(), "{}", wrong.join("\n"));
 }

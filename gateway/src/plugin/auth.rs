@@ -201,6 +201,57 @@ fn timed_out_spf(domain: &str) -> SpfOutput {
     SpfOutput::new(domain.to_string()).with_result(SpfResult::TempError)
 }
 
+/// Whether an SPF record breaks RFC 7208 where mail-auth 0.13 does not notice: a term
+/// that is neither a known mechanism nor a modifier (4.6.1, 5: permerror).
+fn spf_record_invalid(record: &str) -> bool {
+    const MECHANISMS: [&str; 8] = ["all", "include", "a", "mx", "ptr", "ip4", "ip6", "exists"];
+    record.split_ascii_whitespace().skip(1).any(|term| {
+        let t = term.trim_start_matches(['+', '-', '~', '?']);
+        let name_end = t.find([':', '/', '=']).unwrap_or(t.len());
+        let is_modifier = t[name_end..].starts_with('=');
+        let name = &t[..name_end];
+        !is_modifier && !MECHANISMS.iter().any(|m| m.eq_ignore_ascii_case(name))
+    })
+}
+
+/// SPF for `params`, bounded in time, after our own check of the domain's top-level
+/// record: more than one `v=spf1` record (RFC 7208 4.5) or an unknown mechanism is a
+/// `permerror`, which mail-auth 0.13 reports as something else.
+async fn checked_spf(
+    auth: &MessageAuthenticator,
+    domain: &str,
+    params: SpfParameters<'_>,
+) -> SpfOutput {
+    let name = format!("{}.", domain.trim_end_matches('.'));
+    if let Ok(Ok(lookup)) =
+        tokio::time::timeout(CHECK_TIMEOUT, auth.0.txt_lookup(name.as_str())).await
+    {
+        let records: Vec<String> = lookup
+            .answers()
+            .iter()
+            .filter_map(|r| match &r.data {
+                mail_auth::hickory_resolver::proto::rr::RData::TXT(t) => Some(
+                    t.txt_data
+                        .iter()
+                        .map(|p| String::from_utf8_lossy(p).into_owned())
+                        .collect::<String>(),
+                ),
+                _ => None,
+            })
+            .filter(|t| {
+                let l = t.to_ascii_lowercase();
+                l == "v=spf1" || l.starts_with("v=spf1 ")
+            })
+            .collect();
+        if records.len() > 1 || records.iter().any(|r| spf_record_invalid(r)) {
+            return SpfOutput::new(domain.to_string()).with_result(SpfResult::PermError);
+        }
+    }
+    tokio::time::timeout(CHECK_TIMEOUT, auth.verify_spf(params))
+        .await
+        .unwrap_or_else(|_| timed_out_spf(domain))
+}
+
 impl SessionAuth {
     /// Checks for a session from `client`, whose confirmed reverse name is `ptr`;
     /// `authserv_id` names us in `Authentication-Results`.
@@ -261,9 +312,7 @@ impl SessionAuth {
         let out = cell
             .get_or_init(|| async {
                 let params = SpfParameters::verify_ehlo(self.client, &name, &self.authserv_id);
-                tokio::time::timeout(CHECK_TIMEOUT, self.auth.inner.verify_spf(params))
-                    .await
-                    .unwrap_or_else(|_| timed_out_spf(&name))
+                checked_spf(&self.auth.inner, &name, params).await
             })
             .await;
         Ok(spf_of(out))
@@ -284,16 +333,12 @@ impl SessionAuth {
                 if sender.is_empty() {
                     // RFC 7208 2.4: the null sender is checked as postmaster@HELO.
                     let params = SpfParameters::verify_ehlo(self.client, &helo, &self.authserv_id);
-                    return tokio::time::timeout(CHECK_TIMEOUT, self.auth.inner.verify_spf(params))
-                        .await
-                        .unwrap_or_else(|_| timed_out_spf(&helo));
+                    return checked_spf(&self.auth.inner, &helo, params).await;
                 }
                 let params =
                     SpfParameters::verify_mail_from(self.client, &helo, &self.authserv_id, sender);
                 let domain = sender.rsplit_once('@').map_or(sender, |(_, d)| d);
-                tokio::time::timeout(CHECK_TIMEOUT, self.auth.inner.verify_spf(params))
-                    .await
-                    .unwrap_or_else(|_| timed_out_spf(domain))
+                checked_spf(&self.auth.inner, domain, params).await
             })
             .await)
     }
@@ -565,5 +610,23 @@ impl MessageChecks {
             arc: ArcChain::None,
             header_value: format!("{authserv_id}; dkim=temperror; dmarc=temperror"),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::spf_record_invalid;
+
+    #[test]
+    fn unknown_mechanisms_make_a_record_invalid_and_modifiers_do_not() {
+        assert!(!spf_record_invalid(
+            "v=spf1 ip4:192.0.2.0/24 include:x.test ~all"
+        ));
+        assert!(!spf_record_invalid(
+            "v=spf1 a/24 mx:m.test -exists:%{i}.x.test redirect=y.test"
+        ));
+        assert!(!spf_record_invalid("v=spf1 unknown-modifier=1 -all"));
+        assert!(spf_record_invalid("v=spf1 frobnicate:x -all"));
+        assert!(spf_record_invalid("v=spf1 ip4 -all ipv4:1.2.3.4"));
     }
 }
