@@ -115,7 +115,7 @@ fn world(plugin_config: &str) -> World {
     );
     // The parent zone too: DMARC's tree walk asks `_dmarc.test` (NXDOMAIN there, where a
     // server without the zone would refuse, a temporary error).
-    let parent = zone("test", "");
+    let tld = zone("test", "");
     // One SPF case per name: MAIL FROM a@<case>.spf.test.
     let mut spf_cases = String::from(
         "pass TXT \"v=spf1 ip4:127.0.0.1 -all\"\n\
@@ -139,8 +139,29 @@ fn world(plugin_config: &str) -> World {
     }
     spf_cases.push_str("i12 TXT \"v=spf1 ip4:127.0.0.1 -all\"\n");
     let spf = zone("spf.test", &spf_cases);
+    // DMARC: alignment modes, a subdomain policy, pct.
+    let aligned = |policy: &str| {
+        format!(
+            "@ TXT \"v=spf1 -all\"\nmail TXT \"v=spf1 ip4:127.0.0.1 -all\"\n\
+             _dmarc TXT \"{policy}\"\n"
+        )
+    };
+    let strict = zone("strict.test", &aligned("v=DMARC1; p=reject; aspf=s"));
+    let relaxed = zone("relaxed.test", &aligned("v=DMARC1; p=reject"));
+    let parent = zone(
+        "parent.test",
+        "@ TXT \"v=spf1 -all\"\nsub A 192.0.2.1\n_dmarc TXT \"v=DMARC1; p=none; sp=reject\"\n",
+    );
+    let pct = zone(
+        "pct.test",
+        "@ TXT \"v=spf1 -all\"\n_dmarc TXT \"v=DMARC1; p=reject; pct=0\"\n",
+    );
     let nsd = Nsd::start(&[
-        ("test", &parent),
+        ("test", &tld),
+        ("strict.test", &strict),
+        ("relaxed.test", &relaxed),
+        ("parent.test", &parent),
+        ("pct.test", &pct),
         ("spf.test", &spf),
         ("good.test", &good),
         ("spoofed.test", &spoofed),
@@ -430,4 +451,58 @@ fn spf_results_cover_the_rfc() {
         }
     }
     assert!(wrong.is_empty(), "{}", wrong.join("\n"));
+}
+
+/// DMARC beyond p=reject: relaxed and strict SPF alignment, a subdomain policy (`sp=`),
+/// `pct=0`, and several From domains (exempt from DMARC).
+#[test]
+fn dmarc_alignment_subdomain_policy_pct_and_several_from_domains() {
+    let w = world("");
+    // SPF passes for mail.<domain>; From is <domain>: aligned when relaxed only.
+    let r = send(
+        &w.gw,
+        "a@mail.relaxed.test",
+        "r@example.test",
+        &message("a@relaxed.test", "Hi.\r\n"),
+    );
+    assert!(r.starts_with("250"), "relaxed alignment: {r}");
+    let ar = results(&w.gw.mailbox("example.test", "r")[0]).join(" ");
+    assert!(ar.contains("dmarc=pass"), "{ar}");
+    let r = send(
+        &w.gw,
+        "a@mail.strict.test",
+        "s@example.test",
+        &message("a@strict.test", "Hi.\r\n"),
+    );
+    assert!(
+        r.starts_with("550 5.7.1") && r.contains("strict.test"),
+        "strict alignment: {r}"
+    );
+    // No record at sub.parent.test: the parent's sp=reject applies (its p=none does not).
+    let r = send(
+        &w.gw,
+        "x@spoofed.test",
+        "u@example.test",
+        &message("boss@sub.parent.test", "Hi.\r\n"),
+    );
+    assert!(
+        r.starts_with("550 5.7.1") && r.contains("sub.parent.test"),
+        "sp=reject: {r}"
+    );
+    // pct=0: no message is in the sample, so p=reject becomes quarantine (RFC 7489 6.6.4).
+    let r = send(
+        &w.gw,
+        "x@spoofed.test",
+        "p@example.test",
+        &message("boss@pct.test", "Hi.\r\n"),
+    );
+    assert!(r.starts_with("250"), "pct=0: {r}");
+    assert!(w.gw.mailbox("example.test", "p").is_empty(), "quarantined");
+    // Two From addresses in different domains: exempt, delivered, dmarc=none.
+    let mut two = b"From: <boss@spoofed.test>, <a@good.test>\r\n".to_vec();
+    two.extend(b"To: <u@example.test>\r\nSubject: two\r\n\r\nHi.\r\n");
+    let r = send(&w.gw, "x@spoofed.test", "t@example.test", &two);
+    assert!(r.starts_with("250"), "several From domains: {r}");
+    let ar = results(&w.gw.mailbox("example.test", "t")[0]).join(" ");
+    assert!(ar.contains("dmarc=none"), "{ar}");
 }

@@ -484,11 +484,24 @@ impl SessionAuth {
             DmarcResult::PermError(_) => DmarcOutcome::PermError,
             DmarcResult::None => DmarcOutcome::None,
         };
-        let policy = dmarc
+        let mut policy = dmarc
             .dmarc_record()
             .is_some()
             .then(|| dmarc.policy())
             .filter(|p| *p != Policy::Unspecified);
+        // RFC 7489 6.6.4 `pct` (mail-auth 0.13 follows DMARCbis and ignores it): a
+        // message outside the sample gets the next lower policy.
+        if let Some(p) = policy
+            && p != Policy::None
+            && let Some(pct) = self.dmarc_pct(dmarc.domain()).await
+            && pct < 100
+            && rand::random_range(0..100u8) >= pct
+        {
+            policy = Some(match p {
+                Policy::Reject => Policy::Quarantine,
+                _ => Policy::None,
+            });
+        }
         MessageChecks {
             dkim,
             dmarc: Dmarc {
@@ -546,6 +559,34 @@ impl SessionAuth {
         }
         msg.dkim_headers = kept;
         refused
+    }
+
+    /// The `pct=` of the DMARC record that applies to `domain` (its own, or the first one
+    /// up the tree), if it has one.
+    async fn dmarc_pct(&self, domain: &str) -> Option<u8> {
+        let labels: Vec<&str> = domain.trim_end_matches('.').split('.').collect();
+        // Bounded: at most the labels of the domain, and no more than 8 lookups.
+        for i in 0..labels.len().saturating_sub(1).min(8) {
+            let name = format!("_dmarc.{}.", labels[i..].join("."));
+            let Ok(record) = self.auth.inner.txt_raw_lookup(name).await else {
+                continue;
+            };
+            let record = String::from_utf8_lossy(&record).into_owned();
+            if !record
+                .trim_start()
+                .to_ascii_lowercase()
+                .starts_with("v=dmarc1")
+            {
+                continue;
+            }
+            return record
+                .split(';')
+                .filter_map(|t| t.split_once('='))
+                .find(|(k, _)| k.trim().eq_ignore_ascii_case("pct"))
+                .and_then(|(_, v)| v.trim().parse::<u8>().ok())
+                .map(|p| p.min(100));
+        }
+        None
     }
 
     /// The size of the RSA key published at `selector._domainkey.domain`, if there is one
