@@ -4,6 +4,7 @@
   dkimsign.py keygen rsa|ed25519 KEYFILE [BITS]  writes the private key, prints the p= value
   dkimsign.py sign KEYFILE DOMAIN SELECTOR rsa|ed25519 CANON < message > signed
       CANON: relaxed/relaxed, simple/simple, ...
+  dkimsign.py arc KEYFILE DOMAIN SELECTOR SRV_ID < message > sealed   (an ARC set, i=1)
 """
 import base64
 import subprocess
@@ -40,8 +41,16 @@ def sign(path, domain, selector, kind, canon):
     sys.stdout.buffer.write(sig.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n") + message)
 
 
+def arc(path, domain, selector, srv_id):
+    """An ARC set (i=1) sealed by SRV_ID over the message on stdin (which must carry
+    an Authentication-Results header of SRV_ID)."""
+    message = sys.stdin.buffer.read()
+    key = open(path, "rb").read()
+    lines = dkim.arc_sign(message, selector.encode(), domain.encode(), key, srv_id.encode(),
+                          include_headers=[b"from", b"to", b"subject"])
+    sys.stdout.buffer.write(b"".join(lines).replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
+                            + message)
+
+
 if __name__ == "__main__":
-    if sys.argv[1] == "keygen":
-        keygen(*sys.argv[2:])
-    else:
-        sign(*sys.argv[2:])
+    {"keygen": keygen, "sign": sign, "arc": arc}[sys.argv[1]](*sys.argv[2:])

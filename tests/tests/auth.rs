@@ -506,3 +506,48 @@ fn dmarc_alignment_subdomain_policy_pct_and_several_from_domains() {
     let ar = results(&w.gw.mailbox("example.test", "t")[0]).join(" ");
     assert!(ar.contains("dmarc=none"), "{ar}");
 }
+
+/// `message` sealed with one ARC set by `lists.good.test` (dkimpy).
+fn arc_seal(key: &str, message: &[u8]) -> Vec<u8> {
+    let mut child = Command::new("python3")
+        .arg(peer("dkimsign.py"))
+        .args(["arc", key, "good.test", "rsa", "lists.good.test"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("python3 dkimsign.py");
+    std::io::Write::write_all(child.stdin.as_mut().unwrap(), message).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out.stdout
+}
+
+/// ARC: a valid chain is reported `arc=pass` (and tagged), one broken by a change after
+/// sealing `arc=fail`.
+#[test]
+fn arc_chains_are_validated() {
+    let w = world("");
+    let mut m =
+        b"Authentication-Results: lists.good.test; spf=pass smtp.mailfrom=a@good.test\r\n".to_vec();
+    m.extend(message("a@good.test", "Through a list.\r\n"));
+    let sealed = arc_seal(&w.rsa, &m);
+    let broken = String::from_utf8(sealed.clone())
+        .unwrap()
+        .replace("Through a list.", "Changed by someone.")
+        .into_bytes();
+    for (who, text, want) in [
+        ("valid", sealed, "arc=pass"),
+        ("broken", broken, "arc=fail"),
+    ] {
+        let r = send(&w.gw, "a@good.test", &format!("{who}@example.test"), &text);
+        assert!(r.starts_with("250"), "{who}: {r}");
+        let ar = results(&w.gw.mailbox("example.test", who)[0]);
+        let ours = ar.iter().find(|a| a.starts_with(HOST)).expect("our header");
+        assert!(ours.contains(want), "{who}: {ours}");
+    }
+}

@@ -432,10 +432,17 @@ impl SessionAuth {
             .with_iprev_result(&iprev, self.client);
         // RFC 6376 6.3: a body hash that does not match makes the signature fail
         // (mail-auth 0.13 says "neutral").
-        let mut header_value = results.to_string().replace(
-            "dkim=neutral (body hash did not verify)",
-            "dkim=fail (body hash did not verify)",
-        );
+        // So does an ARC set whose message signature's body hash fails (RFC 8617 5.2).
+        let mut header_value = results
+            .to_string()
+            .replace(
+                "dkim=neutral (body hash did not verify)",
+                "dkim=fail (body hash did not verify)",
+            )
+            .replace(
+                "arc=neutral (body hash did not verify)",
+                "arc=fail (body hash did not verify)",
+            );
         for r in &refused {
             let outcome = if r.outcome == DkimOutcome::Policy {
                 "policy"
