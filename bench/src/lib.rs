@@ -84,3 +84,77 @@ pub fn start(dir: &Path, extra: &str) -> (Child, SocketAddr) {
     }
     (child, addr.expect("the gateway did not start"))
 }
+
+/// NSD serving `zones` (`(origin, zone text)`) on a loopback port, for benchmarks that
+/// need real DNS answers; killed on drop.
+pub struct Nsd {
+    child: Child,
+    _dir: tempfile::TempDir,
+    /// Where it answers.
+    pub addr: SocketAddr,
+}
+
+impl std::fmt::Debug for Nsd {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Nsd").field("addr", &self.addr).finish()
+    }
+}
+
+impl Nsd {
+    /// Starts NSD and waits until it says it started.
+    pub fn start(zones: &[(&str, &str)]) -> Nsd {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let d = dir.path().display().to_string();
+        let port = std::net::UdpSocket::bind("127.0.0.1:0")
+            .and_then(|s| s.local_addr())
+            .expect("a free port")
+            .port();
+        let mut conf = format!(
+            "server:\n  ip-address: 127.0.0.1\n  port: {port}\n  server-count: 1\n  \
+             username: \"\"\n  chroot: \"\"\n  zonesdir: \"{d}\"\n  database: \"\"\n  \
+             zonelistfile: \"{d}/zone.list\"\n  xfrdfile: \"{d}/xfrd.state\"\n  \
+             xfrdir: \"{d}\"\n  pidfile: \"{d}/nsd.pid\"\n  verbosity: 1\n\
+             remote-control:\n  control-enable: no\n"
+        );
+        for (origin, text) in zones {
+            std::fs::write(dir.path().join(format!("{origin}.zone")), text).expect("zone");
+            conf.push_str(&format!(
+                "zone:\n  name: {origin}\n  zonefile: {origin}.zone\n"
+            ));
+        }
+        let conf_path = dir.path().join("nsd.conf");
+        std::fs::write(&conf_path, conf).expect("nsd.conf");
+        let mut child = Command::new("/usr/sbin/nsd")
+            .arg("-d")
+            .arg("-c")
+            .arg(&conf_path)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("nsd (apt-get install nsd)");
+        let err = child.stderr.take().expect("stderr");
+        let mut lines = BufReader::new(err).lines();
+        // Bounded by NSD's output: it says "nsd started" or exits.
+        loop {
+            match lines.next() {
+                Some(Ok(l)) if l.contains("nsd started") => break,
+                Some(Ok(_)) => {}
+                _ => panic!("nsd did not start"),
+            }
+        }
+        std::thread::spawn(move || for _ in lines {});
+        Nsd {
+            child,
+            _dir: dir,
+            addr: SocketAddr::from(([127, 0, 0, 1], port)),
+        }
+    }
+}
+
+impl Drop for Nsd {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
