@@ -253,6 +253,14 @@ fn plugin_logging_is_rate_limited_across_sessions() {
         "{written} lines written in {secs:.1} s"
     );
     assert!(log.contains("dropping its lines"), "{log}");
+    let (ok, out, err) =
+        support::mailgate(&["status", "--config", &gw.config.display().to_string()]);
+    assert!(ok, "{err}");
+    let status = support::json(&out);
+    let dropped = status["generation"]["plugins"][0]["log_lines_dropped"]
+        .as_u64()
+        .unwrap();
+    assert_eq!(dropped as usize, 4 * 300 - written, "{status}");
 }
 
 /// Item 11: a flood of EHLO/RSET/NOOP counts as errors past `limits.max_junk_commands`,
@@ -465,6 +473,21 @@ fn kv_quotas_are_per_plugin_in_entries_and_octets() {
     // 1 MiB holds 15 values of 64 KiB with their keys and bookkeeping.
     assert_eq!(last_reason(&log, "hog"), "200 host calls, 185 failed");
     assert_eq!(last_reason(&log, "neighbour"), "1 host calls, 0 failed");
+    // `mailgate status` shows what each namespace holds.
+    let (ok, out, err) =
+        support::mailgate(&["status", "--config", &gw.config.display().to_string()]);
+    assert!(ok, "{err}");
+    let status = support::json(&out);
+    let plugins = status["generation"]["plugins"].as_array().unwrap();
+    let entries = |name: &str| {
+        plugins
+            .iter()
+            .find(|p| p["name"] == name)
+            .map(|p| p["kv_entries"].as_u64().unwrap())
+    };
+    assert_eq!(entries("filler"), Some(100_000), "{status}");
+    assert_eq!(entries("hog"), Some(15), "{status}");
+    assert_eq!(entries("neighbour"), Some(1), "{status}");
 }
 
 /// Item 10: MIME parsing is capped: a message of 3,000 parts lists the first 1,000 to

@@ -79,6 +79,12 @@ pub struct PluginStatus {
     pub sha256: String,
     /// When it was loaded (unix seconds).
     pub loaded_at: u64,
+    /// Entries and octets its `kv` namespace holds now.
+    pub kv_entries: usize,
+    /// Octets (keys, values, bookkeeping) its `kv` namespace holds now.
+    pub kv_bytes: usize,
+    /// Log lines dropped by its log rate limit since it was loaded.
+    pub log_lines_dropped: u64,
 }
 
 /// The answer to a reload.
@@ -110,11 +116,17 @@ pub fn plugin_status(g: Option<&Arc<Generation>>) -> Vec<PluginStatus> {
     g.map(|g| {
         g.plugins
             .iter()
-            .map(|p| PluginStatus {
-                name: p.spec.name.clone(),
-                version: p.version.clone(),
-                sha256: p.sha256.clone(),
-                loaded_at: unix(p.loaded_at),
+            .map(|p| {
+                let (kv_entries, kv_bytes) = g.services.kv.usage(&p.spec.name);
+                PluginStatus {
+                    name: p.spec.name.clone(),
+                    version: p.version.clone(),
+                    sha256: p.sha256.clone(),
+                    loaded_at: unix(p.loaded_at),
+                    kv_entries,
+                    kv_bytes,
+                    log_lines_dropped: p.log_rate.dropped(),
+                }
             })
             .collect()
     })
