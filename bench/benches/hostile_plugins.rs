@@ -16,14 +16,7 @@ use std::io::{BufRead, BufReader, Write};
 use std::net::TcpStream;
 use std::time::Duration;
 
-use mailgate_bench::{fixture, peak_rss_mib, start};
-
-fn env(name: &str, default: usize) -> usize {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
+use mailgate_bench::{env, fixture, peak_rss_mib, start};
 
 /// Sessions, each holding its plugin's memory after RCPT; returns the peak RSS in MiB
 /// and how many RCPTs were answered 250 and 451.

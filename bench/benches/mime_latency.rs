@@ -16,14 +16,7 @@ use std::io::{BufRead, BufReader, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
-use mailgate_bench::{fixture, start};
-
-fn env(name: &str, default: usize) -> usize {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
+use mailgate_bench::{env, fixture, start};
 
 /// The greeting latency of one new connection.
 fn greeting(addr: SocketAddr) -> Duration {

@@ -20,14 +20,7 @@ use std::io::{BufRead, BufReader, Write};
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
-use mailgate_bench::{peak_rss_mib, start};
-
-fn env(name: &str, default: usize) -> usize {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
+use mailgate_bench::{env, peak_rss_mib, start};
 
 /// What one run measured.
 struct Figures {

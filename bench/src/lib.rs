@@ -16,6 +16,14 @@ pub fn binary() -> PathBuf {
         })
 }
 
+/// A size from the environment (`SESSIONS=1000`), or `default`.
+pub fn env(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
 /// The fixture plugins built for wasm32-wasip2 (as the tests build them).
 pub fn fixture(name: &str) -> PathBuf {
     let p = PathBuf::from(env!("CARGO_MANIFEST_DIR"))

@@ -48,18 +48,11 @@ fn keygen(dir: &Path, kind: &str, bits: &str) -> (String, String) {
     )
 }
 
-/// `message` signed by dkimpy.
-fn sign(
-    key: &str,
-    domain: &str,
-    selector: &str,
-    kind: &str,
-    canon: &str,
-    message: &[u8],
-) -> Vec<u8> {
+/// `tests/peers/dkimsign.py` with `args`, `message` on its stdin; its output.
+fn dkimsign(args: &[&str], message: &[u8]) -> Vec<u8> {
     let mut child = Command::new("python3")
         .arg(peer("dkimsign.py"))
-        .args(["sign", key, domain, selector, kind, canon])
+        .args(args)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -73,6 +66,18 @@ fn sign(
         String::from_utf8_lossy(&out.stderr)
     );
     out.stdout
+}
+
+/// `message` signed by dkimpy.
+fn sign(
+    key: &str,
+    domain: &str,
+    selector: &str,
+    kind: &str,
+    canon: &str,
+    message: &[u8],
+) -> Vec<u8> {
+    dkimsign(&["sign", key, domain, selector, kind, canon], message)
 }
 
 /// The test world: zones for `good.test` (SPF allows us, signed mail, p=reject),
@@ -509,22 +514,10 @@ fn dmarc_alignment_subdomain_policy_pct_and_several_from_domains() {
 
 /// `message` sealed with one ARC set by `lists.good.test` (dkimpy).
 fn arc_seal(key: &str, message: &[u8]) -> Vec<u8> {
-    let mut child = Command::new("python3")
-        .arg(peer("dkimsign.py"))
-        .args(["arc", key, "good.test", "rsa", "lists.good.test"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("python3 dkimsign.py");
-    std::io::Write::write_all(child.stdin.as_mut().unwrap(), message).unwrap();
-    let out = child.wait_with_output().unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out.stdout
+    dkimsign(
+        &["arc", key, "good.test", "rsa", "lists.good.test"],
+        message,
+    )
 }
 
 /// ARC: a valid chain is reported `arc=pass` (and tagged), one broken by a change after

@@ -256,26 +256,10 @@ impl kv::Host for State {
 
 impl auth_results::Host for State {
     async fn spf(&mut self) -> R<Result<auth_results::SpfCheck, auth_results::AuthError>> {
-        let auth = match self.auth() {
-            Ok(a) => a,
-            Err(e) => return Ok(Err(e)),
-        };
-        Ok(auth
-            .spf()
-            .await
-            .map(|s| spf_check(s, auth_results::SpfScope::MailFrom))
-            .map_err(|_| auth_results::AuthError::Unavailable))
+        Ok(self.spf_check(auth_results::SpfScope::MailFrom).await)
     }
     async fn spf_helo(&mut self) -> R<Result<auth_results::SpfCheck, auth_results::AuthError>> {
-        let auth = match self.auth() {
-            Ok(a) => a,
-            Err(e) => return Ok(Err(e)),
-        };
-        Ok(auth
-            .spf_helo()
-            .await
-            .map(|s| spf_check(s, auth_results::SpfScope::Helo))
-            .map_err(|_| auth_results::AuthError::Unavailable))
+        Ok(self.spf_check(auth_results::SpfScope::Helo).await)
     }
     async fn dkim(&mut self) -> R<Result<Vec<auth_results::DkimCheck>, auth_results::AuthError>> {
         Ok(self.message_checks().await.map(|c| {
@@ -373,6 +357,25 @@ impl State {
             .auth
             .clone()
             .ok_or(auth_results::AuthError::Unavailable)
+    }
+
+    /// SPF for the identity `scope` names; the future holds no borrow of the state.
+    fn spf_check(
+        &self,
+        scope: auth_results::SpfScope,
+    ) -> impl std::future::Future<Output = Result<auth_results::SpfCheck, auth_results::AuthError>>
+    + Send
+    + use<> {
+        let auth = self.auth();
+        async move {
+            let auth = auth?;
+            let spf = match scope {
+                auth_results::SpfScope::MailFrom => auth.spf().await,
+                auth_results::SpfScope::Helo => auth.spf_helo().await,
+            };
+            spf.map(|s| spf_check(s, scope))
+                .map_err(|_| auth_results::AuthError::Unavailable)
+        }
     }
 
     /// The message checks (from DATA on); the future holds no borrow of the state.
