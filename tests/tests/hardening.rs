@@ -32,21 +32,6 @@ fn modes(root: &Path) -> Vec<(String, u32)> {
     out
 }
 
-/// `mailgate status` of `gw`, polled (bounded: 200 × 50 ms) until `done` holds; the last
-/// answer either way.
-fn status_when(gw: &Gateway, done: impl Fn(&serde_json::Value) -> bool) -> serde_json::Value {
-    let mut status = serde_json::Value::Null;
-    for _ in 0..200 {
-        let (_, text, _) = mailgate(&["status", "--config", &gw.config.display().to_string()]);
-        status = json(&text);
-        if done(&status) {
-            break;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    }
-    status
-}
-
 /// Item 7: the same mailbox given twice (in any case or quoting) is delivered once.
 #[test]
 fn a_repeated_recipient_is_delivered_once() {
@@ -181,7 +166,8 @@ fn mail_and_caches_are_private_files() {
     let dir = tempfile::tempdir().unwrap();
     let spool = dir.path().join("spool");
     let cache = dir.path().join("cache");
-    let up_port = support::free_port();
+    let dead = support::DeadPort::new();
+    let up_port = dead.port;
     let gw = Setup::default()
         .section(&format!(
             "[delivery]\nmode = \"queue\"\nupstream = \"127.0.0.1:{up_port}\"\n\
@@ -301,7 +287,8 @@ fn client_text_reaches_the_logs_escaped() {
 fn a_queued_message_never_replaces_another() {
     let dir = tempfile::tempdir().unwrap();
     let spool = dir.path().join("spool");
-    let closed = support::free_port();
+    let dead = support::DeadPort::new();
+    let closed = dead.port;
     let gw = Setup::default()
         .section(&format!(
             "[delivery]\nmode = \"queue\"\nupstream = \"127.0.0.1:{closed}\"\n\
@@ -399,8 +386,9 @@ fn the_connection_limit_counts_client_networks() {
 fn destination_limiters_do_not_pile_up() {
     let dir = tempfile::tempdir().unwrap();
     let mut routes = String::from("[queue.routes]\n");
-    for i in 0..20 {
-        let port = support::free_port();
+    let dead: Vec<support::DeadPort> = (0..20).map(|_| support::DeadPort::new()).collect();
+    for (i, d) in dead.iter().enumerate() {
+        let port = d.port;
         routes.push_str(&format!(
             "\"d{i}.test\" = {{ host = \"127.0.0.1:{port}\", tls = \"none\" }}\n"
         ));
@@ -424,7 +412,7 @@ fn destination_limiters_do_not_pile_up() {
     let out = json(&smtplib(&args));
     assert_eq!(out["data"]["code"], 250, "{out}");
     // Bounded wait: every destination attempted (nothing listens there: deferred).
-    let status = status_when(&gw, |s| s["queue"]["deferred"].as_u64() == Some(20));
+    let status = gw.status_when(|s| s["queue"]["deferred"].as_u64() == Some(20));
     assert_eq!(status["queue"]["deferred"], 20, "{status}");
     assert_eq!(status["queue"]["destinations"], 0, "{status}");
 }
@@ -721,9 +709,7 @@ ns      A   127.0.0.1
         "gone@example.test",
     ]));
     assert_eq!(out["data"]["code"], 250, "{out}");
-    let status = status_when(&gw, |s| {
-        s["queue"]["depth"] == 0 && s["queue"]["failed"] == 1
-    });
+    let status = gw.status_when(|s| s["queue"]["depth"] == 0 && s["queue"]["failed"] == 1);
     assert_eq!(status["queue"]["failed"], 1, "{status}");
     assert_eq!(status["queue"]["dsn_sent"], 0, "{status}");
     assert_eq!(status["queue"]["depth"], 0, "{status}");

@@ -253,10 +253,7 @@ fn plugin_logging_is_rate_limited_across_sessions() {
         "{written} lines written in {secs:.1} s"
     );
     assert!(log.contains("dropping its lines"), "{log}");
-    let (ok, out, err) =
-        support::mailgate(&["status", "--config", &gw.config.display().to_string()]);
-    assert!(ok, "{err}");
-    let status = support::json(&out);
+    let status = gw.status();
     let dropped = status["generation"]["plugins"][0]["log_lines_dropped"]
         .as_u64()
         .unwrap();
@@ -474,10 +471,7 @@ fn kv_quotas_are_per_plugin_in_entries_and_octets() {
     assert_eq!(last_reason(&log, "hog"), "200 host calls, 185 failed");
     assert_eq!(last_reason(&log, "neighbour"), "1 host calls, 0 failed");
     // `mailgate status` shows what each namespace holds.
-    let (ok, out, err) =
-        support::mailgate(&["status", "--config", &gw.config.display().to_string()]);
-    assert!(ok, "{err}");
-    let status = support::json(&out);
+    let status = gw.status();
     let plugins = status["generation"]["plugins"].as_array().unwrap();
     let entries = |name: &str| {
         plugins

@@ -314,6 +314,29 @@ impl Gateway {
             .unwrap_or_else(|e| panic!("mailgate queue {args:?}: {e}: {out} {err}"))
     }
 
+    /// `mailgate status` of this gateway, polled (bounded: 200 × 50 ms) until `done` holds;
+    /// the last answer either way. Counters move a moment after the effect a test can see
+    /// from outside (a peer's 250 comes before the queue forgets the entry).
+    pub fn status_when(&self, done: impl Fn(&serde_json::Value) -> bool) -> serde_json::Value {
+        let cfg = self.config.display().to_string();
+        let mut status = serde_json::Value::Null;
+        for _ in 0..200 {
+            let (ok, text, err) = mailgate(&["status", "--config", &cfg]);
+            assert!(ok, "mailgate status: {err}");
+            status = json(&text);
+            if done(&status) {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        status
+    }
+
+    /// `mailgate status` of this gateway, once.
+    pub fn status(&self) -> serde_json::Value {
+        self.status_when(|_| true)
+    }
+
     pub fn wait(&mut self, limit: Duration) -> Option<std::process::ExitStatus> {
         let deadline = Instant::now() + limit;
         while Instant::now() < deadline {
@@ -822,6 +845,32 @@ pub struct Nsd {
     pub dir: tempfile::TempDir,
     /// `127.0.0.1:port`, for `dns.servers`.
     pub addr: SocketAddr,
+}
+
+/// A TCP port on 127.0.0.1 where nothing answers: bound (so no other process can take it)
+/// but not listening, so a connection is refused. Held as long as the value lives.
+pub struct DeadPort {
+    _socket: socket2::Socket,
+    pub port: u16,
+}
+
+impl DeadPort {
+    pub fn new() -> DeadPort {
+        let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)
+            .expect("socket");
+        let any: SocketAddr = "127.0.0.1:0".parse().unwrap();
+        socket.bind(&any.into()).expect("bind");
+        let port = socket
+            .local_addr()
+            .unwrap()
+            .as_socket()
+            .expect("inet address")
+            .port();
+        DeadPort {
+            _socket: socket,
+            port,
+        }
+    }
 }
 
 /// A port free for both UDP and TCP on 127.0.0.1 at the time of the call (taken from the
