@@ -29,3 +29,4 @@ pub mod private_fs;
 pub mod queue;
 pub mod server;
 pub mod smtp;
+pub mod spf;
