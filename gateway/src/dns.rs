@@ -174,7 +174,11 @@ impl Resolver {
 
     /// TXT records of `name`, each record's strings concatenated (lossy UTF-8).
     pub async fn txt(&self, name: &str) -> Result<Vec<String>, DnsError> {
-        let name = absolute(name)?;
+        self.txt_at(absolute(name)?).await
+    }
+
+    /// As [`Resolver::txt`], for a name already made.
+    pub(crate) async fn txt_at(&self, name: Name) -> Result<Vec<String>, DnsError> {
         let lookup = self.bounded(self.inner.txt_lookup(name)).await?;
         Ok(records(&lookup, |d| match d {
             RData::TXT(t) => Some(
@@ -189,7 +193,11 @@ impl Resolver {
 
     /// A records of `name`.
     pub async fn a(&self, name: &str) -> Result<Vec<IpAddr>, DnsError> {
-        let name = absolute(name)?;
+        self.a_at(absolute(name)?).await
+    }
+
+    /// As [`Resolver::a`], for a name already made.
+    pub(crate) async fn a_at(&self, name: Name) -> Result<Vec<IpAddr>, DnsError> {
         let lookup = self.bounded(self.inner.ipv4_lookup(name)).await?;
         Ok(records(&lookup, |d| match d {
             RData::A(a) => Some(IpAddr::V4(a.0)),
@@ -199,7 +207,11 @@ impl Resolver {
 
     /// AAAA records of `name`.
     pub async fn aaaa(&self, name: &str) -> Result<Vec<IpAddr>, DnsError> {
-        let name = absolute(name)?;
+        self.aaaa_at(absolute(name)?).await
+    }
+
+    /// As [`Resolver::aaaa`], for a name already made.
+    pub(crate) async fn aaaa_at(&self, name: Name) -> Result<Vec<IpAddr>, DnsError> {
         let lookup = self.bounded(self.inner.ipv6_lookup(name)).await?;
         Ok(records(&lookup, |d| match d {
             RData::AAAA(a) => Some(IpAddr::V6(a.0)),
@@ -209,7 +221,11 @@ impl Resolver {
 
     /// MX records of `name`, by preference (then name, for a stable order).
     pub async fn mx(&self, name: &str) -> Result<Vec<Mx>, DnsError> {
-        let name = absolute(name)?;
+        self.mx_at(absolute(name)?).await
+    }
+
+    /// As [`Resolver::mx`], for a name already made.
+    pub(crate) async fn mx_at(&self, name: Name) -> Result<Vec<Mx>, DnsError> {
         let lookup = self.bounded(self.inner.mx_lookup(name)).await?;
         let mut mx = records(&lookup, |d| match d {
             RData::MX(m) => Some(Mx {
@@ -316,10 +332,34 @@ fn absolute(name: &str) -> Result<Name, DnsError> {
     Ok(n)
 }
 
+/// `name` as SPF may ask for it (RFC 7208 7.1: a domain-spec may hold any visible
+/// character, and macro expansion can produce spaces): labels of any printable ASCII.
+pub(crate) fn any_name(name: &str) -> Result<Name, DnsError> {
+    let trimmed = name.strip_suffix('.').unwrap_or(name);
+    if trimmed.is_empty()
+        || trimmed.len() > MAX_NAME
+        || !trimmed.bytes().all(|b| (0x20..0x7f).contains(&b))
+    {
+        return Err(DnsError::InvalidName);
+    }
+    let labels: Vec<&[u8]> = trimmed.split('.').map(str::as_bytes).collect();
+    if labels.iter().any(|l| l.is_empty() || l.len() > 63) {
+        return Err(DnsError::InvalidName);
+    }
+    let mut n = Name::from_labels(labels).map_err(|_| DnsError::InvalidName)?;
+    n.set_fqdn(true);
+    Ok(n)
+}
+
 /// A host name as plugins and routing see it: lowercase, no trailing dot.
+/// Labels are joined as they are (not escaped: `foo:bar/baz.test` stays that, which SPF
+/// needs to look it up again).
 fn host(n: &Name) -> String {
-    let s = n.to_ascii().to_ascii_lowercase();
-    s.strip_suffix('.').map(str::to_string).unwrap_or(s)
+    let labels: Vec<String> = n
+        .iter()
+        .map(|l| String::from_utf8_lossy(l).to_ascii_lowercase())
+        .collect();
+    labels.join(".")
 }
 
 fn records<T>(lookup: &Lookup, f: impl Fn(&RData) -> Option<T>) -> Vec<T> {

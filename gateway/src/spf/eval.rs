@@ -7,10 +7,10 @@ use std::pin::Pin;
 
 use mail_auth::SpfResult;
 use mail_auth::common::parse::TxtRecordParser;
-use mail_auth::spf::{Macro, Mechanism, Qualifier, Spf, Variables};
+use mail_auth::spf::{Macro, Mechanism, Qualifier, Variables};
 
 use super::lookup::{Answer, Lookup};
-use super::record::{self, Selected};
+use super::record::{self, Record, Selected};
 use super::{MAX_ADDRESS_LOOKUPS, MAX_DNS_TERMS, MAX_VOID_LOOKUPS, Request};
 
 /// A result and, for a `fail`, the explanation of the domain's `exp=`.
@@ -89,7 +89,7 @@ fn in_net(ip: IpAddr, net: IpAddr, v4_mask: u32, v6_mask: u128) -> bool {
     }
 }
 
-fn needs_ptr(spf: &Spf) -> bool {
+fn needs_ptr(spf: &Record) -> bool {
     spf.directives.iter().any(|d| match &d.mechanism {
         Mechanism::Include { macro_string }
         | Mechanism::A { macro_string, .. }
@@ -346,7 +346,7 @@ impl<'a, L: Lookup> Eval<'a, L> {
 
     /// The explanation of a `fail` (RFC 7208 6.2): the TXT record `exp=` names, expanded;
     /// nothing if anything about it is wrong.
-    async fn explain(&mut self, spf: &Spf, domain: &str) -> Option<String> {
+    async fn explain(&mut self, spf: &Record, domain: &str) -> Option<String> {
         let exp = spf.exp.as_ref()?;
         let target = target_name(&exp.eval(&self.vars(domain), domain, true))?;
         let Answer::Records(txt) = self.dns.txt(&target).await else {

@@ -4,7 +4,7 @@
 use std::future::Future;
 use std::net::IpAddr;
 
-use crate::dns::{DnsError, Resolver};
+use crate::dns::{DnsError, Resolver, any_name};
 
 /// A lookup's outcome, as SPF sees it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -42,20 +42,26 @@ pub trait Lookup: Sync {
 
 impl Lookup for Resolver {
     async fn txt(&self, name: &str) -> Answer<String> {
-        Answer::of(Resolver::txt(self, name).await)
+        Answer::of(async { self.txt_at(any_name(name)?).await }.await)
     }
 
     async fn addrs(&self, name: &str, v6: bool) -> Answer<IpAddr> {
-        Answer::of(if v6 {
-            self.aaaa(name).await
-        } else {
-            self.a(name).await
-        })
+        Answer::of(
+            async {
+                let name = any_name(name)?;
+                if v6 {
+                    self.aaaa_at(name).await
+                } else {
+                    self.a_at(name).await
+                }
+            }
+            .await,
+        )
     }
 
     async fn mx(&self, name: &str) -> Answer<String> {
         Answer::of(
-            Resolver::mx(self, name)
+            async { self.mx_at(any_name(name)?).await }
                 .await
                 .map(|v| v.into_iter().map(|m| m.exchange).collect()),
         )

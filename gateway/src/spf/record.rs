@@ -1,19 +1,35 @@
-//! Selecting and checking an SPF record (RFC 7208 4.5, 4.6, 12): the one `v=spf1` TXT
-//! record of a domain, its terms checked against the grammar before mail-auth parses it.
+//! Selecting and parsing an SPF record (RFC 7208 4.5, 4.6, 12): the one `v=spf1` TXT
+//! record of a domain, parsed term by term against the grammar into mail-auth's
+//! directive types (its macro parser does the macro-strings).
 //!
-//! mail-auth's parser is lenient where the RFC says `permerror`: an unknown mechanism, a
-//! mechanism missing its required argument, `all` with one, a modifier given twice, a
-//! literal domain whose top label is numeric. Those are caught here, in every record a
-//! check reads (the top one, included ones, redirect targets).
+//! Our own parser, because mail-auth's is lenient where the RFC says `permerror` (an
+//! unknown mechanism, a missing argument, `all` with one, a modifier given twice, a prefix
+//! length out of range or with a leading zero, a control character, a numeric top label)
+//! and strict where it should not be (a domain-spec holding `:` or `/`, a modifier name
+//! with `.` or `_`). It applies to every record a check reads (the top one, included
+//! ones, redirect targets).
+
+use std::net::{Ipv4Addr, Ipv6Addr};
 
 use mail_auth::common::parse::TxtRecordParser;
-use mail_auth::spf::{Macro, Spf};
+use mail_auth::spf::{Directive, Macro, Mechanism, Qualifier, Variable};
+
+/// A parsed SPF record.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Record {
+    /// The mechanisms, in order.
+    pub directives: Vec<Directive>,
+    /// `redirect=`.
+    pub redirect: Option<Macro>,
+    /// `exp=`.
+    pub exp: Option<Macro>,
+}
 
 /// Why a domain's record could not be used.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Selected {
     /// Exactly one SPF record, parsed.
-    One(Box<Spf>),
+    One(Box<Record>),
     /// No SPF record.
     None,
     /// More than one, or one that breaks the grammar (with the reason).
@@ -42,22 +58,27 @@ fn is_spf(txt: &str) -> bool {
     b.len() >= 6 && b[..6].eq_ignore_ascii_case(b"v=spf1") && (b.len() == 6 || b[6] == b' ')
 }
 
-/// The record parsed, after our own grammar checks.
-pub fn parse(record: &str) -> Result<Spf, String> {
-    if !record.is_ascii() {
-        return Err("the record is not ASCII".into());
+/// The record parsed (unknown modifiers, which RFC 7208 6 says to ignore, left out).
+pub fn parse(record: &str) -> Result<Record, String> {
+    // Terms are separated by spaces only; anything but printable ASCII is an error.
+    if !record.bytes().all(|b| (0x20..0x7f).contains(&b)) {
+        return Err("the record holds characters other than printable ASCII".into());
     }
-    let mut redirect = false;
-    let mut exp = false;
+    let mut parsed = Record {
+        directives: vec![],
+        redirect: None,
+        exp: None,
+    };
     for term in record[6..].split(' ').filter(|t| !t.is_empty()) {
-        check_term(term, &mut redirect, &mut exp)?;
+        term_into(term, &mut parsed).map_err(|what| format!("{term:?}: {what}"))?;
     }
-    Spf::parse(record.as_bytes()).map_err(|e| format!("the record does not parse ({e})"))
+    Ok(parsed)
 }
 
 const MECHANISMS: [&str; 8] = ["all", "include", "a", "mx", "ptr", "ip4", "ip6", "exists"];
 
-fn check_term(term: &str, redirect: &mut bool, exp: &mut bool) -> Result<(), String> {
+/// Parses one term into `record`.
+fn term_into(term: &str, record: &mut Record) -> Result<(), &'static str> {
     let name_end = term.find([':', '/', '=']).unwrap_or(term.len());
     if term[name_end..].starts_with('=') {
         let name = &term[..name_end];
@@ -66,70 +87,165 @@ fn check_term(term: &str, redirect: &mut bool, exp: &mut bool) -> Result<(), Str
                 .chars()
                 .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
         if !valid {
-            return Err(format!("{term:?} is not a valid term"));
+            return Err("not a valid term");
         }
         let value = &term[name_end + 1..];
-        for (modifier, seen) in [("redirect", &mut *redirect), ("exp", &mut *exp)] {
-            if name.eq_ignore_ascii_case(modifier) {
-                if *seen {
-                    return Err(format!("{modifier}= given twice"));
-                }
-                *seen = true;
-                check_domain_spec(value, term)?;
-            }
+        let slot = if name.eq_ignore_ascii_case("redirect") {
+            &mut record.redirect
+        } else if name.eq_ignore_ascii_case("exp") {
+            &mut record.exp
+        } else {
+            // An unknown modifier: ignored, once its value is a valid macro-string.
+            return macro_string(value).map(|_| ());
+        };
+        if slot.is_some() {
+            return Err("the modifier is given twice");
         }
+        *slot = Some(domain_spec(value)?);
         return Ok(());
     }
     let bare = term.trim_start_matches(['+', '-', '~', '?']);
-    if term.len() - bare.len() > 1 {
-        return Err(format!("{term:?} has more than one qualifier"));
-    }
+    let qualifier = match term.len() - bare.len() {
+        0 => Qualifier::Pass,
+        1 => match term.as_bytes()[0] {
+            b'-' => Qualifier::Fail,
+            b'~' => Qualifier::SoftFail,
+            b'?' => Qualifier::Neutral,
+            _ => Qualifier::Pass,
+        },
+        _ => return Err("more than one qualifier"),
+    };
     let name_end = bare.find([':', '/']).unwrap_or(bare.len());
     let name = bare[..name_end].to_ascii_lowercase();
     if !MECHANISMS.contains(&name.as_str()) {
-        return Err(format!("{term:?} is not a known mechanism"));
+        return Err("not a known mechanism");
     }
     let rest = &bare[name_end..];
-    let arg = rest.strip_prefix(':');
-    match name.as_str() {
-        "all" if !rest.is_empty() => Err(format!("{term:?}: all takes no argument")),
-        "include" | "exists" => match arg {
-            Some(spec) if !spec.is_empty() => check_domain_spec(spec, term),
-            _ => Err(format!("{term:?} needs a domain")),
-        },
-        "ip4" | "ip6" if arg.is_none_or(str::is_empty) => Err(format!("{term:?} needs an address")),
-        "a" | "mx" | "ptr" => match arg {
-            Some(spec) => {
-                // The domain-spec ends where the CIDR lengths begin (`a:x.test/24//64`).
-                let spec = spec.split('/').next().unwrap_or_default();
-                check_domain_spec(spec, term)
+    let mechanism = match name.as_str() {
+        "all" if !rest.is_empty() => return Err("all takes no argument"),
+        "all" => Mechanism::All,
+        "include" | "exists" => {
+            let spec = rest.strip_prefix(':').ok_or("a domain is needed")?;
+            let macro_string = domain_spec(spec)?;
+            if name == "include" {
+                Mechanism::Include { macro_string }
+            } else {
+                Mechanism::Exists { macro_string }
             }
-            None => Ok(()),
-        },
-        _ => Ok(()),
-    }
+        }
+        "ip4" | "ip6" => {
+            let arg = rest.strip_prefix(':').ok_or("an address is needed")?;
+            let (addr, cidr) = match arg.rsplit_once('/') {
+                Some((a, c)) => (a, Some(c)),
+                None => (arg, None),
+            };
+            if name == "ip4" {
+                Mechanism::Ip4 {
+                    addr: addr.parse::<Ipv4Addr>().map_err(|_| "not an address")?,
+                    mask: v4_mask(cidr.map_or(Ok(32), |c| prefix(c, 32))?),
+                }
+            } else {
+                Mechanism::Ip6 {
+                    addr: addr.parse::<Ipv6Addr>().map_err(|_| "not an address")?,
+                    mask: v6_mask(cidr.map_or(Ok(128), |c| prefix(c, 128))?),
+                }
+            }
+        }
+        // a, mx, ptr: [ ":" domain-spec ]; a and mx: [ "/" ip4-cidr ] [ "//" ip6-cidr ].
+        _ => {
+            let mut spec = rest;
+            let (mut v4, mut v6) = (32, 128);
+            if name != "ptr" {
+                if let Some((head, c)) = spec.rsplit_once("//")
+                    && c.bytes().all(|b| b.is_ascii_digit())
+                {
+                    v6 = prefix(c, 128)?;
+                    spec = head;
+                }
+                if let Some((head, c)) = spec.rsplit_once('/')
+                    && c.bytes().all(|b| b.is_ascii_digit())
+                {
+                    v4 = prefix(c, 32)?;
+                    spec = head;
+                }
+            }
+            let macro_string = match spec.strip_prefix(':') {
+                Some(spec) => domain_spec(spec)?,
+                None if spec.is_empty() => Macro::None,
+                None => return Err("unexpected text after the mechanism"),
+            };
+            match name.as_str() {
+                "a" => Mechanism::A {
+                    macro_string,
+                    ip4_mask: v4_mask(v4),
+                    ip6_mask: v6_mask(v6),
+                },
+                "mx" => Mechanism::Mx {
+                    macro_string,
+                    ip4_mask: v4_mask(v4),
+                    ip6_mask: v6_mask(v6),
+                },
+                _ => Mechanism::Ptr { macro_string },
+            }
+        }
+    };
+    record.directives.push(Directive {
+        qualifier,
+        mechanism,
+    });
+    Ok(())
 }
 
-/// RFC 7208 7.1 `domain-spec`: a literal one must end in a valid top label (not all
-/// digits); one ending in a macro is checked once expanded.
-fn check_domain_spec(spec: &str, term: &str) -> Result<(), String> {
+fn v4_mask(len: u32) -> u32 {
+    u32::MAX.checked_shl(32 - len).unwrap_or(0)
+}
+
+fn v6_mask(len: u32) -> u128 {
+    u128::MAX.checked_shl(128 - len).unwrap_or(0)
+}
+
+/// A macro-string (RFC 7208 7.1), by mail-auth's parser.
+fn macro_string(s: &str) -> Result<Macro, &'static str> {
+    <Macro as TxtRecordParser>::parse(s.as_bytes()).map_err(|_| "a bad macro")
+}
+
+/// A domain-spec (RFC 7208 7.1): a macro-string without the explanation-only letters
+/// `c`, `r`, `t`; a literal end must be a valid top label (not all digits).
+fn domain_spec(spec: &str) -> Result<Macro, &'static str> {
     if spec.is_empty() {
-        return Err(format!("{term:?} has an empty domain"));
+        return Err("an empty domain");
     }
-    if <Macro as TxtRecordParser>::parse(spec.as_bytes()).is_err() {
-        return Err(format!("{term:?} has a bad macro"));
+    let m = macro_string(spec)?;
+    let letters: &[Macro] = match &m {
+        Macro::List(items) => items,
+        one => std::slice::from_ref(one),
+    };
+    let exp_only = letters.iter().any(|l| {
+        matches!(l, Macro::Variable { letter, .. }
+            if matches!(letter, Variable::SmtpIp | Variable::HostDomain | Variable::CurrentTime))
+    });
+    if exp_only {
+        return Err("c, r and t are for explanations only");
     }
     let trimmed = spec.strip_suffix('.').unwrap_or(spec);
     let last = trimmed.rsplit('.').next().unwrap_or_default();
     if last.contains('%') || last.contains('}') {
-        return Ok(());
+        return Ok(m);
     }
     if !trimmed.contains('.') || !is_toplabel(last) {
-        return Err(format!(
-            "{term:?}: {spec:?} does not end in a valid top label"
-        ));
+        return Err("the domain does not end in a valid top label");
     }
-    Ok(())
+    Ok(m)
+}
+
+/// A prefix length: digits without a leading zero, at most `max`.
+fn prefix(c: &str, max: u32) -> Result<u32, &'static str> {
+    let ok =
+        !c.is_empty() && c.bytes().all(|b| b.is_ascii_digit()) && (c == "0" || !c.starts_with('0'));
+    c.parse::<u32>()
+        .ok()
+        .filter(|n| ok && *n <= max)
+        .ok_or("a bad prefix length")
 }
 
 /// `toplabel = ( *alphanum ALPHA *alphanum ) / ( 1*alphanum "-" *( alphanum / "-" ) alphanum )`
@@ -182,6 +298,18 @@ mod tests {
         assert!(invalid("v=spf1 --all"));
         assert!(invalid("v=spf1 1bad=x -all"));
         assert!(invalid("v=spf1 -all \u{e9}"));
+        assert!(invalid("v=spf1 ip4:192.0.2.5\n -all"));
+        assert!(invalid("v=spf1 ip4:192.0.2.0/33 -all"));
+        assert!(invalid("v=spf1 ip4:192.0.2.0/024 -all"));
+        assert!(invalid("v=spf1 ip6:::1/129 -all"));
+        assert!(invalid("v=spf1 a/24/64 -all"));
+        assert!(invalid("v=spf1 mx//129 -all"));
+        assert_eq!(parse("v=spf1 a:foo:bar/baz.example.com -all").err(), None);
+        assert!(invalid("v=spf1 a:%{r}.example.com -all"));
+        assert!(!invalid("v=spf1 mx/24//64 a//0 ip6:2001:db8::/32 -all"));
+        assert!(!invalid(
+            "v=spf1 moo.cow-far_out=man:dog/cat ip4:1.2.3.4 -all"
+        ));
     }
 
     #[test]
