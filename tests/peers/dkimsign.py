@@ -3,7 +3,7 @@
 
   dkimsign.py keygen rsa|ed25519 KEYFILE [BITS]  writes the private key, prints the p= value
   dkimsign.py sign KEYFILE DOMAIN SELECTOR rsa|ed25519 CANON < message > signed
-      CANON: relaxed/relaxed, simple/simple, ...
+      CANON: relaxed/relaxed, simple/simple, ...; a "+l" suffix adds l= (the body length)
   dkimsign.py arc KEYFILE DOMAIN SELECTOR SRV_ID < message > sealed   (an ARC set, i=1)
 """
 import base64
@@ -31,13 +31,15 @@ def keygen(kind, path, bits="2048"):
 def sign(path, domain, selector, kind, canon):
     message = sys.stdin.buffer.read()
     key = open(path, "rb").read()
-    header, body = canon.split("/")
+    length = canon.endswith("+l")
+    header, body = canon.removesuffix("+l").split("/")
     # minkey=512: the tests sign with a 512-bit key on purpose (it must not pass).
     signer = dkim.DKIM(message, minkey=512)
     sig = signer.sign(selector.encode(), domain.encode(), key,
                       canonicalize=(header.encode(), body.encode()),
                       signature_algorithm={"ed25519": b"ed25519-sha256", "rsa-sha1": b"rsa-sha1"}.get(kind, b"rsa-sha256"),
-                      include_headers=[b"from", b"to", b"subject", b"date", b"message-id"])
+                      include_headers=[b"from", b"to", b"subject", b"date", b"message-id"],
+                      length=length)
     sys.stdout.buffer.write(sig.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n") + message)
 
 

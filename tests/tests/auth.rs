@@ -133,7 +133,13 @@ fn world(plugin_config: &str) -> World {
          loop TXT \"v=spf1 include:loop.spf.test -all\"\n\
          macro TXT \"v=spf1 exists:%{i}.allow.spf.test -all\"\n\
          127.0.0.1.allow A 127.0.0.2\n\
-         many TXT \"v=spf1 include:i1.spf.test -all\"\n",
+         many TXT \"v=spf1 include:i1.spf.test -all\"\n\
+         void TXT \"v=spf1 a:n1.spf.test mx:n2.spf.test exists:n3.spf.test +all\"\n\
+         exists6 TXT \"v=spf1 exists:only6.spf.test -all\"\n\
+         only6 AAAA ::1\n\
+         incbad TXT \"v=spf1 include:bad.spf.test -all\"\n\
+         bad TXT \"v=spf1 ip4:127.0.0.1/33 +all\"\n\
+         temp TXT \"v=spf1 a:x.down.test -all\"\n",
     );
     // An include chain of 11 lookups: past RFC 7208's 10.
     for i in 1..=11 {
@@ -171,6 +177,8 @@ fn world(plugin_config: &str) -> World {
         ("good.test", &good),
         ("spoofed.test", &spoofed),
         ("quarantined.test", &quarantined),
+        // No SOA: NSD cannot load the zone and answers SERVFAIL for every name in it.
+        ("down.test", "; no SOA record\n"),
     ]);
     let gw = Setup::default()
         .server(&format!("hostname = \"{HOST}\""))
@@ -429,7 +437,8 @@ fn trusted_networks_and_domains_are_not_refused() {
 }
 
 /// SPF results for the MAIL FROM identity, as the `Authentication-Results` header reports
-/// them: every RFC 7208 result, the 10-lookup limit, an include loop, a macro.
+/// them: every RFC 7208 result, the 10-lookup and void-lookup limits, an include loop, a
+/// macro, `exists:` on A records only, a broken included record, a server failure.
 #[test]
 fn spf_results_cover_the_rfc() {
     let w = world("");
@@ -445,6 +454,14 @@ fn spf_results_cover_the_rfc() {
         ("loop", "spf=permerror"),
         ("many", "spf=permerror"),
         ("macro", "spf=pass"),
+        // Three lookups that find nothing: past RFC 7208's 2 void lookups.
+        ("void", "spf=permerror"),
+        // exists: looks at A records only (mail-auth 0.13 also took AAAA).
+        ("exists6", "spf=fail"),
+        // The grammar holds in included records too (a /33 prefix).
+        ("incbad", "spf=permerror"),
+        // A DNS server failure (SERVFAIL) is temporary.
+        ("temp", "spf=temperror"),
     ] {
         let sender = format!("a@{case}.spf.test");
         let rcpt = format!("{case}@example.test");
@@ -543,4 +560,87 @@ fn arc_chains_are_validated() {
         let ours = ar.iter().find(|a| a.starts_with(HOST)).expect("our header");
         assert!(ours.contains(want), "{who}: {ours}");
     }
+}
+
+/// DKIM bodies mail-auth 0.13 hashes wrong or too leniently: relaxed canonicalization of
+/// whitespace-only lines at the end (must pass), and `l=`: a signature covering the whole
+/// body passes, one that leaves appended text unsigned is `policy` and does not count.
+#[test]
+fn relaxed_trailing_whitespace_lines_pass_and_l_leaves_nothing_unsigned() {
+    let w = world("");
+    let body = "Hi.\r\n  \r\n\t\r\n \t \r\n\r\n";
+    for (who, canon) in [("rel", "relaxed/relaxed"), ("sim", "simple/simple")] {
+        let signed = sign(
+            &w.rsa,
+            "good.test",
+            "rsa",
+            "rsa",
+            canon,
+            &message("a@good.test", body),
+        );
+        let r = send(
+            &w.gw,
+            "a@good.test",
+            &format!("{who}@example.test"),
+            &signed,
+        );
+        assert!(r.starts_with("250"), "{canon}: {r}");
+        let ar = results(&w.gw.mailbox("example.test", who)[0]).join(" ");
+        assert!(ar.contains("dkim=pass"), "{canon}: {ar}");
+    }
+    let limited = sign(
+        &w.rsa,
+        "good.test",
+        "rsa",
+        "rsa",
+        "relaxed/relaxed+l",
+        &message("a@good.test", "Signed part.\r\n"),
+    );
+    assert!(String::from_utf8_lossy(&limited).contains("l="));
+    let r = send(&w.gw, "a@good.test", "whole@example.test", &limited);
+    assert!(r.starts_with("250"), "{r}");
+    let ar = results(&w.gw.mailbox("example.test", "whole")[0]).join(" ");
+    assert!(ar.contains("dkim=pass"), "{ar}");
+    let mut appended = limited.clone();
+    appended.extend_from_slice(b"Appended by someone else.\r\n");
+    let r = send(&w.gw, "a@good.test", "appended@example.test", &appended);
+    assert!(r.starts_with("250"), "{r}");
+    let ar = results(&w.gw.mailbox("example.test", "appended")[0]).join(" ");
+    assert!(!ar.contains("dkim=pass"), "{ar}");
+    assert!(
+        ar.contains("dkim=policy (l=14 leaves 27 body octets unsigned"),
+        "{ar}"
+    );
+}
+
+/// Several From header fields (RFC 7489 6.6.1) are a DMARC failure under the strictest
+/// policy among their domains; DMARC `p=none` is a failure that is only reported.
+#[test]
+fn several_from_fields_fail_dmarc_and_p_none_only_reports() {
+    let w = world("");
+    // SPF passes and aligns with good.test, but a second From field names spoofed.test.
+    let mut two = b"From: <a@good.test>\r\nFrom: <boss@spoofed.test>\r\n".to_vec();
+    two.extend(b"To: <u@example.test>\r\nSubject: two fields\r\n\r\nHi.\r\n");
+    let r = send(&w.gw, "a@good.test", "two@example.test", &two);
+    assert!(r.starts_with("550 5.7.1"), "several From fields: {r}");
+    // Two fields whose domains publish no DMARC: delivered, reported as a failure.
+    let mut plain = b"From: <a@pass.spf.test>\r\nFrom: <b@neutral.spf.test>\r\n".to_vec();
+    plain.extend(b"To: <u@example.test>\r\nSubject: two fields\r\n\r\nHi.\r\n");
+    let r = send(&w.gw, "a@pass.spf.test", "plain@example.test", &plain);
+    assert!(r.starts_with("250"), "{r}");
+    let ar = results(&w.gw.mailbox("example.test", "plain")[0]).join(" ");
+    assert!(
+        ar.contains("dmarc=fail (several From header fields)"),
+        "{ar}"
+    );
+    // parent.test publishes p=none: a spoofed From is delivered, with dmarc=fail.
+    let r = send(
+        &w.gw,
+        "x@spoofed.test",
+        "none@example.test",
+        &message("boss@parent.test", "Hi.\r\n"),
+    );
+    assert!(r.starts_with("250"), "p=none: {r}");
+    let ar = results(&w.gw.mailbox("example.test", "none")[0]).join(" ");
+    assert!(ar.contains("dmarc=fail"), "{ar}");
 }

@@ -26,6 +26,7 @@ use mail_auth::{
 };
 use tokio::sync::OnceCell;
 
+use super::body_hash;
 use crate::smtp::MessageText;
 use crate::spf;
 
@@ -345,7 +346,8 @@ impl SessionAuth {
             }
         };
         let helo = self.helo_name().map(|(n, _)| n).unwrap_or_default();
-        let Some(mut msg) = AuthenticatedMessage::parse(&raw) else {
+        // Not strict: signatures with `l=` are parsed, and judged in refuse_signatures.
+        let Some(mut msg) = AuthenticatedMessage::parse_with_opts(&raw, None, false) else {
             return MessageChecks {
                 dkim: vec![Dkim::none()],
                 dmarc: Dmarc::none(""),
@@ -361,7 +363,8 @@ impl SessionAuth {
             );
             msg.dkim_headers.truncate(MAX_SIGNATURES);
         }
-        let refused = self.refuse_weak_signatures(&mut msg).await;
+        body_hash::fix_body_hashes(&mut msg);
+        let refused = self.refuse_signatures(&mut msg).await;
         let dkim = self.auth.inner.verify_dkim(&msg).await;
         let arc = self.auth.inner.verify_arc(&msg).await;
         let mail_from_domain = if sender.is_empty() {
@@ -374,6 +377,43 @@ impl SessionAuth {
             .inner
             .verify_dmarc(DmarcParameters::new(&msg, &dkim, mail_from_domain, spf))
             .await;
+        // RFC 7489 6.6.1: a message with several From header fields is a DMARC failure,
+        // under the strictest policy among the From domains (the first 5).
+        let several_from = msg
+            .headers
+            .iter()
+            .filter(|(n, _)| n.eq_ignore_ascii_case(b"From"))
+            .count()
+            > 1;
+        let mut dmarc = dmarc;
+        if several_from {
+            let mut one = msg.clone();
+            let rank = |p: Policy| match p {
+                Policy::Reject => 3,
+                Policy::Quarantine => 2,
+                Policy::None => 1,
+                Policy::Unspecified => 0,
+            };
+            let mut strictest: Option<mail_auth::DmarcOutput> = None;
+            for addr in msg.from.iter().take(5) {
+                one.from = vec![addr.clone()];
+                let out = self
+                    .auth
+                    .inner
+                    .verify_dmarc(DmarcParameters::new(&one, &dkim, mail_from_domain, spf))
+                    .await;
+                if out.dmarc_record().is_some()
+                    && strictest
+                        .as_ref()
+                        .is_none_or(|s| rank(out.policy()) > rank(s.policy()))
+                {
+                    strictest = Some(out);
+                }
+            }
+            if let Some(s) = strictest {
+                dmarc = s;
+            }
+        }
         let from_domain = msg
             .from
             .first()
@@ -411,6 +451,12 @@ impl SessionAuth {
                 "arc=neutral (body hash did not verify)",
                 "arc=fail (body hash did not verify)",
             );
+        if several_from && let Some(at) = header_value.find("dmarc=") {
+            let end = header_value[at..]
+                .find([' ', ';'])
+                .map_or(header_value.len(), |e| at + e);
+            header_value.replace_range(at..end, "dmarc=fail (several From header fields)");
+        }
         for r in &refused {
             let outcome = if r.outcome == DkimOutcome::Policy {
                 "policy"
@@ -453,6 +499,7 @@ impl SessionAuth {
                 .collect()
         };
         let outcome = match dmarc.result() {
+            _ if several_from => DmarcOutcome::Fail,
             DmarcResult::Pass => DmarcOutcome::Pass,
             DmarcResult::Fail(_) => DmarcOutcome::Fail,
             DmarcResult::TempError(_) => DmarcOutcome::TempError,
@@ -499,16 +546,34 @@ impl SessionAuth {
         }
     }
 
-    /// Takes the signatures RFC 8301 forbids out of `msg` before verification: `rsa-sha1`,
-    /// and RSA keys under 1024 bits (the key is looked up here, through the resolver's
-    /// cache, which mail-auth would have done anyway). Returns their results.
-    async fn refuse_weak_signatures(&self, msg: &mut AuthenticatedMessage<'_>) -> Vec<Dkim> {
+    /// Takes out of `msg`, before verification, the signatures RFC 8301 forbids
+    /// (`rsa-sha1`, and RSA keys under 1024 bits: the key is looked up here, through the
+    /// resolver's cache, which mail-auth would have done anyway), and those whose `l=`
+    /// leaves part of the body unsigned (RFC 6376 8.2: content can be appended to them).
+    /// Returns their results.
+    async fn refuse_signatures(&self, msg: &mut AuthenticatedMessage<'_>) -> Vec<Dkim> {
         use mail_auth::common::crypto::Algorithm;
+        use mail_auth::dkim::Canonicalization;
+        let body = body_hash::body(msg);
         let mut refused = Vec::new();
         let mut kept = Vec::new();
         for h in std::mem::take(&mut msg.dkim_headers) {
             let sig = &h.header;
+            let unsigned = (sig.l > 0)
+                .then(|| {
+                    body_hash::canonical_len(body, sig.cb == Canonicalization::Relaxed)
+                        .saturating_sub(sig.l)
+                })
+                .filter(|n| *n > 0);
             let weak = match sig.a {
+                _ if unsigned.is_some() => Some((
+                    DkimOutcome::Policy,
+                    format!(
+                        "l={} leaves {} body octets unsigned",
+                        sig.l,
+                        unsigned.unwrap_or_default()
+                    ),
+                )),
                 Algorithm::RsaSha1 => Some((
                     DkimOutcome::Policy,
                     "rsa-sha1 is not accepted (RFC 8301)".to_string(),

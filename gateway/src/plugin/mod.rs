@@ -15,6 +15,7 @@
 
 pub mod auth;
 mod bindings;
+pub mod body_hash;
 pub mod budget;
 pub mod chain;
 pub mod convert;
