@@ -9,8 +9,8 @@
 use crate::bindings::mailgate::plugin::auth_results as raw;
 
 pub use raw::{
-    ArcResult, AuthError, DkimCheck, DkimResult, DmarcCheck, DmarcPolicy, DmarcResult, IprevResult,
-    SpfCheck, SpfResult, SpfScope,
+    ArcResult, ArcSealer, AuthError, DkimCheck, DkimResult, DmarcCheck, DmarcPolicy, DmarcResult,
+    IprevResult, SpfCheck, SpfResult, SpfScope,
 };
 
 /// SPF for the MAIL FROM identity (the HELO identity for `<>`).
@@ -41,6 +41,13 @@ pub fn dmarc() -> Result<DmarcCheck, AuthError> {
 /// ARC chain validation.
 pub fn arc() -> Result<ArcResult, AuthError> {
     raw::arc()
+}
+
+/// The ARC sets of the message, oldest first (the last one is the intermediary that
+/// handed the message to us); empty unless the chain validates. Since WIT 0.1.1: a plugin
+/// that calls it does not load on an older host.
+pub fn arc_sealers() -> Result<Vec<ArcSealer>, AuthError> {
+    raw::arc_sealers()
 }
 
 /// iprev (forward-confirmed reverse DNS) for the client.

@@ -141,6 +141,17 @@ pub enum ArcChain {
     Fail,
 }
 
+/// One ARC set: who sealed it, and what its checks found.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ArcSealer {
+    /// `i=`.
+    pub instance: u32,
+    /// `d=` of the ARC-Seal, lowercase.
+    pub domain: String,
+    /// The ARC-Authentication-Results value after `i=N;`.
+    pub results: String,
+}
+
 /// iprev for the client.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Iprev {
@@ -159,6 +170,8 @@ pub struct MessageChecks {
     pub dmarc: Dmarc,
     /// ARC.
     pub arc: ArcChain,
+    /// The ARC sets, oldest first, when the chain validates (empty otherwise).
+    pub arc_sealers: Vec<ArcSealer>,
     /// The `Authentication-Results` value (without the field name) for all of it.
     pub header_value: String,
 }
@@ -352,6 +365,7 @@ impl SessionAuth {
                 dkim: vec![Dkim::none()],
                 dmarc: Dmarc::none(""),
                 arc: ArcChain::None,
+                arc_sealers: vec![],
                 header_value: format!("{}; none", self.authserv_id),
             };
         };
@@ -542,6 +556,11 @@ impl SessionAuth {
                 DkimResult::None => ArcChain::None,
                 _ => ArcChain::Fail,
             },
+            arc_sealers: if *arc.result() == DkimResult::Pass {
+                arc_sealers(&msg)
+            } else {
+                vec![]
+            },
             header_value,
         }
     }
@@ -653,6 +672,36 @@ impl SessionAuth {
     }
 }
 
+/// The ARC sets of a message whose chain validated, oldest first: each seal's `d=` with the
+/// ARC-Authentication-Results of the same instance.
+fn arc_sealers(msg: &AuthenticatedMessage<'_>) -> Vec<ArcSealer> {
+    let mut sealers: Vec<ArcSealer> = msg
+        .as_headers
+        .iter()
+        .map(|seal| {
+            let i = seal.header.i;
+            let results = msg
+                .aar_headers
+                .iter()
+                .find(|r| r.header.i == i)
+                .map(|r| {
+                    let v = String::from_utf8_lossy(r.value);
+                    let v = v.replace("\r\n", "");
+                    v.split_once(';')
+                        .map_or(String::new(), |(_, rest)| rest.trim().to_string())
+                })
+                .unwrap_or_default();
+            ArcSealer {
+                instance: i,
+                domain: seal.header.d.to_ascii_lowercase(),
+                results,
+            }
+        })
+        .collect();
+    sealers.sort_by_key(|s| s.instance);
+    sealers
+}
+
 impl Dkim {
     fn none() -> Dkim {
         Dkim {
@@ -689,6 +738,7 @@ impl MessageChecks {
                 ..Dmarc::none("")
             },
             arc: ArcChain::None,
+            arc_sealers: vec![],
             header_value: format!("{authserv_id}; dkim=temperror; dmarc=temperror"),
         }
     }

@@ -316,6 +316,20 @@ impl auth_results::Host for State {
             crate::plugin::auth::ArcChain::Fail => auth_results::ArcResult::Fail,
         }))
     }
+    async fn arc_sealers(
+        &mut self,
+    ) -> R<Result<Vec<auth_results::ArcSealer>, auth_results::AuthError>> {
+        Ok(self.message_checks().await.map(|c| {
+            c.arc_sealers
+                .into_iter()
+                .map(|s| auth_results::ArcSealer {
+                    instance: s.instance,
+                    domain: s.domain,
+                    results: s.results,
+                })
+                .collect()
+        }))
+    }
     async fn iprev(&mut self) -> R<Result<auth_results::IprevResult, auth_results::AuthError>> {
         Ok(self.auth().map(|a| match a.iprev() {
             crate::plugin::auth::Iprev::Pass => auth_results::IprevResult::Pass,

@@ -13,6 +13,8 @@
 //! | `temperror` | DNS trouble where a policy would decide: `tempfail` (451 4.7.x), `ignore` | `tempfail` |
 //! | `trusted_networks` | clients (CIDR) never refused or quarantined | `[]` |
 //! | `trusted_domains` | From / MAIL FROM domains never refused or quarantined | `[]` |
+//! | `trusted_forwarders` | forwarders, as networks (CIDR) or host names (the client's confirmed reverse name, or a parent of it): their SPF results are not scored or acted on, DMARC failures are only tagged | `[]` |
+//! | `trusted_arc_sealers` | ARC sealing domains whose recorded `dmarc=pass` overrides a DMARC failure here, when the chain validates and the newest set is theirs (RFC 8617 7.2) | `[]` |
 //! | `authserv_id` | our name in `Authentication-Results` (forged ones claiming it are removed) | the gateway's host name |
 //! | `add_header` | add `Authentication-Results` | `true` |
 //! | `score_spf_fail`, `score_spf_softfail`, `score_dkim_fail`, `score_dmarc_fail` | points added (for a spam scorer) | `0` |
@@ -93,6 +95,9 @@ struct Auth {
     tempfail: bool,
     trusted_networks: Vec<Net>,
     trusted_domains: Vec<String>,
+    trusted_forwarders: Vec<String>,
+    forwarder_networks: Vec<Net>,
+    trusted_arc_sealers: Vec<String>,
     authserv_id: Option<String>,
     add_header: bool,
     score_spf_fail: f64,
@@ -109,15 +114,57 @@ fn verdict(mut out: DataOutcome, v: DataVerdict) -> DataOutcome {
     out
 }
 
+/// `name` is `domain` or under it.
+fn within(name: &str, domain: &str) -> bool {
+    let name = name.trim_end_matches('.').to_ascii_lowercase();
+    name == domain || name.ends_with(&format!(".{domain}"))
+}
+
+/// A list of domain names from the config, lowercase, without trailing dots.
+fn domains(config: &Config, key: &str) -> Result<Vec<String>, String> {
+    Ok(config
+        .list(key)?
+        .unwrap_or_default()
+        .iter()
+        .map(|d| d.trim_end_matches('.').to_ascii_lowercase())
+        .collect())
+}
+
 impl Auth {
+    /// The client is a trusted forwarder (by its confirmed reverse name).
+    fn forwarder(&self, s: &SessionInfo) -> bool {
+        let ip = s.client_ip();
+        self.forwarder_networks.iter().any(|n| n.contains(ip))
+            || s.client
+                .ptr_name
+                .as_deref()
+                .is_some_and(|n| self.trusted_forwarders.iter().any(|f| within(n, f)))
+    }
+
+    /// The sealer that handed us the message is trusted and recorded `dmarc=pass`; its
+    /// domain if so. Only asked when the chain validated.
+    fn arc_override(&self) -> Option<String> {
+        if self.trusted_arc_sealers.is_empty() || auth::arc().ok()? != ArcResult::Pass {
+            return None;
+        }
+        let newest = auth::arc_sealers().ok()?.pop()?;
+        let trusted = self
+            .trusted_arc_sealers
+            .iter()
+            .any(|t| within(&newest.domain, t));
+        let passed = newest
+            .results
+            .split(';')
+            .any(|r| r.trim().to_ascii_lowercase().starts_with("dmarc=pass"));
+        (trusted && passed).then_some(newest.domain)
+    }
+
     fn trusted(&self, s: &SessionInfo, domains: &[&str]) -> bool {
         let ip = s.client_ip();
         self.trusted_networks.iter().any(|n| n.contains(ip))
             || domains.iter().any(|d| {
                 let d = d.to_ascii_lowercase();
-                self.trusted_domains
-                    .iter()
-                    .any(|t| d == *t || d.ends_with(&format!(".{t}")))
+                self.trusted_domains.iter().any(|t| within(&d, t))
             })
     }
 }
@@ -154,6 +201,8 @@ impl Plugin for Auth {
             "temperror",
             "trusted_networks",
             "trusted_domains",
+            "trusted_forwarders",
+            "trusted_arc_sealers",
             "authserv_id",
             "add_header",
             "score_spf_fail",
@@ -192,6 +241,17 @@ impl Plugin for Auth {
             .iter()
             .map(|n| Net::parse(n).ok_or(format!("trusted_networks: {n:?} is not a network")))
             .collect::<Result<Vec<_>, _>>()?;
+        // Forwarders: what parses as a network is one, the rest are host names.
+        let (forwarder_networks, forwarder_names): (Vec<_>, Vec<_>) =
+            domains(config, "trusted_forwarders")?
+                .into_iter()
+                .map(|f| Net::parse(&f).ok_or(f))
+                .partition(Result::is_ok);
+        let forwarder_networks: Vec<Net> = forwarder_networks.into_iter().flatten().collect();
+        let forwarder_names: Vec<String> = forwarder_names
+            .into_iter()
+            .filter_map(Result::err)
+            .collect();
         let score = |key: &str| -> Result<f64, String> {
             let v: f64 = config.parse_or(key, 0.0)?;
             if v.is_finite() && v.abs() <= 1000.0 {
@@ -206,12 +266,10 @@ impl Plugin for Auth {
             dmarc_quarantine: policy("dmarc_quarantine", "quarantine", false)?,
             tempfail,
             trusted_networks,
-            trusted_domains: config
-                .list("trusted_domains")?
-                .unwrap_or_default()
-                .iter()
-                .map(|d| d.trim_end_matches('.').to_ascii_lowercase())
-                .collect(),
+            trusted_domains: domains(config, "trusted_domains")?,
+            trusted_forwarders: forwarder_names,
+            forwarder_networks,
+            trusted_arc_sealers: domains(config, "trusted_arc_sealers")?,
             authserv_id: config.get("authserv_id").map(str::to_string),
             add_header: config.bool_or("add_header", true)?,
             score_spf_fail: score("score_spf_fail")?,
@@ -240,6 +298,7 @@ impl Plugin for Auth {
         if self.spf_fail == SpfAction::RejectMail
             && spf.outcome == SpfResult::Fail
             && !self.trusted(s, &[&domain])
+            && !self.forwarder(s)
         {
             let why = spf.explanation.clone().unwrap_or_else(|| {
                 format!("{} does not designate this host as a sender", spf.domain)
@@ -295,9 +354,15 @@ impl Plugin for Auth {
             .unwrap_or_default();
         let trusted = self.trusted(s, &[&from_domain, &sender]);
 
+        let forwarder = self.forwarder(s);
+        if forwarder {
+            out = out.with_tag("auth:forwarder");
+        }
         if let Some(spf) = &spf {
             out = out.with_tag(format!("spf:{}", spf_name(spf.outcome)));
             match spf.outcome {
+                // Forwarding breaks SPF: a forwarder's SPF results count for nothing.
+                _ if forwarder => {}
                 SpfResult::Fail if self.score_spf_fail != 0.0 => {
                     out = out.with_score("SPF_FAIL", self.score_spf_fail);
                 }
@@ -323,6 +388,7 @@ impl Plugin for Auth {
             && self.spf_fail == SpfAction::RejectData
             && spf.outcome == SpfResult::Fail
             && !trusted
+            && !forwarder
         {
             let why = spf.explanation.clone().unwrap_or_else(|| {
                 format!("{} does not designate this host as a sender", spf.domain)
@@ -358,6 +424,14 @@ impl Plugin for Auth {
                 }
                 if trusted {
                     return out.with_reason("dmarc fail from a trusted source");
+                }
+                if forwarder {
+                    return out.with_reason("dmarc fail from a trusted forwarder");
+                }
+                if let Some(sealer) = self.arc_override() {
+                    return out.with_tag("dmarc:arc-override").with_reason(format!(
+                        "dmarc fail overridden: {sealer} (a trusted ARC sealer) recorded dmarc=pass"
+                    ));
                 }
                 let action = match d.policy {
                     Some(DmarcPolicy::Reject) => self.dmarc_reject,
