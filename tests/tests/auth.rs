@@ -708,3 +708,71 @@ fn trusted_forwarders_are_not_refused_for_spf_or_dmarc() {
     let r = raw.cmd("MAIL FROM:<a@fail.spf.test>");
     assert!(r.starts_with("550 5.7.23"), "{r}");
 }
+
+/// Signatures made by mail-auth (the library the gateway verifies with, as another
+/// signer would use it): rsa-sha256 relaxed/relaxed and simple/simple pass; an expired one
+/// (`x=` in the past) does not, and says so.
+#[test]
+fn signed_by_mail_auth_and_expired_signatures() {
+    use mail_auth::common::crypto::{RsaKey, Sha256};
+    use mail_auth::common::headers::HeaderWriter;
+    use mail_auth::dkim::{Canonicalization, DkimSigner};
+    use rustls_pki_types::PrivateKeyDer;
+    use rustls_pki_types::pem::PemObject;
+
+    let w = world("");
+    let pem = std::fs::read_to_string(&w.rsa).unwrap();
+    let sign_with = |canon: Canonicalization, expiry: Option<u64>, body: &[u8]| {
+        let der = PrivateKeyDer::from_pem_slice(pem.as_bytes()).expect("a PEM key");
+        let key = RsaKey::<Sha256>::from_key_der(der).expect("the test key");
+        let mut signer = DkimSigner::from_key(key)
+            .domain("good.test")
+            .selector("rsa")
+            .headers(["From", "To", "Subject", "Date", "Message-ID"])
+            .header_canonicalization(canon)
+            .body_canonicalization(canon);
+        if let Some(x) = expiry {
+            signer = signer.expiration(x);
+        }
+        let sig = signer.sign(body).expect("mail-auth signs");
+        let mut out = sig.to_header().into_bytes();
+        out.extend_from_slice(body);
+        out
+    };
+    let body = message("a@good.test", "Signed by mail-auth.\r\n\r\n");
+    for (who, canon) in [
+        ("mrel", Canonicalization::Relaxed),
+        ("msim", Canonicalization::Simple),
+    ] {
+        let r = send(
+            &w.gw,
+            "a@good.test",
+            &format!("{who}@example.test"),
+            &sign_with(canon, None, &body),
+        );
+        assert!(r.starts_with("250"), "{r}");
+        let ar = results(&w.gw.mailbox("example.test", who)[0]).join(" ");
+        assert!(ar.contains("dkim=pass"), "{who}: {ar}");
+    }
+    // Expired: t= and x= moved to 2001 (expiry is judged before anything else, so the
+    // edit itself is not what fails it).
+    let signed =
+        String::from_utf8(sign_with(Canonicalization::Relaxed, Some(3600), &body)).unwrap();
+    let field = |tag: &str| {
+        let at = signed.find(&format!("{tag}=")).expect("tag") + tag.len() + 1;
+        let end = at + signed[at..].find(|c: char| !c.is_ascii_digit()).unwrap();
+        signed[at..end].to_string()
+    };
+    let expired = signed
+        .replacen(&format!("t={}", field("t")), "t=1000000000", 1)
+        .replacen(&format!("x={}", field("x")), "x=1000003600", 1)
+        .into_bytes();
+    let r = send(&w.gw, "a@good.test", "mexp@example.test", &expired);
+    assert!(r.starts_with("250"), "{r}");
+    let ar = results(&w.gw.mailbox("example.test", "mexp")[0]).join(" ");
+    assert!(!ar.contains("dkim=pass"), "{ar}");
+    assert!(
+        ar.contains("dkim=fail (signature expired (x=1000003600)"),
+        "{ar}"
+    );
+}

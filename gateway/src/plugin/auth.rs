@@ -448,10 +448,13 @@ impl SessionAuth {
         } else {
             results.with_spf_mailfrom_result(spf, self.client, sender, &helo)
         };
-        let results = results
+        let mut results = results
             .with_dmarc_result(&dmarc)
-            .with_arc_result(&arc, self.client)
-            .with_iprev_result(&iprev, self.client);
+            .with_arc_result(&arc, self.client);
+        // iprev only when the gateway looks the client's name up (`dns.reverse_lookup`).
+        if self.auth.dns.settings().reverse_lookup {
+            results = results.with_iprev_result(&iprev, self.client);
+        }
         // RFC 6376 6.3: a body hash that does not match makes the signature fail
         // (mail-auth 0.13 says "neutral").
         // So does an ARC set whose message signature's body hash fails (RFC 8617 5.2).
@@ -464,6 +467,10 @@ impl SessionAuth {
             .replace(
                 "arc=neutral (body hash did not verify)",
                 "arc=fail (body hash did not verify)",
+            )
+            .replace(
+                "iprev=fail (policy not aligned)",
+                "iprev=fail (no forward-confirmed reverse name)",
             );
         if several_from && let Some(at) = header_value.find("dmarc=") {
             let end = header_value[at..]
@@ -565,7 +572,7 @@ impl SessionAuth {
         }
     }
 
-    /// Takes out of `msg`, before verification, the signatures RFC 8301 forbids
+    /// Takes out of `msg`, before verification, expired signatures, the ones RFC 8301 forbids
     /// (`rsa-sha1`, and RSA keys under 1024 bits: the key is looked up here, through the
     /// resolver's cache, which mail-auth would have done anyway), and those whose `l=`
     /// leaves part of the body unsigned (RFC 6376 8.2: content can be appended to them).
@@ -574,6 +581,9 @@ impl SessionAuth {
         use mail_auth::common::crypto::Algorithm;
         use mail_auth::dkim::Canonicalization;
         let body = body_hash::body(msg);
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
         let mut refused = Vec::new();
         let mut kept = Vec::new();
         for h in std::mem::take(&mut msg.dkim_headers) {
@@ -584,7 +594,14 @@ impl SessionAuth {
                         .saturating_sub(sig.l)
                 })
                 .filter(|n| *n > 0);
+            // RFC 6376 3.5: x= must be after t=, and not past (mail-auth says "neutral"
+            // with a generic text; a verifier treats it as a failure).
+            let expired = sig.x != 0 && (sig.x <= sig.t || sig.x < now);
             let weak = match sig.a {
+                _ if expired => Some((
+                    DkimOutcome::Fail,
+                    format!("signature expired (x={})", sig.x),
+                )),
                 _ if unsigned.is_some() => Some((
                     DkimOutcome::Policy,
                     format!(
