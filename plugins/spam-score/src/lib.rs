@@ -1,0 +1,14 @@
+//! Rule-based spam scoring for mailgate: header, body, URL, DNSBL/URIBL and auth rules. (Being written.)
+
+use mailgate_plugin_sdk::prelude::*;
+
+struct Stub;
+
+#[plugin]
+impl Plugin for Stub {
+    fn init(_config: &Config) -> Result<Self, String> {
+        Ok(Stub)
+    }
+}
+
+export_plugin!(Stub);
