@@ -54,6 +54,8 @@ pub trait Gateway: Send + Sync + std::fmt::Debug {
     fn reload(&self) -> Pin<Box<dyn Future<Output = Value> + Send + '_>>;
     /// The queue, in queue mode.
     fn queue(&self) -> Option<&Arc<Queue>>;
+    /// Moves the plugins' clock `secs` forward (`chain.adjustable_clock`); the answer.
+    fn advance_clock(&self, secs: u64) -> Value;
 }
 
 fn err(e: impl std::fmt::Display) -> Value {
@@ -70,6 +72,10 @@ pub async fn handle(gateway: &dyn Gateway, line: &str) -> Value {
     match words.as_slice() {
         ["status"] => gateway.status(),
         ["reload"] => gateway.reload().await,
+        ["clock", "advance", secs] => match secs.parse::<u64>() {
+            Ok(secs) => gateway.advance_clock(secs),
+            Err(_) => err(format!("{secs:?} is not a number of seconds")),
+        },
         ["queue", rest @ ..] => match gateway.queue() {
             Some(q) => queue_command(q, rest).await,
             None => not_queue(),
@@ -308,6 +314,10 @@ mod tests {
 
         fn queue(&self) -> Option<&Arc<Queue>> {
             None
+        }
+
+        fn advance_clock(&self, secs: u64) -> Value {
+            json!({"ok": true, "offset_secs": secs})
         }
     }
 

@@ -64,6 +64,24 @@ enum Command {
         #[arg(long, short)]
         config: Option<PathBuf>,
     },
+    /// The time plugins see (tests): `advance SECS` moves it forward, when the running
+    /// gateway's config sets `chain.adjustable_clock`.
+    Clock {
+        /// The gateway's configuration (for the admin socket path).
+        #[arg(long, short, global = true)]
+        config: Option<PathBuf>,
+        #[command(subcommand)]
+        command: ClockCommand,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum ClockCommand {
+    /// Moves the plugins' clock (the `clock` capability, kv expiry) forward.
+    Advance {
+        /// Seconds.
+        secs: u64,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -265,11 +283,12 @@ fn main() -> anyhow::Result<()> {
                 .build()?;
             let generation = runtime.block_on(async {
                 let dns = Arc::new(mailgate::dns::Resolver::new(rt.fixed.dns.clone()));
-                let services = mailgate::plugin::registry::Services::configured(
+                let services = mailgate::plugin::registry::Services::with_clock(
                     dns,
                     rt.fixed.compile_cache.clone(),
                     rt.fixed.plugin_sessions,
                     rt.fixed.plugin_memory,
+                    rt.fixed.adjustable_clock,
                 );
                 mailgate::plugin::registry::load_all(&rt.live.plugins, &services).await
             })?;
@@ -349,6 +368,10 @@ fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Command::Status { config } => admin_command(config.as_deref(), "status"),
+        Command::Clock {
+            config,
+            command: ClockCommand::Advance { secs },
+        } => admin_command(config.as_deref(), &format!("clock advance {secs}")),
         Command::Reload { config } => admin_command(config.as_deref(), "reload"),
         Command::Run { config, log_format } => {
             init_logs(log_format);
@@ -359,11 +382,12 @@ fn main() -> anyhow::Result<()> {
                 .build()?;
             runtime.block_on(async move {
                 let dns = Arc::new(mailgate::dns::Resolver::new(rt.fixed.dns.clone()));
-                let services = mailgate::plugin::registry::Services::configured(
+                let services = mailgate::plugin::registry::Services::with_clock(
                     dns,
                     rt.fixed.compile_cache.clone(),
                     rt.fixed.plugin_sessions,
                     rt.fixed.plugin_memory,
+                    rt.fixed.adjustable_clock,
                 );
                 let plugins =
                     mailgate::plugin::registry::load_all(&rt.live.plugins, &services).await?;

@@ -564,3 +564,30 @@ fn compiled_plugins_are_cached_across_restarts() {
         "rewritten"
     );
 }
+
+/// The plugins' clock (the `clock` capability and kv expiry) moves forward on
+/// `mailgate clock advance` only when the config sets `chain.adjustable_clock`.
+#[test]
+fn the_plugin_clock_moves_only_when_adjustable() {
+    let advance = |gw: &support::Gateway, secs: &str| {
+        let cfg = gw.config.display().to_string();
+        support::mailgate(&["clock", "advance", secs, "--config", &cfg])
+    };
+    let gw = Setup::default()
+        .env("MAILGATE_CHAIN__ADJUSTABLE_CLOCK", "true")
+        .start();
+    let (ok, out, err) = advance(&gw, "300");
+    assert!(ok, "{err}");
+    assert_eq!(support::json(&out)["offset_secs"], 300, "{out}");
+    let (ok, out, _) = advance(&gw, "61");
+    assert!(ok);
+    assert_eq!(support::json(&out)["offset_secs"], 361, "{out}");
+    let (ok, _, err) = advance(&gw, "soon");
+    assert!(!ok, "a non-number must be refused");
+    assert!(err.contains("invalid value"), "{err}");
+
+    let fixed = Setup::default().start();
+    let (ok, _, err) = advance(&fixed, "300");
+    assert!(!ok);
+    assert!(err.contains("not adjustable"), "{err}");
+}

@@ -188,12 +188,16 @@ pub struct Chain {
     /// Linear memory all plugin instances together may hold, MiB; a growth past it
     /// fails that call under the plugin's `on_error` policy.
     pub max_total_memory_mb: u64,
+    /// For tests only: lets `mailgate clock advance SECS` move the time plugins see (the
+    /// `clock` capability and kv expiry) forward. Off in production.
+    pub adjustable_clock: bool,
 }
 
 impl Default for Chain {
     fn default() -> Self {
         Chain {
             max_total_memory_mb: 1024,
+            adjustable_clock: false,
             trace_header: false,
             quarantine: PathBuf::from("./var/quarantine"),
             compile_cache: PathBuf::from("./var/cache/plugins"),

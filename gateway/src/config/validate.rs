@@ -323,6 +323,9 @@ pub struct Fixed {
     /// Linear memory of all plugin instances together.
     #[serde(rename = "chain.max_total_memory_mb")]
     pub plugin_memory: usize,
+    /// The plugins' clock may be moved forward (tests).
+    #[serde(rename = "chain.adjustable_clock")]
+    pub adjustable_clock: bool,
     /// Sessions that may run plugins at once (connections plus queue attempts): the
     /// instance pool is sized from it.
     #[serde(rename = "server.max_connections / queue.concurrency")]
@@ -666,6 +669,7 @@ impl Config {
                 max_connections_per_ip: s.max_connections_per_ip,
                 client_prefixes: (s.client_ipv4_prefix, s.client_ipv6_prefix),
                 plugin_memory: (self.chain.max_total_memory_mb as usize) << 20,
+                adjustable_clock: self.chain.adjustable_clock,
                 plugin_sessions: s.max_connections
                     + match &delivery {
                         DeliveryMode::Queue(q) => q.concurrency,

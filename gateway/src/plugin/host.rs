@@ -3,7 +3,7 @@
 //! gateway's resolver ([`crate::dns`]) within the per-session budget; auth results answer
 //! `unavailable` until the SPF/DKIM/DMARC checks land.
 
-use std::time::{Instant, SystemTime};
+use std::time::Instant;
 
 use wasmtime::component::Resource;
 
@@ -103,18 +103,14 @@ impl clock::Host for State {
         if !self.granted(Capability::Clock) {
             return Ok(Err(clock::ClockError::Denied));
         }
-        let ms = SystemTime::now()
-            .duration_since(SystemTime::UNIX_EPOCH)
-            .unwrap_or_default()
-            .as_millis();
-        Ok(Ok(ms as u64))
+        Ok(Ok(self.services.clock.now_ms()))
     }
 
     async fn monotonic_now(&mut self) -> R<Result<u64, clock::ClockError>> {
         if !self.granted(Capability::Clock) {
             return Ok(Err(clock::ClockError::Denied));
         }
-        Ok(Ok(self.started.elapsed().as_nanos() as u64))
+        Ok(Ok(self.services.clock.monotonic_ns()))
     }
 }
 

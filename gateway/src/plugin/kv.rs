@@ -130,6 +130,8 @@ impl Namespace {
 #[derive(Debug, Default)]
 pub struct Kv {
     namespaces: Mutex<HashMap<String, Arc<Mutex<Namespace>>>>,
+    /// Expiry follows the plugins' clock (movable in tests).
+    clock: Arc<super::clock::PluginClock>,
 }
 
 fn check_key(key: &str) -> Result<(), KvFault> {
@@ -143,6 +145,14 @@ impl Kv {
     /// An empty store.
     pub fn new() -> Kv {
         Kv::default()
+    }
+
+    /// An empty store whose entries expire by `clock`.
+    pub fn with_clock(clock: Arc<super::clock::PluginClock>) -> Kv {
+        Kv {
+            clock,
+            ..Kv::default()
+        }
     }
 
     /// The namespace of plugin `ns`, locked.
@@ -159,7 +169,7 @@ impl Kv {
     pub fn get(&self, ns: &str, key: &str) -> Result<Option<Vec<u8>>, KvFault> {
         check_key(key)?;
         let space = self.space(ns);
-        let now = Instant::now();
+        let now = self.clock.instant();
         Ok(Self::lock(&space).get(key, now).map(|e| e.value.clone()))
     }
 
@@ -201,7 +211,7 @@ impl Kv {
             return Err(KvFault::ValueTooLarge);
         }
         let space = self.space(ns);
-        let now = Instant::now();
+        let now = self.clock.instant();
         let mut space = Self::lock(&space);
         if only_new && space.get(key, now).is_some() {
             return Ok(false);
@@ -215,7 +225,7 @@ impl Kv {
     pub fn delete(&self, ns: &str, key: &str) -> Result<bool, KvFault> {
         check_key(key)?;
         let space = self.space(ns);
-        let now = Instant::now();
+        let now = self.clock.instant();
         let mut space = Self::lock(&space);
         Ok(space.remove(key).is_some_and(|e| Namespace::live(&e, now)))
     }
@@ -232,7 +242,7 @@ impl Kv {
     ) -> Result<i64, KvFault> {
         check_key(key)?;
         let space = self.space(ns);
-        let now = Instant::now();
+        let now = self.clock.instant();
         let mut space = Self::lock(&space);
         let (value, expires) = match space.get(key, now) {
             Some(e) => (
@@ -259,7 +269,7 @@ impl Kv {
     pub fn usage(&self, ns: &str) -> (usize, usize) {
         let space = self.space(ns);
         let mut space = Self::lock(&space);
-        space.expire(Instant::now());
+        space.expire(self.clock.instant());
         (space.map.len(), space.bytes)
     }
 }

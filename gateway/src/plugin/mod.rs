@@ -18,6 +18,7 @@ mod bindings;
 pub mod body_hash;
 pub mod budget;
 pub mod chain;
+pub mod clock;
 pub mod convert;
 pub mod delivery;
 pub mod edits;

@@ -126,6 +126,8 @@ pub struct Services {
     pub sessions: usize,
     /// SPF/DKIM/DMARC/ARC checks over `dns`.
     pub auth: Arc<super::auth::Authenticator>,
+    /// The time plugins see (the `clock` capability, kv expiry).
+    pub clock: Arc<super::clock::PluginClock>,
 }
 
 impl Services {
@@ -148,8 +150,22 @@ impl Services {
         sessions: usize,
         memory: usize,
     ) -> Arc<Services> {
+        Self::with_clock(dns, cache, sessions, memory, false)
+    }
+
+    /// As [`Services::configured`], with a clock a test may move forward
+    /// (`chain.adjustable_clock`) if `adjustable_clock`.
+    pub fn with_clock(
+        dns: Arc<Resolver>,
+        cache: Option<PathBuf>,
+        sessions: usize,
+        memory: usize,
+        adjustable_clock: bool,
+    ) -> Arc<Services> {
+        let clock = Arc::new(super::clock::PluginClock::new(adjustable_clock));
         Arc::new(Services {
-            kv: Arc::new(Kv::default()),
+            kv: Arc::new(Kv::with_clock(Arc::clone(&clock))),
+            clock,
             auth: Arc::new(super::auth::Authenticator::new(&dns)),
             dns,
             compile_cache: cache,

@@ -241,6 +241,13 @@ pub async fn reload(shared: &Shared, why: &str) -> ReloadReport {
 }
 
 impl crate::admin::Gateway for Shared {
+    fn advance_clock(&self, secs: u64) -> serde_json::Value {
+        match self.reloader.services.clock.advance(secs) {
+            Ok(total) => serde_json::json!({"ok": true, "offset_secs": total}),
+            Err(e) => serde_json::json!({"ok": false, "error": e.to_string()}),
+        }
+    }
+
     fn status(&self) -> serde_json::Value {
         let cur = self.current();
         let r = &self.reloader;
