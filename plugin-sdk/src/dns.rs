@@ -60,6 +60,25 @@ pub fn ptr(ip: IpAddr) -> Result<Vec<String>, DnsError> {
     raw::lookup_ptr(ip.into())
 }
 
+/// A records of each of `names`, looked up concurrently by the host: one answer per name,
+/// in order (each counts against the session's budget; at most 64 names per call).
+/// Since WIT 0.1.1: a plugin that calls it does not load on an older host.
+pub fn a_many(names: &[String]) -> Vec<Result<Vec<Ipv4Addr>, DnsError>> {
+    raw::lookup_a_many(names)
+        .into_iter()
+        .map(|r| {
+            r.map(|ips| {
+                ips.into_iter()
+                    .filter_map(|ip| match IpAddr::from(ip) {
+                        IpAddr::V4(v4) => Some(v4),
+                        IpAddr::V6(_) => None,
+                    })
+                    .collect()
+            })
+        })
+        .collect()
+}
+
 /// The DNSBL query name for `ip` in `zone`: `4.3.2.1.zone` for `1.2.3.4`, and the 32
 /// reversed nibbles for IPv6 (RFC 5782).
 pub fn dnsbl_name(ip: IpAddr, zone: &str) -> String {

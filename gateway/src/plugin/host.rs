@@ -175,7 +175,49 @@ impl dns::Host for State {
     async fn lookup_ptr(&mut self, ip: types::IpAddress) -> R<Result<Vec<String>, dns::DnsError>> {
         lookup!(self, |r| r.ptr(convert::std_ip(&ip)), |n| n)
     }
+    async fn lookup_a_many(
+        &mut self,
+        names: Vec<String>,
+    ) -> R<Vec<Result<Vec<types::IpAddress>, dns::DnsError>>> {
+        type Answer = Result<Vec<types::IpAddress>, dns::DnsError>;
+        let mut answers: Vec<Option<Answer>> = Vec::with_capacity(names.len());
+        let mut queries = tokio::task::JoinSet::new();
+        for (i, name) in names.into_iter().enumerate() {
+            if i >= MAX_NAMES_PER_CALL {
+                answers.push(Some(Err(dns::DnsError::Other(format!(
+                    "more than {MAX_NAMES_PER_CALL} names in one call"
+                )))));
+                continue;
+            }
+            match self.dns_admit() {
+                Ok(r) => {
+                    answers.push(None);
+                    queries.spawn(async move {
+                        let a = r.a(&name).await;
+                        (
+                            i,
+                            a.map(|v| v.into_iter().map(convert::ip).collect())
+                                .map_err(dns_err),
+                        )
+                    });
+                }
+                Err(e) => answers.push(Some(Err(e))),
+            }
+        }
+        while let Some(done) = queries.join_next().await {
+            if let Ok((i, a)) = done {
+                answers[i] = Some(a);
+            }
+        }
+        Ok(answers
+            .into_iter()
+            .map(|a| a.unwrap_or_else(|| Err(dns::DnsError::Other("lookup failed".into()))))
+            .collect())
+    }
 }
+
+/// Names one `lookup-a-many` call may ask for.
+const MAX_NAMES_PER_CALL: usize = 64;
 
 fn kv_err(f: KvFault) -> kv::KvError {
     match f {
@@ -844,6 +886,24 @@ mod tests {
             2,
             "refused lookups are not counted"
         );
+    }
+
+    #[tokio::test]
+    async fn lookup_a_many_answers_in_order_each_name_within_the_budget() {
+        let mut st = state_with("p", &[Capability::Dns], services(2));
+        let names = vec!["bad name".into(), "also bad".into(), "third.test".into()];
+        let answers = dns::Host::lookup_a_many(&mut st, names).await.unwrap();
+        assert_eq!(answers.len(), 3);
+        assert!(matches!(answers[0], Err(dns::DnsError::InvalidName)));
+        assert!(matches!(answers[1], Err(dns::DnsError::InvalidName)));
+        // The budget (2) is spent: the third is refused without a query.
+        assert!(matches!(answers[2], Err(dns::DnsError::BudgetExceeded)));
+        let mut st = state_with("p", &[Capability::Dns], services(100));
+        let many: Vec<String> = (0..70).map(|i| format!("bad name {i}")).collect();
+        let answers = dns::Host::lookup_a_many(&mut st, many).await.unwrap();
+        assert_eq!(answers.len(), 70);
+        assert!(matches!(answers[63], Err(dns::DnsError::InvalidName)));
+        assert!(matches!(&answers[64], Err(dns::DnsError::Other(m)) if m.contains("64")));
     }
 
     #[tokio::test]
