@@ -571,8 +571,8 @@ fn zone(origin: &str, records: &str) -> String {
 }
 
 /// `skip_if_authenticated`: a sender whose domain's SPF passes for the client is not
-/// greylisted; one whose SPF fails is. Without the `auth-results` grant everyone is
-/// greylisted and the log says why.
+/// greylisted (for `<>`, the HELO name's); one whose SPF fails is. Without the
+/// `auth-results` grant everyone is greylisted and the log says why.
 #[test]
 fn skip_if_authenticated_lets_spf_passes_through() {
     let nsd = Nsd::start(&[
@@ -583,6 +583,11 @@ fn skip_if_authenticated_lets_spf_passes_through() {
         (
             "bad.test",
             &zone("bad.test", "@ TXT \"v=spf1 ip4:192.0.2.1 -all\"\n"),
+        ),
+        // Our clients say EHLO client.test: the SPF identity of `<>`.
+        (
+            "client.test",
+            &zone("client.test", "@ TXT \"v=spf1 ip4:127.0.0.1 -all\"\n"),
         ),
     ]);
     let dns = format!(
@@ -597,7 +602,10 @@ fn skip_if_authenticated_lets_spf_passes_through() {
     accepted(&attempt(&gw, "a@good.test", "u@example.test"));
     assert_eq!(delivered(&gw, "u"), 1);
     greylisted(&attempt(&gw, "a@bad.test", "u@example.test"));
-    assert!(gw.log().contains("SPF pass for good.test"), "{}", gw.log());
+    accepted(&attempt(&gw, "", "bounces@example.test"));
+    let log = gw.log();
+    assert!(log.contains("SPF pass for good.test"), "{log}");
+    assert!(log.contains("SPF pass for client.test"), "{log}");
     drop(gw);
 
     let gw = gateway_with("skip_if_authenticated = true", CAPS, &dns);

@@ -25,7 +25,7 @@
 //! | `allow_networks` | clients never greylisted (CIDR or single addresses) | `[]` |
 //! | `allow_sender_domains` | envelope sender domains (or a parent of them) never greylisted | `[]` |
 //! | `allow_recipients` | recipients never greylisted: `user@domain`, `user@` (any domain) or `domain` (or a parent); `user` also matches `user+extension` | `["postmaster@", "abuse@"]` |
-//! | `skip_if_authenticated` | do not greylist when SPF passes for the MAIL FROM domain (needs `auth-results`; DKIM is not known at RCPT) | `false` |
+//! | `skip_if_authenticated` | do not greylist when SPF passes for the MAIL FROM domain (for `<>`, the HELO name); needs `auth-results`; DKIM is not known at RCPT | `false` |
 //! | `message` | the 451 text: `%s` is the seconds left, `%r` the recipient's domain (printable ASCII, at most 200 characters) | `Greylisted, please try again in %s seconds` |
 //! | `add_header` | prepend `X-Greylist: delayed N seconds by mailgate-greylist; DATE` to a message that passed after a delay | `true` |
 //!
@@ -37,7 +37,7 @@
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-use mailgate_plugin_sdk::auth::{self, AuthError, SpfResult, SpfScope};
+use mailgate_plugin_sdk::auth::{self, AuthError, SpfResult};
 use mailgate_plugin_sdk::kv::{self, KvError};
 use mailgate_plugin_sdk::prelude::*;
 use mailgate_plugin_sdk::{clock, log};
@@ -442,9 +442,8 @@ impl Greylist {
             return domain.clone();
         }
         let domain = match auth::spf() {
-            Ok(c) if c.outcome == SpfResult::Pass && c.scope == SpfScope::MailFrom => {
-                Some(c.domain)
-            }
+            // The MAIL FROM identity; for `<>`, the HELO name (RFC 7208 2.4).
+            Ok(c) if c.outcome == SpfResult::Pass => Some(c.domain),
             Ok(_) | Err(AuthError::Unavailable) => None,
             Err(AuthError::Denied) => {
                 if !self.warned_auth {
