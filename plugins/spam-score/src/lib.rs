@@ -1,14 +1,514 @@
-//! Rule-based spam scoring for mailgate: header, body, URL, DNSBL/URIBL and auth rules. (Being written.)
+//! mailgate's spam scorer: many small rules, each with a score, summed with what the other
+//! plugins of the chain scored (SPF/DMARC results of the auth plugin, for one), and
+//! actions at thresholds — in the spirit of rspamd and SpamAssassin. Needs the `dns`
+//! capability for DNS lists and `sender_domain_no_mx`, `auth-results` for `auth` rules,
+//! `log` to report list errors. See docs/spam.md for every option and examples.
+//!
+//! Config (all optional):
+//!
+//! | key | values | default |
+//! |---|---|---|
+//! | `add_header_at` | score from which the message is spam: `X-Spam-Flag: YES`, `X-Spam-Status: Yes` | `6` |
+//! | `greylist_at` | score from which a message whose triplet the greylist plugin has not seen pass (tag `greylist:new`) is deferred: `451 4.7.1` | `4` |
+//! | `quarantine_at` | score from which the message is quarantined | none |
+//! | `reject_at` | score from which the message is refused: `550 5.7.1` naming the top rules | `15` |
+//! | `headers` | `always` (X-Spam-Score and X-Spam-Status on every message), `spam` (only on spam), `never` | `always` |
+//! | `max_text_kb` | text and HTML read per message for body, html and url rules | `256` |
+//! | `dnsbl_skip_networks` | clients (CIDR) not looked up in DNSBLs | `[]` |
+//! | `default_rules` | use the shipped rules ([`defaults`]; a rule of the config with the same name replaces one, `score = 0` turns it off) | `true` |
+//! | `rules.NAME.*` | a rule: see [`rules`] | none |
+//! | `dnsbl.NAME.zone`, `.score`, `.returns` | a DNSBL of client addresses: points for a listing, per return code (`["127.0.0.2=6", "127.0.0.4=4"]`) | none |
+//! | `uribl.NAME.zone`, `.score`, `.returns` | a URIBL of the registered domains of the message's URLs | none |
+//!
+//! DNSBL listings are scored at connect and carry to the end of the session; HELO checks
+//! at HELO; everything else at the end of DATA, where the thresholds apply to the total.
 
+mod defaults;
+mod lists;
+pub mod rules;
+mod urls;
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+
+use lists::{List, Listing};
+use mailgate_plugin_sdk::Part;
+use mailgate_plugin_sdk::auth;
+use mailgate_plugin_sdk::dns;
+use mailgate_plugin_sdk::log;
 use mailgate_plugin_sdk::prelude::*;
+use rules::{Check, HeaderTest, Kind, Rule, Stage};
 
-struct Stub;
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Headers {
+    Always,
+    Spam,
+    Never,
+}
 
-#[plugin]
-impl Plugin for Stub {
-    fn init(_config: &Config) -> Result<Self, String> {
-        Ok(Stub)
+/// A network in CIDR notation.
+#[derive(Clone, Copy, Debug)]
+struct Net {
+    addr: IpAddr,
+    prefix: u8,
+}
+
+impl Net {
+    fn parse(s: &str) -> Option<Net> {
+        let (a, p) = s.split_once('/').unwrap_or((s, ""));
+        let addr: IpAddr = a.trim().parse().ok()?;
+        let max = if addr.is_ipv4() { 32 } else { 128 };
+        let prefix = if p.is_empty() {
+            max
+        } else {
+            p.trim().parse().ok()?
+        };
+        (prefix <= max).then_some(Net { addr, prefix })
+    }
+
+    fn contains(&self, ip: IpAddr) -> bool {
+        match (self.addr, ip) {
+            (IpAddr::V4(n), IpAddr::V4(a)) => {
+                let m = u32::MAX
+                    .checked_shl(32 - u32::from(self.prefix))
+                    .unwrap_or(0);
+                u32::from(n) & m == u32::from(a) & m
+            }
+            (IpAddr::V6(n), IpAddr::V6(a)) => {
+                let m = u128::MAX
+                    .checked_shl(128 - u32::from(self.prefix))
+                    .unwrap_or(0);
+                u128::from(n) & m == u128::from(a) & m
+            }
+            _ => false,
+        }
     }
 }
 
-export_plugin!(Stub);
+struct SpamScore {
+    rules: Vec<Rule>,
+    dnsbl: Vec<List>,
+    uribl: Vec<List>,
+    add_header_at: f64,
+    greylist_at: f64,
+    quarantine_at: Option<f64>,
+    reject_at: Option<f64>,
+    headers: Headers,
+    max_text: u32,
+    dnsbl_skip: Vec<Net>,
+    /// Rules that fired at connect and HELO in this session, with their points.
+    session_fired: Vec<(String, f64)>,
+}
+
+/// The message as the rules see it, read lazily and once.
+struct Seen<'a> {
+    msg: &'a Message,
+    max_text: u32,
+    headers: HashMap<String, Vec<String>>,
+    text: Option<String>,
+    html: Option<Vec<String>>,
+    parts: Option<Vec<Part>>,
+    urls: Option<Vec<urls::Url>>,
+}
+
+impl<'a> Seen<'a> {
+    fn new(msg: &'a Message, max_text: u32) -> Self {
+        Seen {
+            msg,
+            max_text,
+            headers: HashMap::new(),
+            text: None,
+            html: None,
+            parts: None,
+            urls: None,
+        }
+    }
+
+    fn header(&mut self, name: &str) -> &[String] {
+        let key = name.to_ascii_lowercase();
+        let msg = self.msg;
+        self.headers
+            .entry(key)
+            .or_insert_with(|| msg.header_decoded(name))
+    }
+
+    fn parts(&mut self) -> &[Part] {
+        let msg = self.msg;
+        self.parts.get_or_insert_with(|| msg.parts())
+    }
+
+    fn text(&mut self) -> &str {
+        let (msg, max) = (self.msg, self.max_text);
+        self.text.get_or_insert_with(|| msg.text(max))
+    }
+
+    fn html(&mut self) -> &[String] {
+        if self.html.is_none() {
+            let max = self.max_text;
+            let msg = self.msg;
+            let html: Vec<String> = self
+                .parts()
+                .iter()
+                .filter(|p| p.content_type == "text/html")
+                .take(10)
+                .map(|p| String::from_utf8_lossy(&msg.read_part(p.index, 0, max)).into_owned())
+                .collect();
+            self.html = Some(html);
+        }
+        self.html.as_deref().unwrap_or_default()
+    }
+
+    fn urls(&mut self) -> &[urls::Url] {
+        if self.urls.is_none() {
+            let mut found = Vec::new();
+            urls::find(self.text(), &mut found);
+            for h in self.html().to_vec() {
+                urls::find(&h, &mut found);
+            }
+            self.urls = Some(found);
+        }
+        self.urls.as_deref().unwrap_or_default()
+    }
+}
+
+/// The auth result `method` came to, as RFC 8601 names it (`None` if not known).
+fn auth_result(method: &str) -> Option<Vec<String>> {
+    let name = |d: &dyn std::fmt::Debug| format!("{d:?}").to_ascii_lowercase();
+    match method {
+        "spf" => auth::spf().ok().map(|s| vec![name(&s.outcome)]),
+        "dkim" => auth::dkim()
+            .ok()
+            .map(|d| d.iter().map(|c| name(&c.outcome)).collect()),
+        "dmarc" => auth::dmarc().ok().map(|d| vec![name(&d.outcome)]),
+        "arc" => auth::arc().ok().map(|a| vec![name(&a)]),
+        _ => None,
+    }
+}
+
+/// Whether `domain` has neither MX nor A records (a domain that cannot receive replies).
+fn no_mx(domain: &str) -> bool {
+    match dns::mx(domain) {
+        Ok(mx) if !mx.is_empty() => false,
+        Ok(_) | Err(dns::DnsError::Nxdomain) => {
+            matches!(dns::a(domain), Ok(a) if a.is_empty())
+                || matches!(dns::a(domain), Err(dns::DnsError::Nxdomain))
+        }
+        Err(_) => false,
+    }
+}
+
+impl SpamScore {
+    /// Looks `names` up (one per list, in order) and scores the listings; list errors are
+    /// logged once per list.
+    fn score_lists(lists: &mut [List], names: &[String]) -> Vec<(String, f64, usize)> {
+        let answers = dns::a_many(names);
+        let mut fired = Vec::new();
+        for (i, (list, answer)) in lists.iter_mut().zip(answers).enumerate() {
+            match answer {
+                Ok(codes) => match list.judge(&codes) {
+                    Listing::Yes(points) => fired.push((list.rule.clone(), points, i)),
+                    Listing::No => {}
+                    Listing::Error(codes) => list.report_error(&codes),
+                },
+                Err(dns::DnsError::Nxdomain) => {}
+                Err(e) => log::debug(format!("DNS list {}: {e:?}", list.zone)),
+            }
+        }
+        fired
+    }
+
+    fn judge(
+        &self,
+        rule: &Rule,
+        seen: &mut Seen<'_>,
+        txn: &Transaction,
+        fired: &[(String, f64)],
+    ) -> bool {
+        match &rule.kind {
+            Kind::Header { name, test } => {
+                let values = seen.header(name);
+                match test {
+                    HeaderTest::Regex(r) => values.iter().any(|v| r.is_match(v)),
+                    HeaderTest::Exists(e) => values.is_empty() != *e,
+                    HeaderTest::CountOver(n) => values.len() > *n,
+                }
+            }
+            Kind::Body(r) => r.is_match(seen.text()),
+            Kind::Html(r) => seen.html().iter().any(|h| r.is_match(h)),
+            Kind::Url(r) => seen.urls().iter().any(|u| r.is_match(&u.text)),
+            Kind::AttachmentName(r) => seen
+                .parts()
+                .iter()
+                .any(|p| p.filename.as_deref().is_some_and(|f| r.is_match(f))),
+            Kind::AttachmentType(r) => seen.parts().iter().any(|p| r.is_match(&p.content_type)),
+            Kind::Sender(r) => {
+                let s = txn
+                    .sender
+                    .as_ref()
+                    .map(|a| format!("{}@{}", a.local_part, a.domain))
+                    .unwrap_or_default();
+                r.is_match(&s)
+            }
+            Kind::RecipientsOver(n) => txn.recipients.len() > *n,
+            Kind::Check(Check::SenderDomainNoMx) => txn
+                .sender
+                .as_ref()
+                .is_some_and(|a| !a.domain.is_empty() && no_mx(&a.domain)),
+            Kind::Check(_) => false,
+            Kind::Auth { method, result } => {
+                auth_result(method).is_some_and(|rs| rs.iter().any(|r| r == result))
+            }
+            Kind::Composite { all_of, none_of } => {
+                let has = |n: &String| fired.iter().any(|(f, _)| f == n);
+                all_of.iter().all(has) && !none_of.iter().any(has)
+            }
+        }
+    }
+
+    fn status_line(&self, spam: bool, total: f64, fired: &[(String, f64)], others: f64) -> String {
+        let mut tests: Vec<String> = fired.iter().map(|(n, p)| format!("{n}({p:.1})")).collect();
+        if others.abs() >= 0.05 {
+            tests.push(format!("OTHER_PLUGINS({others:.1})"));
+        }
+        format!(
+            "{}, score={total:.1} required={:.1} tests={}",
+            if spam { "Yes" } else { "No" },
+            self.add_header_at,
+            if tests.is_empty() {
+                "none".to_string()
+            } else {
+                tests.join(", ")
+            }
+        )
+    }
+}
+
+#[plugin]
+impl Plugin for SpamScore {
+    fn init(config: &Config) -> Result<Self, String> {
+        config.deny_unknown(&[
+            "add_header_at",
+            "greylist_at",
+            "quarantine_at",
+            "reject_at",
+            "headers",
+            "max_text_kb",
+            "dnsbl_skip_networks",
+            "default_rules",
+            "rules",
+            "dnsbl",
+            "uribl",
+        ])?;
+        let threshold = |key: &str| -> Result<Option<f64>, String> {
+            match config.get(key) {
+                None => Ok(None),
+                Some("none") | Some("off") => Ok(None),
+                Some(_) => Ok(Some(config.parse::<f64>(key)?.unwrap_or_default())),
+            }
+        };
+        let headers = match config.str_or("headers", "always") {
+            "always" => Headers::Always,
+            "spam" => Headers::Spam,
+            "never" => Headers::Never,
+            other => return Err(format!("headers: {other:?} is not always, spam or never")),
+        };
+        let dnsbl_skip = config
+            .list("dnsbl_skip_networks")?
+            .unwrap_or_default()
+            .iter()
+            .map(|n| Net::parse(n).ok_or(format!("dnsbl_skip_networks: {n:?} is not a network")))
+            .collect::<Result<Vec<_>, _>>()?;
+        let max_text_kb: u32 = config.parse_or("max_text_kb", 256)?;
+        let mut entries = if config.bool_or("default_rules", true)? {
+            defaults::entries(config)
+        } else {
+            Vec::new()
+        };
+        entries.extend(config.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+        let all = Config::new(entries);
+        Ok(SpamScore {
+            rules: rules::parse(&all)?
+                .into_iter()
+                .filter(|r| r.score != 0.0)
+                .collect(),
+            dnsbl: List::all(config, "dnsbl")?,
+            uribl: List::all(config, "uribl")?,
+            add_header_at: threshold("add_header_at")?.unwrap_or(6.0),
+            greylist_at: threshold("greylist_at")?.unwrap_or(4.0),
+            quarantine_at: threshold("quarantine_at")?,
+            reject_at: if config.contains("reject_at") {
+                threshold("reject_at")?
+            } else {
+                Some(15.0)
+            },
+            headers,
+            max_text: max_text_kb.clamp(1, 4096) * 1024,
+            dnsbl_skip,
+            session_fired: Vec::new(),
+        })
+    }
+
+    fn on_connect(&mut self, s: &SessionInfo) -> Outcome {
+        self.session_fired.clear();
+        let ip = s.client_ip();
+        if self.dnsbl.is_empty() || self.dnsbl_skip.iter().any(|n| n.contains(ip)) {
+            return Outcome::continue_();
+        }
+        let names: Vec<String> = self
+            .dnsbl
+            .iter()
+            .map(|l| lists::ip_query(ip, &l.zone))
+            .collect();
+        let mut out = Outcome::continue_();
+        for (rule, points, i) in Self::score_lists(&mut self.dnsbl, &names) {
+            out = out
+                .with_score(rule.clone(), points)
+                .with_tag(format!("dnsbl:{}", self.dnsbl[i].zone));
+            self.session_fired.push((rule, points));
+        }
+        out
+    }
+
+    fn on_helo(&mut self, s: &SessionInfo, helo: &HeloInfo) -> Outcome {
+        // A second HELO replaces the first one's checks.
+        self.session_fired
+            .retain(|(n, _)| !n.starts_with("HELO_") || n.starts_with("DNSBL_"));
+        let mut out = Outcome::continue_();
+        for rule in self.rules.iter().filter(|r| r.stage() == Stage::Helo) {
+            let hit = match rule.kind {
+                Kind::Check(Check::HeloNotFqdn) => !rules::helo_is_fqdn(&helo.name),
+                Kind::Check(Check::HeloIpLiteral) => rules::helo_is_ip(&helo.name),
+                Kind::Check(Check::HeloNotPtr) => s
+                    .client
+                    .ptr_name
+                    .as_deref()
+                    .is_some_and(|p| !p.eq_ignore_ascii_case(helo.name.trim_end_matches('.'))),
+                Kind::Check(Check::NoFcrdns) => s.client.ptr_name.is_none(),
+                _ => false,
+            };
+            if hit && !self.session_fired.iter().any(|(n, _)| *n == rule.name) {
+                out = out.with_score(rule.name.clone(), rule.score);
+                self.session_fired.push((rule.name.clone(), rule.score));
+            }
+        }
+        out
+    }
+
+    fn on_data(&mut self, s: &SessionInfo, txn: &Transaction, m: &Message) -> DataOutcome {
+        let mut seen = Seen::new(m, self.max_text);
+        let mut fired: Vec<(String, f64)> = Vec::new();
+        for rule in self.rules.iter().filter(|r| r.stage() == Stage::Data) {
+            let mut all = self.session_fired.clone();
+            all.extend(fired.iter().cloned());
+            if self.judge(rule, &mut seen, txn, &all) {
+                fired.push((rule.name.clone(), rule.score));
+            }
+        }
+        if !self.uribl.is_empty() {
+            let mut domains: Vec<String> = seen
+                .urls()
+                .iter()
+                .filter_map(urls::Url::registered_domain)
+                .collect();
+            domains.sort();
+            domains.dedup();
+            domains.truncate(20);
+            // One query per list and domain, all at once.
+            let mut names = Vec::new();
+            let mut which = Vec::new();
+            for d in &domains {
+                for (i, l) in self.uribl.iter().enumerate() {
+                    names.push(format!("{d}.{}", l.zone));
+                    which.push(i);
+                }
+            }
+            let answers = dns::a_many(&names);
+            let mut best: HashMap<usize, f64> = HashMap::new();
+            for (answer, i) in answers.into_iter().zip(which) {
+                let list = &mut self.uribl[i];
+                match answer.map(|codes| list.judge(&codes)) {
+                    Ok(Listing::Yes(p)) => {
+                        let e = best.entry(i).or_insert(f64::MIN);
+                        *e = e.max(p);
+                    }
+                    Ok(Listing::Error(codes)) => list.report_error(&codes),
+                    _ => {}
+                }
+            }
+            let mut hits: Vec<(usize, f64)> = best.into_iter().collect();
+            hits.sort_by_key(|(i, _)| *i);
+            for (i, p) in hits {
+                fired.push((self.uribl[i].rule.clone(), p));
+            }
+        }
+        let ours_now: f64 = fired.iter().map(|(_, p)| p).sum();
+        let ours_before: f64 = self.session_fired.iter().map(|(_, p)| p).sum();
+        // The session's score already holds ours from connect/HELO and every other
+        // plugin's (the auth plugin's SPF/DMARC points, …).
+        let total = s.score + ours_now;
+        let others = s.score - ours_before;
+        let mut all = self.session_fired.clone();
+        all.extend(fired.iter().cloned());
+        let spam = total >= self.add_header_at;
+
+        let mut out = DataOutcome::continue_();
+        for (rule, points) in &fired {
+            out = out.with_score(rule.clone(), *points);
+        }
+        // Nobody upstream decides what our headers say.
+        for h in ["X-Spam-Flag", "X-Spam-Score", "X-Spam-Status"] {
+            if !m.header(h).is_empty() {
+                out = out.with_header_edit(HeaderEdit::remove(h));
+            }
+        }
+        if self.headers == Headers::Always || (self.headers == Headers::Spam && spam) {
+            out = out
+                .with_header_edit(HeaderEdit::prepend("X-Spam-Score", format!("{total:.1}")))
+                .with_header_edit(HeaderEdit::prepend(
+                    "X-Spam-Status",
+                    self.status_line(spam, total, &all, others),
+                ));
+            if spam {
+                out = out.with_header_edit(HeaderEdit::prepend("X-Spam-Flag", "YES"));
+            }
+        }
+        out = out.with_tag(if spam { "spam:yes" } else { "spam:no" });
+        let mut top = all.clone();
+        top.sort_by(|a, b| b.1.total_cmp(&a.1));
+        let named: Vec<&str> = top.iter().take(3).map(|(n, _)| n.as_str()).collect();
+        let reason = format!(
+            "spam score {total:.1}: {}",
+            if named.is_empty() {
+                "no rule".into()
+            } else {
+                named.join(", ")
+            }
+        );
+        out = out.with_reason(reason.clone());
+        if let Some(r) = self.reject_at
+            && total >= r
+        {
+            out.verdict = DataVerdict::reject(
+                550,
+                "5.7.1",
+                format!(
+                    "Message rejected as spam (score {total:.1}, {})",
+                    named.join(", ")
+                ),
+            );
+        } else if let Some(q) = self.quarantine_at
+            && total >= q
+        {
+            out.verdict = DataVerdict::quarantine(reason);
+        } else if total >= self.greylist_at && s.tags.iter().any(|t| t == "greylist:new") {
+            out.verdict = DataVerdict::tempfail(
+                451,
+                "4.7.1",
+                "Suspicious message greylisted, please try again later",
+            );
+        }
+        out
+    }
+}
+
+export_plugin!(SpamScore);

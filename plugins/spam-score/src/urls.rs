@@ -1,0 +1,128 @@
+//! URLs in a message's text and HTML: found, normalised (scheme and host lowercased,
+//! trailing punctuation and fragments dropped), and the registered domain of each host
+//! (the Public Suffix List's, as URIBLs want it: `www.a.example.co.uk` → `example.co.uk`).
+
+/// Most URLs taken from one message.
+pub const MAX_URLS: usize = 200;
+
+/// One URL.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Url {
+    /// Normalised text (`https://host/path?query`).
+    pub text: String,
+    /// The host, lowercase, without a trailing dot or port.
+    pub host: String,
+}
+
+impl Url {
+    /// The registered domain of the host; `None` for an IP address or a bare suffix.
+    pub fn registered_domain(&self) -> Option<String> {
+        if self.host.parse::<std::net::IpAddr>().is_ok() {
+            return None;
+        }
+        psl::domain_str(&self.host).map(str::to_string)
+    }
+}
+
+/// Characters that end a URL written in plain text.
+fn ends_url(c: char) -> bool {
+    c.is_whitespace()
+        || matches!(
+            c,
+            '<' | '>' | '"' | '\'' | '`' | '{' | '}' | '|' | '\\' | '^'
+        )
+}
+
+/// The URLs in `text` (`http://`, `https://` and `www.` forms, also inside HTML
+/// attributes), normalised and without duplicates, at most [`MAX_URLS`].
+pub fn find(text: &str, out: &mut Vec<Url>) {
+    let lower = text.to_ascii_lowercase();
+    let mut at = 0;
+    while out.len() < MAX_URLS {
+        let next = ["http://", "https://", "www."]
+            .iter()
+            .filter_map(|p| lower[at..].find(p).map(|i| (at + i, *p)))
+            .min_by_key(|(i, _)| *i);
+        let Some((start, prefix)) = next else { break };
+        // `www.` counts where a URL can start: not inside a word, nor after the `//` of
+        // a URL already found.
+        if prefix == "www." && start > 0 {
+            let prev = text[..start].chars().last().unwrap_or(' ');
+            if !ends_url(prev) {
+                at = start + prefix.len();
+                continue;
+            }
+        }
+        let end = text[start..]
+            .find(ends_url)
+            .map_or(text.len(), |e| start + e);
+        let raw = &text[start..end];
+        at = end.max(start + prefix.len());
+        if let Some(url) = normalise(raw)
+            && !out.contains(&url)
+        {
+            out.push(url);
+        }
+    }
+}
+
+/// `raw` as a [`Url`], if it has a host.
+pub fn normalise(raw: &str) -> Option<Url> {
+    let raw = raw.trim_end_matches(['.', ',', ';', ':', '!', '?', ')', ']', '\'', '"']);
+    let (scheme, rest) = match raw.find("://") {
+        Some(i) => (raw[..i].to_ascii_lowercase(), &raw[i + 3..]),
+        None => ("http".to_string(), raw),
+    };
+    let rest = rest.split('#').next().unwrap_or_default();
+    let (authority, path) = match rest.find(['/', '?']) {
+        Some(i) => (&rest[..i], &rest[i..]),
+        None => (rest, ""),
+    };
+    // user:password@host:port
+    let host_port = authority.rsplit('@').next().unwrap_or_default();
+    let host = if host_port.starts_with('[') {
+        host_port
+            .split(']')
+            .next()
+            .unwrap_or_default()
+            .trim_start_matches('[')
+    } else {
+        host_port.split(':').next().unwrap_or_default()
+    };
+    let host = decode_percent(host).to_ascii_lowercase();
+    let host = host.trim_end_matches('.').to_string();
+    let valid = !host.is_empty()
+        && host.len() <= 253
+        && host
+            .chars()
+            .all(|c| c.is_alphanumeric() || matches!(c, '.' | '-' | '_' | ':'))
+        && (host.contains('.') || host.contains(':'));
+    if !valid {
+        return None;
+    }
+    Some(Url {
+        text: format!("{scheme}://{host}{path}"),
+        host,
+    })
+}
+
+/// `%XX` escapes decoded (hosts are sometimes written `%65xample.com` to dodge filters).
+fn decode_percent(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%'
+            && i + 2 < b.len()
+            && let Ok(v) =
+                u8::from_str_radix(std::str::from_utf8(&b[i + 1..i + 3]).unwrap_or("zz"), 16)
+        {
+            out.push(v);
+            i += 3;
+            continue;
+        }
+        out.push(b[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
