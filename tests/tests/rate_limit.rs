@@ -332,6 +332,30 @@ fn allowlisted_sender_domains_and_networks_are_neither_limited_nor_counted() {
     }
 }
 
+/// Clients in `relay.trusted_networks` are exempt unless `exempt_trusted = false`.
+#[test]
+fn trusted_networks_are_exempt_unless_configured_otherwise() {
+    for (exempt, passing) in [("true", 3), ("false", 1)] {
+        let gw = Setup::default()
+            .section(
+                "[relay]\nlocal_domains = [\"example.test\"]\ntrusted_networks = [\"127.0.0.0/8\"]",
+            )
+            .section("[chain]\nadjustable_clock = true")
+            .section(&plugin(
+                r#"["kv", "clock", "log"]"#,
+                &format!(
+                    "{}\nexempt_trusted = {exempt}",
+                    limit("messages", "client", 1, 3600)
+                ),
+            ))
+            .start();
+        let mut r = session(&gw);
+        let replies: Vec<String> = (0..3).map(|_| mail(&mut r, "s@client.test")).collect();
+        let passed = replies.iter().filter(|m| m.starts_with("250 ")).count();
+        assert_eq!(passed, passing, "exempt_trusted = {exempt}: {replies:?}");
+    }
+}
+
 #[test]
 fn clients_are_counted_by_network_prefix() {
     // One connection per /24: 127.0.0.1 and 127.0.0.2 share it.
