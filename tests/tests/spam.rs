@@ -370,3 +370,62 @@ fn config_mistakes_name_the_key() {
         assert!(err.contains(expect), "{config}: {err}");
     }
 }
+
+/// Every message of tests/fixtures/corpus/ gets the verdict its `X-Corpus-Expect` header
+/// names, with the default rules and a URIBL.
+#[test]
+fn corpus_verdicts() {
+    let nsd = dns();
+    let gw = gateway(
+        &nsd,
+        &format!(
+            "{BASE}uribl.uri.zone = \"uri.test\"\nuribl.uri.score = 3\n\
+             uribl.uri.returns = [\"127.0.0.4=6.5\"]\n"
+        ),
+    );
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/corpus");
+    let mut files: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "eml"))
+        .collect();
+    files.sort();
+    assert!(files.len() >= 24, "the corpus has {} messages", files.len());
+    let mut wrong = Vec::new();
+    for (i, path) in files.iter().enumerate() {
+        let text = std::fs::read_to_string(path).unwrap();
+        let header = |name: &str| {
+            text.lines()
+                .find_map(|l| l.strip_prefix(&format!("{name}: ")))
+                .unwrap_or_else(|| panic!("{}: no {name}", path.display()))
+                .to_string()
+        };
+        let (expect, sender) = (header("X-Corpus-Expect"), header("X-Corpus-Sender"));
+        let rcpt = format!("c{i}");
+        let r = send(
+            &gw,
+            "mail.ham.test",
+            &sender,
+            &format!("{rcpt}@example.test"),
+            &text,
+        );
+        let got = if r.starts_with("550 5.7.1") {
+            "reject".to_string()
+        } else if r.starts_with("250") {
+            let head = delivered(&gw, &rcpt);
+            let status = field(&head, "X-Spam-Status").join(" ");
+            if status.starts_with("Yes") {
+                format!("spam ({status})")
+            } else {
+                format!("ham ({status})")
+            }
+        } else {
+            format!("reply {r}")
+        };
+        if got.split(' ').next() != Some(expect.as_str()) {
+            let name = path.file_name().unwrap().to_string_lossy();
+            wrong.push(format!("{name}: expected {expect}, got {got}"));
+        }
+    }
+    assert!(wrong.is_empty(), "{}", wrong.join("\n"));
+}

@@ -43,7 +43,7 @@ pub const RULES: &[(&str, &str, &str)] = &[
         "body",
         r"(?i)\b(next of kin|beneficiary of|transfer (the|this) (sum|fund)|million (united states |us )?dollars|diplomatic courier)\b",
     ),
-    ("BODY_ADVANCE_FEE", "score", "3.0"),
+    ("BODY_ADVANCE_FEE", "score", "4.0"),
     (
         "BODY_ACCOUNT_PHISH",
         "body",
@@ -61,13 +61,13 @@ pub const RULES: &[(&str, &str, &str)] = &[
         "body",
         r"(?i)\b(viagra|cialis|levitra|tramadol|xanax|online pharmacy)\b",
     ),
-    ("BODY_PHARMA", "score", "2.5"),
+    ("BODY_PHARMA", "score", "3.5"),
     (
         "BODY_CRYPTO_EXTORTION",
         "body",
         r"(?i)\b(bitcoin|btc)\b[^.]{0,80}\b(wallet|address)\b[\s\S]{0,400}\b(hours?|deadline|webcam|recorded|video)\b",
     ),
-    ("BODY_CRYPTO_EXTORTION", "score", "4.0"),
+    ("BODY_CRYPTO_EXTORTION", "score", "6.5"),
     (
         "BODY_UNSUBSCRIBE_TRICK",
         "body",
@@ -108,13 +108,13 @@ pub const RULES: &[(&str, &str, &str)] = &[
         "attachment_name",
         r"(?i)\.(exe|scr|pif|com|bat|cmd|js|jse|vbs|vbe|wsf|hta|msi|jar|lnk|iso|img|ps1)$",
     ),
-    ("ATTACH_EXECUTABLE", "score", "5.0"),
+    ("ATTACH_EXECUTABLE", "score", "6.0"),
     (
         "ATTACH_DOUBLE_EXTENSION",
         "attachment_name",
         r"(?i)\.(pdf|docx?|xlsx?|jpe?g|png|txt|zip)\.(exe|scr|js|bat|com|vbs|cmd)$",
     ),
-    ("ATTACH_DOUBLE_EXTENSION", "score", "5.0"),
+    ("ATTACH_DOUBLE_EXTENSION", "score", "9.0"),
     (
         "ATTACH_MACRO_OFFICE",
         "attachment_name",
@@ -147,11 +147,23 @@ pub const RULES: &[(&str, &str, &str)] = &[
     ("DMARC_FAIL", "score", "3.0"),
     // Composites.
     (
-        "PHISH_WITH_FORM_OR_SHORT_URL",
+        "PHISH_SHORT_URL",
         "all_of",
         r#"["BODY_ACCOUNT_PHISH","URL_SHORTENER"]"#,
     ),
-    ("PHISH_WITH_FORM_OR_SHORT_URL", "score", "2.0"),
+    ("PHISH_SHORT_URL", "score", "2.0"),
+    (
+        "PHISH_SUSPICIOUS_URL",
+        "all_of",
+        r#"["BODY_ACCOUNT_PHISH","URL_SUSPICIOUS_TLD"]"#,
+    ),
+    ("PHISH_SUSPICIOUS_URL", "score", "2.0"),
+    (
+        "PHISH_IP_URL",
+        "all_of",
+        r#"["BODY_ACCOUNT_PHISH","URL_IP_HOST"]"#,
+    ),
+    ("PHISH_IP_URL", "score", "2.0"),
     ("ADVANCE_FEE_UNSIGNED", "all_of", r#"["BODY_ADVANCE_FEE"]"#),
     ("ADVANCE_FEE_UNSIGNED", "none_of", r#"["DKIM_PASS"]"#),
     ("ADVANCE_FEE_UNSIGNED", "score", "1.5"),
