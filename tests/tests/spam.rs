@@ -429,3 +429,70 @@ fn corpus_verdicts() {
     }
     assert!(wrong.is_empty(), "{}", wrong.join("\n"));
 }
+
+/// With the greylist plugin in `defer_to_score` mode, only suspicious messages (score at
+/// least `greylist_at`) of a new triplet are deferred, at the end of DATA; their retry
+/// after the delay is accepted, and a clean message is never deferred.
+#[test]
+fn suspicious_messages_of_new_triplets_are_greylisted() {
+    let nsd = dns();
+    let gw = Setup::default()
+        .env("MAILGATE_CHAIN__ADJUSTABLE_CLOCK", "true")
+        .section(&format!(
+            "[dns]\nservers = [\"{}\"]\nreverse_lookup = false",
+            nsd.addr
+        ))
+        .section(&format!(
+            "[[plugin]]\nname = \"greylist\"\npath = {:?}\ncapabilities = [\"kv\", \"clock\", \"log\"]\n\
+             config = {{ defer_to_score = true, delay_secs = 300 }}\n",
+            shipped("greylist").display().to_string()
+        ))
+        .section(&format!(
+            "[[plugin]]\nname = \"spam\"\npath = {:?}\ncapabilities = [\"dns\", \"log\", \"kv\"]\n\
+             [plugin.config]\n{BASE}greylist_at = 4\n",
+            shipped("spam-score").display().to_string()
+        ))
+        .start();
+    // 2.5 + 1.0 + 1.0: suspicious, under add_header_at.
+    let suspicious = message("Notice!!!", "You have won the lottery: https://bit.ly/x\n");
+    let r = send(
+        &gw,
+        "mail.ham.test",
+        "a@ham.test",
+        "s@example.test",
+        &suspicious,
+    );
+    assert!(
+        r.starts_with("451 4.7.1 Suspicious message greylisted"),
+        "{r}"
+    );
+    let clean = message("Lunch", "See you at noon.\n");
+    let r = send(&gw, "mail.ham.test", "b@ham.test", "c@example.test", &clean);
+    assert!(r.starts_with("250"), "a clean message is not deferred: {r}");
+    // An early retry is deferred again; one after the delay is accepted.
+    let r = send(
+        &gw,
+        "mail.ham.test",
+        "a@ham.test",
+        "s@example.test",
+        &suspicious,
+    );
+    assert!(r.starts_with("451 4.7.1"), "early retry: {r}");
+    let cfg = gw.config.display().to_string();
+    let (ok, _, err) = support::mailgate(&["clock", "advance", "301", "--config", &cfg]);
+    assert!(ok, "{err}");
+    let r = send(
+        &gw,
+        "mail.ham.test",
+        "a@ham.test",
+        "s@example.test",
+        &suspicious,
+    );
+    assert!(r.starts_with("250"), "retry after the delay: {r}");
+    let head = delivered(&gw, "s");
+    assert!(
+        field(&head, "X-Spam-Status")[0].starts_with("No, score=4.5"),
+        "{head}"
+    );
+    assert_eq!(field(&head, "X-Greylist").len(), 1, "{head}");
+}

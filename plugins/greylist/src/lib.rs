@@ -27,6 +27,7 @@
 //! | `allow_recipients` | recipients never greylisted: `user@domain`, `user@` (any domain) or `domain` (or a parent); `user` also matches `user+extension` | `["postmaster@", "abuse@"]` |
 //! | `skip_if_authenticated` | do not greylist when SPF passes for the MAIL FROM domain (for `<>`, the HELO name); needs `auth-results`; DKIM is not known at RCPT | `false` |
 //! | `message` | the 451 text: `%s` is the seconds left, `%r` the recipient's domain (printable ASCII, at most 200 characters) | `Greylisted, please try again in %s seconds` |
+//! | `defer_to_score` | do not refuse new or early triplets here: tag them (`greylist:new`, `greylist:early`) and let the `spam-score` plugin defer only the messages scoring at least its `greylist_at` (rspamd's greylist action) | `false` |
 //! | `add_header` | prepend `X-Greylist: delayed N seconds by mailgate-greylist; DATE` to a message that passed after a delay | `true` |
 //!
 //! Tags: `greylist:new` and `greylist:early` (answered 451), `greylist:passed` (the
@@ -383,6 +384,8 @@ struct Greylist {
     skip_if_authenticated: bool,
     message: String,
     add_header: bool,
+    /// Leave new and early triplets to the spam scorer (tagged, not refused here).
+    defer_to_score: bool,
     // Per session:
     /// A kv or clock failure was logged.
     warned: bool,
@@ -405,6 +408,13 @@ fn pass(tag: &str, reason: String) -> RcptOutcome {
 impl Greylist {
     /// The 451 for a triplet with `left` seconds to wait.
     fn greylisted(&self, tag: &str, left: u64, rcpt: &Address, reason: String) -> RcptOutcome {
+        if self.defer_to_score {
+            // The spam scorer decides at the end of DATA (its `greylist_at`).
+            return RcptOutcome::continue_().with_tag(tag).with_reason(cut(
+                format!("{reason}; left to the spam score (defer_to_score)"),
+                MAX_REASON,
+            ));
+        }
         let text = self
             .message
             .replace("%s", &left.to_string())
@@ -669,6 +679,7 @@ impl Plugin for Greylist {
             "skip_if_authenticated",
             "message",
             "add_header",
+            "defer_to_score",
         ])?;
         let delay = number(config, "delay_secs", 300, 1..=i64::from(u32::MAX - 1))?;
         let retry_window = number(
@@ -723,6 +734,7 @@ impl Plugin for Greylist {
             skip_if_authenticated: config.bool_or("skip_if_authenticated", false)?,
             message,
             add_header: config.bool_or("add_header", true)?,
+            defer_to_score: config.bool_or("defer_to_score", false)?,
             warned: false,
             warned_auth: false,
             spf: None,

@@ -9,7 +9,7 @@
 //! | key | values | default |
 //! |---|---|---|
 //! | `add_header_at` | score from which the message is spam: `X-Spam-Flag: YES`, `X-Spam-Status: Yes` | `6` |
-//! | `greylist_at` | score from which a message whose triplet the greylist plugin has not seen pass (tag `greylist:new`) is deferred: `451 4.7.1` | `4` |
+//! | `greylist_at` | score from which a message whose triplet the greylist plugin (in `defer_to_score` mode) has not seen pass yet (tag `greylist:new` or `greylist:early`) is deferred: `451 4.7.1` | `4` |
 //! | `quarantine_at` | score from which the message is quarantined | none |
 //! | `reject_at` | score from which the message is refused: `550 5.7.1` naming the top rules | `15` |
 //! | `headers` | `always` (X-Spam-Score and X-Spam-Status on every message), `spam` (only on spam), `never` | `always` |
@@ -500,7 +500,11 @@ impl Plugin for SpamScore {
             && total >= q
         {
             out.verdict = DataVerdict::quarantine(reason);
-        } else if total >= self.greylist_at && s.tags.iter().any(|t| t == "greylist:new") {
+        } else if total >= self.greylist_at
+            && s.tags
+                .iter()
+                .any(|t| t == "greylist:new" || t == "greylist:early")
+        {
             out.verdict = DataVerdict::tempfail(
                 451,
                 "4.7.1",
