@@ -63,11 +63,23 @@ pub const RULES: &[(&str, &str, &str)] = &[
     ),
     ("BODY_PHARMA", "score", "3.5"),
     (
-        "BODY_CRYPTO_EXTORTION",
+        "BODY_BITCOIN_ADDRESS",
         "body",
-        r"(?i)\b(bitcoin|btc)\b[^.]{0,80}\b(wallet|address)\b[\s\S]{0,400}\b(hours?|deadline|webcam|recorded|video)\b",
+        r"(?i)\b(bitcoin|btc) (wallet|address)\b",
     ),
-    ("BODY_CRYPTO_EXTORTION", "score", "6.5"),
+    ("BODY_BITCOIN_ADDRESS", "score", "1.0"),
+    (
+        "BODY_EXTORTION_THREAT",
+        "body",
+        r"(?i)\b(webcam|recorded you|video of you|your contacts|intimate video)\b",
+    ),
+    ("BODY_EXTORTION_THREAT", "score", "1.0"),
+    (
+        "BODY_CRYPTO_EXTORTION",
+        "all_of",
+        r#"["BODY_BITCOIN_ADDRESS","BODY_EXTORTION_THREAT"]"#,
+    ),
+    ("BODY_CRYPTO_EXTORTION", "score", "4.5"),
     (
         "BODY_UNSUBSCRIBE_TRICK",
         "body",

@@ -87,6 +87,10 @@ impl Net {
 
 struct SpamScore {
     rules: Vec<Rule>,
+    /// The body rules, in one pass over the text.
+    body_scan: rules::Scan,
+    /// The html rules, in one pass over each HTML part.
+    html_scan: rules::Scan,
     dnsbl: Vec<List>,
     uribl: Vec<List>,
     add_header_at: f64,
@@ -223,6 +227,8 @@ impl SpamScore {
         seen: &mut Seen<'_>,
         txn: &Transaction,
         fired: &[(String, f64)],
+        scanned: &[usize],
+        index: usize,
     ) -> bool {
         match &rule.kind {
             Kind::Header { name, test } => {
@@ -233,8 +239,7 @@ impl SpamScore {
                     HeaderTest::CountOver(n) => values.len() > *n,
                 }
             }
-            Kind::Body(r) => r.is_match(seen.text()),
-            Kind::Html(r) => seen.html().iter().any(|h| r.is_match(h)),
+            Kind::Body(_) | Kind::Html(_) => scanned.contains(&index),
             Kind::Url(r) => seen.urls().iter().any(|u| r.is_match(&u.text)),
             Kind::AttachmentName(r) => seen
                 .parts()
@@ -270,10 +275,14 @@ impl SpamScore {
         if others.abs() >= 0.05 {
             tests.push(format!("OTHER_PLUGINS({others:.1})"));
         }
+        let required = if self.add_header_at.is_finite() {
+            format!("{:.1}", self.add_header_at)
+        } else {
+            "off".to_string()
+        };
         format!(
-            "{}, score={total:.1} required={:.1} tests={}",
+            "{}, score={total:.1} required={required} tests={}",
             if spam { "Yes" } else { "No" },
-            self.add_header_at,
             if tests.is_empty() {
                 "none".to_string()
             } else {
@@ -299,11 +308,12 @@ impl Plugin for SpamScore {
             "dnsbl",
             "uribl",
         ])?;
-        let threshold = |key: &str| -> Result<Option<f64>, String> {
+        // Absent: the default; "off": never; else the number.
+        let threshold = |key: &str, default: Option<f64>| -> Result<Option<f64>, String> {
             match config.get(key) {
-                None => Ok(None),
-                Some("none") | Some("off") => Ok(None),
-                Some(_) => Ok(Some(config.parse::<f64>(key)?.unwrap_or_default())),
+                None => Ok(default),
+                Some("off") | Some("none") => Ok(None),
+                Some(_) => Ok(config.parse::<f64>(key)?),
             }
         };
         let headers = match config.str_or("headers", "always") {
@@ -326,21 +336,33 @@ impl Plugin for SpamScore {
         };
         entries.extend(config.iter().map(|(k, v)| (k.to_string(), v.to_string())));
         let all = Config::new(entries);
+        let rules: Vec<Rule> = rules::parse(&all)?
+            .into_iter()
+            .filter(|r| r.score != 0.0)
+            .collect();
+        let patterns = |html: bool| -> Vec<(usize, String)> {
+            rules
+                .iter()
+                .enumerate()
+                .filter_map(|(i, r)| match &r.kind {
+                    Kind::Body(re) if !html => Some((i, re.as_str().to_string())),
+                    Kind::Html(re) if html => Some((i, re.as_str().to_string())),
+                    _ => None,
+                })
+                .collect()
+        };
+        let body_scan = rules::Scan::new(&patterns(false))?;
+        let html_scan = rules::Scan::new(&patterns(true))?;
         Ok(SpamScore {
-            rules: rules::parse(&all)?
-                .into_iter()
-                .filter(|r| r.score != 0.0)
-                .collect(),
+            rules,
+            body_scan,
+            html_scan,
             dnsbl: List::all(config, "dnsbl")?,
             uribl: List::all(config, "uribl")?,
-            add_header_at: threshold("add_header_at")?.unwrap_or(6.0),
-            greylist_at: threshold("greylist_at")?.unwrap_or(4.0),
-            quarantine_at: threshold("quarantine_at")?,
-            reject_at: if config.contains("reject_at") {
-                threshold("reject_at")?
-            } else {
-                Some(15.0)
-            },
+            add_header_at: threshold("add_header_at", Some(6.0))?.unwrap_or(f64::INFINITY),
+            greylist_at: threshold("greylist_at", Some(4.0))?.unwrap_or(f64::INFINITY),
+            quarantine_at: threshold("quarantine_at", None)?,
+            reject_at: threshold("reject_at", Some(15.0))?,
             headers,
             max_text: max_text_kb.clamp(1, 4096) * 1024,
             dnsbl_skip,
@@ -396,11 +418,24 @@ impl Plugin for SpamScore {
 
     fn on_data(&mut self, s: &SessionInfo, txn: &Transaction, m: &Message) -> DataOutcome {
         let mut seen = Seen::new(m, self.max_text);
+        // Body and HTML rules: one pass over each text for all of them.
+        let mut scanned = Vec::new();
+        if !self.body_scan.is_empty() {
+            self.body_scan.matches(seen.text(), &mut scanned);
+        }
+        if !self.html_scan.is_empty() {
+            for h in seen.html() {
+                self.html_scan.matches(h, &mut scanned);
+            }
+        }
         let mut fired: Vec<(String, f64)> = Vec::new();
-        for rule in self.rules.iter().filter(|r| r.stage() == Stage::Data) {
+        for (i, rule) in self.rules.iter().enumerate() {
+            if rule.stage() != Stage::Data {
+                continue;
+            }
             let mut all = self.session_fired.clone();
             all.extend(fired.iter().cloned());
-            if self.judge(rule, &mut seen, txn, &all) {
+            if self.judge(rule, &mut seen, txn, &all, &scanned, i) {
                 fired.push((rule.name.clone(), rule.score));
             }
         }

@@ -121,6 +121,64 @@ fn regex(name: &str, key: &str, pattern: &str) -> Result<Regex, String> {
         .map_err(|e| format!("rules.{name}.{key}: {e}"))
 }
 
+/// Whether `pattern` means the same in ASCII mode (`\b`, `\w`, `(?i)` on ASCII), which
+/// matches much faster; patterns whose classes could match non-ASCII text stay Unicode.
+pub fn ascii_ok(pattern: &str) -> bool {
+    regex::RegexBuilder::new(pattern)
+        .unicode(false)
+        .size_limit(1 << 20)
+        .build()
+        .is_ok()
+}
+
+/// Rules of one kind (body, or html) matched in one pass over a text: one regex set for
+/// the patterns that are fine in ASCII mode, one for the others.
+#[derive(Clone, Debug, Default)]
+pub struct Scan {
+    sets: Vec<(regex::RegexSet, Vec<usize>)>,
+}
+
+impl Scan {
+    /// A scan of `patterns` (`(rule index, pattern)`).
+    pub fn new(patterns: &[(usize, String)]) -> Result<Scan, String> {
+        let mut sets = Vec::new();
+        for ascii in [true, false] {
+            let (idx, pats): (Vec<usize>, Vec<&str>) = patterns
+                .iter()
+                .filter(|(_, p)| ascii_ok(p) == ascii)
+                .map(|(i, p)| (*i, p.as_str()))
+                .unzip();
+            if pats.is_empty() {
+                continue;
+            }
+            let set = regex::RegexSetBuilder::new(&pats)
+                .unicode(!ascii)
+                .size_limit(16 << 20)
+                .dfa_size_limit(8 << 20)
+                .build()
+                .map_err(|e| format!("rules: {e}"))?;
+            sets.push((set, idx));
+        }
+        Ok(Scan { sets })
+    }
+
+    /// Whether it has any pattern.
+    pub fn is_empty(&self) -> bool {
+        self.sets.is_empty()
+    }
+
+    /// Adds the indexes of the rules matching `text` to `hits`.
+    pub fn matches(&self, text: &str, hits: &mut Vec<usize>) {
+        for (set, idx) in &self.sets {
+            for j in set.matches(text).iter() {
+                if !hits.contains(&idx[j]) {
+                    hits.push(idx[j]);
+                }
+            }
+        }
+    }
+}
+
 /// A rule name as `X-Spam-Status` and the score entries allow: 1..=64 of `A-Z a-z 0-9 _ - .`.
 fn valid_name(name: &str) -> bool {
     !name.is_empty()

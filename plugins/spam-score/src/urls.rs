@@ -34,35 +34,40 @@ fn ends_url(c: char) -> bool {
 }
 
 /// The URLs in `text` (`http://`, `https://` and `www.` forms, also inside HTML
-/// attributes), normalised and without duplicates, at most [`MAX_URLS`].
+/// attributes), normalised and without duplicates, at most [`MAX_URLS`]. One pass over
+/// the text: only positions holding `h` or `w` are looked at closer.
 pub fn find(text: &str, out: &mut Vec<Url>) {
-    let lower = text.to_ascii_lowercase();
+    let b = text.as_bytes();
+    let starts_with = |at: usize, p: &[u8]| {
+        b.len() >= at + p.len() && b[at..at + p.len()].eq_ignore_ascii_case(p)
+    };
     let mut at = 0;
-    while out.len() < MAX_URLS {
-        let next = ["http://", "https://", "www."]
-            .iter()
-            .filter_map(|p| lower[at..].find(p).map(|i| (at + i, *p)))
-            .min_by_key(|(i, _)| *i);
-        let Some((start, prefix)) = next else { break };
-        // `www.` counts where a URL can start: not inside a word, nor after the `//` of
-        // a URL already found.
-        if prefix == "www." && start > 0 {
-            let prev = text[..start].chars().last().unwrap_or(' ');
-            if !ends_url(prev) {
-                at = start + prefix.len();
-                continue;
-            }
+    while at < b.len() && out.len() < MAX_URLS {
+        let c = b[at] | 0x20;
+        if c != b'h' && c != b'w' {
+            at += 1;
+            continue;
         }
-        let end = text[start..]
-            .find(ends_url)
-            .map_or(text.len(), |e| start + e);
-        let raw = &text[start..end];
-        at = end.max(start + prefix.len());
-        if let Some(url) = normalise(raw)
+        let prefix_len = if starts_with(at, b"http://") {
+            7
+        } else if starts_with(at, b"https://") {
+            8
+        } else if starts_with(at, b"www.")
+            // Where a URL can start: not inside a word, nor after the `//` of a URL.
+            && (at == 0 || ends_url(b[at - 1] as char))
+        {
+            4
+        } else {
+            at += 1;
+            continue;
+        };
+        let end = text[at..].find(ends_url).map_or(b.len(), |e| at + e);
+        if let Some(url) = normalise(&text[at..end])
             && !out.contains(&url)
         {
             out.push(url);
         }
+        at = end.max(at + prefix_len);
     }
 }
 
