@@ -150,3 +150,66 @@ pub fn key_error(prefix: &str, name: &str, e: &mailgate_plugin_sdk::ConfigError)
 pub fn ip_query(ip: IpAddr, zone: &str) -> String {
     mailgate_plugin_sdk::dns::dnsbl_name(ip, zone)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn list() -> List {
+        List {
+            rule: "DNSBL_ZEN".into(),
+            zone: "zen.test".into(),
+            score: 3.0,
+            returns: vec![("127.0.0.4".parse().unwrap(), 5.0)],
+            error_reported: false,
+        }
+    }
+
+    #[test]
+    fn return_codes_score_and_refusals_never_do() {
+        let l = list();
+        let ip = |s: &str| s.parse::<Ipv4Addr>().unwrap();
+        assert_eq!(l.judge(&[]), Listing::No);
+        assert_eq!(l.judge(&[ip("127.0.0.2")]), Listing::Yes(3.0));
+        assert_eq!(
+            l.judge(&[ip("127.0.0.2"), ip("127.0.0.4")]),
+            Listing::Yes(5.0)
+        );
+        assert!(matches!(
+            l.judge(&[ip("127.255.255.254")]),
+            Listing::Error(_)
+        ));
+        assert!(matches!(
+            l.judge(&[ip("127.255.255.255")]),
+            Listing::Error(_)
+        ));
+        assert!(matches!(l.judge(&[ip("10.0.0.1")]), Listing::Error(_)));
+    }
+
+    #[test]
+    fn lists_parse_from_the_config() {
+        let c = Config::from_pairs([
+            ("dnsbl.zen.zone", "zen.test."),
+            ("dnsbl.zen.returns", r#"["127.0.0.2=6", "127.0.0.10=1.5"]"#),
+        ]);
+        let lists = List::all(&c, "dnsbl").unwrap();
+        assert_eq!(lists.len(), 1);
+        assert_eq!(lists[0].rule, "DNSBL_ZEN");
+        assert_eq!(lists[0].zone, "zen.test");
+        assert_eq!(lists[0].score, 1.0);
+        assert_eq!(lists[0].returns.len(), 2);
+        let bad =
+            Config::from_pairs([("dnsbl.x.zone", "a.test"), ("dnsbl.x.returns", "127.0.0.2")]);
+        assert!(
+            List::all(&bad, "dnsbl")
+                .unwrap_err()
+                .contains("CODE=POINTS")
+        );
+        let missing = Config::from_pairs([("dnsbl.x.score", "2")]);
+        assert!(
+            List::all(&missing, "dnsbl")
+                .unwrap_err()
+                .starts_with("dnsbl.x.zone")
+        );
+    }
+}

@@ -354,3 +354,69 @@ pub fn helo_is_fqdn(helo: &str) -> bool {
 pub fn helo_is_ip(helo: &str) -> bool {
     helo.starts_with('[') || helo.parse::<std::net::IpAddr>().is_ok()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cfg(pairs: &[(&str, &str)]) -> Config {
+        Config::from_pairs(pairs.iter().copied())
+    }
+
+    #[test]
+    fn rules_parse_and_composites_come_last() {
+        let rules = parse(&cfg(&[
+            ("rules.BOTH.all_of", r#"["CAPS","FREE"]"#),
+            ("rules.BOTH.score", "1.5"),
+            ("rules.CAPS.header", "Subject"),
+            ("rules.CAPS.regex", "^[A-Z !]+$"),
+            ("rules.FREE.body", "(?i)free money"),
+            ("rules.FREE.score", "3"),
+            ("rules.NOMID.header", "Message-ID"),
+            ("rules.NOMID.exists", "false"),
+        ]))
+        .unwrap();
+        let names: Vec<&str> = rules.iter().map(|r| r.name.as_str()).collect();
+        assert_eq!(names, ["CAPS", "FREE", "NOMID", "BOTH"]);
+        assert_eq!(rules[1].score, 3.0);
+    }
+
+    #[test]
+    fn mistakes_are_named() {
+        let err = |pairs: &[(&str, &str)]| parse(&cfg(pairs)).unwrap_err();
+        assert!(err(&[("rules.X.body", "(")]).contains("rules.X.body"));
+        assert!(err(&[("rules.X.bodyy", "a")]).contains("bodyy"));
+        assert!(err(&[("rules.X.score", "1")]).contains("nothing to look at"));
+        assert!(err(&[("rules.X.body", "a"), ("rules.X.url", "b")]).contains("more than one"));
+        assert!(err(&[("rules.X.all_of", r#"["Y"]"#)]).contains("\"Y\""));
+        assert!(err(&[("rules.X.check", "moon_phase")]).contains("moon_phase"));
+        assert!(err(&[("rules.X.auth", "spf")]).contains("METHOD:RESULT"));
+        assert!(err(&[("rules.X Y.body", "a")]).contains("rule name"));
+    }
+
+    #[test]
+    fn one_scan_finds_every_matching_rule() {
+        let scan = Scan::new(&[
+            (0, "(?i)\\bfree money\\b".into()),
+            (3, "[^a-z]{5}".into()),
+            (7, "never".into()),
+        ])
+        .unwrap();
+        let mut hits = vec![];
+        scan.matches("Get FREE MONEY now", &mut hits);
+        hits.sort();
+        assert_eq!(hits, [0, 3]);
+        assert!(ascii_ok("(?i)\\bfree\\b"));
+        assert!(!ascii_ok("[^a-z]{5}"));
+    }
+
+    #[test]
+    fn helo_shapes() {
+        assert!(helo_is_fqdn("mail.example.com"));
+        assert!(!helo_is_fqdn("localhost"));
+        assert!(!helo_is_fqdn("[192.0.2.1]"));
+        assert!(helo_is_ip("[192.0.2.1]"));
+        assert!(helo_is_ip("192.0.2.1"));
+        assert!(!helo_is_ip("a.example"));
+    }
+}

@@ -131,3 +131,48 @@ fn decode_percent(s: &str) -> String {
     }
     String::from_utf8_lossy(&out).into_owned()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn urls(text: &str) -> Vec<String> {
+        let mut out = vec![];
+        find(text, &mut out);
+        out.into_iter().map(|u| u.text).collect()
+    }
+
+    #[test]
+    fn urls_are_found_and_normalised() {
+        assert_eq!(
+            urls("See HTTPS://Example.COM/a?b=1#frag, or www.Test.org."),
+            vec!["https://example.com/a?b=1", "http://www.test.org"]
+        );
+        assert_eq!(
+            urls(r#"<a href="http://user:pw@%65vil.example:8080/x">x</a>"#),
+            vec!["http://evil.example/x"]
+        );
+        assert_eq!(urls("http://a.test http://a.test"), vec!["http://a.test"]);
+        assert!(urls("no links, just http:// and www.").is_empty());
+        // `www.` inside a word or after `//` is not a second URL.
+        assert_eq!(
+            urls("xwww.a.test http://www.b.test"),
+            vec!["http://www.b.test"]
+        );
+        assert_eq!(
+            urls("naïve café: http://ü.example/x"),
+            vec!["http://ü.example/x"]
+        );
+    }
+
+    #[test]
+    fn registered_domains_use_the_suffix_list() {
+        let d = |h: &str| normalise(h).unwrap().registered_domain();
+        assert_eq!(
+            d("http://www.a.example.co.uk/x"),
+            Some("example.co.uk".into())
+        );
+        assert_eq!(d("https://bit.ly/x"), Some("bit.ly".into()));
+        assert_eq!(d("http://192.0.2.1/x"), None);
+    }
+}
