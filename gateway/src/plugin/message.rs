@@ -19,6 +19,9 @@ pub const MAX_TEXT: usize = 1024 * 1024;
 pub const MAX_MIME: usize = 4 * 1024 * 1024;
 /// MIME leaf parts listed (the rest are not).
 pub const MAX_PARTS: usize = 1000;
+/// Messages up to this size are MIME-parsed on the calling task (it takes microseconds);
+/// larger ones on the blocking pool.
+pub const INLINE_MIME: usize = 64 * 1024;
 
 /// A message shared by all plugins of one DATA stage.
 #[derive(Debug)]
@@ -141,11 +144,17 @@ impl ParsedMessage {
     }
 
     /// Parses the MIME structure once per message (every plugin of the stage shares
-    /// it), on the blocking pool: a huge or deeply split message never holds up a
-    /// runtime worker, and the time it takes counts against the calling plugin's deadline
-    /// (the call that waits is under it).
+    /// it): a message over [`INLINE_MIME`] on the blocking pool, so a huge or deeply
+    /// split message never holds up a runtime worker; either way the time it takes
+    /// counts against the calling plugin's deadline (the call that waits is under it).
     pub async fn parse_mime(self: &std::sync::Arc<Self>) {
         if self.mime.get().is_some() {
+            return;
+        }
+        // A small message is parsed where it is: handing it to the blocking pool would
+        // cost more than parsing it.
+        if self.raw.received_len() <= INLINE_MIME {
+            self.mime();
             return;
         }
         let me = std::sync::Arc::clone(self);
