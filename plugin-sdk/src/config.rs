@@ -196,6 +196,31 @@ impl Config {
             .map_err(|e| ConfigError::new(key, format!("expected a list: {e}")))
     }
 
+    /// The value of `key` as a list of tables (a TOML array of tables, e.g.
+    /// `rules = [{ domain = "a.test", action = "mx" }]`), each as a `Config` of its own
+    /// (nested tables as dotted keys, like the top level), `None` if absent. Anything but
+    /// an array of tables is an error naming `key`.
+    pub fn tables(&self, key: &str) -> Result<Option<Vec<Config>>, ConfigError> {
+        let Some(v) = self.get(key) else {
+            return Ok(None);
+        };
+        let items: Vec<serde_json::Value> = serde_json::from_str(v)
+            .map_err(|_| ConfigError::new(key, "expected a list of tables"))?;
+        let mut out = Vec::with_capacity(items.len());
+        for (i, item) in items.iter().enumerate() {
+            if !item.is_object() {
+                return Err(ConfigError::new(
+                    format!("{key}[{i}]"),
+                    "expected a table",
+                ));
+            }
+            let mut entries = Vec::new();
+            flatten("", item, &mut entries);
+            out.push(Config::new(entries));
+        }
+        Ok(Some(out))
+    }
+
     /// The entries under `prefix.` (a nested table), with the prefix removed.
     pub fn section(&self, prefix: &str) -> Config {
         let dotted = format!("{prefix}.");
@@ -239,108 +264,38 @@ impl Config {
     }
 }
 
-/// Parses `[scalar, ...]`: strings (with JSON escapes), numbers, `true`, `false`, `null`.
+/// Parses `[scalar, ...]`: strings, numbers, `true`, `false`, `null`, each as its text.
 fn parse_json_scalar_array(text: &str) -> Result<Vec<String>, String> {
-    let mut chars = text.trim().chars().peekable();
-    let mut out = Vec::new();
-    let skip_ws = |c: &mut std::iter::Peekable<std::str::Chars<'_>>| {
-        while c.peek().is_some_and(|c| c.is_whitespace()) {
-            c.next();
-        }
-    };
-    if chars.next() != Some('[') {
-        return Err("does not start with `[`".into());
-    }
-    skip_ws(&mut chars);
-    if chars.peek() == Some(&']') {
-        chars.next();
-        return if chars.next().is_none() {
-            Ok(out)
-        } else {
-            Err("text after `]`".into())
-        };
-    }
-    loop {
-        skip_ws(&mut chars);
-        match chars.peek() {
-            Some('"') => {
-                chars.next();
-                let mut s = String::new();
-                loop {
-                    match chars.next() {
-                        None => return Err("unterminated string".into()),
-                        Some('"') => break,
-                        Some('\\') => match chars.next() {
-                            Some('"') => s.push('"'),
-                            Some('\\') => s.push('\\'),
-                            Some('/') => s.push('/'),
-                            Some('b') => s.push('\u{8}'),
-                            Some('f') => s.push('\u{c}'),
-                            Some('n') => s.push('\n'),
-                            Some('r') => s.push('\r'),
-                            Some('t') => s.push('\t'),
-                            Some('u') => {
-                                let hi = hex4(&mut chars)?;
-                                let code = if (0xD800..0xDC00).contains(&hi) {
-                                    if chars.next() != Some('\\') || chars.next() != Some('u') {
-                                        return Err("lone surrogate".into());
-                                    }
-                                    let lo = hex4(&mut chars)?;
-                                    if !(0xDC00..0xE000).contains(&lo) {
-                                        return Err("lone surrogate".into());
-                                    }
-                                    0x10000 + ((hi - 0xD800) << 10) + (lo - 0xDC00)
-                                } else {
-                                    hi
-                                };
-                                s.push(char::from_u32(code).ok_or("invalid \\u escape")?);
-                            }
-                            other => return Err(format!("bad escape {other:?}")),
-                        },
-                        Some(c) => s.push(c),
-                    }
-                }
-                out.push(s);
+    let values: Vec<serde_json::Value> = serde_json::from_str(text).map_err(|e| e.to_string())?;
+    values
+        .into_iter()
+        .map(|v| match v {
+            serde_json::Value::String(s) => Ok(s),
+            serde_json::Value::Array(_) | serde_json::Value::Object(_) => {
+                Err("nested arrays or tables are not supported".to_string())
             }
-            Some('[') | Some('{') => return Err("nested arrays or tables are not supported".into()),
-            Some(_) => {
-                let mut s = String::new();
-                while let Some(&c) = chars.peek() {
-                    if c == ',' || c == ']' || c.is_whitespace() {
-                        break;
-                    }
-                    s.push(c);
-                    chars.next();
-                }
-                let is_number = s.parse::<f64>().is_ok() && !s.starts_with('+');
-                if !(is_number || s == "true" || s == "false" || s == "null") {
-                    return Err(format!("unexpected value {s:?}"));
-                }
-                out.push(s);
-            }
-            None => return Err("unterminated array".into()),
-        }
-        skip_ws(&mut chars);
-        match chars.next() {
-            Some(',') => continue,
-            Some(']') => break,
-            other => return Err(format!("expected `,` or `]`, got {other:?}")),
-        }
-    }
-    skip_ws(&mut chars);
-    if chars.next().is_some() {
-        return Err("text after `]`".into());
-    }
-    Ok(out)
+            scalar => Ok(scalar.to_string()),
+        })
+        .collect()
 }
 
-/// Four hex digits of a `\u` escape.
-fn hex4(chars: &mut std::iter::Peekable<std::str::Chars<'_>>) -> Result<u32, String> {
-    let hex: String = chars.by_ref().take(4).collect();
-    u32::from_str_radix(&hex, 16)
-        .ok()
-        .filter(|_| hex.len() == 4)
-        .ok_or_else(|| format!("bad \\u escape {hex:?}"))
+/// `value` flattened into `out` the way the host flattens a plugin's config table:
+/// nested tables as dotted keys under `prefix`, arrays as JSON text, scalars as text.
+fn flatten(prefix: &str, value: &serde_json::Value, out: &mut Vec<(String, String)>) {
+    match value {
+        serde_json::Value::Object(map) => {
+            for (k, v) in map {
+                let key = if prefix.is_empty() {
+                    k.clone()
+                } else {
+                    format!("{prefix}.{k}")
+                };
+                flatten(&key, v, out);
+            }
+        }
+        serde_json::Value::String(s) => out.push((prefix.to_string(), s.clone())),
+        other => out.push((prefix.to_string(), other.to_string())),
+    }
 }
 
 #[cfg(test)]
@@ -439,6 +394,28 @@ mod tests {
             let c = Config::from_pairs([("k", bad)]);
             assert!(c.list("k").is_err(), "{bad:?}");
         }
+    }
+
+    #[test]
+    fn tables() {
+        let c = Config::from_pairs([
+            (
+                "rules",
+                r#"[{"domain": "a.test", "action": "relay", "relay": {"host": "h", "port": 25}, "tags": ["x"]}, {"action": "mx"}]"#,
+            ),
+            ("scalar", "3"),
+            ("mixed", r#"[{"a": 1}, 2]"#),
+        ]);
+        let rules = c.tables("rules").unwrap().unwrap();
+        assert_eq!(rules.len(), 2);
+        assert_eq!(rules[0].get("domain"), Some("a.test"));
+        assert_eq!(rules[0].get("relay.host"), Some("h"));
+        assert_eq!(rules[0].int("relay.port"), Ok(Some(25)));
+        assert_eq!(rules[0].list("tags"), Ok(Some(vec!["x".to_string()])));
+        assert_eq!(rules[1].get("action"), Some("mx"));
+        assert_eq!(c.tables("missing"), Ok(None));
+        assert_eq!(c.tables("scalar").unwrap_err().key(), "scalar");
+        assert_eq!(c.tables("mixed").unwrap_err().key(), "mixed[1]");
     }
 
     #[test]
