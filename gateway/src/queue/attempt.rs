@@ -15,7 +15,7 @@ use tokio::sync::Semaphore;
 use super::deliver::{self, Attempt, Outcome};
 use super::dsn;
 use super::entry::{Entry, RcptStatus, from_secs, now_ms};
-use super::route::{self, Destination, NoRoute};
+use super::route::{Destination, NoRoute};
 use super::schedule::{self, Next};
 use super::{Queue, QueueError, on_spool};
 use crate::current::Current;
@@ -213,28 +213,14 @@ impl Queue {
         let Ok(_permit) = limit.acquire().await else {
             return all(Reply::new(451, "4.3.0", "shutting down"));
         };
-        let found = match cur.runtime.live.routing.targets(dest, &self.dns).await {
+        // Never connect to ourselves: that is a mail loop, not a delivery.
+        let domain = crate::delivery::domain_of(&entry.recipients[idx[0]].address);
+        let routing = &cur.runtime.live.routing;
+        let targets = match routing.next_hops(dest, &self.dns, &self.own, &domain).await {
             Ok(t) => t,
             Err(NoRoute::Permanent(why, code)) => return all(deliver::reply(550, code, &why)),
             Err(NoRoute::Temporary(why, code)) => return all(deliver::reply(451, code, &why)),
         };
-        // Never connect to ourselves: that is a mail loop, not a delivery.
-        let mut targets = Vec::with_capacity(found.len());
-        for t in found {
-            if route::loops_back(&t, &self.own).await {
-                tracing::warn!(queue_id = %entry.id, next_hop = %t.addr, "next hop is this gateway; not connecting");
-            } else {
-                targets.push(t);
-            }
-        }
-        if targets.is_empty() {
-            let domain = crate::delivery::domain_of(&entry.recipients[idx[0]].address);
-            return all(deliver::reply(
-                451,
-                "4.4.6",
-                &format!("mail for {domain} loops back to myself"),
-            ));
-        }
         let rcpts: Vec<String> = idx
             .iter()
             .map(|i| entry.recipients[*i].address.clone())

@@ -153,23 +153,11 @@ pub async fn deliver(
                 }
             }
         }
-        let client = match SmtpClient::connect(&t.addr, a.helo, t.tls, a.timeouts).await {
+        let client = match open(t, a.helo, a.timeouts).await {
             Ok(c) => c,
-            Err(e) => {
-                tracing::info!(next_hop = %t.addr, error = %e, "next hop unavailable");
-                last = match e {
-                    // A refusal of the session is the next hop's trouble, not the
-                    // recipients': retried later (the next address first).
-                    ClientError::Rejected { reply: r, .. } => reply(
-                        451,
-                        "4.4.1",
-                        &format!("{} refused the session: {r}", t.addr),
-                    ),
-                    ClientError::TlsNotOffered => {
-                        reply(451, "4.7.10", "TLS required but STARTTLS not offered")
-                    }
-                    other => reply(451, "4.4.1", &format!("{}: {other}", t.addr)),
-                };
+            Err(r) => {
+                tracing::info!(next_hop = %t.addr, error = %r, "next hop unavailable");
+                last = r;
                 last_host = Some(t.host.clone());
                 continue;
             }
@@ -194,6 +182,30 @@ pub async fn deliver(
             remote: last_host.clone(),
         })
         .collect()
+}
+
+/// Opens a session with `t`: connect, greeting, `EHLO helo`, and `STARTTLS` as its TLS
+/// policy asks. A failure is the `451` that says why: a refused session is the next hop's
+/// trouble, not the recipients' (the queue retries later, the next address first). The
+/// queue's deliveries and recipient verification probes both connect here.
+pub async fn open(
+    t: &Target,
+    helo: &str,
+    timeouts: Timeouts,
+) -> Result<SmtpClient<TcpStream>, Reply> {
+    SmtpClient::connect(&t.addr, helo, t.tls, timeouts)
+        .await
+        .map_err(|e| match e {
+            ClientError::Rejected { reply: r, .. } => reply(
+                451,
+                "4.4.1",
+                &format!("{} refused the session: {r}", t.addr),
+            ),
+            ClientError::TlsNotOffered => {
+                reply(451, "4.7.10", "TLS required but STARTTLS not offered")
+            }
+            other => reply(451, "4.4.1", &format!("{}: {other}", t.addr)),
+        })
 }
 
 /// Replies from `host`, as outcomes.

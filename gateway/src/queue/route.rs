@@ -97,6 +97,35 @@ impl Routing {
         }
     }
 
+    /// [`Routing::targets`] without the addresses that are this gateway (`own`: its
+    /// listeners, see [`loops_back`]): connecting there is a mail loop, not a delivery.
+    /// When every address loops back, a temporary [`NoRoute`] (`4.4.6`) naming `domain`.
+    /// The queue's attempts and recipient verification both pick their next hop here.
+    pub async fn next_hops(
+        &self,
+        dest: &Destination,
+        dns: &Resolver,
+        own: &[SocketAddr],
+        domain: &str,
+    ) -> Result<Vec<Target>, NoRoute> {
+        let found = self.targets(dest, dns).await?;
+        let mut targets = Vec::with_capacity(found.len());
+        for t in found {
+            if loops_back(&t, own).await {
+                tracing::warn!(next_hop = %t.addr, domain, "next hop is this gateway; not connecting");
+            } else {
+                targets.push(t);
+            }
+        }
+        if targets.is_empty() {
+            return Err(NoRoute::Temporary(
+                format!("mail for {domain} loops back to myself"),
+                "4.4.6",
+            ));
+        }
+        Ok(targets)
+    }
+
     async fn mx_targets(&self, domain: &str, dns: &Resolver) -> Result<Vec<Target>, NoRoute> {
         if domain.starts_with('[') {
             // An address literal is its own mail host (RFC 5321 5.1).
