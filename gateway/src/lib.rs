@@ -14,6 +14,8 @@
 //! - [`current`]: the settings and plugins in force, swapped by a reload.
 //! - [`dns`]: the resolver (hickory) for plugins, reverse names and MX routing.
 //! - [`admin`]: the admin socket behind `mailgate status`, `reload` and `queue`.
+//! - [`verify`]: recipient verification probes to next hops and their cache (the plugins'
+//!   `verify` capability).
 //! - [`log_escape`]: log lines with control and bidi characters escaped.
 //! - [`private_fs`]: files `0600` and directories `0700` for everything holding mail.
 
@@ -30,3 +32,4 @@ pub mod queue;
 pub mod server;
 pub mod smtp;
 pub mod spf;
+pub mod verify;

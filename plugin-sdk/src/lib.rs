@@ -98,10 +98,11 @@
 //!
 //! # Host capabilities
 //!
-//! [`log`], [`clock`], [`dns`], [`kv`], [`auth`] (SPF/DKIM/DMARC/ARC/iprev results) and
-//! [`metrics`] wrap the host's imports. Each is denied unless the gateway config grants it to
-//! the plugin (`capabilities = ["dns", "kv"]`): denied calls answer a `Denied` error (`log`
-//! and `metrics` silently do nothing). A plugin has no filesystem, network or environment.
+//! [`log`], [`clock`], [`dns`], [`kv`], [`auth`] (SPF/DKIM/DMARC/ARC/iprev results),
+//! [`metrics`] and [`verify`] (ask the next hop whether it accepts a recipient) wrap the
+//! host's imports. Each is denied unless the gateway config grants it to the plugin
+//! (`capabilities = ["dns", "kv"]`): denied calls answer a `Denied` error (`log` and
+//! `metrics` silently do nothing). A plugin has no filesystem, network or environment.
 //!
 //! # Verdicts and edits
 //!
@@ -152,6 +153,7 @@ pub mod log;
 pub mod metrics;
 mod outcome;
 mod plugin;
+pub mod verify;
 
 pub use config::{Config, ConfigError};
 pub use mailgate_plugin_sdk_macros::plugin;

@@ -55,6 +55,8 @@ pub struct Config {
     pub queue: Queue,
     /// The resolver (plugins' `dns` capability, client reverse names, MX routing).
     pub dns: Dns,
+    /// Recipient verification probes (plugins' `verify` capability) and their cache.
+    pub verify: Verify,
     /// Settings for the plugin chain as a whole.
     pub chain: Chain,
     /// The local admin socket (`mailgate queue`, `mailgate status`).
@@ -174,6 +176,34 @@ impl Default for Dns {
     }
 }
 
+/// `[verify]`: how the `verify` capability asks next hops about recipients and how long
+/// their answers are kept (the defaults are Postfix's `address_verify_*_expire_time`).
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Verify {
+    /// Keep an "accepted" answer this long; 0 = do not keep it.
+    pub positive_ttl_secs: u64,
+    /// Keep a "refused" (5xx) answer this long; 0 = do not keep it. A 4xx or no answer is
+    /// never kept.
+    pub negative_ttl_secs: u64,
+    /// Bound on one probe, from connecting to the reply to `RCPT TO`.
+    pub timeout_secs: u64,
+    /// Answers kept at most (over all next hops); past it the one expiring first goes.
+    pub cache_entries: usize,
+}
+
+impl Default for Verify {
+    fn default() -> Self {
+        let d = crate::verify::Settings::default();
+        Verify {
+            positive_ttl_secs: d.positive_ttl.as_secs(),
+            negative_ttl_secs: d.negative_ttl.as_secs(),
+            timeout_secs: d.timeout.as_secs(),
+            cache_entries: d.cache_entries,
+        }
+    }
+}
+
 /// `[chain]`
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
@@ -221,7 +251,8 @@ pub struct Plugin {
     /// (550 5.7.0).
     #[serde(default = "default_on_error")]
     pub on_error: String,
-    /// Host capabilities granted: `log`, `clock`, `dns`, `kv`, `auth-results`, `metrics`.
+    /// Host capabilities granted: `log`, `clock`, `dns`, `kv`, `auth-results`, `metrics`,
+    /// `verify`.
     #[serde(default)]
     pub capabilities: Vec<String>,
     /// Per-call limits.

@@ -64,17 +64,20 @@ pub enum Capability {
     AuthResults,
     /// `mailgate:plugin/metrics`
     Metrics,
+    /// `mailgate:plugin/verify`
+    Verify,
 }
 
 impl Capability {
     /// All capabilities, in WIT order.
-    pub const ALL: [Capability; 6] = [
+    pub const ALL: [Capability; 7] = [
         Capability::Log,
         Capability::Clock,
         Capability::Dns,
         Capability::Kv,
         Capability::AuthResults,
         Capability::Metrics,
+        Capability::Verify,
     ];
 
     /// The config and WIT interface name.
@@ -86,6 +89,7 @@ impl Capability {
             Capability::Kv => "kv",
             Capability::AuthResults => "auth-results",
             Capability::Metrics => "metrics",
+            Capability::Verify => "verify",
         }
     }
 
@@ -167,11 +171,13 @@ fn plugin_spec(p: &super::Plugin, seen: &mut Vec<String>) -> Result<PluginSpec, 
     let mut capabilities = Vec::new();
     for c in &p.capabilities {
         let cap = Capability::parse(c).ok_or_else(|| {
+            let names: Vec<&str> = Capability::ALL.iter().map(|c| c.name()).collect();
             invalid(
                 "plugin.capabilities",
                 format!(
-                    "{c:?} (plugin {}): expected one of log, clock, dns, kv, auth-results, metrics",
-                    p.name
+                    "{c:?} (plugin {}): expected one of {}",
+                    p.name,
+                    names.join(", ")
                 ),
             )
         })?;
@@ -264,6 +270,8 @@ pub struct Live {
     pub spill_dir: PathBuf,
     /// Octets of a message held in memory before it is spilled.
     pub spill_threshold: usize,
+    /// Recipient verification (`[verify]`): TTLs, probe timeout, cache size.
+    pub verify: crate::verify::Settings,
 }
 
 /// Settings a running gateway cannot change: listeners, sockets, shared state built at
@@ -475,6 +483,37 @@ impl Config {
     }
 }
 
+/// Longest TTL `[verify]` accepts (a year).
+const MAX_VERIFY_TTL: u64 = 366 * 86400;
+/// Most entries the verification cache may be given.
+const MAX_VERIFY_ENTRIES: usize = 10_000_000;
+
+fn verify(v: &super::Verify) -> Result<crate::verify::Settings, ConfigError> {
+    for (key, ttl) in [
+        ("verify.positive_ttl_secs", v.positive_ttl_secs),
+        ("verify.negative_ttl_secs", v.negative_ttl_secs),
+    ] {
+        if ttl > MAX_VERIFY_TTL {
+            return Err(invalid(key, format!("must be 0..={MAX_VERIFY_TTL}")));
+        }
+    }
+    if !(1..=300).contains(&v.timeout_secs) {
+        return Err(invalid("verify.timeout_secs", "must be 1..=300"));
+    }
+    if v.cache_entries > MAX_VERIFY_ENTRIES {
+        return Err(invalid(
+            "verify.cache_entries",
+            format!("must be 0..={MAX_VERIFY_ENTRIES}"),
+        ));
+    }
+    Ok(crate::verify::Settings {
+        positive_ttl: Duration::from_secs(v.positive_ttl_secs),
+        negative_ttl: Duration::from_secs(v.negative_ttl_secs),
+        timeout: Duration::from_secs(v.timeout_secs),
+        cache_entries: v.cache_entries,
+    })
+}
+
 fn dns(d: &super::Dns) -> Result<crate::dns::Settings, ConfigError> {
     let servers = d
         .servers
@@ -661,6 +700,7 @@ impl Config {
                     }
                 },
                 spill_threshold: l.spill_threshold_kb.saturating_mul(1024),
+                verify: verify(&self.verify)?,
             },
             fixed: Fixed {
                 listen,
@@ -782,6 +822,17 @@ mod tests {
                 "[relay]\nlocal_domains = [\"bad domain\"]",
                 "relay.local_domains",
             ),
+            ("[verify]\ntimeout_secs = 0", "verify.timeout_secs"),
+            ("[verify]\ntimeout_secs = 301", "verify.timeout_secs"),
+            (
+                "[verify]\nnegative_ttl_secs = 99999999",
+                "verify.negative_ttl_secs",
+            ),
+            (
+                "[verify]\npositive_ttl_secs = 99999999",
+                "verify.positive_ttl_secs",
+            ),
+            ("[verify]\ncache_entries = 99999999", "verify.cache_entries"),
         ] {
             let err = Config::from_toml(toml)
                 .unwrap()
@@ -888,6 +939,44 @@ config = { reject = "nobody", n = 3, nested = { a = true }, list = [1, 2] }
         let err = Config::from_toml("[queue.routes]\n\"a.test\" = { host = \"h:25\", bogus = 1 }")
             .unwrap_err();
         assert!(err.to_string().contains("bogus"), "{err}");
+    }
+
+    #[test]
+    fn verify_defaults_are_postfix_expire_times_and_keys_parse() {
+        let rt = Config::default().validate().unwrap();
+        let v = &rt.live.verify;
+        // postconf -d (Postfix 3.7): address_verify_positive_expire_time = 31d,
+        // address_verify_negative_expire_time = 3d.
+        assert_eq!(v.positive_ttl, Duration::from_secs(31 * 86400));
+        assert_eq!(v.negative_ttl, Duration::from_secs(3 * 86400));
+        assert_eq!(v.timeout, Duration::from_secs(15));
+        assert_eq!(v.cache_entries, 100_000);
+        let c = Config::from_toml(
+            "[verify]\npositive_ttl_secs = 60\nnegative_ttl_secs = 0\ntimeout_secs = 2\n\
+             cache_entries = 10\n\
+             [[plugin]]\nname = \"v\"\npath = \"v.wasm\"\ncapabilities = [\"verify\"]\n",
+        )
+        .unwrap();
+        let rt = c.validate().unwrap();
+        assert_eq!(
+            rt.live.verify,
+            crate::verify::Settings {
+                positive_ttl: Duration::from_secs(60),
+                negative_ttl: Duration::ZERO,
+                timeout: Duration::from_secs(2),
+                cache_entries: 10,
+            }
+        );
+        assert_eq!(rt.live.plugins[0].capabilities, vec![Capability::Verify]);
+        let err = Config::from_toml("[verify]\nbogus = 1").unwrap_err();
+        assert!(err.to_string().contains("bogus"), "{err}");
+        let err =
+            Config::from_toml("[[plugin]]\nname = \"v\"\npath = \"v\"\ncapabilities = [\"fs\"]")
+                .unwrap()
+                .validate()
+                .unwrap_err()
+                .to_string();
+        assert!(err.contains("metrics, verify"), "{err}");
     }
 
     #[test]

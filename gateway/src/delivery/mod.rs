@@ -21,7 +21,7 @@ pub mod proxy;
 pub mod received;
 
 #[cfg(test)]
-mod testutil;
+pub(crate) mod testutil;
 
 pub use client::{
     AcceptAnyServerCert, ClientError, Extensions, SmtpClient, Timeouts, TlsPolicy,

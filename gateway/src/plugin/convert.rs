@@ -362,7 +362,7 @@ pub fn header_edits(e: &[wit::HeaderEdit]) -> Result<Vec<HeaderEdit>, Invalid> {
 }
 
 /// A recipient address a plugin gave, checked like one from RCPT TO: `local@domain`.
-fn mailbox(a: &wit::Address) -> Result<String, Invalid> {
+pub fn mailbox(a: &wit::Address) -> Result<String, Invalid> {
     let text = address_text(a);
     let path = format!("<{text}>");
     match crate::smtp::address::parse_forward_path(&path) {
@@ -389,31 +389,7 @@ pub fn routes(routes: &[wit::RecipientRoute]) -> Result<Vec<(String, Route)>, In
             return invalid(format!("recipient {:?} routed twice", cut(&rcpt)));
         }
         let route = match &r.route {
-            wit::Route::Relay(h) => {
-                let host = h.host.as_str();
-                let ok = !host.is_empty()
-                    && host.len() <= 253
-                    && (host.parse::<IpAddr>().is_ok()
-                        || host.split('.').all(|l| {
-                            !l.is_empty()
-                                && l.len() <= 63
-                                && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
-                        }));
-                if !ok || h.port == 0 {
-                    return invalid(format!("bad relay host {:?}:{}", cut(host), h.port));
-                }
-                let addr = if host.contains(':') {
-                    format!("[{host}]:{}", h.port)
-                } else {
-                    format!("{host}:{}", h.port)
-                };
-                let tls = match h.tls {
-                    wit::TlsPolicy::Opportunistic => TlsPolicy::Opportunistic,
-                    wit::TlsPolicy::Required => TlsPolicy::Required,
-                    wit::TlsPolicy::Disabled => TlsPolicy::None,
-                };
-                Route::To(Destination::Relay(addr, tls))
-            }
+            wit::Route::Relay(h) => Route::To(relay_host(h)?),
             wit::Route::Bounce(rep) => Route::Bounce(reply(rep, reject_code, "bounce")?),
             wit::Route::Defer(rep) => Route::Defer(reply(rep, tempfail_code, "defer")?),
             wit::Route::Mx => Route::To(Destination::Mx(domain_of(&rcpt))),
@@ -423,6 +399,34 @@ pub fn routes(routes: &[wit::RecipientRoute]) -> Result<Vec<(String, Route)>, In
         out.push((rcpt, route));
     }
     Ok(out)
+}
+
+/// A plugin's relay host (an `on-deliver` route, a `verify` next hop) as a destination: a
+/// host name or IP literal and a port other than 0, with its TLS policy.
+pub fn relay_host(h: &wit::RelayHost) -> Result<Destination, Invalid> {
+    let host = h.host.as_str();
+    let ok = !host.is_empty()
+        && host.len() <= 253
+        && (host.parse::<IpAddr>().is_ok()
+            || host.split('.').all(|l| {
+                !l.is_empty()
+                    && l.len() <= 63
+                    && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+            }));
+    if !ok || h.port == 0 {
+        return invalid(format!("bad relay host {:?}:{}", cut(host), h.port));
+    }
+    let addr = if host.contains(':') {
+        format!("[{host}]:{}", h.port)
+    } else {
+        format!("{host}:{}", h.port)
+    };
+    let tls = match h.tls {
+        wit::TlsPolicy::Opportunistic => TlsPolicy::Opportunistic,
+        wit::TlsPolicy::Required => TlsPolicy::Required,
+        wit::TlsPolicy::Disabled => TlsPolicy::None,
+    };
+    Ok(Destination::Relay(addr, tls))
 }
 
 /// Validates recipient edits.

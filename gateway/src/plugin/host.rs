@@ -1,14 +1,15 @@
 //! Host capabilities as the WIT imports them. Each checks its grant first: an ungranted
 //! capability answers `denied` (`log` and `metrics` do nothing). DNS goes through the
 //! gateway's resolver ([`crate::dns`]) within the per-session budget; auth results answer
-//! `unavailable` until the SPF/DKIM/DMARC checks land.
+//! `unavailable` until the SPF/DKIM/DMARC checks land; `verify` asks next hops through
+//! the process-wide [`crate::verify::Verifier`] (not within the DNS budget).
 
 use std::time::Instant;
 
 use wasmtime::component::Resource;
 
 use super::bindings::mailgate::plugin::{
-    auth_results, clock, dns, kv, log, message, metrics, types,
+    auth_results, clock, dns, kv, log, message, metrics, types, verify,
 };
 use super::budget::LogAdmit;
 use super::convert;
@@ -491,6 +492,72 @@ impl metrics::Host for State {
     }
 }
 
+/// Time a `verify` call leaves the plugin before its hook's deadline (a tenth of what is
+/// left, at most this), so it can still answer when the next hop is slow.
+const VERIFY_SPARE: std::time::Duration = std::time::Duration::from_millis(100);
+
+impl State {
+    /// Grant check, arguments checked as the host checks a plugin's routes, then the
+    /// process-wide verifier ([`crate::verify`]); waits until shortly before the deadline.
+    /// The future holds no borrow of the state.
+    fn verify(
+        &self,
+        recipient: types::Address,
+        via: Option<types::RelayHost>,
+    ) -> impl std::future::Future<Output = Result<verify::Verification, verify::VerifyError>>
+    + Send
+    + use<> {
+        let granted = self.granted(Capability::Verify);
+        let verifier = std::sync::Arc::clone(&self.services.verify);
+        let (plugin, session) = (self.spec.name.clone(), self.session_id.clone());
+        let deadline = self.deadline;
+        async move {
+            if !granted {
+                return Err(verify::VerifyError::Denied);
+            }
+            let unavailable = |e: convert::Invalid| verify::VerifyError::Unavailable(e.0);
+            let rcpt = convert::mailbox(&recipient).map_err(unavailable)?;
+            let via = via
+                .as_ref()
+                .map(convert::relay_host)
+                .transpose()
+                .map_err(unavailable)?;
+            let left = deadline.saturating_duration_since(Instant::now());
+            let wait = left.saturating_sub((left / 10).min(VERIFY_SPARE));
+            let who = crate::verify::Requester {
+                plugin: &plugin,
+                session: &session,
+            };
+            let v = verifier
+                .recipient(&rcpt, via, wait, who)
+                .await
+                .map_err(verify::VerifyError::Unavailable)?;
+            Ok(verify::Verification {
+                accepted: v.accepted,
+                reply: v.reply,
+                cached: v.cached,
+            })
+        }
+    }
+}
+
+impl verify::Host for State {
+    async fn recipient(
+        &mut self,
+        recipient: types::Address,
+    ) -> R<Result<verify::Verification, verify::VerifyError>> {
+        Ok(self.verify(recipient, None).await)
+    }
+
+    async fn recipient_via(
+        &mut self,
+        recipient: types::Address,
+        via: types::RelayHost,
+    ) -> R<Result<verify::Verification, verify::VerifyError>> {
+        Ok(self.verify(recipient, Some(via)).await)
+    }
+}
+
 impl message::Host for State {}
 
 impl State {
@@ -922,6 +989,69 @@ mod tests {
         assert!(matches!(st.dns_admit(), Err(dns::DnsError::BudgetExceeded)));
         let mut fresh = state_with("p", &[], services(3));
         assert!(matches!(fresh.dns_admit(), Err(dns::DnsError::Denied)));
+    }
+
+    #[tokio::test]
+    async fn verify_without_the_grant_is_denied_and_probes_nothing() {
+        let services = services(50);
+        let mut st = state_with("p", &all_but(Capability::Verify), Arc::clone(&services));
+        let rcpt = || types::Address {
+            local_part: "u".into(),
+            domain: "example.test".into(),
+        };
+        assert!(matches!(
+            verify::Host::recipient(&mut st, rcpt()).await.unwrap(),
+            Err(verify::VerifyError::Denied)
+        ));
+        let via = types::RelayHost {
+            host: "127.0.0.1".into(),
+            port: 25,
+            tls: types::TlsPolicy::Disabled,
+        };
+        assert!(matches!(
+            verify::Host::recipient_via(&mut st, rcpt(), via.clone())
+                .await
+                .unwrap(),
+            Err(verify::VerifyError::Denied)
+        ));
+        assert_eq!(services.verify.stats().probes, 0);
+        assert_eq!(
+            st.budgets
+                .session
+                .dns_queries
+                .load(std::sync::atomic::Ordering::Relaxed),
+            0
+        );
+        // Granted: bad arguments are refused before anything is asked; without a server
+        // (nothing attached) the answer is unavailable.
+        let mut st = state_with("p", &[Capability::Verify], Arc::clone(&services));
+        st.deadline = std::time::Instant::now() + Duration::from_secs(2);
+        let bad_hop = types::RelayHost {
+            host: "bad host".into(),
+            ..via.clone()
+        };
+        let r = verify::Host::recipient_via(&mut st, rcpt(), bad_hop)
+            .await
+            .unwrap();
+        assert!(
+            matches!(&r, Err(verify::VerifyError::Unavailable(m)) if m.contains("bad relay host")),
+            "{r:?}"
+        );
+        let bad_rcpt = types::Address {
+            local_part: "a%b".into(),
+            domain: "example.test".into(),
+        };
+        let r = verify::Host::recipient(&mut st, bad_rcpt).await.unwrap();
+        assert!(
+            matches!(&r, Err(verify::VerifyError::Unavailable(m)) if m.contains("bad recipient")),
+            "{r:?}"
+        );
+        let r = verify::Host::recipient(&mut st, rcpt()).await.unwrap();
+        assert!(
+            matches!(&r, Err(verify::VerifyError::Unavailable(m)) if m.contains("not set up")),
+            "{r:?}"
+        );
+        assert_eq!(services.verify.stats().probes, 0);
     }
 
     #[tokio::test]

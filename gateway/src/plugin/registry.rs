@@ -128,6 +128,9 @@ pub struct Services {
     pub auth: Arc<super::auth::Authenticator>,
     /// The time plugins see (the `clock` capability, kv expiry).
     pub clock: Arc<super::clock::PluginClock>,
+    /// Recipient verification probes and their cache (the `verify` capability), on the
+    /// plugins' clock; the server attaches its settings at start.
+    pub verify: Arc<crate::verify::Verifier>,
 }
 
 impl Services {
@@ -165,6 +168,10 @@ impl Services {
         let clock = Arc::new(super::clock::PluginClock::new(adjustable_clock));
         Arc::new(Services {
             kv: Arc::new(Kv::with_clock(Arc::clone(&clock))),
+            verify: Arc::new(crate::verify::Verifier::new(
+                Arc::clone(&dns),
+                Arc::clone(&clock),
+            )),
             clock,
             auth: Arc::new(super::auth::Authenticator::new(&dns)),
             dns,

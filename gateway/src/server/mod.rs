@@ -175,12 +175,15 @@ pub async fn run(
         generation: 1,
         since: started,
     });
+    let own: Vec<SocketAddr> = listeners.addresses().into_iter().map(|(_, a)| a).collect();
+    // Recipient verification asks the next hops the queue would use, never ourselves.
+    services.verify.attach(Arc::clone(&current), own.clone());
     let queue = match &rt.fixed.delivery {
         crate::config::DeliveryMode::Queue(s) => Some(crate::queue::Queue::open(
             (**s).clone(),
             Arc::clone(&current),
             Arc::clone(&dns),
-            listeners.addresses().into_iter().map(|(_, a)| a).collect(),
+            own,
         )?),
         _ => None,
     };

@@ -257,6 +257,7 @@ impl crate::admin::Gateway for Shared {
             "started": self.started,
             "delivery": cur.runtime.fixed.delivery.name(),
             "queue": self.queue.as_ref().map(|q| q.stats()),
+            "verify": self.reloader.services.verify.stats(),
             "generation": {
                 "number": cur.generation,
                 "since": cur.since,
