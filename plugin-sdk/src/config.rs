@@ -209,10 +209,7 @@ impl Config {
         let mut out = Vec::with_capacity(items.len());
         for (i, item) in items.iter().enumerate() {
             if !item.is_object() {
-                return Err(ConfigError::new(
-                    format!("{key}[{i}]"),
-                    "expected a table",
-                ));
+                return Err(ConfigError::new(format!("{key}[{i}]"), "expected a table"));
             }
             let mut entries = Vec::new();
             flatten("", item, &mut entries);
