@@ -151,6 +151,7 @@ pub mod dns;
 pub mod kv;
 pub mod log;
 pub mod metrics;
+pub mod net;
 mod outcome;
 mod plugin;
 pub mod verify;

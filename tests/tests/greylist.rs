@@ -477,7 +477,7 @@ fn allowlisted_networks_senders_and_recipients_are_not_greylisted() {
     accepted(&attempt(&gw, "a@x.test", "Abuse@example.test"));
     let log = gw.log();
     for reason in [
-        "in allow_networks (127.0.0.2/32)",
+        "in allow_networks (127.0.0.2)",
         "in allow_sender_domains (partner.test)",
         "in allow_recipients (postmaster@)",
     ] {

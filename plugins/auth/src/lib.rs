@@ -22,11 +22,10 @@
 //! "tag" means the result is only recorded: the header, a tag (`spf:fail`, `dmarc:fail`,
 //! …) and the configured score.
 
-use std::net::IpAddr;
-
 use mailgate_plugin_sdk::auth::{
     self, ArcResult, DkimResult, DmarcPolicy, DmarcResult, SpfCheck, SpfResult,
 };
+use mailgate_plugin_sdk::net::{Net, within};
 use mailgate_plugin_sdk::prelude::*;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -42,50 +41,6 @@ enum PolicyAction {
     Reject,
     Quarantine,
     Tag,
-}
-
-/// A network in CIDR notation.
-#[derive(Clone, Copy, Debug)]
-struct Net {
-    addr: IpAddr,
-    prefix: u8,
-}
-
-impl Net {
-    fn parse(s: &str) -> Option<Net> {
-        let (a, p) = s.split_once('/').unwrap_or((s, ""));
-        let addr: IpAddr = a.trim().parse().ok()?;
-        let max = if addr.is_ipv4() { 32 } else { 128 };
-        let prefix = if p.is_empty() {
-            max
-        } else {
-            p.trim().parse().ok()?
-        };
-        (prefix <= max).then_some(Net { addr, prefix })
-    }
-
-    fn contains(&self, ip: IpAddr) -> bool {
-        let bits = |ip: IpAddr| -> (u128, u8) {
-            match ip {
-                IpAddr::V4(v) => (u128::from(u32::from(v)) << 96, 32),
-                IpAddr::V6(v) => (u128::from(v), 128),
-            }
-        };
-        let ip = match ip {
-            IpAddr::V6(v) => v.to_ipv4_mapped().map_or(ip, IpAddr::V4),
-            v4 => v4,
-        };
-        let ((a, la), (b, lb)) = (bits(self.addr), bits(ip));
-        if la != lb {
-            return false;
-        }
-        let mask = if self.prefix == 0 {
-            0
-        } else {
-            u128::MAX << (128 - u32::from(self.prefix))
-        };
-        a & mask == b & mask
-    }
 }
 
 struct Auth {
@@ -112,12 +67,6 @@ struct Auth {
 fn verdict(mut out: DataOutcome, v: DataVerdict) -> DataOutcome {
     out.verdict = v;
     out
-}
-
-/// `name` is `domain` or under it.
-fn within(name: &str, domain: &str) -> bool {
-    let name = name.trim_end_matches('.').to_ascii_lowercase();
-    name == domain || name.ends_with(&format!(".{domain}"))
 }
 
 /// A list of domain names from the config, lowercase, without trailing dots.

@@ -36,10 +36,11 @@
 //! pass), `greylist:unavailable` (kv or clock failed: not greylisted). Every decision has a
 //! reason (`with_reason`), which the gateway logs with its decision.
 
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::net::IpAddr;
 
 use mailgate_plugin_sdk::auth::{self, AuthError, SpfResult};
 use mailgate_plugin_sdk::kv::{self, KvError};
+use mailgate_plugin_sdk::net::{Net, within};
 use mailgate_plugin_sdk::prelude::*;
 use mailgate_plugin_sdk::{clock, log};
 
@@ -55,75 +56,10 @@ const MAX_REASON: usize = 1000;
 /// A client network's passes are counted at most once in this many seconds (postgrey).
 const COUNT_INTERVAL: u32 = 3600;
 
-/// A network in CIDR notation.
-#[derive(Clone, Copy, Debug)]
-struct Net {
-    addr: IpAddr,
-    prefix: u8,
-}
-
-impl Net {
-    fn parse(s: &str) -> Option<Net> {
-        let (a, p) = s.split_once('/').unwrap_or((s, ""));
-        let addr = unmap(a.trim().parse().ok()?);
-        let max = if addr.is_ipv4() { 32 } else { 128 };
-        let prefix = if p.is_empty() {
-            max
-        } else {
-            p.trim().parse().ok()?
-        };
-        (prefix <= max).then_some(Net { addr, prefix })
-    }
-
-    fn contains(&self, ip: IpAddr) -> bool {
-        match (self.addr, unmap(ip)) {
-            (IpAddr::V4(a), IpAddr::V4(b)) => {
-                let m = mask32(self.prefix);
-                u32::from(a) & m == u32::from(b) & m
-            }
-            (IpAddr::V6(a), IpAddr::V6(b)) => {
-                let m = mask128(self.prefix);
-                u128::from(a) & m == u128::from(b) & m
-            }
-            _ => false,
-        }
-    }
-}
-
-impl std::fmt::Display for Net {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}/{}", self.addr, self.prefix)
-    }
-}
-
-/// An IPv4-mapped IPv6 address as the IPv4 address it is.
-fn unmap(ip: IpAddr) -> IpAddr {
-    match ip {
-        IpAddr::V6(v) => v.to_ipv4_mapped().map_or(ip, IpAddr::V4),
-        v4 => v4,
-    }
-}
-
-fn mask32(prefix: u8) -> u32 {
-    match prefix {
-        0 => 0,
-        p => u32::MAX << (32 - u32::from(p.min(32))),
-    }
-}
-
-fn mask128(prefix: u8) -> u128 {
-    match prefix {
-        0 => 0,
-        p => u128::MAX << (128 - u32::from(p.min(128))),
-    }
-}
-
 /// The client network of `ip` as text: `192.0.2.0/24`, `2001:db8:1:2::/64`.
 fn network(ip: IpAddr, v4: u8, v6: u8) -> String {
-    match unmap(ip) {
-        IpAddr::V4(a) => format!("{}/{v4}", Ipv4Addr::from(u32::from(a) & mask32(v4))),
-        IpAddr::V6(a) => format!("{}/{v6}", Ipv6Addr::from(u128::from(a) & mask128(v6))),
-    }
+    let n = Net::of_client(ip, v4, v6);
+    format!("{}/{}", n.addr(), n.prefix())
 }
 
 /// postgrey's sender substitutions on a (lowercase) local part: a BATV `prvs=` tag
@@ -296,12 +232,6 @@ impl std::fmt::Display for RcptRule {
             RcptRule::Domain(d) => write!(f, "{d}"),
         }
     }
-}
-
-/// `name` is `domain` or under it.
-fn within(name: &str, domain: &str) -> bool {
-    let name = name.trim_end_matches('.').to_lowercase();
-    name == domain || name.ends_with(&format!(".{domain}"))
 }
 
 /// What the admin reads for a kv failure.

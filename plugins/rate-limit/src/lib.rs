@@ -61,6 +61,7 @@
 use std::net::IpAddr;
 
 use mailgate_plugin_sdk::log::{self, Level};
+use mailgate_plugin_sdk::net::{Net, within};
 use mailgate_plugin_sdk::prelude::*;
 use mailgate_plugin_sdk::{clock, kv};
 
@@ -152,75 +153,9 @@ impl Limit {
     }
 }
 
-/// A network in CIDR notation.
-#[derive(Clone, Copy, Debug)]
-struct Net {
-    addr: IpAddr,
-    prefix: u8,
-}
-
-/// `ip` as 128 bits (IPv4 in the top 32) and its length in bits; IPv4-mapped IPv6 as IPv4.
-fn bits(ip: IpAddr) -> (u128, u8) {
-    match ip {
-        IpAddr::V4(v) => (u128::from(u32::from(v)) << 96, 32),
-        IpAddr::V6(v) => match v.to_ipv4_mapped() {
-            Some(v4) => (u128::from(u32::from(v4)) << 96, 32),
-            None => (u128::from(v), 128),
-        },
-    }
-}
-
-fn mask(prefix: u8) -> u128 {
-    if prefix == 0 {
-        0
-    } else {
-        u128::MAX << (128 - u32::from(prefix))
-    }
-}
-
-impl Net {
-    fn parse(s: &str) -> Option<Net> {
-        let (a, p) = s.split_once('/').unwrap_or((s, ""));
-        let addr: IpAddr = a.trim().parse().ok()?;
-        let max = bits(addr).1;
-        let prefix = if p.is_empty() {
-            max
-        } else {
-            p.trim().parse().ok()?
-        };
-        (prefix <= max).then_some(Net { addr, prefix })
-    }
-
-    fn contains(&self, ip: IpAddr) -> bool {
-        let ((a, la), (b, lb)) = (bits(self.addr), bits(ip));
-        la == lb && a & mask(self.prefix) == b & mask(self.prefix)
-    }
-}
-
 /// The client's network for counting: `192.0.2.1` (a whole address) or `192.0.2.0/24`.
 fn client_network(ip: IpAddr, v4: u8, v6: u8) -> String {
-    let (b, len) = bits(ip);
-    let prefix = if len == 32 { v4 } else { v6 };
-    let net = b & mask(prefix);
-    let addr = if len == 32 {
-        IpAddr::from(((net >> 96) as u32).to_be_bytes())
-    } else {
-        IpAddr::from(net.to_be_bytes())
-    };
-    if prefix == len {
-        addr.to_string()
-    } else {
-        format!("{addr}/{prefix}")
-    }
-}
-
-/// `name` is `domain` or under it.
-fn within(name: &str, domain: &str) -> bool {
-    let name = name.trim_end_matches('.').to_ascii_lowercase();
-    name == domain
-        || name
-            .strip_suffix(domain)
-            .is_some_and(|rest| rest.ends_with('.'))
+    Net::of_client(ip, v4, v6).to_string()
 }
 
 /// FNV-1a, 64 bits.

@@ -4,6 +4,7 @@
 use std::net::IpAddr;
 
 use mailgate_plugin_sdk::Config;
+use mailgate_plugin_sdk::net::Net;
 use regex::Regex;
 
 /// `*` (any run of characters) and `?` (one character) glob, ASCII case-insensitive.
@@ -32,47 +33,6 @@ pub fn glob(pattern: &str, text: &str) -> bool {
         pi += 1;
     }
     pi == p.len()
-}
-
-/// A network in CIDR notation.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Net {
-    addr: IpAddr,
-    prefix: u8,
-}
-
-impl Net {
-    /// `a.b.c.d/len`, `x::/len`, or a single address.
-    pub fn parse(s: &str) -> Option<Net> {
-        let (a, p) = s.split_once('/').unwrap_or((s, ""));
-        let addr: IpAddr = a.trim().parse().ok()?;
-        let max = if addr.is_ipv4() { 32 } else { 128 };
-        let prefix = if p.is_empty() {
-            max
-        } else {
-            p.trim().parse().ok()?
-        };
-        (prefix <= max).then_some(Net { addr, prefix })
-    }
-
-    /// Whether `ip` is in the network.
-    pub fn contains(&self, ip: IpAddr) -> bool {
-        match (self.addr, ip) {
-            (IpAddr::V4(n), IpAddr::V4(a)) => {
-                let m = u32::MAX
-                    .checked_shl(32 - u32::from(self.prefix))
-                    .unwrap_or(0);
-                u32::from(n) & m == u32::from(a) & m
-            }
-            (IpAddr::V6(n), IpAddr::V6(a)) => {
-                let m = u128::MAX
-                    .checked_shl(128 - u32::from(self.prefix))
-                    .unwrap_or(0);
-                u128::from(n) & m == u128::from(a) & m
-            }
-            _ => false,
-        }
-    }
 }
 
 /// The conditions of one rule.

@@ -29,13 +29,13 @@ pub mod rules;
 mod urls;
 
 use std::collections::HashMap;
-use std::net::IpAddr;
 
 use lists::{List, Listing};
 use mailgate_plugin_sdk::Part;
 use mailgate_plugin_sdk::auth;
 use mailgate_plugin_sdk::dns;
 use mailgate_plugin_sdk::log;
+use mailgate_plugin_sdk::net::Net;
 use mailgate_plugin_sdk::prelude::*;
 use rules::{Check, HeaderTest, Kind, Rule, Stage};
 
@@ -44,45 +44,6 @@ enum Headers {
     Always,
     Spam,
     Never,
-}
-
-/// A network in CIDR notation.
-#[derive(Clone, Copy, Debug)]
-struct Net {
-    addr: IpAddr,
-    prefix: u8,
-}
-
-impl Net {
-    fn parse(s: &str) -> Option<Net> {
-        let (a, p) = s.split_once('/').unwrap_or((s, ""));
-        let addr: IpAddr = a.trim().parse().ok()?;
-        let max = if addr.is_ipv4() { 32 } else { 128 };
-        let prefix = if p.is_empty() {
-            max
-        } else {
-            p.trim().parse().ok()?
-        };
-        (prefix <= max).then_some(Net { addr, prefix })
-    }
-
-    fn contains(&self, ip: IpAddr) -> bool {
-        match (self.addr, ip) {
-            (IpAddr::V4(n), IpAddr::V4(a)) => {
-                let m = u32::MAX
-                    .checked_shl(32 - u32::from(self.prefix))
-                    .unwrap_or(0);
-                u32::from(n) & m == u32::from(a) & m
-            }
-            (IpAddr::V6(n), IpAddr::V6(a)) => {
-                let m = u128::MAX
-                    .checked_shl(128 - u32::from(self.prefix))
-                    .unwrap_or(0);
-                u128::from(n) & m == u128::from(a) & m
-            }
-            _ => false,
-        }
-    }
 }
 
 struct SpamScore {
