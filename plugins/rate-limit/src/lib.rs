@@ -207,174 +207,9 @@ fn over(previous: i64, current: i64, phase_ms: u64, window_ms: u64, max: u64) ->
 
 // ------------------------------------------------------------------ config
 
-/// A scalar of the JSON the host passes a TOML array as.
-#[derive(Clone, Debug, PartialEq)]
-enum Scalar {
-    Str(String),
-    /// A number, as written.
-    Num(String),
-    Bool(bool),
-    Null,
-}
-
-/// A reader for the JSON text of an array of flat tables: `[{"k": scalar, …}, …]`.
-struct Json<'a> {
-    s: &'a [u8],
-    at: usize,
-}
-
-impl Json<'_> {
-    fn ws(&mut self) {
-        while self.s.get(self.at).is_some_and(u8::is_ascii_whitespace) {
-            self.at += 1;
-        }
-    }
-
-    fn peek(&mut self) -> Option<u8> {
-        self.ws();
-        self.s.get(self.at).copied()
-    }
-
-    fn expect(&mut self, c: u8) -> Result<(), String> {
-        if self.peek() == Some(c) {
-            self.at += 1;
-            Ok(())
-        } else {
-            Err(format!("expected `{}` at offset {}", c as char, self.at))
-        }
-    }
-
-    fn string(&mut self) -> Result<String, String> {
-        self.expect(b'"')?;
-        let mut out = Vec::new();
-        loop {
-            let Some(&c) = self.s.get(self.at) else {
-                return Err("unterminated string".into());
-            };
-            self.at += 1;
-            match c {
-                b'"' => break,
-                b'\\' => {
-                    let e = *self.s.get(self.at).ok_or("unterminated string")?;
-                    self.at += 1;
-                    let ch = match e {
-                        b'"' => '"',
-                        b'\\' => '\\',
-                        b'/' => '/',
-                        b'b' => '\u{8}',
-                        b'f' => '\u{c}',
-                        b'n' => '\n',
-                        b'r' => '\r',
-                        b't' => '\t',
-                        b'u' => {
-                            let hex = self.s.get(self.at..self.at + 4).ok_or("bad \\u escape")?;
-                            self.at += 4;
-                            let code = std::str::from_utf8(hex)
-                                .ok()
-                                .and_then(|h| u32::from_str_radix(h, 16).ok())
-                                .ok_or("bad \\u escape")?;
-                            // Surrogates (characters outside the BMP) are not needed in
-                            // these values; they read as U+FFFD.
-                            char::from_u32(code).unwrap_or('\u{fffd}')
-                        }
-                        other => return Err(format!("bad escape \\{}", other as char)),
-                    };
-                    let mut buf = [0; 4];
-                    out.extend_from_slice(ch.encode_utf8(&mut buf).as_bytes());
-                }
-                c => out.push(c),
-            }
-        }
-        String::from_utf8(out).map_err(|_| "invalid UTF-8".into())
-    }
-
-    fn scalar(&mut self) -> Result<Scalar, String> {
-        match self.peek() {
-            Some(b'"') => Ok(Scalar::Str(self.string()?)),
-            Some(b'[' | b'{') => Err("nested arrays or tables are not supported here".into()),
-            Some(_) => {
-                let start = self.at;
-                while self
-                    .s
-                    .get(self.at)
-                    .is_some_and(|c| !matches!(c, b',' | b'}' | b']') && !c.is_ascii_whitespace())
-                {
-                    self.at += 1;
-                }
-                let word = std::str::from_utf8(&self.s[start..self.at]).unwrap_or("");
-                match word {
-                    "true" => Ok(Scalar::Bool(true)),
-                    "false" => Ok(Scalar::Bool(false)),
-                    "null" => Ok(Scalar::Null),
-                    w if w.parse::<f64>().is_ok() => Ok(Scalar::Num(w.to_string())),
-                    w => Err(format!("unexpected value {w:?}")),
-                }
-            }
-            None => Err("unexpected end".into()),
-        }
-    }
-
-    fn table(&mut self) -> Result<Vec<(String, Scalar)>, String> {
-        self.expect(b'{')?;
-        let mut out = Vec::new();
-        if self.peek() == Some(b'}') {
-            self.at += 1;
-            return Ok(out);
-        }
-        loop {
-            let k = self.string()?;
-            self.expect(b':')?;
-            out.push((k, self.scalar()?));
-            match self.peek() {
-                Some(b',') => self.at += 1,
-                Some(b'}') => {
-                    self.at += 1;
-                    return Ok(out);
-                }
-                _ => return Err(format!("expected `,` or `}}` at offset {}", self.at)),
-            }
-        }
-    }
-
-    /// The whole text as an array of tables.
-    fn tables(text: &str) -> Result<Vec<Vec<(String, Scalar)>>, String> {
-        let mut j = Json {
-            s: text.as_bytes(),
-            at: 0,
-        };
-        j.expect(b'[')?;
-        let mut out = Vec::new();
-        if j.peek() == Some(b']') {
-            j.at += 1;
-        } else {
-            loop {
-                if j.peek() != Some(b'{') {
-                    return Err("each limit must be a table: { what = …, per = …, max = …, window_secs = … }".into());
-                }
-                out.push(j.table()?);
-                match j.peek() {
-                    Some(b',') => j.at += 1,
-                    Some(b']') => {
-                        j.at += 1;
-                        break;
-                    }
-                    _ => return Err(format!("expected `,` or `]` at offset {}", j.at)),
-                }
-            }
-        }
-        if j.peek().is_some() {
-            return Err("text after the list".into());
-        }
-        Ok(out)
-    }
-}
-
 /// An integer in `lo..=hi` from a table value (a number, or a string holding one).
-fn integer(v: &Scalar, lo: u64, hi: u64) -> Result<u64, String> {
-    let text = match v {
-        Scalar::Num(n) | Scalar::Str(n) => n.trim(),
-        _ => return Err("expected an integer".into()),
-    };
+fn integer(text: &str, lo: u64, hi: u64) -> Result<u64, String> {
+    let text = text.trim();
     let n: u64 = text
         .parse()
         .map_err(|_| format!("expected an integer, got {text:?}"))?;
@@ -385,27 +220,18 @@ fn integer(v: &Scalar, lo: u64, hi: u64) -> Result<u64, String> {
     }
 }
 
-fn text(v: &Scalar) -> Result<&str, String> {
-    match v {
-        Scalar::Str(s) => Ok(s),
-        _ => Err("expected a string".into()),
-    }
-}
-
 /// One `limits` entry.
-fn parse_limit(entry: &[(String, Scalar)], v4: u8, v6: u8) -> Result<Limit, String> {
-    let get = |k: &str| entry.iter().find(|(key, _)| key == k).map(|(_, v)| v);
-    if let Some((k, _)) = entry
-        .iter()
-        .find(|(k, _)| !LIMIT_KEYS.contains(&k.as_str()))
-    {
+fn parse_limit(entry: &Config, v4: u8, v6: u8) -> Result<Limit, String> {
+    let get = |k: &str| entry.get(k);
+    if let Err(e) = entry.deny_unknown(LIMIT_KEYS) {
         return Err(format!(
-            "unknown key `{k}` (expected one of: {})",
+            "unknown key `{}` (expected one of: {})",
+            e.key(),
             LIMIT_KEYS.join(", ")
         ));
     }
     let need = |k: &str| get(k).ok_or(format!("`{k}` is required"));
-    let what = match text(need("what")?).map_err(|e| format!("what: {e}"))? {
+    let what = match need("what")? {
         "connections" => What::Connections,
         "messages" => What::Messages,
         "recipients" => What::Recipients,
@@ -415,7 +241,7 @@ fn parse_limit(entry: &[(String, Scalar)], v4: u8, v6: u8) -> Result<Limit, Stri
             ));
         }
     };
-    let per = match text(need("per")?).map_err(|e| format!("per: {e}"))? {
+    let per = match need("per")? {
         "client" => Per::Client,
         "sender_domain" => Per::SenderDomain,
         "user" => Per::User,
@@ -457,15 +283,22 @@ fn parse_limit(entry: &[(String, Scalar)], v4: u8, v6: u8) -> Result<Limit, Stri
 
 /// The `limits` key.
 fn parse_limits(config: &Config, v4: u8, v6: u8) -> Result<Vec<Limit>, String> {
-    let Some(raw) = config.get("limits") else {
+    if config.get("limits").is_none() {
         return Err(if config.section("limits").is_empty() {
             "config key `limits`: is required (e.g. limits = [{ what = \"messages\", per = \"client\", max = 100, window_secs = 3600 }])".into()
         } else {
             "config key `limits`: must be a list of tables, limits = [{ what = …, per = …, max = …, window_secs = … }]".into()
         });
-    };
-    let tables = Json::tables(raw)
-        .map_err(|e| format!("config key `limits`: expected a list of tables: {e}"))?;
+    }
+    let tables = config
+        .tables("limits")
+        .map_err(|e| {
+            format!(
+                "config key `limits`: expected a list of tables ({})",
+                e.message()
+            )
+        })?
+        .unwrap_or_default();
     if tables.is_empty() {
         return Err("config key `limits`: at least one limit is needed".into());
     }
@@ -857,8 +690,11 @@ mod tests {
             )],
             "same as limits[0]",
         );
-        bad(&[("limits", r#"[[1]]"#)], "must be a table");
-        bad(&[("limits", r#"[{"what":["x"]}]"#)], "nested");
+        bad(&[("limits", r#"[[1]]"#)], "expected a table");
+        bad(
+            &[("limits", r#"[{"what":["x"]}]"#)],
+            "is not connections, messages or recipients",
+        );
         bad(
             &[("limits", ONE), ("allow_networks", "[\"10.0.0.0/33\"]")],
             "allow_networks",
@@ -874,31 +710,6 @@ mod tests {
             r#"[{"what":"messages","per":"client","max":10,"window_secs":60},{"what":"messages","per":"client","max":100,"window_secs":3600}]"#,
         )])
         .unwrap();
-    }
-
-    #[test]
-    fn json_strings_and_escapes() {
-        let t = Json::tables(
-            r#" [ { "a" : "x\"\\\u00e9\n" , "b": true, "c": null, "d": -1.5 } , {} ] "#,
-        )
-        .unwrap();
-        assert_eq!(t.len(), 2);
-        assert_eq!(t[0][0], ("a".into(), Scalar::Str("x\"\\é\n".into())));
-        assert_eq!(t[0][1].1, Scalar::Bool(true));
-        assert_eq!(t[0][2].1, Scalar::Null);
-        assert_eq!(t[0][3].1, Scalar::Num("-1.5".into()));
-        for bad in [
-            "",
-            "[",
-            "[{]",
-            "[{\"a\":}]",
-            "[{\"a\":1}",
-            "[{\"a\":1}] x",
-            "[{\"a\":zz}]",
-            "[{\"a\":\"\\q\"}]",
-        ] {
-            assert!(Json::tables(bad).is_err(), "{bad:?}");
-        }
     }
 
     #[test]
