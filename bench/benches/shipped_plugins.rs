@@ -10,7 +10,10 @@
 //! - `greylist/passed-triplet`: the RCPT hook of a triplet that passed (kv reads and the
 //!   last-seen update; the plugin clock moved past the delay once);
 //! - `rate-limit/mail-from`: the MAIL FROM hook counting one message per client (kv
-//!   increments under a limit never reached).
+//!   increments under a limit never reached);
+//! - `session-start/*`: a new session's first spam-score hook (HELO): instantiating the
+//!   plugin and its `init`, which compiles the rules — once per session, since instances
+//!   live one session.
 //!
 //! Needs the shipped plugins and fixtures built (`plugins/build`, and the fixtures as in
 //! plugin_hooks.rs) and NSD.
@@ -59,6 +62,31 @@ fn generation(
     rt.block_on(load_all(&[spec], services))
         .expect("load")
         .expect("plugins configured")
+}
+
+/// Starts `iters` sessions, each with a chain of its own whose first hook (HELO) creates
+/// the plugin's instance and runs its `init`: the cost a plugin adds once per session.
+fn sessions(rt: &tokio::runtime::Runtime, g: &Arc<Generation>, iters: u64) -> Duration {
+    let session = SessionFacts::new(
+        "BENCH".into(),
+        "192.0.2.1:40000".parse().unwrap(),
+        "192.0.2.2:25".parse().unwrap(),
+        Listener::Smtp,
+    );
+    let helo = Hook::Helo {
+        name: "mail.bench.test".into(),
+        extended: true,
+    };
+    let env = Envelope::default();
+    rt.block_on(async {
+        let t = Instant::now();
+        for _ in 0..iters {
+            let mut chain =
+                SessionPlugins::new(Arc::clone(g), "BENCH".into(), "mx.bench.test".into());
+            std::hint::black_box(chain.hook(&helo, &session, &env, "BENCH.1", None).await);
+        }
+        t.elapsed()
+    })
 }
 
 /// Runs `hook` `iters` times through one session's chain (after one warm-up call).
@@ -192,6 +220,16 @@ fn bench(c: &mut Criterion) {
     g.bench_function("spam-score/100-rules", |b| {
         b.iter_custom(|n| timed(&rt, &spam, &Hook::Data, &env, Some(&text), n))
     });
+    g.finish();
+
+    let mut g = c.benchmark_group("session-start");
+    for (name, generation) in [
+        ("spam-score/no-rules", &bare),
+        ("spam-score/shipped-rules", &shipped),
+        ("spam-score/100-rules", &spam),
+    ] {
+        g.bench_function(name, |b| b.iter_custom(|n| sessions(&rt, generation, n)));
+    }
     g.finish();
 
     let grey = generation(&rt, &services, spec("greylist", "mailgate_greylist", &[]));

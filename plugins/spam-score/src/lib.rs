@@ -306,8 +306,8 @@ impl Plugin for SpamScore {
                 .iter()
                 .enumerate()
                 .filter_map(|(i, r)| match &r.kind {
-                    Kind::Body(re) if !html => Some((i, re.as_str().to_string())),
-                    Kind::Html(re) if html => Some((i, re.as_str().to_string())),
+                    Kind::Body(p) if !html => Some((i, p.clone())),
+                    Kind::Html(p) if html => Some((i, p.clone())),
                     _ => None,
                 })
                 .collect()

@@ -22,6 +22,8 @@
 //! Regexes use the `regex` crate's syntax (`(?i)` for case-insensitive matching).
 
 use mailgate_plugin_sdk::Config;
+use std::cell::OnceCell;
+
 use regex::Regex;
 
 /// When a rule can be judged.
@@ -46,7 +48,7 @@ pub enum Check {
 /// How a header rule tests the field.
 #[derive(Clone, Debug)]
 pub enum HeaderTest {
-    Regex(Regex),
+    Regex(Pattern),
     Exists(bool),
     CountOver(usize),
 }
@@ -58,12 +60,12 @@ pub enum Kind {
         name: String,
         test: HeaderTest,
     },
-    Body(Regex),
-    Html(Regex),
-    Url(Regex),
-    AttachmentName(Regex),
-    AttachmentType(Regex),
-    Sender(Regex),
+    Body(String),
+    Html(String),
+    Url(Pattern),
+    AttachmentName(Pattern),
+    AttachmentType(Pattern),
+    Sender(Pattern),
     RecipientsOver(usize),
     Check(Check),
     Auth {
@@ -114,20 +116,62 @@ const SELECTORS: [&str; 13] = [
     "regex",
 ];
 
-fn regex(name: &str, key: &str, pattern: &str) -> Result<Regex, String> {
-    regex::RegexBuilder::new(pattern)
-        .size_limit(1 << 20)
-        .build()
+/// A rule's pattern, checked for syntax at `init` and compiled when first used: plugin
+/// instances live one session, and compiling every rule in every session (most of which
+/// never reach the rules that need them) costs more than matching.
+#[derive(Clone, Debug)]
+pub struct Pattern {
+    text: String,
+    compiled: OnceCell<Option<Regex>>,
+}
+
+impl Pattern {
+    /// Whether `haystack` matches (compiling the pattern on first use: in ASCII mode when
+    /// that means the same, much cheaper to compile and to run in wasm, else Unicode).
+    pub fn is_match(&self, haystack: &str) -> bool {
+        self.compiled
+            .get_or_init(|| {
+                regex::RegexBuilder::new(&self.text)
+                    .unicode(!ascii_ok(&self.text))
+                    .size_limit(1 << 20)
+                    .build()
+                    .map_err(|e| {
+                        mailgate_plugin_sdk::log::warn(format!(
+                            "rule pattern {:?} cannot be compiled ({e}); it never matches",
+                            self.text
+                        ))
+                    })
+                    .ok()
+            })
+            .as_ref()
+            .is_some_and(|r| r.is_match(haystack))
+    }
+}
+
+fn regex(name: &str, key: &str, pattern: &str) -> Result<Pattern, String> {
+    Ok(Pattern {
+        text: checked(name, key, pattern)?,
+        compiled: OnceCell::new(),
+    })
+}
+
+/// A pattern checked for syntax only (body and html rules are compiled together, in
+/// one regex set per instance, not one by one).
+fn checked(name: &str, key: &str, pattern: &str) -> Result<String, String> {
+    regex_syntax::Parser::new()
+        .parse(pattern)
+        .map(|_| pattern.to_string())
         .map_err(|e| format!("rules.{name}.{key}: {e}"))
 }
 
 /// Whether `pattern` means the same in ASCII mode (`\b`, `\w`, `(?i)` on ASCII), which
 /// matches much faster; patterns whose classes could match non-ASCII text stay Unicode.
 pub fn ascii_ok(pattern: &str) -> bool {
-    regex::RegexBuilder::new(pattern)
+    regex_syntax::ParserBuilder::new()
         .unicode(false)
-        .size_limit(1 << 20)
+        .utf8(true)
         .build()
+        .parse(pattern)
         .is_ok()
 }
 
@@ -135,41 +179,56 @@ pub fn ascii_ok(pattern: &str) -> bool {
 /// the patterns that are fine in ASCII mode, one for the others.
 #[derive(Clone, Debug, Default)]
 pub struct Scan {
-    sets: Vec<(regex::RegexSet, Vec<usize>)>,
+    patterns: Vec<(usize, String)>,
+    sets: OnceCell<Vec<(regex::RegexSet, Vec<usize>)>>,
 }
 
 impl Scan {
-    /// A scan of `patterns` (`(rule index, pattern)`).
+    /// A scan of `patterns` (`(rule index, pattern)`), compiled when first used.
     pub fn new(patterns: &[(usize, String)]) -> Result<Scan, String> {
-        let mut sets = Vec::new();
-        for ascii in [true, false] {
-            let (idx, pats): (Vec<usize>, Vec<&str>) = patterns
-                .iter()
-                .filter(|(_, p)| ascii_ok(p) == ascii)
-                .map(|(i, p)| (*i, p.as_str()))
-                .unzip();
-            if pats.is_empty() {
-                continue;
+        Ok(Scan {
+            patterns: patterns.to_vec(),
+            sets: OnceCell::new(),
+        })
+    }
+
+    fn sets(&self) -> &[(regex::RegexSet, Vec<usize>)] {
+        self.sets.get_or_init(|| {
+            let mut sets = Vec::new();
+            for ascii in [true, false] {
+                let (idx, pats): (Vec<usize>, Vec<&str>) = self
+                    .patterns
+                    .iter()
+                    .filter(|(_, p)| ascii_ok(p) == ascii)
+                    .map(|(i, p)| (*i, p.as_str()))
+                    .unzip();
+                if pats.is_empty() {
+                    continue;
+                }
+                match regex::RegexSetBuilder::new(&pats)
+                    .unicode(!ascii)
+                    .size_limit(16 << 20)
+                    .dfa_size_limit(8 << 20)
+                    .build()
+                {
+                    Ok(set) => sets.push((set, idx)),
+                    Err(e) => mailgate_plugin_sdk::log::warn(format!(
+                        "the body/html rules cannot be compiled together ({e}); they never match"
+                    )),
+                }
             }
-            let set = regex::RegexSetBuilder::new(&pats)
-                .unicode(!ascii)
-                .size_limit(16 << 20)
-                .dfa_size_limit(8 << 20)
-                .build()
-                .map_err(|e| format!("rules: {e}"))?;
-            sets.push((set, idx));
-        }
-        Ok(Scan { sets })
+            sets
+        })
     }
 
     /// Whether it has any pattern.
     pub fn is_empty(&self) -> bool {
-        self.sets.is_empty()
+        self.patterns.is_empty()
     }
 
     /// Adds the indexes of the rules matching `text` to `hits`.
     pub fn matches(&self, text: &str, hits: &mut Vec<usize>) {
-        for (set, idx) in &self.sets {
+        for (set, idx) in self.sets() {
             for j in set.matches(text).iter() {
                 if !hits.contains(&idx[j]) {
                     hits.push(idx[j]);
@@ -243,14 +302,15 @@ pub fn parse(config: &Config) -> Result<Vec<Rule>, String> {
             [
                 sel @ ("body" | "html" | "url" | "attachment_name" | "attachment_type" | "sender"),
             ] => {
-                let r = regex(name, sel, c.get(sel).unwrap_or_default())?;
+                let pattern = c.get(sel).unwrap_or_default();
+                let r = || regex(name, sel, pattern);
                 match *sel {
-                    "body" => Kind::Body(r),
-                    "html" => Kind::Html(r),
-                    "url" => Kind::Url(r),
-                    "attachment_name" => Kind::AttachmentName(r),
-                    "attachment_type" => Kind::AttachmentType(r),
-                    _ => Kind::Sender(r),
+                    "body" => Kind::Body(checked(name, sel, pattern)?),
+                    "html" => Kind::Html(checked(name, sel, pattern)?),
+                    "url" => Kind::Url(r()?),
+                    "attachment_name" => Kind::AttachmentName(r()?),
+                    "attachment_type" => Kind::AttachmentType(r()?),
+                    _ => Kind::Sender(r()?),
                 }
             }
             ["recipients_over"] => {
