@@ -7,12 +7,9 @@
 
 mod support;
 
-use std::io::{BufRead, BufReader, Write};
-use std::net::{SocketAddr, TcpStream};
 use std::sync::{Arc, Barrier};
-use std::time::Duration;
 
-use support::{Gateway, Nsd, Setup, json, mailgate, shipped, smtplib};
+use support::{Gateway, Nsd, Raw, Setup, json, mailgate, shipped, smtplib};
 
 /// Every capability the plugin uses, except `auth-results`.
 const CAPS: &str = r#"["kv", "clock", "log"]"#;
@@ -45,50 +42,21 @@ fn advance(gw: &Gateway, secs: u64) {
 }
 
 /// An SMTP client connected from a chosen loopback address.
-struct Client {
-    w: TcpStream,
-    r: BufReader<TcpStream>,
-}
+struct Client(Raw);
 
 impl Client {
     /// Connects from `src` (a 127.x.y.z address), reads the greeting, says EHLO.
     fn from(src: [u8; 4], gw: &Gateway) -> Client {
-        let sock =
-            socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
-        sock.bind(&SocketAddr::from((src, 0)).into())
-            .expect("bind a loopback address");
-        sock.connect_timeout(&gw.smtp.into(), Duration::from_secs(10))
-            .expect("connect");
-        let w: TcpStream = sock.into();
-        w.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
-        let r = BufReader::new(w.try_clone().unwrap());
-        let mut c = Client { w, r };
-        let greeting = c.reply();
+        let mut c = Client(Raw::connect_from(src.into(), gw.smtp));
+        let greeting = c.0.reply();
         assert!(greeting.starts_with("220"), "{greeting}");
         let ehlo = c.cmd("EHLO client.test");
         assert!(ehlo.starts_with("250"), "{ehlo}");
         c
     }
 
-    /// One complete (possibly multi-line) reply; "" on EOF.
-    fn reply(&mut self) -> String {
-        let mut all = String::new();
-        for _ in 0..100 {
-            let mut line = String::new();
-            if self.r.read_line(&mut line).unwrap_or(0) == 0 {
-                break;
-            }
-            all.push_str(&line);
-            if line.len() < 4 || line.as_bytes()[3] == b' ' {
-                break;
-            }
-        }
-        all
-    }
-
     fn cmd(&mut self, line: &str) -> String {
-        self.w.write_all(format!("{line}\r\n").as_bytes()).unwrap();
-        self.reply()
+        self.0.cmd(line)
     }
 
     /// MAIL FROM (`""` is `<>`), which must be accepted.
@@ -105,13 +73,11 @@ impl Client {
     fn data(&mut self) -> String {
         let r = self.cmd("DATA");
         assert!(r.starts_with("354"), "{r}");
-        self.w
-            .write_all(
-                b"From: <s@client.test>\r\nTo: <u@example.test>\r\nSubject: greylist test\r\n\
-                  Message-ID: <g@client.test>\r\n\r\nHello.\r\n.\r\n",
-            )
-            .unwrap();
-        self.reply()
+        self.0.send(
+            b"From: <s@client.test>\r\nTo: <u@example.test>\r\nSubject: greylist test\r\n\
+              Message-ID: <g@client.test>\r\n\r\nHello.\r\n.\r\n",
+        );
+        self.0.reply()
     }
 }
 

@@ -4,10 +4,9 @@
 
 mod support;
 
-use std::io::{BufRead, BufReader};
-use std::net::{SocketAddr, TcpStream};
+use std::net::SocketAddr;
 use std::sync::{Arc, Barrier};
-use std::time::{Duration, SystemTime};
+use std::time::SystemTime;
 
 use support::{Gateway, Raw, Setup, json, mailgate, shipped, smtplib};
 
@@ -126,20 +125,10 @@ fn send(gw: &Gateway, from: &str, to: &str) -> serde_json::Value {
     ]))
 }
 
-/// A connection from `source` (a loopback address); the greeting and the stream.
-fn connect_from(source: &str, to: SocketAddr) -> (String, BufReader<TcpStream>) {
-    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
-    let from: SocketAddr = format!("{source}:0").parse().unwrap();
-    socket.bind(&from.into()).expect("bind a loopback source");
-    socket.connect(&to.into()).expect("connect");
-    let stream: TcpStream = socket.into();
-    stream
-        .set_read_timeout(Some(Duration::from_secs(30)))
-        .unwrap();
-    let mut r = BufReader::new(stream);
-    let mut greeting = String::new();
-    r.read_line(&mut greeting).unwrap();
-    (greeting, r)
+/// A connection from `source` (a loopback address); the greeting and the connection.
+fn connect_from(source: &str, to: SocketAddr) -> (String, Raw) {
+    let mut raw = Raw::connect_from(source.parse().unwrap(), to);
+    (raw.reply(), raw)
 }
 
 #[test]

@@ -490,7 +490,28 @@ pub struct Raw {
 
 impl Raw {
     pub fn connect(addr: SocketAddr) -> Raw {
-        let s = TcpStream::connect(addr).unwrap();
+        Raw::over(TcpStream::connect(addr).unwrap())
+    }
+
+    /// Connects from `source` (another loopback address, 127.x.y.z), as a client of
+    /// another network would.
+    pub fn connect_from(source: std::net::IpAddr, addr: SocketAddr) -> Raw {
+        let socket = socket2::Socket::new(
+            socket2::Domain::for_address(addr),
+            socket2::Type::STREAM,
+            None,
+        )
+        .expect("socket");
+        socket
+            .bind(&SocketAddr::new(source, 0).into())
+            .expect("bind a loopback source address");
+        socket
+            .connect_timeout(&addr.into(), Duration::from_secs(10))
+            .expect("connect");
+        Raw::over(socket.into())
+    }
+
+    fn over(s: TcpStream) -> Raw {
         s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
         let r = BufReader::new(s.try_clone().unwrap());
         Raw { s, r }
