@@ -896,17 +896,7 @@ mod tests {
     }
 
     fn fast() -> Timeouts {
-        let s = Duration::from_secs(5);
-        Timeouts {
-            connect: s,
-            greeting: s,
-            command: s,
-            mail: s,
-            rcpt: s,
-            data_init: s,
-            data_block: s,
-            data_final: s,
-        }
+        crate::delivery::testutil::fast_timeouts()
     }
 
     fn target(addr: &str, tls: TlsPolicy) -> Target {

@@ -381,20 +381,10 @@ mod tests {
     }
 
     fn target(addr: &str) -> ProxyTarget {
-        let s = Duration::from_secs(5);
         let mut t = ProxyTarget::new(addr, "mx.example.test");
         assert_eq!(t.tls, TlsPolicy::Opportunistic);
         assert_eq!(t.timeouts, Timeouts::default());
-        t.timeouts = Timeouts {
-            connect: s,
-            greeting: s,
-            command: s,
-            mail: s,
-            rcpt: s,
-            data_init: s,
-            data_block: s,
-            data_final: s,
-        };
+        t.timeouts = crate::delivery::testutil::fast_timeouts();
         t
     }
 

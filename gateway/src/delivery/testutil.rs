@@ -142,3 +142,19 @@ pub(crate) fn self_signed_server_config() -> Arc<ServerConfig> {
             .unwrap();
     Arc::new(config)
 }
+
+/// Timeouts of 5 s for every step: short enough that a test that goes wrong ends, long
+/// enough for a loaded machine.
+pub fn fast_timeouts() -> crate::delivery::Timeouts {
+    let s = std::time::Duration::from_secs(5);
+    crate::delivery::Timeouts {
+        connect: s,
+        greeting: s,
+        command: s,
+        mail: s,
+        rcpt: s,
+        data_init: s,
+        data_block: s,
+        data_final: s,
+    }
+}

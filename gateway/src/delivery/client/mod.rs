@@ -678,17 +678,7 @@ mod tests {
     use tokio::io::{AsyncReadExt, AsyncWriteExt, duplex};
 
     fn fast() -> Timeouts {
-        let s = Duration::from_secs(5);
-        Timeouts {
-            connect: s,
-            greeting: s,
-            command: s,
-            mail: s,
-            rcpt: s,
-            data_init: s,
-            data_block: s,
-            data_final: s,
-        }
+        crate::delivery::testutil::fast_timeouts()
     }
 
     /// A client on one end of an in-memory pipe whose other end has `server_bytes`
