@@ -235,7 +235,7 @@ fn facts<'a>(s: &'a SessionInfo, sender: &'a str, rcpt: &'a str, domain: &'a str
 fn sender_text(txn: &Transaction) -> String {
     txn.sender
         .as_ref()
-        .map(|a| format!("{}@{}", a.local_part, a.domain))
+        .map(Address::to_string)
         .unwrap_or_default()
 }
 

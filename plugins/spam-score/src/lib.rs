@@ -211,7 +211,7 @@ impl SpamScore {
                 let s = txn
                     .sender
                     .as_ref()
-                    .map(|a| format!("{}@{}", a.local_part, a.domain))
+                    .map(Address::to_string)
                     .unwrap_or_default();
                 r.is_match(&s)
             }
