@@ -225,7 +225,8 @@ impl SpamScore {
                 auth_result(method).is_some_and(|rs| rs.iter().any(|r| r == result))
             }
             Kind::Composite { all_of, none_of } => {
-                let has = |n: &String| fired.iter().any(|(f, _)| f == n);
+                // What fired at DATA so far, and at connect and HELO.
+                let has = |n: &String| fired.iter().chain(&self.session_fired).any(|(f, _)| f == n);
                 all_of.iter().all(has) && !none_of.iter().any(has)
             }
         }
@@ -394,9 +395,7 @@ impl Plugin for SpamScore {
             if rule.stage() != Stage::Data {
                 continue;
             }
-            let mut all = self.session_fired.clone();
-            all.extend(fired.iter().cloned());
-            if self.judge(rule, &mut seen, txn, &all, &scanned, i) {
+            if self.judge(rule, &mut seen, txn, &fired, &scanned, i) {
                 fired.push((rule.name.clone(), rule.score));
             }
         }
