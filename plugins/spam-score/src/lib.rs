@@ -125,10 +125,13 @@ impl<'a> Seen<'a> {
 
     fn urls(&mut self) -> &[urls::Url] {
         if self.urls.is_none() {
+            // Both read (once), then looked at in place.
+            self.text();
+            self.html();
             let mut found = Vec::new();
-            urls::find(self.text(), &mut found);
-            for h in self.html().to_vec() {
-                urls::find(&h, &mut found);
+            urls::find(self.text.as_deref().unwrap_or_default(), &mut found);
+            for h in self.html.as_deref().unwrap_or_default() {
+                urls::find(h, &mut found);
             }
             self.urls = Some(found);
         }
@@ -154,10 +157,10 @@ fn auth_result(method: &str) -> Option<Vec<String>> {
 fn no_mx(domain: &str) -> bool {
     match dns::mx(domain) {
         Ok(mx) if !mx.is_empty() => false,
-        Ok(_) | Err(dns::DnsError::Nxdomain) => {
-            matches!(dns::a(domain), Ok(a) if a.is_empty())
-                || matches!(dns::a(domain), Err(dns::DnsError::Nxdomain))
-        }
+        Ok(_) | Err(dns::DnsError::Nxdomain) => match dns::a(domain) {
+            Ok(a) => a.is_empty(),
+            Err(e) => e == dns::DnsError::Nxdomain,
+        },
         Err(_) => false,
     }
 }
