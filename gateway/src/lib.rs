@@ -16,6 +16,7 @@
 //! - [`admin`]: the admin socket behind `mailgate status`, `reload` and `queue`.
 //! - [`verify`]: recipient verification probes to next hops and their cache (the plugins'
 //!   `verify` capability).
+//! - [`tools`]: `mailgate plugin test` and `mailgate plugin new`.
 //! - [`log_escape`]: log lines with control and bidi characters escaped.
 //! - [`private_fs`]: files `0600` and directories `0700` for everything holding mail.
 
@@ -32,4 +33,5 @@ pub mod queue;
 pub mod server;
 pub mod smtp;
 pub mod spf;
+pub mod tools;
 pub mod verify;

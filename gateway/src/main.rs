@@ -206,6 +206,10 @@ enum PluginCommand {
         /// The component file (.wasm).
         file: PathBuf,
     },
+    /// Run one plugin, or a config's chain, over one message offline and print the trace.
+    Test(mailgate::tools::plugin_test::Args),
+    /// Write a new plugin skeleton (Rust, JavaScript or Python).
+    New(mailgate::tools::plugin_new::Args),
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -367,6 +371,12 @@ fn main() -> anyhow::Result<()> {
             }
             Ok(())
         }
+        Command::Plugin {
+            command: PluginCommand::Test(args),
+        } => std::process::exit(mailgate::tools::plugin_test::run(args)?),
+        Command::Plugin {
+            command: PluginCommand::New(args),
+        } => std::process::exit(mailgate::tools::plugin_new::run(args)?),
         Command::Status { config } => admin_command(config.as_deref(), "status"),
         Command::Clock {
             config,
