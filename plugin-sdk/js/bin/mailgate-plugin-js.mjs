@@ -1,0 +1,158 @@
+#!/usr/bin/env node
+// mailgate-plugin-js: builds a JavaScript mailgate plugin into a WebAssembly component, and
+// generates the TypeScript declarations of the WIT world for editors.
+//
+//   mailgate-plugin-js build ENTRY.js [-o OUT.wasm] [--wit DIR] [--world NAME]
+//   mailgate-plugin-js types [-o DIR] [--wit DIR] [--world NAME]
+//
+// `build` bundles ENTRY with esbuild (so the plugin can be several modules and import
+// `mailgate-plugin-sdk` without installing anything), then runs componentize-js against the
+// world in wit/ (default: the `wit/` directory of the mailgate checkout this SDK is in,
+// world `plugin`). The WASI features the gateway does not provide to plugins (`http`,
+// `fetch-event`) are left out; stdio (console.* into the gateway's log), random and clocks
+// stay, served by the host's locked-down WASI. The plugin's name and version in the
+// manifest default to the `name` and `version` of the package.json next to (or above) ENTRY.
+//
+// Docs: docs/languages.md in the mailgate repository.
+
+import { parseArgs } from 'node:util';
+import { createRequire } from 'node:module';
+import { fileURLToPath, pathToFileURL } from 'node:url';
+import { dirname, join, resolve, basename, extname } from 'node:path';
+import { existsSync, readFileSync, readdirSync, mkdtempSync, writeFileSync, rmSync, renameSync, mkdirSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+
+const here = dirname(fileURLToPath(import.meta.url));
+const sdkRoot = resolve(here, '..');
+const sdkPackage = JSON.parse(readFileSync(join(sdkRoot, 'package.json'), 'utf8'));
+const require = createRequire(import.meta.url);
+
+function usage(message) {
+  if (message) console.error(`mailgate-plugin-js: ${message}`);
+  console.error(
+    'usage: mailgate-plugin-js build ENTRY.js [-o OUT.wasm] [--wit DIR] [--world NAME]\n' +
+      '       mailgate-plugin-js types [-o DIR] [--wit DIR] [--world NAME]',
+  );
+  process.exit(64);
+}
+
+/** The WIT package version (`package mailgate:plugin@X;`) of the files in `wit`. */
+function witVersion(wit) {
+  for (const f of readdirSync(wit).filter((f) => f.endsWith('.wit')).sort()) {
+    const m = /^\s*package\s+mailgate:plugin@([0-9A-Za-z.+-]+)\s*;/m.exec(readFileSync(join(wit, f), 'utf8'));
+    if (m) return m[1];
+  }
+  throw new Error(`no 'package mailgate:plugin@VERSION;' in ${wit}`);
+}
+
+/** The nearest package.json at or above `dir`, if any. */
+function nearestPackage(dir) {
+  for (let d = resolve(dir); ; d = dirname(d)) {
+    const p = join(d, 'package.json');
+    if (existsSync(p)) return JSON.parse(readFileSync(p, 'utf8'));
+    if (dirname(d) === d) return undefined;
+  }
+}
+
+
+async function build(entry, opts) {
+  const esbuild = await import('esbuild');
+  const { componentize } = await import('@bytecodealliance/componentize-js');
+  const wit = resolve(opts.wit);
+  const version = witVersion(wit);
+  const pkg = nearestPackage(dirname(resolve(entry))) ?? {};
+  const name = pkg.name ?? basename(entry, extname(entry));
+  const sdk = `mailgate-plugin-sdk-js ${sdkPackage.version} (componentize-js ${sdkPackage.dependencies['@bytecodealliance/componentize-js']})`;
+  const work = mkdtempSync(join(tmpdir(), 'mailgate-plugin-js-'));
+  try {
+    const bundle = join(work, 'plugin.js');
+    await esbuild.build({
+      entryPoints: [resolve(entry)],
+      bundle: true,
+      format: 'esm',
+      platform: 'neutral',
+      target: 'es2022',
+      outfile: bundle,
+      logLevel: 'warning',
+      alias: { 'mailgate-plugin-sdk': join(sdkRoot, 'src', 'index.js') },
+      define: {
+        __MAILGATE_PLUGIN_NAME__: JSON.stringify(name),
+        __MAILGATE_PLUGIN_VERSION__: JSON.stringify(pkg.version ?? '0.0.0'),
+        __MAILGATE_SDK__: JSON.stringify(sdk),
+      },
+      plugins: [
+        {
+          // The host's interfaces: left as imports of the component, with the version of
+          // the WIT package they are built against.
+          name: 'mailgate-wit',
+          setup(b) {
+            b.onResolve({ filter: /^mailgate:plugin\// }, (args) => ({
+              path: `${args.path.replace(/@.*$/, '')}@${version}`,
+              external: true,
+            }));
+          },
+        },
+      ],
+    });
+    const { component } = await componentize({
+      sourcePath: bundle,
+      witPath: wit,
+      worldName: opts.world,
+      disableFeatures: ['http', 'fetch-event'],
+    });
+    const out = resolve(opts.out);
+    mkdirSync(dirname(out), { recursive: true });
+    const partial = `${out}.partial-${process.pid}`;
+    writeFileSync(partial, component);
+    renameSync(partial, out);
+    console.error(`mailgate-plugin-js: built ${out} (${component.length} bytes, ${sdk})`);
+  } finally {
+    rmSync(work, { recursive: true, force: true });
+  }
+}
+
+async function types(opts) {
+  // jco-transpile reads the WIT through its WASI shim, whose filesystem has no preopened
+  // directory unless one is set: give it the root, on the shim instance it loads.
+  const transpile = require.resolve('@bytecodealliance/jco-transpile');
+  const shim = createRequire(transpile).resolve('@bytecodealliance/preview2-shim/filesystem');
+  (await import(pathToFileURL(shim).href))._setPreopens({ '/': '/' });
+  const { generateGuestTypes, writeFiles } = await import('@bytecodealliance/jco-transpile');
+  const out = resolve(opts.out) + '/';
+  const files = await generateGuestTypes(resolve(opts.wit), { worldName: opts.world, outDir: out });
+  await writeFiles(files);
+  console.error(`mailgate-plugin-js: TypeScript declarations of world ${opts.world} in ${out}`);
+}
+
+const { values, positionals } = (() => {
+  try {
+    return parseArgs({
+      allowPositionals: true,
+      options: {
+        out: { type: 'string', short: 'o' },
+        wit: { type: 'string', default: resolve(sdkRoot, '..', '..', 'wit') },
+        world: { type: 'string', default: 'plugin' },
+        help: { type: 'boolean', short: 'h' },
+      },
+    });
+  } catch (e) {
+    usage(e.message);
+  }
+})();
+if (values.help) usage();
+const [command, ...rest] = positionals;
+try {
+  if (command === 'build') {
+    if (rest.length !== 1) usage('build takes one entry module');
+    const entry = rest[0];
+    await build(entry, { ...values, out: values.out ?? `${basename(entry, extname(entry))}.wasm` });
+  } else if (command === 'types') {
+    if (rest.length !== 0) usage('types takes no positional argument');
+    await types({ ...values, out: values.out ?? join(sdkRoot, 'types') });
+  } else {
+    usage(command ? `unknown command ${command}` : 'no command');
+  }
+} catch (e) {
+  console.error(`mailgate-plugin-js: ${e.stack ?? e}`);
+  process.exit(1);
+}
