@@ -16,7 +16,7 @@ class Policy {
     try {
       this.subject = pattern === undefined ? undefined : new RegExp(pattern, 'i');
     } catch (e) {
-      throw new ConfigError(`subject_pattern: ${e.message}`);
+      throw new ConfigError('subject_pattern', e.message);
     }
     this.tag = config.str('tag', 'subject-match');
     this.score = config.number('score', 5);

@@ -22,7 +22,7 @@ class Policy(Plugin):
         try:
             self.subject = None if pattern is None else re.compile(pattern, re.IGNORECASE)
         except re.error as e:
-            raise ConfigError(f"subject_pattern: {e}") from None
+            raise ConfigError("subject_pattern", str(e)) from None
         self.tag = config.str("tag", "subject-match")
         self.score = config.float("score", 5.0)
         self.header = config.str("header", "X-Policy")

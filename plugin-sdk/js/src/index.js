@@ -263,8 +263,14 @@ export function clientIp(session) {
 
 // ------------------------------------------------------------------------------- config
 
-/** A config value that is missing or does not parse; `init` answers its message. */
-export class ConfigError extends Error {}
+/** A config value that is missing or does not parse; `init` answers its message,
+ * ``config key `KEY`: MESSAGE`` as in the Rust SDK. */
+export class ConfigError extends Error {
+  constructor(key, message) {
+    super(`config key \`${key}\`: ${message}`);
+    this.key = key;
+  }
+}
 
 /** The plugin's config table, flattened by the host (nested tables as dotted keys, arrays
  * as JSON text). */
@@ -287,14 +293,14 @@ export class Config {
   }
   /** The value; a `ConfigError` when absent. */
   require(key) {
-    if (!this.values.has(key)) throw new ConfigError(`missing config key ${key}`);
+    if (!this.values.has(key)) throw new ConfigError(key, 'is required');
     return this.values.get(key);
   }
   /** An integer, or `fallback` when absent. */
   int(key, fallback) {
     const v = this.values.get(key);
     if (v === undefined) return fallback;
-    if (!/^[+-]?\d+$/.test(v.trim())) throw new ConfigError(`${key}: not an integer: ${v}`);
+    if (!/^[+-]?\d+$/.test(v.trim())) throw new ConfigError(key, `expected an integer, got ${JSON.stringify(v)}`);
     return Number.parseInt(v, 10);
   }
   /** A number, or `fallback` when absent. */
@@ -302,7 +308,7 @@ export class Config {
     const v = this.values.get(key);
     if (v === undefined) return fallback;
     const n = Number(v);
-    if (v.trim() === '' || !Number.isFinite(n)) throw new ConfigError(`${key}: not a number: ${v}`);
+    if (v.trim() === '' || !Number.isFinite(n)) throw new ConfigError(key, `expected a number, got ${JSON.stringify(v)}`);
     return n;
   }
   /** `true/false`, `yes/no`, `on/off`, `1/0`, or `fallback` when absent. */
@@ -312,7 +318,7 @@ export class Config {
     const t = v.trim().toLowerCase();
     if (['true', 'yes', 'on', '1'].includes(t)) return true;
     if (['false', 'no', 'off', '0'].includes(t)) return false;
-    throw new ConfigError(`${key}: not a boolean: ${v}`);
+    throw new ConfigError(key, `expected true or false, got ${JSON.stringify(v)}`);
   }
   /** A JSON array of scalars as strings, a plain value as a one-element list, `[]` when
    * absent. */
@@ -324,10 +330,10 @@ export class Config {
     try {
       parsed = JSON.parse(v);
     } catch (e) {
-      throw new ConfigError(`${key}: not a JSON array: ${e.message}`);
+      throw new ConfigError(key, `expected a list: ${e.message}`);
     }
     return parsed.map((x) => {
-      if (x === null || typeof x === 'object') throw new ConfigError(`${key}: not a list of scalars`);
+      if (x === null || typeof x === 'object') throw new ConfigError(key, 'expected a list of scalars');
       return String(x);
     });
   }
@@ -342,7 +348,9 @@ export class Config {
   denyUnknown(known) {
     for (const k of this.values.keys()) {
       const top = k.split('.')[0];
-      if (!known.includes(k) && !known.includes(top)) throw new ConfigError(`unknown config key ${k}`);
+      if (!known.includes(k) && !known.includes(top)) {
+        throw new ConfigError(k, `unknown key (expected one of: ${known.join(', ')})`);
+      }
     }
   }
 }

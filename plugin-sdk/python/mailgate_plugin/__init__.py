@@ -341,7 +341,12 @@ def client_ip(session: types.SessionInfo) -> str:
 # ----------------------------------------------------------------------------------- config
 
 class ConfigError(Exception):
-    """A config value that is missing or does not parse; ``init`` answers its message."""
+    """A config value that is missing or does not parse; ``init`` answers its message,
+    ``config key `KEY`: MESSAGE`` as in the Rust SDK."""
+
+    def __init__(self, key: str, message: str) -> None:
+        super().__init__(f"config key `{key}`: {message}")
+        self.key = key
 
 
 class Config:
@@ -365,7 +370,7 @@ class Config:
     def require(self, key: str) -> str:
         """The value; a ``ConfigError`` when absent."""
         if key not in self.values:
-            raise ConfigError(f"missing config key {key}")
+            raise ConfigError(key, "is required")
         return self.values[key]
 
     def int(self, key: str, default: Optional[int] = None) -> Optional[int]:
@@ -376,7 +381,7 @@ class Config:
         try:
             return int(v.strip())
         except ValueError:
-            raise ConfigError(f"{key}: not an integer: {v}") from None
+            raise ConfigError(key, f"expected an integer, got {json.dumps(v)}") from None
 
     def float(self, key: str, default: Optional[float] = None) -> Optional[float]:
         """A number, or ``default`` when absent."""
@@ -386,9 +391,9 @@ class Config:
         try:
             f = float(v.strip())
         except ValueError:
-            raise ConfigError(f"{key}: not a number: {v}") from None
+            raise ConfigError(key, f"expected a number, got {json.dumps(v)}") from None
         if f != f or f in (float("inf"), float("-inf")):
-            raise ConfigError(f"{key}: not a finite number: {v}")
+            raise ConfigError(key, f"expected a finite number, got {json.dumps(v)}")
         return f
 
     def bool(self, key: str, default: Optional[bool] = None) -> Optional[bool]:
@@ -401,7 +406,7 @@ class Config:
             return True
         if t in ("false", "no", "off", "0"):
             return False
-        raise ConfigError(f"{key}: not a boolean: {v}")
+        raise ConfigError(key, f"expected true or false, got {json.dumps(v)}")
 
     def list(self, key: str) -> List[str]:
         """A JSON array of scalars as strings, a plain value as a one-element list, ``[]``
@@ -414,11 +419,11 @@ class Config:
         try:
             parsed = json.loads(v)
         except ValueError as e:
-            raise ConfigError(f"{key}: not a JSON array: {e}") from None
+            raise ConfigError(key, f"expected a list: {e}") from None
         out = []
         for x in parsed:
             if x is None or isinstance(x, (dict, list)):
-                raise ConfigError(f"{key}: not a list of scalars")
+                raise ConfigError(key, "expected a list of scalars")
             out.append(json.dumps(x) if isinstance(x, bool) else str(x))
         return out
 
@@ -429,10 +434,10 @@ class Config:
 
     def deny_unknown(self, known: Iterable[str]) -> None:
         """A ``ConfigError`` for the first key that is not in ``known`` (typos)."""
-        known = set(known)
+        known = list(known)
         for k in self.values:
             if k not in known and k.split(".")[0] not in known:
-                raise ConfigError(f"unknown config key {k}")
+                raise ConfigError(k, f"unknown key (expected one of: {', '.join(known)})")
 
 
 # ----------------------------------------------------------------------------- capabilities

@@ -29,7 +29,7 @@ impl Plugin for Policy {
                 RegexBuilder::new(p)
                     .case_insensitive(true)
                     .build()
-                    .map_err(|e| format!("subject_pattern: {e}"))?,
+                    .map_err(|e| ConfigError::new("subject_pattern", e.to_string()))?,
             ),
             None => None,
         };
