@@ -4,6 +4,7 @@
 //
 //   mailgate-plugin-js build ENTRY.js [-o OUT.wasm] [--wit DIR] [--world NAME]
 //   mailgate-plugin-js types [-o DIR] [--wit DIR] [--world NAME]
+//   mailgate-plugin-js --version
 //
 // `build` bundles ENTRY with esbuild (so the plugin can be several modules and import
 // `mailgate-plugin-sdk` without installing anything), then runs componentize-js against the
@@ -133,6 +134,7 @@ const { values, positionals } = (() => {
         wit: { type: 'string', default: resolve(sdkRoot, '..', '..', 'wit') },
         world: { type: 'string', default: 'plugin' },
         help: { type: 'boolean', short: 'h' },
+        version: { type: 'boolean', short: 'V' },
       },
     });
   } catch (e) {
@@ -140,6 +142,16 @@ const { values, positionals } = (() => {
   }
 })();
 if (values.help) usage();
+if (values.version) {
+  // Loads the toolchain, so a broken install fails here (.ci/setup checks this).
+  const esbuild = await import('esbuild');
+  await import('@bytecodealliance/componentize-js');
+  const deps = sdkPackage.dependencies;
+  console.log(
+    `mailgate-plugin-js ${sdkPackage.version} (componentize-js ${deps['@bytecodealliance/componentize-js']}, esbuild ${esbuild.version})`,
+  );
+  process.exit(0);
+}
 const [command, ...rest] = positionals;
 try {
   if (command === 'build') {
