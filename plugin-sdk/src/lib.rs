@@ -1,7 +1,7 @@
 //! Write policy plugins for mailgate, the inbound SMTP gateway, in Rust.
 //!
 //! A mailgate plugin is a WebAssembly component (`wasm32-wasip2`) built against the WIT
-//! package `mailgate:plugin@0.1.1` (the `wit/` folder of the mailgate repository). This
+//! package `mailgate:plugin@0.1.2` (the `wit/` folder of the mailgate repository). This
 //! crate hides the raw bindings: implement [`Plugin`] (only the hooks you need; every hook
 //! has a default that answers "continue"), put [`#[plugin]`](plugin) on the impl so the
 //! host learns which hooks you implement, and call [`export_plugin!`] once.
@@ -153,6 +153,7 @@ pub mod log;
 pub mod metrics;
 pub mod net;
 mod outcome;
+pub mod patterns;
 mod plugin;
 pub mod verify;
 

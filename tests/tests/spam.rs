@@ -341,6 +341,17 @@ fn config_mistakes_name_the_key() {
     let dir = tempfile::tempdir().unwrap();
     for (config, expect) in [
         ("rules.X.body = \"(unclosed\"", "rules.X.body"),
+        // Patterns are compiled by the gateway (the `patterns` interface), each kind
+        // together: the error still names the rule and key at fault.
+        (
+            "rules.A.url = \"fine\"\nrules.X.url = \"[z-a]\"",
+            "rules.X.url",
+        ),
+        (
+            "rules.A.header = \"Subject\"\nrules.A.regex = \"ok\"\n\
+             rules.X.header = \"subject\"\nrules.X.regex = \"(\\\\w{100}){100}\"",
+            "rules.X.regex",
+        ),
         ("rules.X.bodyy = \"a\"", "bodyy"),
         ("rules.X.score = 1", "says nothing to look at"),
         (

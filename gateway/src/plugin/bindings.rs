@@ -8,5 +8,8 @@ wasmtime::component::bindgen!({
     world: "plugin",
     imports: { default: async | trappable },
     exports: { default: async },
-    with: { "mailgate:plugin/message.message": super::message::MessageHandle },
+    with: {
+        "mailgate:plugin/message.message": super::message::MessageHandle,
+        "mailgate:plugin/patterns.pattern-set": super::patterns::PatternSetHandle,
+    },
 });

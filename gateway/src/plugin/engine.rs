@@ -21,6 +21,10 @@ pub fn build(max_memory: usize, instances: usize, calls: usize) -> wasmtime::Res
     let calls = u32::try_from(calls.max(16)).unwrap_or(u32::MAX);
     let mut c = Config::new();
     c.epoch_interruption(true);
+    // Profiling (docs/benchmarks.md): `perf record` sees plugin code by name.
+    if std::env::var_os("MAILGATE_PERFMAP").is_some() {
+        c.profiler(wasmtime::ProfilingStrategy::PerfMap);
+    }
     c.max_wasm_stack(MAX_WASM_STACK);
     c.async_stack_size(ASYNC_STACK);
     let slot = max_memory.max(16 << 20).next_power_of_two() as u64;

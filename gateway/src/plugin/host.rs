@@ -9,7 +9,7 @@ use std::time::Instant;
 use wasmtime::component::Resource;
 
 use super::bindings::mailgate::plugin::{
-    auth_results, clock, dns, kv, log, message, metrics, types, verify,
+    auth_results, clock, dns, kv, log, message, metrics, patterns, types, verify,
 };
 use super::budget::LogAdmit;
 use super::convert;
@@ -181,8 +181,10 @@ impl dns::Host for State {
         names: Vec<String>,
     ) -> R<Vec<Result<Vec<types::IpAddress>, dns::DnsError>>> {
         type Answer = Result<Vec<types::IpAddress>, dns::DnsError>;
+        // The lookups run concurrently, polled in place (not spawned): answers already in
+        // the resolver's cache come back without waking another thread.
         let mut answers: Vec<Option<Answer>> = Vec::with_capacity(names.len());
-        let mut queries = tokio::task::JoinSet::new();
+        let mut queries = Vec::new();
         for (i, name) in names.into_iter().enumerate() {
             if i >= MAX_NAMES_PER_CALL {
                 answers.push(Some(Err(dns::DnsError::Other(format!(
@@ -193,7 +195,7 @@ impl dns::Host for State {
             match self.dns_admit() {
                 Ok(r) => {
                     answers.push(None);
-                    queries.spawn(async move {
+                    queries.push(async move {
                         let a = r.a(&name).await;
                         (
                             i,
@@ -205,10 +207,8 @@ impl dns::Host for State {
                 Err(e) => answers.push(Some(Err(e))),
             }
         }
-        while let Some(done) = queries.join_next().await {
-            if let Ok((i, a)) = done {
-                answers[i] = Some(a);
-            }
+        for (i, a) in futures_util::future::join_all(queries).await {
+            answers[i] = Some(a);
         }
         Ok(answers
             .into_iter()
@@ -559,6 +559,52 @@ impl verify::Host for State {
 }
 
 impl message::Host for State {}
+
+impl patterns::Host for State {
+    async fn compile(
+        &mut self,
+        list: Vec<String>,
+    ) -> R<Result<Resource<super::patterns::PatternSetHandle>, patterns::PatternError>> {
+        use super::patterns::PatternError as E;
+        let set = match super::patterns::compile(list) {
+            Ok(set) => set,
+            Err(E::Invalid { index, reason }) => {
+                return Ok(Err(patterns::PatternError::Invalid((index, reason))));
+            }
+            Err(E::TooBig(why)) => return Ok(Err(patterns::PatternError::TooBig(why))),
+        };
+        match self.table().push(set) {
+            Ok(r) => Ok(Ok(r)),
+            Err(_) => Ok(Err(patterns::PatternError::TooBig(
+                "the plugin holds too many resources".into(),
+            ))),
+        }
+    }
+}
+
+impl patterns::HostPatternSet for State {
+    async fn len(&mut self, s: Resource<super::patterns::PatternSetHandle>) -> R<u32> {
+        Ok(self.table().get(&s)?.0.len() as u32)
+    }
+    async fn matches(
+        &mut self,
+        s: Resource<super::patterns::PatternSetHandle>,
+        text: String,
+    ) -> R<Vec<u32>> {
+        Ok(self.table().get(&s)?.matches(&text))
+    }
+    async fn matches_any(
+        &mut self,
+        s: Resource<super::patterns::PatternSetHandle>,
+        texts: Vec<String>,
+    ) -> R<Vec<u32>> {
+        Ok(self.table().get(&s)?.matches_any(&texts))
+    }
+    async fn drop(&mut self, s: Resource<super::patterns::PatternSetHandle>) -> R<()> {
+        self.table().delete(s)?;
+        Ok(())
+    }
+}
 
 impl State {
     fn msg(&mut self, r: &Resource<MessageHandle>) -> R<MessageHandle> {

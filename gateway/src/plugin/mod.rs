@@ -26,6 +26,7 @@ pub mod engine;
 mod host;
 pub mod kv;
 pub mod message;
+pub mod patterns;
 pub mod registry;
 pub mod session;
 mod state;

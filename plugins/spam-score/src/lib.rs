@@ -37,7 +37,7 @@ use mailgate_plugin_sdk::dns;
 use mailgate_plugin_sdk::log;
 use mailgate_plugin_sdk::net::Net;
 use mailgate_plugin_sdk::prelude::*;
-use rules::{Check, HeaderTest, Kind, Rule, Stage};
+use rules::{Check, HeaderTest, Kind, Rule, Stage, Target};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Headers {
@@ -48,10 +48,8 @@ enum Headers {
 
 struct SpamScore {
     rules: Vec<Rule>,
-    /// The body rules, in one pass over the text.
-    body_scan: rules::Scan,
-    /// The html rules, in one pass over each HTML part.
-    html_scan: rules::Scan,
+    /// The pattern rules, one host-compiled set per target.
+    groups: Vec<rules::Group>,
     dnsbl: Vec<List>,
     uribl: Vec<List>,
     add_header_at: f64,
@@ -191,32 +189,27 @@ impl SpamScore {
         seen: &mut Seen<'_>,
         txn: &Transaction,
         fired: &[(String, f64)],
-        scanned: &[usize],
+        scanned: &[bool],
         index: usize,
     ) -> bool {
         match &rule.kind {
+            Kind::Header {
+                test: HeaderTest::Regex(_),
+                ..
+            }
+            | Kind::Body(_)
+            | Kind::Html(_)
+            | Kind::Url(_)
+            | Kind::AttachmentName(_)
+            | Kind::AttachmentType(_)
+            | Kind::Sender(_) => scanned[index],
             Kind::Header { name, test } => {
                 let values = seen.header(name);
                 match test {
-                    HeaderTest::Regex(r) => values.iter().any(|v| r.is_match(v)),
                     HeaderTest::Exists(e) => values.is_empty() != *e,
                     HeaderTest::CountOver(n) => values.len() > *n,
+                    HeaderTest::Regex(_) => false,
                 }
-            }
-            Kind::Body(_) | Kind::Html(_) => scanned.contains(&index),
-            Kind::Url(r) => seen.urls().iter().any(|u| r.is_match(&u.text)),
-            Kind::AttachmentName(r) => seen
-                .parts()
-                .iter()
-                .any(|p| p.filename.as_deref().is_some_and(|f| r.is_match(f))),
-            Kind::AttachmentType(r) => seen.parts().iter().any(|p| r.is_match(&p.content_type)),
-            Kind::Sender(r) => {
-                let s = txn
-                    .sender
-                    .as_ref()
-                    .map(Address::to_string)
-                    .unwrap_or_default();
-                r.is_match(&s)
             }
             Kind::RecipientsOver(n) => txn.recipients.len() > *n,
             Kind::Check(Check::SenderDomainNoMx) => txn
@@ -233,6 +226,51 @@ impl SpamScore {
                 all_of.iter().all(has) && !none_of.iter().any(has)
             }
         }
+    }
+
+    /// Which pattern rules match (indexed like `rules`): each group's patterns in one
+    /// host call over what the group looks at.
+    fn scan(&self, seen: &mut Seen<'_>, txn: &Transaction) -> Vec<bool> {
+        let mut hit = vec![false; self.rules.len()];
+        for g in &self.groups {
+            let found = match &g.target {
+                Target::Header(name) => g.set.matches_any(seen.header(name.as_str())),
+                Target::Body => g.set.matches(seen.text()),
+                Target::Html => g.set.matches_any(seen.html()),
+                Target::Url => {
+                    let urls: Vec<String> = seen.urls().iter().map(|u| u.text.clone()).collect();
+                    g.set.matches_any(&urls)
+                }
+                Target::AttachmentName => {
+                    let names: Vec<String> = seen
+                        .parts()
+                        .iter()
+                        .filter_map(|p| p.filename.clone())
+                        .collect();
+                    g.set.matches_any(&names)
+                }
+                Target::AttachmentType => {
+                    let types: Vec<String> = seen
+                        .parts()
+                        .iter()
+                        .map(|p| p.content_type.clone())
+                        .collect();
+                    g.set.matches_any(&types)
+                }
+                Target::Sender => {
+                    let s = txn
+                        .sender
+                        .as_ref()
+                        .map(Address::to_string)
+                        .unwrap_or_default();
+                    g.set.matches(&s)
+                }
+            };
+            for j in found {
+                hit[g.rules[j]] = true;
+            }
+        }
+        hit
     }
 
     fn status_line(&self, spam: bool, total: f64, fired: &[(String, f64)], others: f64) -> String {
@@ -305,23 +343,10 @@ impl Plugin for SpamScore {
             .into_iter()
             .filter(|r| r.score != 0.0)
             .collect();
-        let patterns = |html: bool| -> Vec<(usize, String)> {
-            rules
-                .iter()
-                .enumerate()
-                .filter_map(|(i, r)| match &r.kind {
-                    Kind::Body(p) if !html => Some((i, p.clone())),
-                    Kind::Html(p) if html => Some((i, p.clone())),
-                    _ => None,
-                })
-                .collect()
-        };
-        let body_scan = rules::Scan::new(&patterns(false))?;
-        let html_scan = rules::Scan::new(&patterns(true))?;
+        let groups = rules::groups(&rules)?;
         Ok(SpamScore {
             rules,
-            body_scan,
-            html_scan,
+            groups,
             dnsbl: List::all(config, "dnsbl")?,
             uribl: List::all(config, "uribl")?,
             add_header_at: threshold("add_header_at", Some(6.0))?.unwrap_or(f64::INFINITY),
@@ -383,16 +408,8 @@ impl Plugin for SpamScore {
 
     fn on_data(&mut self, s: &SessionInfo, txn: &Transaction, m: &Message) -> DataOutcome {
         let mut seen = Seen::new(m, self.max_text);
-        // Body and HTML rules: one pass over each text for all of them.
-        let mut scanned = Vec::new();
-        if !self.body_scan.is_empty() {
-            self.body_scan.matches(seen.text(), &mut scanned);
-        }
-        if !self.html_scan.is_empty() {
-            for h in seen.html() {
-                self.html_scan.matches(h, &mut scanned);
-            }
-        }
+        // Pattern rules: one pass over each text for all the rules looking at it.
+        let scanned = self.scan(&mut seen, txn);
         let mut fired: Vec<(String, f64)> = Vec::new();
         for (i, rule) in self.rules.iter().enumerate() {
             if rule.stage() != Stage::Data {

@@ -1,4 +1,4 @@
-//! The rules of the config (`rules.NAME.*`): what each looks at, compiled once at `init`.
+//! The rules of the config (`rules.NAME.*`): what each looks at, checked at `init`.
 //!
 //! Each rule has one selector key saying what it looks at, a `score` (may be negative)
 //! and an optional `description`:
@@ -19,12 +19,12 @@
 //! | `auth = "spf:fail"` | an auth result (`spf`, `dkim`, `dmarc`, `arc` : result name) |
 //! | `all_of = ["A", "B"]` and/or `none_of = ["C"]` | a composite: every rule of `all_of` fired and none of `none_of` |
 //!
-//! Regexes use the `regex` crate's syntax (`(?i)` for case-insensitive matching).
+//! Regexes use the `regex` crate's syntax (`(?i)` for case-insensitive matching). They
+//! run in the gateway (the SDK's `patterns`): each kind's patterns compiled together once
+//! per gateway process and matched in one pass, not compiled in every session's instance.
 
 use mailgate_plugin_sdk::Config;
-use std::cell::OnceCell;
-
-use regex::Regex;
+use mailgate_plugin_sdk::patterns::{PatternError, PatternSet};
 
 /// When a rule can be judged.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -48,7 +48,7 @@ pub enum Check {
 /// How a header rule tests the field.
 #[derive(Clone, Debug)]
 pub enum HeaderTest {
-    Regex(Pattern),
+    Regex(String),
     Exists(bool),
     CountOver(usize),
 }
@@ -62,10 +62,10 @@ pub enum Kind {
     },
     Body(String),
     Html(String),
-    Url(Pattern),
-    AttachmentName(Pattern),
-    AttachmentType(Pattern),
-    Sender(Pattern),
+    Url(String),
+    AttachmentName(String),
+    AttachmentType(String),
+    Sender(String),
     RecipientsOver(usize),
     Check(Check),
     Auth {
@@ -116,126 +116,87 @@ const SELECTORS: [&str; 13] = [
     "regex",
 ];
 
-/// A rule's pattern, checked for syntax at `init` and compiled when first used: plugin
-/// instances live one session, and compiling every rule in every session (most of which
-/// never reach the rules that need them) costs more than matching.
-#[derive(Clone, Debug)]
-pub struct Pattern {
-    text: String,
-    compiled: OnceCell<Option<Regex>>,
+/// The pattern rules of one target, compiled together into one host [`PatternSet`]
+/// (natively, once per gateway process, not per session): one pass over the text finds
+/// every rule of the group that matches.
+#[derive(Debug)]
+pub struct Group {
+    /// What the group's patterns look at.
+    pub target: Target,
+    /// The patterns, in the order of `rules`.
+    pub set: PatternSet,
+    /// The index (into the rule list) of each pattern's rule.
+    pub rules: Vec<usize>,
 }
 
-impl Pattern {
-    /// Whether `haystack` matches (compiling the pattern on first use: in ASCII mode when
-    /// that means the same, much cheaper to compile and to run in wasm, else Unicode).
-    pub fn is_match(&self, haystack: &str) -> bool {
-        self.compiled
-            .get_or_init(|| {
-                regex::RegexBuilder::new(&self.text)
-                    .unicode(!ascii_ok(&self.text))
-                    .size_limit(1 << 20)
-                    .build()
-                    .map_err(|e| {
-                        mailgate_plugin_sdk::log::warn(format!(
-                            "rule pattern {:?} cannot be compiled ({e}); it never matches",
-                            self.text
-                        ))
-                    })
-                    .ok()
+/// What a group of pattern rules looks at.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Target {
+    /// The values of one header field (lowercase name).
+    Header(String),
+    Body,
+    Html,
+    Url,
+    AttachmentName,
+    AttachmentType,
+    Sender,
+}
+
+impl Rule {
+    /// The rule's pattern, what it looks at and the config key holding the pattern.
+    fn pattern(&self) -> Option<(Target, &'static str, &str)> {
+        Some(match &self.kind {
+            Kind::Header {
+                name,
+                test: HeaderTest::Regex(p),
+            } => (Target::Header(name.to_ascii_lowercase()), "regex", p),
+            Kind::Body(p) => (Target::Body, "body", p),
+            Kind::Html(p) => (Target::Html, "html", p),
+            Kind::Url(p) => (Target::Url, "url", p),
+            Kind::AttachmentName(p) => (Target::AttachmentName, "attachment_name", p),
+            Kind::AttachmentType(p) => (Target::AttachmentType, "attachment_type", p),
+            Kind::Sender(p) => (Target::Sender, "sender", p),
+            _ => return None,
+        })
+    }
+}
+
+/// The pattern rules of `rules` grouped by target and compiled; a bad pattern is an
+/// error naming its rule and key.
+pub fn groups(rules: &[Rule]) -> Result<Vec<Group>, String> {
+    let mut lists: Vec<(Target, Vec<usize>, Vec<String>)> = Vec::new();
+    for (i, rule) in rules.iter().enumerate() {
+        let Some((target, _, pattern)) = rule.pattern() else {
+            continue;
+        };
+        let at = match lists.iter().position(|(t, _, _)| *t == target) {
+            Some(at) => at,
+            None => {
+                lists.push((target, Vec::new(), Vec::new()));
+                lists.len() - 1
+            }
+        };
+        lists[at].1.push(i);
+        lists[at].2.push(pattern.to_string());
+    }
+    lists
+        .into_iter()
+        .map(|(target, idx, patterns)| {
+            let set = PatternSet::new(patterns).map_err(|e| match e {
+                PatternError::Invalid { index, reason } => {
+                    let rule = &rules[idx[index]];
+                    let key = rule.pattern().map(|(_, k, _)| k).unwrap_or_default();
+                    format!("rules.{}.{key}: {reason}", rule.name)
+                }
+                PatternError::TooBig(why) => format!("rules: {why}"),
+            })?;
+            Ok(Group {
+                target,
+                set,
+                rules: idx,
             })
-            .as_ref()
-            .is_some_and(|r| r.is_match(haystack))
-    }
-}
-
-fn regex(name: &str, key: &str, pattern: &str) -> Result<Pattern, String> {
-    Ok(Pattern {
-        text: checked(name, key, pattern)?,
-        compiled: OnceCell::new(),
-    })
-}
-
-/// A pattern checked for syntax only (body and html rules are compiled together, in
-/// one regex set per instance, not one by one).
-fn checked(name: &str, key: &str, pattern: &str) -> Result<String, String> {
-    regex_syntax::Parser::new()
-        .parse(pattern)
-        .map(|_| pattern.to_string())
-        .map_err(|e| format!("rules.{name}.{key}: {e}"))
-}
-
-/// Whether `pattern` means the same in ASCII mode (`\b`, `\w`, `(?i)` on ASCII), which
-/// matches much faster; patterns whose classes could match non-ASCII text stay Unicode.
-pub fn ascii_ok(pattern: &str) -> bool {
-    regex_syntax::ParserBuilder::new()
-        .unicode(false)
-        .utf8(true)
-        .build()
-        .parse(pattern)
-        .is_ok()
-}
-
-/// Rules of one kind (body, or html) matched in one pass over a text: one regex set for
-/// the patterns that are fine in ASCII mode, one for the others.
-#[derive(Clone, Debug, Default)]
-pub struct Scan {
-    patterns: Vec<(usize, String)>,
-    sets: OnceCell<Vec<(regex::RegexSet, Vec<usize>)>>,
-}
-
-impl Scan {
-    /// A scan of `patterns` (`(rule index, pattern)`), compiled when first used.
-    pub fn new(patterns: &[(usize, String)]) -> Result<Scan, String> {
-        Ok(Scan {
-            patterns: patterns.to_vec(),
-            sets: OnceCell::new(),
         })
-    }
-
-    fn sets(&self) -> &[(regex::RegexSet, Vec<usize>)] {
-        self.sets.get_or_init(|| {
-            let mut sets = Vec::new();
-            for ascii in [true, false] {
-                let (idx, pats): (Vec<usize>, Vec<&str>) = self
-                    .patterns
-                    .iter()
-                    .filter(|(_, p)| ascii_ok(p) == ascii)
-                    .map(|(i, p)| (*i, p.as_str()))
-                    .unzip();
-                if pats.is_empty() {
-                    continue;
-                }
-                match regex::RegexSetBuilder::new(&pats)
-                    .unicode(!ascii)
-                    .size_limit(16 << 20)
-                    .dfa_size_limit(8 << 20)
-                    .build()
-                {
-                    Ok(set) => sets.push((set, idx)),
-                    Err(e) => mailgate_plugin_sdk::log::warn(format!(
-                        "the body/html rules cannot be compiled together ({e}); they never match"
-                    )),
-                }
-            }
-            sets
-        })
-    }
-
-    /// Whether it has any pattern.
-    pub fn is_empty(&self) -> bool {
-        self.patterns.is_empty()
-    }
-
-    /// Adds the indexes of the rules matching `text` to `hits`.
-    pub fn matches(&self, text: &str, hits: &mut Vec<usize>) {
-        for (set, idx) in self.sets() {
-            for j in set.matches(text).iter() {
-                if !hits.contains(&idx[j]) {
-                    hits.push(idx[j]);
-                }
-            }
-        }
-    }
+        .collect()
 }
 
 /// A rule name as `X-Spam-Status` and the score entries allow: 1..=64 of `A-Z a-z 0-9 _ - .`.
@@ -288,7 +249,7 @@ pub fn parse(config: &Config) -> Result<Vec<Rule>, String> {
                     .map_err(|e| crate::lists::key_error("rules", name, &e))?
                     .to_string();
                 let test = match (c.get("regex"), c.bool("exists"), c.int("count_over")) {
-                    (Some(p), Ok(None), Ok(None)) => HeaderTest::Regex(regex(name, "regex", p)?),
+                    (Some(p), Ok(None), Ok(None)) => HeaderTest::Regex(p.to_string()),
                     (None, Ok(Some(e)), Ok(None)) => HeaderTest::Exists(e),
                     (None, Ok(None), Ok(Some(n))) if n >= 0 => HeaderTest::CountOver(n as usize),
                     _ => {
@@ -302,15 +263,14 @@ pub fn parse(config: &Config) -> Result<Vec<Rule>, String> {
             [
                 sel @ ("body" | "html" | "url" | "attachment_name" | "attachment_type" | "sender"),
             ] => {
-                let pattern = c.get(sel).unwrap_or_default();
-                let r = || regex(name, sel, pattern);
+                let p = c.get(sel).unwrap_or_default().to_string();
                 match *sel {
-                    "body" => Kind::Body(checked(name, sel, pattern)?),
-                    "html" => Kind::Html(checked(name, sel, pattern)?),
-                    "url" => Kind::Url(r()?),
-                    "attachment_name" => Kind::AttachmentName(r()?),
-                    "attachment_type" => Kind::AttachmentType(r()?),
-                    _ => Kind::Sender(r()?),
+                    "body" => Kind::Body(p),
+                    "html" => Kind::Html(p),
+                    "url" => Kind::Url(p),
+                    "attachment_name" => Kind::AttachmentName(p),
+                    "attachment_type" => Kind::AttachmentType(p),
+                    _ => Kind::Sender(p),
                 }
             }
             ["recipients_over"] => {
@@ -444,7 +404,8 @@ mod tests {
     #[test]
     fn mistakes_are_named() {
         let err = |pairs: &[(&str, &str)]| parse(&cfg(pairs)).unwrap_err();
-        assert!(err(&[("rules.X.body", "(")]).contains("rules.X.body"));
+        let bad = parse(&cfg(&[("rules.X.body", "(")])).unwrap();
+        assert!(groups_err(&bad).contains("rules.X.body"));
         assert!(err(&[("rules.X.bodyy", "a")]).contains("bodyy"));
         assert!(err(&[("rules.X.score", "1")]).contains("nothing to look at"));
         assert!(err(&[("rules.X.body", "a"), ("rules.X.url", "b")]).contains("more than one"));
@@ -455,19 +416,31 @@ mod tests {
     }
 
     #[test]
-    fn one_scan_finds_every_matching_rule() {
-        let scan = Scan::new(&[
-            (0, "(?i)\\bfree money\\b".into()),
-            (3, "[^a-z]{5}".into()),
-            (7, "never".into()),
-        ])
+    fn each_target_is_one_set_and_bad_patterns_name_their_rule() {
+        let rules = parse(&cfg(&[
+            ("rules.A.body", "(?i)\\bfree money\\b"),
+            ("rules.B.header", "Subject"),
+            ("rules.B.regex", "^[A-Z !]+$"),
+            ("rules.C.body", "[^a-z]{5}"),
+            ("rules.D.header", "subject"),
+            ("rules.D.regex", "never"),
+        ]))
         .unwrap();
-        let mut hits = vec![];
-        scan.matches("Get FREE MONEY now", &mut hits);
-        hits.sort();
-        assert_eq!(hits, [0, 3]);
-        assert!(ascii_ok("(?i)\\bfree\\b"));
-        assert!(!ascii_ok("[^a-z]{5}"));
+        let groups = groups(&rules).unwrap();
+        assert_eq!(groups.len(), 2);
+        let body = groups.iter().find(|g| g.target == Target::Body).unwrap();
+        assert_eq!(body.set.matches("Get FREE MONEY now"), [0, 1]);
+        let subject = groups
+            .iter()
+            .find(|g| g.target == Target::Header("subject".into()))
+            .unwrap();
+        assert_eq!(subject.rules.len(), 2);
+        let bad = parse(&cfg(&[("rules.OK.url", "x"), ("rules.X.url", "(")])).unwrap();
+        assert!(groups_err(&bad).starts_with("rules.X.url: "));
+    }
+
+    fn groups_err(rules: &[Rule]) -> String {
+        groups(rules).unwrap_err()
     }
 
     #[test]
