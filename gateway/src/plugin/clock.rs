@@ -4,7 +4,9 @@
 //! It is the system's time, plus an offset that is always zero unless the config sets
 //! `chain.adjustable_clock` (tests do): then `mailgate clock advance SECS` moves it
 //! forward, so a test can see a greylisting delay or a rate-limit window pass without
-//! sleeping through it. It never goes backwards.
+//! sleeping through it. It never goes backwards. `mailgate plugin test --time` stands
+//! the wall clock still at a given time instead ([`PluginClock::fixed_at`]); monotonic
+//! time (deadlines, kv expiry) runs on as usual.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime};
@@ -23,6 +25,8 @@ pub struct PluginClock {
     offset_ms: AtomicU64,
     adjustable: bool,
     started: Instant,
+    /// The wall-clock time it stands at, when fixed.
+    fixed: Option<SystemTime>,
 }
 
 impl Default for PluginClock {
@@ -38,6 +42,15 @@ impl PluginClock {
             offset_ms: AtomicU64::new(0),
             adjustable,
             started: Instant::now(),
+            fixed: None,
+        }
+    }
+
+    /// A wall clock standing still at `at` (not adjustable); monotonic time runs.
+    pub fn fixed_at(at: SystemTime) -> PluginClock {
+        PluginClock {
+            fixed: Some(at),
+            ..PluginClock::new(false)
         }
     }
 
@@ -47,7 +60,9 @@ impl PluginClock {
 
     /// Wall-clock time, milliseconds since the Unix epoch.
     pub fn now_ms(&self) -> u64 {
-        let now = SystemTime::now()
+        let now = self
+            .fixed
+            .unwrap_or_else(SystemTime::now)
             .duration_since(SystemTime::UNIX_EPOCH)
             .unwrap_or_default()
             + self.offset();
@@ -90,5 +105,22 @@ mod tests {
         assert!(clock.now_ms() >= wall + 301_000);
         assert!(clock.monotonic_ns() >= mono + 301_000_000_000);
         assert!(clock.instant() >= at + Duration::from_secs(301));
+    }
+
+    #[test]
+    fn a_fixed_clock_stands_still_and_cannot_be_moved() {
+        let at = SystemTime::UNIX_EPOCH + Duration::from_secs(1_767_225_600);
+        let clock = PluginClock::fixed_at(at);
+        assert_eq!(clock.now_ms(), 1_767_225_600_000);
+        std::thread::sleep(Duration::from_millis(5));
+        assert_eq!(
+            clock.now_ms(),
+            1_767_225_600_000,
+            "the wall clock does not run"
+        );
+        assert_eq!(clock.advance(1), Err(ClockError::NotAdjustable));
+        let mono = clock.monotonic_ns();
+        std::thread::sleep(Duration::from_millis(5));
+        assert!(clock.monotonic_ns() > mono, "monotonic time runs");
     }
 }
