@@ -125,6 +125,76 @@ pub struct TraceEntry {
     pub micros: u64,
 }
 
+/// One plugin call in full, as a [`DecisionLog`] keeps it: the trace entry's facts plus
+/// the marks, edits, routes and memory behind them.
+#[derive(Clone, Debug)]
+pub struct Decided {
+    /// Plugin name.
+    pub plugin: String,
+    /// Stage.
+    pub stage: Stage,
+    /// The trace's summary: `continue`, `reject 550`, `failed (...) -> tempfail 451`, ...
+    pub outcome: String,
+    /// What the stage takes from the call (the failure policy's, when it failed).
+    pub decision: Decision,
+    /// Why the call failed, if it did.
+    pub failure: Option<Failure>,
+    /// What the plugin wrote to stdout/stderr before it failed (empty otherwise).
+    pub output: String,
+    /// Score entries: rule and points.
+    pub score: Vec<(String, f64)>,
+    /// Tags it added.
+    pub tags: Vec<String>,
+    /// The plugin's reason, if it gave one.
+    pub reason: Option<String>,
+    /// Header edits it asked for.
+    pub header_edits: Vec<HeaderEdit>,
+    /// Recipient edits it asked for.
+    pub recipient_edits: Vec<RecipientEdit>,
+    /// Routes it gave (`on-deliver`), by recipient.
+    pub routes: Vec<(String, Route)>,
+    /// Time taken.
+    pub micros: u64,
+    /// Linear memory its instance held after the call, octets (0 without an instance).
+    pub memory: usize,
+}
+
+/// Every plugin decision in full, in call order, for offline tools that show them
+/// (`mailgate plugin test`): chains record into it when their generation's services
+/// have one ([`Services::decisions`](super::registry::Services::decisions)); the server's
+/// never do. It is not bounded: it serves runs of one session.
+#[derive(Debug, Default)]
+pub struct DecisionLog(std::sync::Mutex<Vec<Decided>>);
+
+impl DecisionLog {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Decided>> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Adds one decision.
+    pub fn push(&self, d: Decided) {
+        self.lock().push(d);
+    }
+
+    /// Decisions recorded so far.
+    pub fn len(&self) -> usize {
+        self.lock().len()
+    }
+
+    /// Whether none was recorded.
+    pub fn is_empty(&self) -> bool {
+        self.lock().is_empty()
+    }
+
+    /// The decisions from the `from`th on (all of them for 0).
+    pub fn since(&self, from: usize) -> Vec<Decided> {
+        self.lock()
+            .get(from..)
+            .map(<[Decided]>::to_vec)
+            .unwrap_or_default()
+    }
+}
+
 /// What a stage came to.
 #[derive(Clone, Debug)]
 pub struct StageOutcome {
@@ -339,8 +409,32 @@ impl Chain {
                 );
             let micros = started.elapsed().as_micros() as u64;
             let name = self.slots[i].plugin.spec.name.clone();
-            let (decision, reason, outcome) = match result {
+            // The whole decision, for a decision log; read before a failure drops the
+            // instance (its memory and output go with it).
+            let log = self.generation.services.decisions.clone();
+            let mut detail = log.as_ref().map(|_| {
+                let live = self.slots[i].live.as_ref().map(|l| l.store.data());
+                let memory = live.map_or(0, |st| st.limiter.held());
+                let output = match (&result, live) {
+                    (Err(_), Some(st)) => st.output_text(),
+                    _ => String::new(),
+                };
+                (memory, output, result.as_ref().err().cloned())
+            });
+            let (decision, reason, outcome, marks) = match result {
                 Ok(v) => {
+                    let marks = detail.as_ref().map(|_| {
+                        (
+                            v.score
+                                .iter()
+                                .map(|s| (s.rule.clone(), s.points))
+                                .collect::<Vec<_>>(),
+                            v.tags.clone(),
+                            v.header_edits.clone(),
+                            v.recipient_edits.clone(),
+                            v.routes.clone(),
+                        )
+                    });
                     // Points given before MAIL belong to the session and persist across
                     // its transactions; the rest to the transaction.
                     match stage {
@@ -364,14 +458,34 @@ impl Chain {
                         }
                     }
                     let label = describe(&v.decision);
-                    (v.decision, v.reason, label)
+                    (v.decision, v.reason, label, marks)
                 }
                 Err(failure) => {
                     let d = self.on_failure(i, stage, &failure);
                     let label = format!("failed ({failure}) -> {}", describe(&d));
-                    (d, None, label)
+                    (d, None, label, None)
                 }
             };
+            if let (Some(log), Some((memory, output, failure))) = (log, detail.take()) {
+                let (score, tags, header_edits, recipient_edits, routes) =
+                    marks.unwrap_or_default();
+                log.push(Decided {
+                    plugin: name.clone(),
+                    stage,
+                    outcome: outcome.clone(),
+                    decision: decision.clone(),
+                    failure,
+                    output,
+                    score,
+                    tags,
+                    reason: reason.clone(),
+                    header_edits,
+                    recipient_edits,
+                    routes,
+                    micros,
+                    memory,
+                });
+            }
             tracing::debug!(plugin = %name, stage = stage.name(), outcome = %outcome, reason = reason.as_deref().unwrap_or(""), micros, "plugin decision");
             if !matches!(decision, Decision::Continue) {
                 tracing::info!(plugin = %name, stage = stage.name(), outcome = %outcome, reason = reason.as_deref().unwrap_or(""), "plugin decision");
@@ -533,6 +647,8 @@ impl Chain {
 struct Valid {
     decision: Decision,
     points: f64,
+    /// The score entries behind `points`.
+    score: Vec<wit::ScoreEntry>,
     tags: Vec<String>,
     reason: Option<String>,
     header_edits: Vec<HeaderEdit>,
@@ -574,6 +690,7 @@ fn validate(r: Returned) -> Result<Valid, Invalid> {
             return Ok(Valid {
                 decision: Decision::Continue,
                 points: 0.0,
+                score: vec![],
                 tags: vec![],
                 routes: convert::routes(&o.routes)?,
                 reason: o.reason,
@@ -586,6 +703,7 @@ fn validate(r: Returned) -> Result<Valid, Invalid> {
     Ok(Valid {
         decision,
         points: marks.score.iter().map(|s| s.points).sum(),
+        score: marks.score,
         tags: marks.tags,
         reason: marks.reason,
         header_edits,

@@ -131,6 +131,9 @@ pub struct Services {
     /// Recipient verification probes and their cache (the `verify` capability), on the
     /// plugins' clock; the server attaches its settings at start.
     pub verify: Arc<crate::verify::Verifier>,
+    /// Where chains record every decision in full, for offline tools
+    /// (`mailgate plugin test`); `None` in the server.
+    pub decisions: Option<Arc<super::chain::DecisionLog>>,
 }
 
 impl Services {
@@ -178,6 +181,7 @@ impl Services {
             compile_cache: cache,
             memory: crate::memory_budget::MemoryBudget::new(memory),
             sessions,
+            decisions: None,
         })
     }
 }

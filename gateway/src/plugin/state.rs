@@ -34,6 +34,13 @@ pub struct Limiter {
     held: usize,
 }
 
+impl Limiter {
+    /// Linear memory this instance's memories hold, octets.
+    pub fn held(&self) -> usize {
+        self.held
+    }
+}
+
 impl Drop for Limiter {
     fn drop(&mut self) {
         self.total.release(self.held);
