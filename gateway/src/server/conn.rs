@@ -145,6 +145,74 @@ impl Ctx {
     }
 }
 
+/// What a session needs besides its stream: the settings and plugins it starts with,
+/// the delivery mode, the resolver (the client's reverse name), the message memory
+/// budget and the shutdown signal.
+struct Opening<'a> {
+    cur: Arc<Current>,
+    backend: &'a super::outbound::Backend,
+    dns: &'a crate::dns::Resolver,
+    memory: Arc<crate::memory_budget::MemoryBudget>,
+    shutdown: watch::Receiver<bool>,
+}
+
+/// The driver's context and the facts of a new session from `client` to `local`: trust
+/// and, when `dns.reverse_lookup` is on, the client's confirmed reverse name.
+async fn open(
+    o: Opening<'_>,
+    session_id: &str,
+    client: SocketAddr,
+    local: SocketAddr,
+    listener: Listener,
+) -> (Ctx, SessionFacts) {
+    let cur = o.cur;
+    let rt = Arc::clone(&cur.runtime);
+    let shutdown_seen = *o.shutdown.borrow();
+    let ctx = Ctx {
+        outbound: Outbound::new(o.backend, cur.hostname()),
+        shutdown_seen,
+        shutdown: o.shutdown,
+        greeted: false,
+        txn_started: None,
+        messages: 0,
+        plugins: cur.plugins.as_ref().map(|g| {
+            SessionPlugins::new(
+                Arc::clone(g),
+                session_id.to_string(),
+                cur.hostname().to_string(),
+            )
+        }),
+        held: 0,
+        memory: o.memory,
+        spill: None,
+        cur: Arc::clone(&cur),
+    };
+    let mut facts = SessionFacts::new(session_id.to_string(), client, local, listener);
+    facts.trusted = rt.live.relay_allowed(client.ip());
+    if rt.fixed.dns.reverse_lookup {
+        facts.ptr_name = o.dns.confirmed_name(client.ip()).await;
+        debug!(
+            ptr = facts.ptr_name.as_deref().unwrap_or("unknown"),
+            "client reverse name"
+        );
+    }
+    (ctx, facts)
+}
+
+/// Ends a session: QUIT upstream, its message memory given back, the `disconnect` line.
+async fn close(ctx: &mut Ctx, started: Instant, result: std::io::Result<()>) {
+    ctx.outbound.close().await;
+    ctx.memory.release(ctx.held);
+    ctx.held = 0;
+    let ms = started.elapsed().as_millis() as u64;
+    match result {
+        Ok(()) => info!(messages = ctx.messages, duration_ms = ms, "disconnect"),
+        Err(e) => {
+            info!(messages = ctx.messages, duration_ms = ms, error = %e, "disconnect after error")
+        }
+    }
+}
+
 /// Serves one accepted TCP connection until it closes. `implicit_tls` for `listen_tls`.
 pub async fn serve(
     shared: Arc<Shared>,
@@ -160,44 +228,20 @@ pub async fn serve(
         info!(%client, %local, tls = implicit_tls, "connect");
         let started = Instant::now();
         let cur = shared.current();
-        let rt = Arc::clone(&cur.runtime);
-        let shutdown = shared.shutdown.clone();
-        let shutdown_seen = *shutdown.borrow();
-        let outbound = Outbound::new(&shared.backend, cur.hostname());
-        let mut ctx = Ctx {
-            cur: Arc::clone(&cur),
-            outbound,
-            shutdown_seen,
-            shutdown,
-            greeted: false,
-            txn_started: None,
-            messages: 0,
-            plugins: cur.plugins.as_ref().map(|g| {
-                SessionPlugins::new(
-                    Arc::clone(g),
-                    session_id.clone(),
-                    cur.hostname().to_string(),
-                )
-            }),
-            held: 0,
-            memory: Arc::clone(&shared.memory),
-            spill: None,
-        };
         let listener = if implicit_tls {
             Listener::Smtps
         } else {
             Listener::Smtp
         };
-        let mut facts = SessionFacts::new(session_id.clone(), client, local, listener);
-        facts.trusted = rt.live.relay_allowed(client.ip());
-        if rt.fixed.dns.reverse_lookup {
-            facts.ptr_name = shared.dns.confirmed_name(client.ip()).await;
-            debug!(
-                ptr = facts.ptr_name.as_deref().unwrap_or("unknown"),
-                "client reverse name"
-            );
-        }
-        let handshake_limit = rt.live.command_timeout;
+        let opening = Opening {
+            cur: Arc::clone(&cur),
+            backend: &shared.backend,
+            dns: &shared.dns,
+            memory: Arc::clone(&shared.memory),
+            shutdown: shared.shutdown.clone(),
+        };
+        let (mut ctx, mut facts) = open(opening, &session_id, client, local, listener).await;
+        let handshake_limit = cur.runtime.live.command_timeout;
         let result = if implicit_tls {
             let Some(acceptor) = shared.tls.clone() else {
                 return;
@@ -239,17 +283,103 @@ pub async fn serve(
                 Err(e) => Err(e),
             }
         };
-        ctx.outbound.close().await;
-        ctx.memory.release(ctx.held);
-        let ms = started.elapsed().as_millis() as u64;
-        match result {
-            Ok(()) => info!(messages = ctx.messages, duration_ms = ms, "disconnect"),
-            Err(e) => {
-                info!(messages = ctx.messages, duration_ms = ms, error = %e, "disconnect after error")
-            }
-        }
+        close(&mut ctx, started, result).await;
     };
     tracing::Instrument::instrument(fut, span).await;
+}
+
+/// A session over a stream the caller already has, for drivers other than the
+/// listeners: `mailgate plugin test` runs one over an in-memory pipe, with a scripted
+/// client at the other end.
+#[derive(Debug)]
+pub struct StreamSession {
+    /// Settings and plugins the session starts with.
+    pub current: Arc<Current>,
+    /// Where accepted messages go.
+    pub backend: super::outbound::Backend,
+    /// The resolver (the client's reverse name).
+    pub dns: Arc<crate::dns::Resolver>,
+    /// Memory for message content.
+    pub memory: Arc<crate::memory_budget::MemoryBudget>,
+    /// Flips to `true` to end the session (as a server shutdown would).
+    pub shutdown: watch::Receiver<bool>,
+    /// The client's address.
+    pub client: SocketAddr,
+    /// Our address it connected to.
+    pub local: SocketAddr,
+    /// TLS in force from the start, as after an implicit-TLS handshake (the session is on
+    /// the `smtps` listener); no handshake happens on the stream.
+    pub tls: Option<crate::smtp::TlsInfo>,
+}
+
+/// How a [`StreamSession`] ended.
+#[derive(Clone, Debug)]
+pub struct StreamEnd {
+    /// The session's facts at its end (reverse name, TLS, HELO).
+    pub facts: SessionFacts,
+    /// The plugins' score of the last transaction (its session's included).
+    pub score: f64,
+    /// The plugins' tags so far.
+    pub tags: Vec<String>,
+    /// Messages the session ended (accepted or refused at their end).
+    pub messages: usize,
+    /// A read or write on the stream failed.
+    pub error: Option<String>,
+}
+
+/// Serves one session over `io` until it closes, exactly as [`serve`] serves a TCP
+/// connection (same setup, driver, plugins and delivery), but without a listener or a
+/// TLS handshake. A STARTTLS the client asks for ends the session.
+pub async fn serve_stream<S>(mut io: S, conn: StreamSession) -> StreamEnd
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let session_id = new_session_id();
+    let span = tracing::info_span!("session", id = %session_id);
+    let fut = async move {
+        let StreamSession {
+            current,
+            backend,
+            dns,
+            memory,
+            shutdown,
+            client,
+            local,
+            tls,
+        } = conn;
+        info!(%client, %local, tls = tls.is_some(), "connect");
+        let started = Instant::now();
+        let listener = if tls.is_some() {
+            Listener::Smtps
+        } else {
+            Listener::Smtp
+        };
+        let opening = Opening {
+            cur: Arc::clone(&current),
+            backend: &backend,
+            dns: &dns,
+            memory,
+            shutdown,
+        };
+        let (mut ctx, mut facts) = open(opening, &session_id, client, local, listener).await;
+        facts.tls = tls;
+        let mut session = Session::new(Arc::clone(&current.session), facts);
+        let result = drive(&mut io, &mut session, &mut ctx).await.map(|_| ());
+        let error = result.as_ref().err().map(|e| e.to_string());
+        close(&mut ctx, started, result).await;
+        let (score, tags) = match &ctx.plugins {
+            Some(p) => (p.score(), p.tags().to_vec()),
+            None => (0.0, Vec::new()),
+        };
+        StreamEnd {
+            facts: session.facts().clone(),
+            score,
+            tags,
+            messages: ctx.messages,
+            error,
+        }
+    };
+    tracing::Instrument::instrument(fut, span).await
 }
 
 /// Runs the session over one stream until it closes or asks for STARTTLS.
