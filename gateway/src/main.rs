@@ -266,8 +266,16 @@ async fn shutdown_signal() {
     tracing::info!("shutdown signal received");
 }
 
+/// Exit status of a command line clap refuses (sysexits' `EX_USAGE`); clap's own is 2,
+/// which `mailgate plugin test` gives a tempfailed message.
+const EX_USAGE: i32 = 64;
+
 fn main() -> anyhow::Result<()> {
-    let cli = Cli::parse();
+    let cli = Cli::try_parse().unwrap_or_else(|e| {
+        // Help and version go to stdout and succeed; usage errors exit EX_USAGE.
+        let _ = e.print();
+        std::process::exit(if e.use_stderr() { EX_USAGE } else { 0 })
+    });
     match cli.command {
         Command::CheckConfig { config } => {
             let (_cfg, rt) = load(config.as_deref())?;
