@@ -64,6 +64,11 @@ pub struct Settings {
     pub positive_ttl: Duration,
     /// How long a refused (5xx) answer is kept (zero: not kept).
     pub negative_ttl: Duration,
+    /// Age past which a kept accepted answer is still used but asked again in the
+    /// background (zero: never).
+    pub positive_refresh: Duration,
+    /// The same for a kept refused answer.
+    pub negative_refresh: Duration,
     /// Bound on one probe, connecting included.
     pub timeout: Duration,
     /// Answers kept at most.
@@ -72,11 +77,14 @@ pub struct Settings {
 
 impl Default for Settings {
     /// Postfix's `address_verify_positive_expire_time` (31 days) and
-    /// `address_verify_negative_expire_time` (3 days); 15 s per probe; 100 000 answers.
+    /// `address_verify_negative_expire_time` (3 days), its `…_positive_refresh_time`
+    /// (7 days) and `…_negative_refresh_time` (3 hours); 15 s per probe; 100 000 answers.
     fn default() -> Self {
         Settings {
             positive_ttl: Duration::from_secs(31 * 86400),
             negative_ttl: Duration::from_secs(3 * 86400),
+            positive_refresh: Duration::from_secs(7 * 86400),
+            negative_refresh: Duration::from_secs(3 * 3600),
             timeout: Duration::from_secs(15),
             cache_entries: 100_000,
         }
@@ -131,8 +139,20 @@ fn clean(s: &str) -> String {
 struct Entry {
     accepted: bool,
     reply: String,
+    stored: Instant,
     until: Instant,
     seq: u64,
+}
+
+/// A kept answer as [`Cache::get`] gives it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Kept {
+    /// The next hop accepted the recipient.
+    pub accepted: bool,
+    /// Its reply.
+    pub reply: String,
+    /// How long ago it was probed.
+    pub age: Duration,
 }
 
 /// Verification answers by key, each until its expiry, at most a configured number of
@@ -146,10 +166,14 @@ pub struct Cache {
 }
 
 impl Cache {
-    /// The answer kept for `key` at `now` (accepted, reply), if any.
-    pub fn get(&mut self, key: &str, now: Instant) -> Option<(bool, String)> {
+    /// The answer kept for `key` at `now`, if any.
+    pub fn get(&mut self, key: &str, now: Instant) -> Option<Kept> {
         self.expire(now);
-        self.entries.get(key).map(|e| (e.accepted, e.reply.clone()))
+        self.entries.get(key).map(|e| Kept {
+            accepted: e.accepted,
+            reply: e.reply.clone(),
+            age: now.saturating_duration_since(e.stored),
+        })
     }
 
     /// Keeps a probe's answer for `key`: accepted ones for `positive_ttl`, refused ones for
@@ -183,6 +207,7 @@ impl Cache {
             Entry {
                 accepted,
                 reply: reply.clone(),
+                stored: now,
                 until,
                 seq: self.seq,
             },
@@ -225,6 +250,8 @@ pub struct Stats {
     pub probes: u64,
     /// Calls answered from the cache.
     pub cache_hits: u64,
+    /// Background probes started to refresh an answer past its refresh age.
+    pub refreshes: u64,
     /// Answers kept now.
     pub cached: usize,
     /// Probes running now.
@@ -266,6 +293,7 @@ pub struct Verifier {
     inner: Mutex<Inner>,
     probes: AtomicU64,
     cache_hits: AtomicU64,
+    refreshes: AtomicU64,
 }
 
 /// Removes a probe from the in-flight map if its task ends without doing so itself (a
@@ -302,6 +330,7 @@ impl Verifier {
             inner: Mutex::new(Inner::default()),
             probes: AtomicU64::new(0),
             cache_hits: AtomicU64::new(0),
+            refreshes: AtomicU64::new(0),
         }
     }
 
@@ -326,6 +355,7 @@ impl Verifier {
         Stats {
             probes: self.probes.load(Ordering::Relaxed),
             cache_hits: self.cache_hits.load(Ordering::Relaxed),
+            refreshes: self.refreshes.load(Ordering::Relaxed),
             cached: inner.cache.len(now),
             in_flight: inner.in_flight.len(),
         }
@@ -388,20 +418,38 @@ impl Verifier {
         let key = format!("{}|{hop}", rcpt.to_lowercase());
         let mut pending = {
             let mut inner = self.lock();
-            if let Some((accepted, reply)) = inner.cache.get(&key, self.clock.instant()) {
+            if let Some(kept) = inner.cache.get(&key, self.clock.instant()) {
                 self.cache_hits.fetch_add(1, Ordering::Relaxed);
+                let refresh = if kept.accepted {
+                    settings.positive_refresh
+                } else {
+                    settings.negative_refresh
+                };
+                // Old enough to ask again (Postfix's `address_verify_*_refresh_time`): the
+                // kept answer serves this call, a probe in the background replaces it (an
+                // `unavailable` outcome leaves it as it is).
+                let stale = !refresh.is_zero() && kept.age >= refresh;
+                let refreshing = stale
+                    && !inner.in_flight.contains_key(&key)
+                    && inner.in_flight.len() < MAX_IN_FLIGHT;
+                if refreshing {
+                    self.refreshes.fetch_add(1, Ordering::Relaxed);
+                    self.start(&mut inner, key, rcpt, hop, settings, who, start());
+                }
                 tracing::debug!(
                     plugin = who.plugin,
                     session = who.session,
                     rcpt,
                     next_hop = hop,
-                    accepted,
-                    reply = %reply,
+                    accepted = kept.accepted,
+                    reply = %kept.reply,
+                    age_secs = kept.age.as_secs(),
+                    refreshing,
                     "recipient verification answered from the cache"
                 );
                 return Ok(Verification {
-                    accepted,
-                    reply,
+                    accepted: kept.accepted,
+                    reply: kept.reply,
                     cached: true,
                 });
             }
@@ -413,48 +461,7 @@ impl Verifier {
                         "{MAX_IN_FLIGHT} recipient verifications are in progress already"
                     ));
                 }
-                let (tx, rx) = watch::channel(None);
-                inner.in_flight.insert(key.clone(), rx.clone());
-                self.probes.fetch_add(1, Ordering::Relaxed);
-                let mut guard = InFlight {
-                    verifier: Arc::clone(self),
-                    key,
-                    armed: true,
-                };
-                let fut = start();
-                let (settings, rcpt, hop) = (settings.clone(), rcpt.to_string(), hop.to_string());
-                let (plugin, session) = (who.plugin.to_string(), who.session.to_string());
-                tokio::spawn(async move {
-                    let probed = match tokio::time::timeout(settings.timeout, fut).await {
-                        Ok(p) => p,
-                        Err(_) => Probed::Unavailable(format!(
-                            "no answer from {hop} within {:?}",
-                            settings.timeout
-                        )),
-                    };
-                    tracing::info!(
-                        plugin,
-                        session,
-                        rcpt,
-                        next_hop = hop,
-                        result = probed.result(),
-                        reply = probed.text(),
-                        "recipient verification probe"
-                    );
-                    {
-                        // Cached before it leaves the in-flight map: a caller sees one or
-                        // the other, so the same key is never probed twice at once.
-                        let v = &guard.verifier;
-                        let mut inner = v.lock();
-                        inner
-                            .cache
-                            .put(&guard.key, &probed, v.clock.instant(), &settings);
-                        inner.in_flight.remove(&guard.key);
-                    }
-                    guard.disarm();
-                    let _ = tx.send(Some(probed));
-                });
-                rx
+                self.start(&mut inner, key, rcpt, hop, settings, who, start())
             }
         };
         let got = tokio::time::timeout(wait, pending.wait_for(Option::is_some)).await;
@@ -482,6 +489,65 @@ impl Verifier {
             Some(Probed::Unavailable(why)) => Err(why),
             None => Err("the verification probe ended without an answer".into()),
         }
+    }
+
+    /// Starts probe `fut` for `key` on a task of its own (bounded by `settings.timeout`),
+    /// registered in flight until its answer is cached; the receiver gets the answer.
+    #[allow(clippy::too_many_arguments)]
+    fn start<Fut>(
+        self: &Arc<Self>,
+        inner: &mut Inner,
+        key: String,
+        rcpt: &str,
+        hop: &str,
+        settings: &Settings,
+        who: Requester<'_>,
+        fut: Fut,
+    ) -> Pending
+    where
+        Fut: Future<Output = Probed> + Send + 'static,
+    {
+        let (tx, rx) = watch::channel(None);
+        inner.in_flight.insert(key.clone(), rx.clone());
+        self.probes.fetch_add(1, Ordering::Relaxed);
+        let mut guard = InFlight {
+            verifier: Arc::clone(self),
+            key,
+            armed: true,
+        };
+        let (settings, rcpt, hop) = (settings.clone(), rcpt.to_string(), hop.to_string());
+        let (plugin, session) = (who.plugin.to_string(), who.session.to_string());
+        tokio::spawn(async move {
+            let probed = match tokio::time::timeout(settings.timeout, fut).await {
+                Ok(p) => p,
+                Err(_) => Probed::Unavailable(format!(
+                    "no answer from {hop} within {:?}",
+                    settings.timeout
+                )),
+            };
+            tracing::info!(
+                plugin,
+                session,
+                rcpt,
+                next_hop = hop,
+                result = probed.result(),
+                reply = probed.text(),
+                "recipient verification probe"
+            );
+            {
+                // Cached before it leaves the in-flight map: a caller sees one or
+                // the other, so the same key is never probed twice at once.
+                let v = &guard.verifier;
+                let mut inner = v.lock();
+                inner
+                    .cache
+                    .put(&guard.key, &probed, v.clock.instant(), &settings);
+                inner.in_flight.remove(&guard.key);
+            }
+            guard.disarm();
+            let _ = tx.send(Some(probed));
+        });
+        rx
     }
 }
 
@@ -593,9 +659,16 @@ mod tests {
         Settings {
             positive_ttl: Duration::from_secs(100),
             negative_ttl: Duration::from_secs(10),
+            positive_refresh: Duration::ZERO,
+            negative_refresh: Duration::ZERO,
             timeout: Duration::from_secs(5),
             cache_entries: 1000,
         }
+    }
+
+    /// A kept answer as (accepted, reply).
+    fn get(c: &mut Cache, key: &str, now: Instant) -> Option<(bool, String)> {
+        c.get(key, now).map(|k| (k.accepted, k.reply))
     }
 
     fn ok(r: &str) -> Probed {
@@ -612,19 +685,19 @@ mod tests {
         let mut c = Cache::default();
         c.put("good|h", &ok("250 2.1.5 Ok"), t0, &s);
         c.put("bad|h", &no("550 5.1.1 unknown"), t0, &s);
-        assert_eq!(c.get("good|h", t0), Some((true, "250 2.1.5 Ok".into())));
+        assert_eq!(get(&mut c, "good|h", t0), Some((true, "250 2.1.5 Ok".into())));
         assert_eq!(
-            c.get("bad|h", t0),
+            get(&mut c, "bad|h", t0),
             Some((false, "550 5.1.1 unknown".into()))
         );
         let t = t0 + Duration::from_secs(9);
-        assert!(c.get("bad|h", t).is_some(), "within the negative TTL");
+        assert!(get(&mut c, "bad|h", t).is_some(), "within the negative TTL");
         let t = t0 + Duration::from_secs(10);
-        assert_eq!(c.get("bad|h", t), None, "negative TTL over");
-        assert!(c.get("good|h", t).is_some(), "positive TTL goes on");
+        assert_eq!(get(&mut c, "bad|h", t), None, "negative TTL over");
+        assert!(get(&mut c, "good|h", t).is_some(), "positive TTL goes on");
         assert_eq!(c.len(t), 1);
         let t = t0 + Duration::from_secs(100);
-        assert_eq!(c.get("good|h", t), None, "positive TTL over");
+        assert_eq!(get(&mut c, "good|h", t), None, "positive TTL over");
         assert!(c.is_empty(t));
     }
 
@@ -633,16 +706,16 @@ mod tests {
         let (s, t0) = (settings(), Instant::now());
         let mut c = Cache::default();
         c.put("k", &Probed::Unavailable("451 4.3.0 later".into()), t0, &s);
-        assert_eq!(c.get("k", t0), None);
+        assert_eq!(get(&mut c, "k", t0), None);
         assert_eq!(c.len(t0), 0);
         c.put("k", &no("550 no"), t0, &s);
         c.put("k", &Probed::Unavailable("timed out".into()), t0, &s);
-        assert_eq!(c.get("k", t0), Some((false, "550 no".into())));
+        assert_eq!(get(&mut c, "k", t0), Some((false, "550 no".into())));
         // A new definitive answer replaces the old one, with its own TTL.
         c.put("k", &ok("250 ok"), t0, &s);
         assert_eq!(c.len(t0), 1);
         assert_eq!(
-            c.get("k", t0 + Duration::from_secs(50)),
+            get(&mut c, "k", t0 + Duration::from_secs(50)),
             Some((true, "250 ok".into()))
         );
     }
@@ -657,8 +730,8 @@ mod tests {
         };
         c.put("bad", &no("550"), t0, &s);
         c.put("good", &ok("250"), t0, &s);
-        assert_eq!(c.get("bad", t0), None);
-        assert!(c.get("good", t0).is_some());
+        assert_eq!(get(&mut c, "bad", t0), None);
+        assert!(get(&mut c, "good", t0).is_some());
         let s = Settings {
             cache_entries: 0,
             ..settings()
@@ -681,11 +754,11 @@ mod tests {
         c.put("p2", &ok("250"), t0 + Duration::from_secs(1), &s); // +101
         c.put("p3", &ok("250"), t0 + Duration::from_secs(2), &s); // +102: n1 goes
         assert_eq!(c.len(t0 + Duration::from_secs(2)), 3);
-        assert_eq!(c.get("n1", t0 + Duration::from_secs(2)), None);
+        assert_eq!(get(&mut c, "n1", t0 + Duration::from_secs(2)), None);
         c.put("p4", &ok("250"), t0 + Duration::from_secs(3), &s); // p1 goes
-        assert_eq!(c.get("p1", t0 + Duration::from_secs(3)), None);
+        assert_eq!(get(&mut c, "p1", t0 + Duration::from_secs(3)), None);
         for k in ["p2", "p3", "p4"] {
-            assert!(c.get(k, t0 + Duration::from_secs(3)).is_some(), "{k}");
+            assert!(get(&mut c, k, t0 + Duration::from_secs(3)).is_some(), "{k}");
         }
         for i in 0..1000 {
             c.put(
@@ -759,10 +832,59 @@ mod tests {
             Stats {
                 probes: 1,
                 cache_hits: 1,
+                refreshes: 0,
                 cached: 1,
                 in_flight: 0
             }
         );
+    }
+
+    #[tokio::test]
+    async fn an_answer_past_its_refresh_age_serves_and_is_probed_again_in_the_background() {
+        let v = verifier();
+        let s = Settings {
+            positive_refresh: Duration::from_secs(10),
+            ..settings()
+        };
+        let answers = Arc::new(Mutex::new(vec![
+            ok("250 2.1.5 Ok"),
+            no("550 5.1.1 gone now"),
+        ]));
+        let call = || {
+            let (v, s, answers) = (Arc::clone(&v), s.clone(), Arc::clone(&answers));
+            async move {
+                v.answer(
+                    "u@x.test",
+                    "hop:25",
+                    &s,
+                    Duration::from_secs(5),
+                    WHO,
+                    move || async move { answers.lock().unwrap().remove(0) },
+                )
+                .await
+                .unwrap()
+            }
+        };
+        let first = call().await;
+        assert!(first.accepted && !first.cached);
+        // Within the refresh age: the cache answers, nothing is probed.
+        v.clock.advance(9).unwrap();
+        assert!(call().await.cached);
+        assert_eq!(v.stats().probes, 1);
+        // Past it: the kept answer still serves this call, and a probe replaces it.
+        v.clock.advance(2).unwrap();
+        let stale = call().await;
+        assert!(stale.accepted && stale.cached, "{stale:?}");
+        assert_eq!(v.stats().refreshes, 1);
+        // The refresh probe's answer is cached before it leaves the in-flight map.
+        let pending = v.lock().in_flight.get("u@x.test|hop:25").cloned();
+        if let Some(mut p) = pending {
+            p.wait_for(Option::is_some).await.unwrap();
+        }
+        let after = call().await;
+        assert!(!after.accepted && after.cached, "{after:?}");
+        assert_eq!(after.reply, "550 5.1.1 gone now");
+        assert_eq!(v.stats().probes, 2);
     }
 
     #[tokio::test]

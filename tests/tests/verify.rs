@@ -308,3 +308,38 @@ fn a_refused_answer_is_asked_again_after_negative_ttl_secs() {
     assert_eq!(c["probes"], 2, "{c}");
     assert_eq!(c["cache_hits"], 1, "{c}");
 }
+
+/// An accepted answer older than `positive_refresh_secs` still answers at once, and a probe
+/// in the background replaces it (Postfix's `address_verify_positive_refresh_time`); the
+/// refreshed answer then serves as a fresh one.
+#[test]
+fn an_old_accepted_answer_serves_and_is_refreshed_in_the_background() {
+    let up = Upstream::start(&[]);
+    let dir = tempfile::tempdir().unwrap();
+    let gw = gateway(
+        dir.path(),
+        &up.addr(),
+        "[\"verify\"]",
+        "",
+        "[verify]\npositive_refresh_secs = 30\n[chain]\nadjustable_clock = true\n",
+    );
+    let accepted = |gw: &Gateway| {
+        let (code, text) = rcpt(gw, "pat@example.test");
+        assert_eq!(code, 250, "{text}");
+    };
+    let figures = |c: &Value| {
+        [&c["probes"], &c["cache_hits"], &c["refreshes"]].map(|v| v.as_u64().unwrap())
+    };
+    accepted(&gw);
+    advance(&gw, 20);
+    accepted(&gw);
+    assert_eq!(figures(&counters(&gw)), [1, 1, 0], "within the refresh age");
+    advance(&gw, 11);
+    accepted(&gw);
+    let c = gw.status_when(|s| s["verify"]["probes"] == 2 && s["verify"]["in_flight"] == 0);
+    assert_eq!(figures(&c["verify"]), [2, 2, 1], "{c}");
+    // Refreshed: fresh again for another 30 s, so no further probe.
+    advance(&gw, 20);
+    accepted(&gw);
+    assert_eq!(figures(&counters(&gw)), [2, 3, 1]);
+}

@@ -186,6 +186,11 @@ pub struct Verify {
     /// Keep a "refused" (5xx) answer this long; 0 = do not keep it. A 4xx or no answer is
     /// never kept.
     pub negative_ttl_secs: u64,
+    /// A kept accepted answer this old is still used, and asked again in the background
+    /// (Postfix's `address_verify_positive_refresh_time`); 0 = never.
+    pub positive_refresh_secs: u64,
+    /// The same for a kept refused answer (`address_verify_negative_refresh_time`).
+    pub negative_refresh_secs: u64,
     /// Bound on one probe, from connecting to the reply to `RCPT TO`.
     pub timeout_secs: u64,
     /// Answers kept at most (over all next hops); past it the one expiring first goes.
@@ -198,6 +203,8 @@ impl Default for Verify {
         Verify {
             positive_ttl_secs: d.positive_ttl.as_secs(),
             negative_ttl_secs: d.negative_ttl.as_secs(),
+            positive_refresh_secs: d.positive_refresh.as_secs(),
+            negative_refresh_secs: d.negative_refresh.as_secs(),
             timeout_secs: d.timeout.as_secs(),
             cache_entries: d.cache_entries,
         }

@@ -492,6 +492,8 @@ fn verify(v: &super::Verify) -> Result<crate::verify::Settings, ConfigError> {
     for (key, ttl) in [
         ("verify.positive_ttl_secs", v.positive_ttl_secs),
         ("verify.negative_ttl_secs", v.negative_ttl_secs),
+        ("verify.positive_refresh_secs", v.positive_refresh_secs),
+        ("verify.negative_refresh_secs", v.negative_refresh_secs),
     ] {
         if ttl > MAX_VERIFY_TTL {
             return Err(invalid(key, format!("must be 0..={MAX_VERIFY_TTL}")));
@@ -509,6 +511,8 @@ fn verify(v: &super::Verify) -> Result<crate::verify::Settings, ConfigError> {
     Ok(crate::verify::Settings {
         positive_ttl: Duration::from_secs(v.positive_ttl_secs),
         negative_ttl: Duration::from_secs(v.negative_ttl_secs),
+        positive_refresh: Duration::from_secs(v.positive_refresh_secs),
+        negative_refresh: Duration::from_secs(v.negative_refresh_secs),
         timeout: Duration::from_secs(v.timeout_secs),
         cache_entries: v.cache_entries,
     })
@@ -963,6 +967,8 @@ config = { reject = "nobody", n = 3, nested = { a = true }, list = [1, 2] }
             crate::verify::Settings {
                 positive_ttl: Duration::from_secs(60),
                 negative_ttl: Duration::ZERO,
+                positive_refresh: Duration::from_secs(7 * 86400),
+                negative_refresh: Duration::from_secs(3 * 3600),
                 timeout: Duration::from_secs(2),
                 cache_entries: 10,
             }
