@@ -685,7 +685,10 @@ mod tests {
         let mut c = Cache::default();
         c.put("good|h", &ok("250 2.1.5 Ok"), t0, &s);
         c.put("bad|h", &no("550 5.1.1 unknown"), t0, &s);
-        assert_eq!(get(&mut c, "good|h", t0), Some((true, "250 2.1.5 Ok".into())));
+        assert_eq!(
+            get(&mut c, "good|h", t0),
+            Some((true, "250 2.1.5 Ok".into()))
+        );
         assert_eq!(
             get(&mut c, "bad|h", t0),
             Some((false, "550 5.1.1 unknown".into()))

@@ -327,9 +327,8 @@ fn an_old_accepted_answer_serves_and_is_refreshed_in_the_background() {
         let (code, text) = rcpt(gw, "pat@example.test");
         assert_eq!(code, 250, "{text}");
     };
-    let figures = |c: &Value| {
-        [&c["probes"], &c["cache_hits"], &c["refreshes"]].map(|v| v.as_u64().unwrap())
-    };
+    let figures =
+        |c: &Value| [&c["probes"], &c["cache_hits"], &c["refreshes"]].map(|v| v.as_u64().unwrap());
     accepted(&gw);
     advance(&gw, 20);
     accepted(&gw);
