@@ -12,7 +12,7 @@
 //! services' decision log, which the report shows stage by stage.
 //!
 //! - `--dns-zone`: every lookup is answered from the given master files ([`zones`]);
-//! - `--time`: the plugins' clock (and kv expiry, DKIM `x=` expiry) stands at that time;
+//! - `--time`: the plugins' wall clock (and DKIM `x=` expiry) stands at that time;
 //! - `--json`: the same report as one JSON object.
 //!
 //! Exit status: 0 accepted, 1 rejected, 2 tempfailed, 3 a plugin failed, 64 and up
@@ -117,8 +117,8 @@ pub struct Options {
     /// zones, names outside them are NXDOMAIN. Without it, the config's resolver.
     #[arg(long = "dns-zone", value_name = "ZONEFILE")]
     pub dns_zones: Vec<PathBuf>,
-    /// The time plugins see (`clock`, kv expiry) and DKIM expiry is judged at, RFC 3339
-    /// (`2026-01-02T03:04:05Z`); the clock stands still there for the run.
+    /// The time plugins see (the `clock` capability) and DKIM expiry is judged at, RFC
+    /// 3339 (`2026-01-02T03:04:05Z`); the wall clock stands still there for the run.
     #[arg(long, value_name = "RFC3339", value_parser = rfc3339)]
     pub time: Option<time::OffsetDateTime>,
     /// Print the report as one JSON object.
