@@ -781,3 +781,37 @@ fn the_spam_corpus_gets_its_verdicts_through_plugin_test() {
         );
     }
 }
+
+#[test]
+fn a_quarantined_message_is_accepted_and_says_why() {
+    let spam = path(&shipped("spam-score"));
+    let message =
+        path(&Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/corpus/spam-01-lottery.eml"));
+    let z = zones(&["ham.test"]);
+    let mut args = vec![
+        spam.as_str(),
+        "--grant",
+        "dns,log",
+        "--plugin-config",
+        "quarantine_at=3",
+        "--from",
+        "a@ham.test",
+        "--message",
+        message.as_str(),
+        "--json",
+    ];
+    args.extend(strs(&z));
+    let r = plugin_test(&args);
+    assert_eq!(r.code, 0, "{}", r.show());
+    let j = r.report();
+    assert_eq!(j["result"], "accepted");
+    assert_eq!(j["disposition"], "quarantined", "{j:#}");
+    let why = j["quarantine_reason"].as_str().unwrap();
+    assert!(why.starts_with("spam score "), "{why}");
+    assert!(why.contains("BODY_LOTTERY"), "{why}");
+    // The copy kept is the quarantine's: its reason on top, no Received.
+    assert_eq!(j["header_fields"][0]["name"], "X-Mailgate-Quarantine");
+    assert!(header(&j, "Received").is_empty(), "{j:#}");
+    assert_eq!(header(&j, "X-Spam-Flag"), ["YES"]);
+    assert!(j["deliver"].is_null(), "nothing to route");
+}
