@@ -155,6 +155,7 @@ pub mod net;
 mod outcome;
 pub mod patterns;
 mod plugin;
+pub mod routing;
 pub mod verify;
 
 pub use config::{Config, ConfigError};

@@ -342,3 +342,63 @@ fn recipients_are_verified_against_the_next_hop() {
         pf.maillog()
     );
 }
+
+/// Proxy mode: each transaction is relayed, as it happens, to the next hop the routing
+/// plugin sets at RCPT. A recipient for another next hop than the transaction's first is
+/// answered `451 4.3.0` and goes through when the client sends it in a transaction of its
+/// own; aliases rewrite the recipient the upstream sees; an alias expanding to two next
+/// hops, an `mx` route and a `reject` rule are answered at RCPT; a discarded recipient is
+/// accepted without being relayed.
+#[test]
+fn proxy_mode_relays_each_transaction_to_its_route() {
+    let mut a = Upstream::start(&[]);
+    let mut b = Upstream::start(&[]);
+    let gw = Setup::default()
+        .section(&format!(
+            "[relay]\nlocal_domains = [\"a.test\", \"b.test\", \"m.test\"]\n\
+             [delivery]\nmode = \"proxy\"\nupstream = \"{}\"\nupstream_tls = \"none\"\n\
+             [[plugin]]\nname = \"routing\"\npath = {:?}\ncapabilities = [\"log\"]\n\
+             [plugin.config]\n\
+             aliases = {{ \"sales@a.test\" = [\"ann@a.test\"], \"split@a.test\" = [\"ann@a.test\", \"bob@b.test\"] }}\n\
+             rules = [\n\
+             {{ domain = \"b.test\", action = \"relay\", host = \"{}\", tls = \"disabled\" }},\n\
+             {{ recipient = \"void@a.test\", action = \"discard\" }},\n\
+             {{ domain = \"m.test\", action = \"mx\" }},\n\
+             {{ recipient = \"no@a.test\", action = \"reject\" }},\n]\n",
+            a.addr(),
+            shipped("routing").display().to_string(),
+            b.addr(),
+        ))
+        .start();
+    // First recipient on the default upstream (a), rewritten by an alias; the b.test one
+    // is sent back to be tried in a transaction of its own.
+    let (replies, end) = send(&gw, "s@client.test", &["sales@a.test", "bob@b.test"]);
+    assert!(replies[0].starts_with("250"), "{replies:?}");
+    assert!(replies[1].starts_with("451 4.3.0"), "{replies:?}");
+    assert!(end.starts_with("250"), "{end}\n{}", gw.log());
+    assert!(a.wait_stored(1, WAIT), "{}", gw.log());
+    assert_eq!(recipients(&a), ["ann@a.test"]);
+    // The client's retry of it alone: relayed to b.
+    let (replies, end) = send(&gw, "s@client.test", &["bob@b.test"]);
+    assert!(replies[0].starts_with("250"), "{replies:?}");
+    assert!(end.starts_with("250"), "{end}");
+    assert!(b.wait_stored(1, WAIT), "{}", gw.log());
+    assert_eq!(recipients(&b), ["bob@b.test"]);
+    // Refused at RCPT: an alias to two next hops, a route proxy mode cannot serve, a rule.
+    let (replies, end) = send(
+        &gw,
+        "s@client.test",
+        &["split@a.test", "x@m.test", "no@a.test", "void@a.test"],
+    );
+    assert!(replies[0].starts_with("451 4.3.0"), "{replies:?}");
+    assert!(replies[1].starts_with("451 4.3.5"), "{replies:?}");
+    assert!(replies[2].starts_with("550"), "{replies:?}");
+    // Discarded: accepted, and with nothing else to relay, nothing reaches an upstream.
+    assert!(replies[3].starts_with("250"), "{replies:?}");
+    assert!(end.starts_with("250"), "{end}");
+    let (replies, end) = send(&gw, "s@client.test", &["other@a.test"]);
+    assert!(replies[0].starts_with("250") && end.starts_with("250"));
+    assert!(a.wait_stored(2, WAIT), "{}", gw.log());
+    assert_eq!(recipients(&a), ["ann@a.test", "other@a.test"]);
+    assert_eq!(recipients(&b), ["bob@b.test"]);
+}

@@ -30,5 +30,5 @@ pub use client::{
 pub use destination::{Destination, domain_of, literal_ip};
 pub use dotstuff::{DotStuffer, dot_stuff};
 pub use maildir::{Maildir, MaildirError};
-pub use proxy::{ProxyTarget, ProxyTransaction};
+pub use proxy::{Hop, ProxyTarget, ProxyTransaction};
 pub use received::received_header;

@@ -73,11 +73,25 @@ enum State {
 /// The upstream side of one client session; see the module docs.
 #[derive(Debug)]
 pub struct ProxyTransaction {
+    /// `delivery.upstream`: where recipients no plugin routed go.
+    default: Arc<ProxyTarget>,
+    /// The upstream the connection (if any) is to.
     target: Arc<ProxyTarget>,
     client: Option<SmtpClient<TcpStream>>,
     state: State,
     /// Recipients the upstream accepted in the current transaction.
     accepted: usize,
+    /// The current transaction's `MAIL FROM`, to say again to another upstream.
+    mail: Option<(String, MailParams)>,
+}
+
+/// A next hop a plugin routed a recipient to (`host:port` and its TLS policy).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Hop {
+    /// `host:port`.
+    pub addr: String,
+    /// When to use `STARTTLS` towards it.
+    pub tls: TlsPolicy,
 }
 
 /// A reply of our own; `text` is sanitized like a peer's, since it may quote errors.
@@ -109,12 +123,71 @@ impl ProxyTransaction {
     /// [`ProxyTransaction::mail_from`].
     /// Takes a `ProxyTarget` or an `Arc<ProxyTarget>` shared by all sessions.
     pub fn new(target: impl Into<Arc<ProxyTarget>>) -> ProxyTransaction {
+        let target = target.into();
         ProxyTransaction {
-            target: target.into(),
+            default: Arc::clone(&target),
+            target,
             client: None,
             state: State::Idle,
             accepted: 0,
+            mail: None,
         }
+    }
+
+    /// The upstream the current transaction goes to (`host:port`).
+    pub fn upstream(&self) -> &str {
+        &self.target.addr
+    }
+
+    /// Recipients the upstream accepted in the current transaction.
+    pub fn accepted(&self) -> usize {
+        self.accepted
+    }
+
+    /// Sends `RCPT TO` to `hop` (`None`: the default upstream). One transaction goes to
+    /// one upstream: before the upstream accepted any recipient of it the transaction
+    /// moves (the connection is closed, one to `hop` opened, `MAIL FROM` said again);
+    /// after that, a recipient for another hop gets `451 4.3.0` and is not sent.
+    pub async fn rcpt_to_via(&mut self, rcpt: &str, hop: Option<&Hop>) -> Reply {
+        let (addr, tls) = match hop {
+            Some(h) => (h.addr.clone(), h.tls),
+            None => (self.default.addr.clone(), self.default.tls),
+        };
+        let addr = addr.as_str();
+        if self.state == State::InTransaction
+            && (addr != self.target.addr || tls != self.target.tls)
+        {
+            if self.accepted > 0 {
+                tracing::info!(rcpt, upstream = %self.target.addr, next_hop = addr, "recipient for another next hop deferred to a transaction of its own");
+                return local(
+                    451,
+                    "4.3.0",
+                    &format!(
+                        "<{rcpt}>: this recipient goes to another next hop than this \
+                         transaction's; send it again in a new transaction"
+                    ),
+                );
+            }
+            let Some((sender, params)) = self.mail.clone() else {
+                return lost();
+            };
+            self.close().await;
+            self.target = Arc::new(ProxyTarget {
+                addr: addr.to_string(),
+                tls,
+                ..(*self.default).clone()
+            });
+            tracing::debug!(
+                rcpt,
+                upstream = addr,
+                "transaction moved to the recipient's next hop"
+            );
+            let reply = self.mail_from(&sender, &params).await;
+            if !reply.is_positive() {
+                return reply;
+            }
+        }
+        self.rcpt_to(rcpt).await
     }
 
     /// `true` while an upstream connection is open.
@@ -136,6 +209,7 @@ impl ProxyTransaction {
         }
         self.state = State::Idle;
         self.accepted = 0;
+        self.mail = Some((envelope_sender.to_string(), params.clone()));
 
         // A connection kept from an earlier transaction may have died meanwhile; if it
         // has, try once more on a fresh one.

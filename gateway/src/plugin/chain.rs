@@ -253,7 +253,8 @@ impl Call<'_> {
 
 enum Returned {
     Outcome(Outcome),
-    Rcpt(RcptOutcome),
+    /// With the routes the plugin set during the call (`routing.set-route`).
+    Rcpt(RcptOutcome, Vec<wit::RecipientRoute>),
     Data(DataOutcome),
     Deliver(DeliverOutcome),
 }
@@ -620,9 +621,12 @@ impl Chain {
             Call::MailFrom(s, a, p) => timeout(limit, hooks.call_on_mail_from(&mut *st, s, a, p))
                 .await
                 .map(|r| r.map(Returned::Outcome)),
-            Call::RcptTo(s, t, r) => timeout(limit, hooks.call_on_rcpt_to(&mut *st, s, t, r))
-                .await
-                .map(|r| r.map(Returned::Rcpt)),
+            Call::RcptTo(s, t, r) => {
+                st.data_mut().rcpt_routes = Some(Vec::new());
+                let r = timeout(limit, hooks.call_on_rcpt_to(&mut *st, s, t, r)).await;
+                let routes = st.data_mut().rcpt_routes.take().unwrap_or_default();
+                r.map(|r| r.map(|o| Returned::Rcpt(o, routes)))
+            }
             Call::Data(s, t, _) => timeout(limit, hooks.call_on_data(&mut *st, s, t, borrow()))
                 .await
                 .map(|r| r.map(Returned::Data)),
@@ -669,19 +673,27 @@ fn literal_target(e: &RecipientEdit) -> Option<&str> {
 }
 
 fn validate(r: Returned) -> Result<Valid, Invalid> {
-    let (decision, marks, header_edits, recipient_edits) = match r {
-        Returned::Outcome(o) => (convert::verdict(&o.verdict)?, o.marks, vec![], vec![]),
-        Returned::Rcpt(o) => (
+    let (decision, marks, header_edits, recipient_edits, routes) = match r {
+        Returned::Outcome(o) => (
+            convert::verdict(&o.verdict)?,
+            o.marks,
+            vec![],
+            vec![],
+            vec![],
+        ),
+        Returned::Rcpt(o, routes) => (
             convert::verdict(&o.verdict)?,
             o.marks,
             vec![],
             convert::recipient_edits(&o.recipient_edits)?,
+            convert::routes(&routes)?,
         ),
         Returned::Data(o) => (
             convert::data_verdict(&o.verdict)?,
             o.marks,
             convert::header_edits(&o.header_edits)?,
             convert::recipient_edits(&o.recipient_edits)?,
+            vec![],
         ),
         Returned::Deliver(o) => {
             if let Some(r) = &o.reason {
@@ -708,7 +720,7 @@ fn validate(r: Returned) -> Result<Valid, Invalid> {
         reason: marks.reason,
         header_edits,
         recipient_edits,
-        routes: vec![],
+        routes,
     })
 }
 
@@ -877,17 +889,23 @@ mod tests {
 
     #[test]
     fn a_valid_rcpt_outcome_returns_typed_recipient_edits() {
-        let v = valid(Returned::Rcpt(RcptOutcome {
-            verdict: wit::Verdict::Accept,
-            marks: no_marks(),
-            recipient_edits: vec![
-                wit::RecipientEdit::Add(addr("archive", "example.test")),
-                wit::RecipientEdit::Rewrite(wit::AddressRewrite {
-                    original: addr("old", "example.test"),
-                    replacement: addr("new", "example.test"),
-                }),
-            ],
-        }));
+        let v = valid(Returned::Rcpt(
+            RcptOutcome {
+                verdict: wit::Verdict::Accept,
+                marks: no_marks(),
+                recipient_edits: vec![
+                    wit::RecipientEdit::Add(addr("archive", "example.test")),
+                    wit::RecipientEdit::Rewrite(wit::AddressRewrite {
+                        original: addr("old", "example.test"),
+                        replacement: addr("new", "example.test"),
+                    }),
+                ],
+            },
+            vec![wit::RecipientRoute {
+                recipient: addr("new", "example.test"),
+                route: wit::Route::Discard,
+            }],
+        ));
         assert_eq!(v.decision, Decision::Accept);
         assert_eq!(
             v.recipient_edits,
@@ -897,16 +915,37 @@ mod tests {
             ]
         );
         assert!(v.header_edits.is_empty(), "RCPT carries no header edits");
+        assert_eq!(
+            v.routes,
+            vec![("new@example.test".to_string(), Route::Discard)],
+            "routes set during the call"
+        );
     }
 
     #[test]
     fn a_bad_recipient_edit_at_rcpt_is_invalid() {
-        let e = invalid(Returned::Rcpt(RcptOutcome {
-            verdict: wit::Verdict::Continue,
-            marks: no_marks(),
-            recipient_edits: vec![wit::RecipientEdit::Add(addr("a%b", "example.test"))],
-        }));
+        let e = invalid(Returned::Rcpt(
+            RcptOutcome {
+                verdict: wit::Verdict::Continue,
+                marks: no_marks(),
+                recipient_edits: vec![wit::RecipientEdit::Add(addr("a%b", "example.test"))],
+            },
+            vec![],
+        ));
         assert!(e.contains("bad recipient address"), "{e}");
+        let twice = wit::RecipientRoute {
+            recipient: addr("a", "example.test"),
+            route: wit::Route::Mx,
+        };
+        let e = invalid(Returned::Rcpt(
+            RcptOutcome {
+                verdict: wit::Verdict::Continue,
+                marks: no_marks(),
+                recipient_edits: vec![],
+            },
+            vec![twice.clone(), twice],
+        ));
+        assert!(e.contains("routed twice"), "{e}");
     }
 
     #[test]

@@ -372,7 +372,7 @@ pub fn mailbox(a: &wit::Address) -> Result<String, Invalid> {
 }
 
 /// Most routes one `on-deliver` may return.
-const MAX_ROUTES: usize = 1000;
+pub const MAX_ROUTES: usize = 1000;
 
 /// Validates `on-deliver` routes: known-good recipient syntax, each recipient once, relay
 /// hosts that are a host name or IP literal, bounce replies 5xx and defer replies 4xx.

@@ -9,7 +9,7 @@ use std::time::Instant;
 use wasmtime::component::Resource;
 
 use super::bindings::mailgate::plugin::{
-    auth_results, clock, dns, kv, log, message, metrics, patterns, types, verify,
+    auth_results, clock, dns, kv, log, message, metrics, patterns, routing, types, verify,
 };
 use super::budget::LogAdmit;
 use super::convert;
@@ -559,6 +559,19 @@ impl verify::Host for State {
 }
 
 impl message::Host for State {}
+
+impl routing::Host for State {
+    async fn set_route(&mut self, recipient: types::Address, route: types::Route) -> R<()> {
+        // Kept as given; the outcome's validation judges them with the outcome (too
+        // many, twice the same recipient, an invalid address or relay host).
+        if let Some(routes) = self.rcpt_routes.as_mut()
+            && routes.len() <= convert::MAX_ROUTES
+        {
+            routes.push(types::RecipientRoute { recipient, route });
+        }
+        Ok(())
+    }
+}
 
 impl patterns::Host for State {
     async fn compile(

@@ -7,7 +7,7 @@
 use std::sync::Arc;
 
 use super::chain::{Call, Chain};
-use super::convert::{self, Decision};
+use super::convert::{self, Decision, Route};
 use super::edits::{self, HeaderEdit, RecipientEdit};
 use super::message::ParsedMessage;
 use super::registry::Generation;
@@ -27,6 +27,15 @@ pub enum Disposition {
     Refuse(crate::smtp::Reply),
 }
 
+/// What the plugins made of one `RCPT TO` the chain let through, for proxy mode: the
+/// addresses it becomes (the recipient after this stage's edits: rewritten, expanded to
+/// several, or none when removed) and the route a plugin set for each (`routing.set-route`).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RcptPlan {
+    /// Each address and its route, `None` when no plugin routed it.
+    pub recipients: Vec<(String, Option<Route>)>,
+}
+
 /// The plugins of one SMTP session.
 #[derive(Debug)]
 pub struct SessionPlugins {
@@ -36,6 +45,10 @@ pub struct SessionPlugins {
     /// Edits for the current transaction, applied at delivery.
     header_edits: Vec<HeaderEdit>,
     recipient_edits: Vec<RecipientEdit>,
+    /// How many of `recipient_edits` came from `RCPT TO` (they come first).
+    rcpt_stage_edits: usize,
+    /// The last `RCPT TO`'s plan, until taken.
+    rcpt_plan: Option<RcptPlan>,
     disposition: Disposition,
 }
 
@@ -75,8 +88,15 @@ impl SessionPlugins {
             authserv_id,
             header_edits: Vec::new(),
             recipient_edits: Vec::new(),
+            rcpt_stage_edits: 0,
+            rcpt_plan: None,
             disposition: Disposition::Deliver,
         }
+    }
+
+    /// What the last `RCPT TO` the chain let through became (proxy mode relays that).
+    pub fn take_rcpt_plan(&mut self) -> Option<RcptPlan> {
+        self.rcpt_plan.take()
     }
 
     /// Keeps the session's authentication checks up to date with what the hook brings:
@@ -132,6 +152,7 @@ impl SessionPlugins {
             self.chain.new_transaction();
             self.header_edits.clear();
             self.recipient_edits.clear();
+            self.rcpt_stage_edits = 0;
             self.disposition = Disposition::Deliver;
         }
         let info = |facts: &SessionFacts, chain: &Chain| {
@@ -178,7 +199,26 @@ impl SessionPlugins {
                 };
                 let out = self.chain.run(Call::RcptTo(&s, &txn, &rcpt)).await;
                 let r = resolution(&out.decision);
+                self.rcpt_plan = None;
                 if !refuses(&r) {
+                    let mut becomes = vec![address.clone()];
+                    edits::apply_recipients(&mut becomes, &out.recipient_edits);
+                    let route = |a: &str| {
+                        out.routes
+                            .iter()
+                            .find(|(r, _)| r.eq_ignore_ascii_case(a))
+                            .map(|(_, route)| route.clone())
+                    };
+                    self.rcpt_plan = Some(RcptPlan {
+                        recipients: becomes
+                            .into_iter()
+                            .map(|a| {
+                                let r = route(&a);
+                                (a, r)
+                            })
+                            .collect(),
+                    });
+                    self.rcpt_stage_edits += out.recipient_edits.len();
                     self.recipient_edits.extend(out.recipient_edits);
                 }
                 r
@@ -212,9 +252,11 @@ impl SessionPlugins {
 
     /// Applies the transaction's edits to `message` and says what becomes of it. Header
     /// edits (and the decision trace, with `trace_header`) make a new header block; the
-    /// body is not copied. Recipient edits apply unless `recipients_fixed` (proxy mode:
-    /// the upstream already has the recipients; they are logged as not applied); if
-    /// they leave more than `max_recipients`, the message is refused `452 4.5.3`.
+    /// body is not copied. Recipient edits apply to the envelope; with `recipients_fixed`
+    /// (proxy mode: the envelope holds what the upstream took, RCPT's edits included) only
+    /// DATA's additions do (the driver relays them before the message; DATA's removals and
+    /// rewrites are logged as not applied). If they leave more than `max_recipients`, the
+    /// message is refused `452 4.5.3`.
     pub fn finish(
         &mut self,
         message: &mut Message,
@@ -237,24 +279,33 @@ impl SessionPlugins {
             );
             message.text.replace_head(head, body_at);
         }
-        let rcpt_edits = std::mem::take(&mut self.recipient_edits);
+        let mut rcpt_edits = std::mem::take(&mut self.recipient_edits);
+        if recipients_fixed {
+            // Proxy mode: the edits made at RCPT were relayed as they came (the envelope
+            // holds what the upstream took); of DATA's, additions are relayed before the
+            // message, the rest cannot be.
+            let data_edits = rcpt_edits.split_off(self.rcpt_stage_edits.min(rcpt_edits.len()));
+            let (adds, other): (Vec<_>, Vec<_>) = data_edits
+                .into_iter()
+                .partition(|e| matches!(e, RecipientEdit::Add(_)));
+            if !other.is_empty() {
+                tracing::warn!(msg = %message.id, edits = other.len(), "recipient removals and rewrites at DATA are not applied in proxy mode");
+            }
+            rcpt_edits = adds;
+        }
         if !rcpt_edits.is_empty() {
-            if recipients_fixed {
-                tracing::warn!(msg = %message.id, "recipient edits are not applied in proxy mode");
-            } else {
-                edits::apply_recipients(&mut message.envelope.rcpt_to, &rcpt_edits);
-                let n = message.envelope.rcpt_to.len();
-                if n > max_recipients {
-                    tracing::warn!(msg = %message.id, recipients = n, max_recipients, "plugin recipient edits exceed max_recipients; message refused");
-                    self.disposition = Disposition::Deliver;
-                    return Disposition::Refuse(crate::smtp::Reply::new(
-                        452,
-                        "4.5.3",
-                        format!(
-                            "Too many recipients after plugin edits ({n}, at most {max_recipients})"
-                        ),
-                    ));
-                }
+            edits::apply_recipients(&mut message.envelope.rcpt_to, &rcpt_edits);
+            let n = message.envelope.rcpt_to.len();
+            if n > max_recipients {
+                tracing::warn!(msg = %message.id, recipients = n, max_recipients, "plugin recipient edits exceed max_recipients; message refused");
+                self.disposition = Disposition::Deliver;
+                return Disposition::Refuse(crate::smtp::Reply::new(
+                    452,
+                    "4.5.3",
+                    format!(
+                        "Too many recipients after plugin edits ({n}, at most {max_recipients})"
+                    ),
+                ));
             }
         }
         std::mem::replace(&mut self.disposition, Disposition::Deliver)

@@ -143,6 +143,9 @@ pub struct State {
     pub session_id: String,
     /// When the instance was created.
     pub started: Instant,
+    /// Routes the plugin set (`routing.set-route`) during the `on-rcpt-to` call in
+    /// progress; `None` outside one (the call then does nothing).
+    pub rcpt_routes: Option<Vec<super::wit::RecipientRoute>>,
 }
 
 impl std::fmt::Debug for State {
@@ -194,6 +197,7 @@ impl State {
             output,
             session_id,
             started: Instant::now(),
+            rcpt_routes: None,
             spec,
         }
     }

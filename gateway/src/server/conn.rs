@@ -527,7 +527,10 @@ async fn on_hook(ctx: &mut Ctx, s: &Session, hook: Hook) -> Resolution {
     }
     match hook {
         Hook::MailFrom { address, params } => ctx.outbound.mail_from(&address, &params).await,
-        Hook::RcptTo { address } => ctx.outbound.rcpt_to(&address).await,
+        Hook::RcptTo { address } => {
+            let plan = ctx.plugins.as_mut().and_then(|p| p.take_rcpt_plan());
+            ctx.outbound.rcpt_to(&address, plan).await
+        }
         Hook::Connect | Hook::Helo { .. } | Hook::Data => Resolution::Continue,
     }
 }
@@ -536,6 +539,11 @@ async fn deliver(ctx: &mut Ctx, mut message: crate::smtp::Message) -> Reply {
     let started = ctx.txn_started.take().unwrap_or_else(Instant::now);
     let cur = Arc::clone(&ctx.cur);
     let live = &cur.runtime.live;
+    if let Some(relayed) = ctx.outbound.relayed() {
+        // Proxy mode: the message goes to the recipients the upstream took (the plugins'
+        // rewrites at RCPT applied), which is what the log and `Received:` say.
+        message.envelope.rcpt_to = relayed.to_vec();
+    }
     let disposition = match ctx.plugins.as_mut() {
         Some(p) => p.finish(
             &mut message,

@@ -10,7 +10,9 @@ use std::time::SystemTime;
 use tracing::warn;
 
 use crate::config::{DeliveryMode, Fixed};
-use crate::delivery::{Maildir, ProxyTarget, ProxyTransaction, received_header};
+use crate::delivery::{Destination, Hop, Maildir, ProxyTarget, ProxyTransaction, received_header};
+use crate::plugin::Route;
+use crate::plugin::session::RcptPlan;
 use crate::queue::Queue;
 use crate::smtp::{MailParams, Message, Reply, Resolution};
 
@@ -57,6 +59,10 @@ pub struct Outbound {
     backend: Backend,
     /// The upstream transaction, in proxy mode.
     proxy: Option<Box<ProxyTransaction>>,
+    /// Proxy mode: the recipients the upstream accepted in this transaction (after the
+    /// plugins' edits at RCPT), and how many the plugins discarded instead.
+    relayed: Vec<String>,
+    discarded: usize,
     hostname: String,
 }
 
@@ -74,6 +80,8 @@ impl Outbound {
         Outbound {
             backend: backend.clone(),
             proxy,
+            relayed: Vec::new(),
+            discarded: 0,
             hostname: hostname.to_string(),
         }
     }
@@ -86,18 +94,85 @@ impl Outbound {
 
     /// MAIL FROM passed our checks and the hooks.
     pub async fn mail_from(&mut self, sender: &str, params: &MailParams) -> Resolution {
+        self.relayed.clear();
+        self.discarded = 0;
         match &mut self.proxy {
             Some(p) => Resolution::Reply(p.mail_from(sender, params).await),
             None => Resolution::Continue,
         }
     }
 
-    /// RCPT TO passed our checks and the hooks.
-    pub async fn rcpt_to(&mut self, rcpt: &str) -> Resolution {
-        match &mut self.proxy {
-            Some(p) => Resolution::Reply(p.rcpt_to(rcpt).await),
+    /// RCPT TO passed our checks and the hooks; `plan` is what the plugins made of it
+    /// (`None` without plugins). In proxy mode the recipient, as the plugins rewrote or
+    /// expanded it, is relayed to the upstream its route names (see
+    /// [`ProxyTransaction::rcpt_to_via`]): all the addresses one `RCPT TO` becomes must go
+    /// to one next hop, and a route proxy mode cannot serve (`mx`, `local`) is answered
+    /// `451 4.3.5`; `discard` routes and removed recipients are accepted without relaying;
+    /// `bounce` and `defer` routes answer with their reply.
+    pub async fn rcpt_to(&mut self, rcpt: &str, plan: Option<RcptPlan>) -> Resolution {
+        let Some(p) = &mut self.proxy else {
+            return Resolution::Continue;
+        };
+        let plan = plan.unwrap_or_else(|| RcptPlan {
+            recipients: vec![(rcpt.to_string(), None)],
+        });
+        let mut send: Vec<(String, Option<Hop>)> = Vec::new();
+        for (addr, route) in plan.recipients {
+            let hop = match route {
+                None => None,
+                Some(Route::To(Destination::Relay(addr, tls))) => Some(Hop { addr, tls }),
+                Some(Route::Discard) => {
+                    self.discarded += 1;
+                    continue;
+                }
+                Some(Route::Bounce(reply) | Route::Defer(reply)) => {
+                    return Resolution::Reply(reply);
+                }
+                Some(Route::To(d @ (Destination::Mx(_) | Destination::Local))) => {
+                    warn!(rcpt = %addr, route = %d, "route not available in proxy mode");
+                    return Resolution::Reply(Reply::new(
+                        451,
+                        "4.3.5",
+                        format!("<{rcpt}>: its route ({d}) is not available in proxy mode"),
+                    ));
+                }
+            };
+            send.push((addr, hop));
+        }
+        if let Some((_, first)) = send.first()
+            && send.iter().any(|(_, h)| h != first)
+        {
+            return Resolution::Reply(Reply::new(
+                451,
+                "4.3.0",
+                format!(
+                    "<{rcpt}>: its recipients go to several next hops, which proxy mode cannot serve in one transaction"
+                ),
+            ));
+        }
+        let mut last = None;
+        for (addr, hop) in send {
+            let reply = p.rcpt_to_via(&addr, hop.as_ref()).await;
+            if !reply.is_positive() {
+                if !self.relayed.is_empty() && addr != rcpt {
+                    warn!(rcpt, refused = %addr, %reply, "upstream refused one of the addresses a recipient became");
+                }
+                return Resolution::Reply(reply);
+            }
+            self.relayed.push(addr);
+            last = Some(reply);
+        }
+        match last {
+            Some(reply) => Resolution::Reply(reply),
+            // Every address it became was discarded or removed: accepted, not relayed.
             None => Resolution::Continue,
         }
+    }
+
+    /// Proxy mode: the recipients the upstream accepted in this transaction (what the
+    /// message goes to); `None` in the other modes.
+    pub fn relayed(&self) -> Option<&[String]> {
+        self.proxy.as_ref().map(|_| self.relayed.as_slice())
     }
 
     /// Delivers the message; the reply is what the client gets for its DATA/BDAT LAST.
@@ -116,6 +191,25 @@ impl Outbound {
             SystemTime::now(),
         );
         if let Some(p) = &mut self.proxy {
+            // Recipients added at DATA (an archive copy) go to this transaction's upstream.
+            for extra in &message.envelope.rcpt_to {
+                if !self.relayed.iter().any(|r| r.eq_ignore_ascii_case(extra)) {
+                    let reply = p.rcpt_to(extra).await;
+                    if reply.is_positive() {
+                        self.relayed.push(extra.clone());
+                    } else {
+                        warn!(msg = %message.id, rcpt = %extra, %reply, "upstream refused a recipient added at DATA");
+                    }
+                }
+            }
+            if p.accepted() == 0 && self.discarded > 0 {
+                p.reset().await;
+                return Reply::new(
+                    250,
+                    "2.0.0",
+                    format!("Ok: {} (every recipient discarded)", message.id),
+                );
+            }
             return p.data(message, &received).await;
         }
         match &self.backend {

@@ -42,7 +42,7 @@
 mod matching;
 
 use mailgate_plugin_sdk::prelude::*;
-use mailgate_plugin_sdk::{RelayHost, TlsPolicy, verify};
+use mailgate_plugin_sdk::{RelayHost, TlsPolicy, routing, verify};
 use matching::{Conditions, Facts};
 
 /// What a rule does.
@@ -358,24 +358,32 @@ impl Plugin for Routing {
                         .remove_recipient(a.clone())
                         .with_reason(format!("{text} discarded: rule {}", rule.name));
                 }
-                Action::Relay { host, port, tls } if rule.verify => {
-                    let via = RelayHost {
-                        host: host.clone(),
-                        port: *port,
-                        tls: *tls,
-                    };
-                    if let Some(refusal) =
-                        verified(verify::recipient_via(a, &via), original, &rule.name)
+                Action::Relay { host, port, tls } => {
+                    if rule.verify {
+                        let via = RelayHost {
+                            host: host.clone(),
+                            port: *port,
+                            tls: *tls,
+                        };
+                        if let Some(refusal) =
+                            verified(verify::recipient_via(a, &via), original, &rule.name)
+                        {
+                            return refusal;
+                        }
+                    }
+                    // Proxy mode relays each transaction to the route set here.
+                    routing::set_route(a, &Route::relay(host.as_str(), *port, *tls));
+                }
+                Action::Mx => {
+                    if rule.verify
+                        && let Some(refusal) = verified(verify::recipient(a), original, &rule.name)
                     {
                         return refusal;
                     }
+                    routing::set_route(a, &Route::Mx);
                 }
-                Action::Mx if rule.verify => {
-                    if let Some(refusal) = verified(verify::recipient(a), original, &rule.name) {
-                        return refusal;
-                    }
-                }
-                _ => {}
+                Action::Local => routing::set_route(a, &Route::Local),
+                Action::Quarantine => {}
             }
         }
         // The client's recipient becomes the targets (one-to-one or one-to-many).
