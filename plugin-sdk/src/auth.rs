@@ -13,6 +13,60 @@ pub use raw::{
     IprevResult, SpfCheck, SpfResult, SpfScope,
 };
 
+impl SpfResult {
+    /// The result's name in `Authentication-Results` (RFC 8601): `pass`, `softfail`, …
+    pub fn name(self) -> &'static str {
+        match self {
+            SpfResult::None => "none",
+            SpfResult::Neutral => "neutral",
+            SpfResult::Pass => "pass",
+            SpfResult::Fail => "fail",
+            SpfResult::Softfail => "softfail",
+            SpfResult::Temperror => "temperror",
+            SpfResult::Permerror => "permerror",
+        }
+    }
+}
+
+impl DkimResult {
+    /// The result's name in `Authentication-Results` (RFC 8601): `pass`, `fail`, …
+    pub fn name(self) -> &'static str {
+        match self {
+            DkimResult::None => "none",
+            DkimResult::Pass => "pass",
+            DkimResult::Fail => "fail",
+            DkimResult::Policy => "policy",
+            DkimResult::Neutral => "neutral",
+            DkimResult::Temperror => "temperror",
+            DkimResult::Permerror => "permerror",
+        }
+    }
+}
+
+impl DmarcResult {
+    /// The result's name in `Authentication-Results` (RFC 8601): `pass`, `fail`, …
+    pub fn name(self) -> &'static str {
+        match self {
+            DmarcResult::None => "none",
+            DmarcResult::Pass => "pass",
+            DmarcResult::Fail => "fail",
+            DmarcResult::Temperror => "temperror",
+            DmarcResult::Permerror => "permerror",
+        }
+    }
+}
+
+impl ArcResult {
+    /// The result's name in `Authentication-Results` (RFC 8617): `none`, `pass`, `fail`.
+    pub fn name(self) -> &'static str {
+        match self {
+            ArcResult::None => "none",
+            ArcResult::Pass => "pass",
+            ArcResult::Fail => "fail",
+        }
+    }
+}
+
 /// SPF for the MAIL FROM identity (the HELO identity for `<>`).
 pub fn spf() -> Result<SpfCheck, AuthError> {
     raw::spf()
@@ -58,4 +112,18 @@ pub fn iprev() -> Result<IprevResult, AuthError> {
 /// The `Authentication-Results:` value the gateway will add for these results.
 pub fn header_value() -> Result<String, AuthError> {
     raw::header_value()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn result_names_are_the_rfc_8601_ones() {
+        assert_eq!(SpfResult::Softfail.name(), "softfail");
+        assert_eq!(SpfResult::Temperror.name(), "temperror");
+        assert_eq!(DkimResult::Policy.name(), "policy");
+        assert_eq!(DmarcResult::Fail.name(), "fail");
+        assert_eq!(ArcResult::Pass.name(), "pass");
+    }
 }

@@ -47,7 +47,7 @@ fn gateway(nsd: &Nsd, config: &str) -> Gateway {
             nsd.addr
         ))
         .section(&format!(
-            "[[plugin]]\nname = \"spam\"\npath = {:?}\ncapabilities = [\"dns\", \"log\", \"kv\"]\n\
+            "[[plugin]]\nname = \"spam\"\npath = {:?}\ncapabilities = [\"dns\", \"log\", \"kv\", \"auth-results\"]\n\
              [plugin.config]\n{config}",
             shipped("spam-score").display().to_string()
         ))
@@ -266,7 +266,9 @@ fn configured_rules_composites_and_checks() {
              rules.NOT_ZIP.all_of = [\"INVOICE\"]\nrules.NOT_ZIP.none_of = [\"ZIP\"]\nrules.NOT_ZIP.score = 0.5\n\
              rules.NOMX.check = \"sender_domain_no_mx\"\nrules.NOMX.score = 2.5\n\
              rules.BADHELO.check = \"helo_not_fqdn\"\nrules.BADHELO.score = 1.5\n\
-             rules.FROM_SENDER.sender = \"^billing@\"\nrules.FROM_SENDER.score = 0.7\n"
+             rules.FROM_SENDER.sender = \"^billing@\"\nrules.FROM_SENDER.score = 0.7\n\
+             rules.SPF_NONE.auth = \"spf:none\"\nrules.SPF_NONE.score = 0.2\n\
+             rules.SPF_PASS.auth = \"spf:pass\"\nrules.SPF_PASS.score = 5\n"
         ),
     );
     let zipped = "From: <billing@nomx.test>\nTo: <u@example.test>\nSubject: Your invoice\n\
@@ -285,9 +287,11 @@ fn configured_rules_composites_and_checks() {
     assert!(r.starts_with("250"), "{r}");
     let status = field(&delivered(&gw, "z"), "X-Spam-Status")[0].to_string();
     assert!(
-        status.starts_with("Yes, score=10.7 "),
-        "1 + 2 + 3 + 2.5 + 1.5 + 0.7: {status}"
+        status.starts_with("Yes, score=10.9 "),
+        "1 + 2 + 3 + 2.5 + 1.5 + 0.7 + 0.2: {status}"
     );
+    // The sender's domain publishes no SPF record: the auth rule sees `none` (the name
+    // RFC 8601 gives it), and not `pass`.
     for rule in [
         "INVOICE(1.0)",
         "ZIP(2.0)",
@@ -295,6 +299,7 @@ fn configured_rules_composites_and_checks() {
         "NOMX(2.5)",
         "BADHELO(1.5)",
         "FROM_SENDER(0.7)",
+        "SPF_NONE(0.2)",
     ] {
         assert!(status.contains(rule), "{rule}: {status}");
     }
@@ -305,7 +310,7 @@ fn configured_rules_composites_and_checks() {
     let status = field(&delivered(&gw, "p"), "X-Spam-Status")[0].to_string();
     assert_eq!(
         status,
-        "No, score=1.5 required=6.0 tests=INVOICE(1.0), NOT_ZIP(0.5)"
+        "No, score=1.7 required=6.0 tests=INVOICE(1.0), SPF_NONE(0.2), NOT_ZIP(0.5)"
     );
 }
 
@@ -459,7 +464,7 @@ fn suspicious_messages_of_new_triplets_are_greylisted() {
             shipped("greylist").display().to_string()
         ))
         .section(&format!(
-            "[[plugin]]\nname = \"spam\"\npath = {:?}\ncapabilities = [\"dns\", \"log\", \"kv\"]\n\
+            "[[plugin]]\nname = \"spam\"\npath = {:?}\ncapabilities = [\"dns\", \"log\", \"kv\", \"auth-results\"]\n\
              [plugin.config]\n{BASE}greylist_at = 4\n",
             shipped("spam-score").display().to_string()
         ))
@@ -506,4 +511,38 @@ fn suspicious_messages_of_new_triplets_are_greylisted() {
         "{head}"
     );
     assert_eq!(field(&head, "X-Greylist").len(), 1, "{head}");
+}
+
+/// Points given earlier in the same stage count for the plugins after: a plugin after
+/// spam-score at DATA sees spam-score's points in the session's score (the `auth`
+/// plugin's SPF/DMARC points reach spam-score the same way).
+#[test]
+fn later_plugins_of_a_stage_see_the_points_given_before_them() {
+    let nsd = dns();
+    let gw = Setup::default()
+        .section(&format!(
+            "[dns]\nservers = [\"{}\"]\nreverse_lookup = false",
+            nsd.addr
+        ))
+        .section(&format!(
+            "[[plugin]]\nname = \"spam\"\npath = {:?}\ncapabilities = [\"dns\", \"log\", \"kv\"]\n\
+             [plugin.config]\n{BASE}default_rules = false\n\
+             rules.HELLO.body = \"(?i)hello there\"\nrules.HELLO.score = 2.5\n\
+             [[plugin]]\nname = \"adder\"\npath = {:?}\n\
+             [plugin.config]\nconnect_points = 1\n",
+            shipped("spam-score").display().to_string(),
+            support::fixture("header-adder").display().to_string()
+        ))
+        .start();
+    let r = send(
+        &gw,
+        "mail.ham.test",
+        "a@ham.test",
+        "s@example.test",
+        &message("Hi", "Hello there.\n"),
+    );
+    assert!(r.starts_with("250"), "{r}");
+    let head = delivered(&gw, "s");
+    // 1 from the adder at connect, 2.5 from spam-score at DATA, before the adder's turn.
+    assert_eq!(field(&head, "X-Score"), ["3.5"], "{head}");
 }

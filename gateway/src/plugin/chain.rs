@@ -238,7 +238,34 @@ pub enum Call<'a> {
     Deliver(&'a DeliveryInfo, &'a wit::Transaction, Arc<ParsedMessage>),
 }
 
-impl Call<'_> {
+impl<'a> Call<'a> {
+    /// The session facts the call hands over (not `on-deliver`'s, which are final).
+    fn session(&self) -> Option<&'a wit::SessionInfo> {
+        match *self {
+            Call::Connect(s)
+            | Call::Helo(s, _)
+            | Call::MailFrom(s, ..)
+            | Call::RcptTo(s, ..)
+            | Call::Data(s, ..) => Some(s),
+            Call::Deliver(..) => None,
+        }
+    }
+
+    /// The same call with other session facts.
+    fn with_session<'b>(&self, s: &'b wit::SessionInfo) -> Call<'b>
+    where
+        'a: 'b,
+    {
+        match self {
+            Call::Connect(_) => Call::Connect(s),
+            Call::Helo(_, h) => Call::Helo(s, h),
+            Call::MailFrom(_, a, p) => Call::MailFrom(s, a, p),
+            Call::RcptTo(_, t, r) => Call::RcptTo(s, t, r),
+            Call::Data(_, t, m) => Call::Data(s, t, Arc::clone(m)),
+            Call::Deliver(d, t, m) => Call::Deliver(d, t, Arc::clone(m)),
+        }
+    }
+
     fn stage(&self) -> Stage {
         match self {
             Call::Connect(..) => Stage::Connect,
@@ -396,8 +423,26 @@ impl Chain {
             }
             let started = Instant::now();
             let literals = self.slots[i].plugin.spec.literal_recipients;
+            // Each plugin sees the score and tags as the plugins before it in this stage
+            // left them, not only as the stage began.
+            let running = call.session().and_then(|s| {
+                let (score, tags) = (self.score(), &self.tags);
+                (s.score != score || s.tags != *tags).then(|| wit::SessionInfo {
+                    score,
+                    tags: tags.clone(),
+                    ..s.clone()
+                })
+            });
+            let updated;
+            let this = match &running {
+                Some(s) => {
+                    updated = call.with_session(s);
+                    &updated
+                }
+                None => &call,
+            };
             let result = self
-                .invoke(i, &call)
+                .invoke(i, this)
                 .await
                 .and_then(|r| validate(r).map_err(|e| Failure::Invalid(e.0)))
                 .and_then(

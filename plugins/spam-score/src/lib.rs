@@ -138,20 +138,19 @@ impl<'a> Seen<'a> {
 }
 
 /// The auth result `method` came to, as RFC 8601 names it (`None` if not known).
-fn auth_result(method: &str) -> Option<Vec<String>> {
-    let name = |d: &dyn std::fmt::Debug| format!("{d:?}").to_ascii_lowercase();
+/// The names (RFC 8601) of the results the host has for `method`.
+fn auth_result(method: &str) -> Option<Vec<&'static str>> {
     match method {
-        "spf" => auth::spf().ok().map(|s| vec![name(&s.outcome)]),
+        "spf" => auth::spf().ok().map(|s| vec![s.outcome.name()]),
         "dkim" => auth::dkim()
             .ok()
-            .map(|d| d.iter().map(|c| name(&c.outcome)).collect()),
-        "dmarc" => auth::dmarc().ok().map(|d| vec![name(&d.outcome)]),
-        "arc" => auth::arc().ok().map(|a| vec![name(&a)]),
+            .map(|d| d.iter().map(|c| c.outcome.name()).collect()),
+        "dmarc" => auth::dmarc().ok().map(|d| vec![d.outcome.name()]),
+        "arc" => auth::arc().ok().map(|a| vec![a.name()]),
         _ => None,
     }
 }
 
-/// Whether `domain` has neither MX nor A records (a domain that cannot receive replies).
 fn no_mx(domain: &str) -> bool {
     match dns::mx(domain) {
         Ok(mx) if !mx.is_empty() => false,
