@@ -2,8 +2,9 @@
 //! `examples/policy/{rust,js,python}` (deny-listed recipients refused `550 5.1.1` at RCPT,
 //! a subject pattern tagged and scored at DATA, a header on every message), each built
 //! from source with its language's one documented command (`cargo build`, `./build`) and
-//! run through the real gateway over SMTP (Python smtplib). Also: a config the plugin
-//! refuses stops the gateway's config check with the plugin's message, and a catastrophic
+//! run through the real gateway over SMTP (Python smtplib), then offline through
+//! `mailgate plugin test` (same verdicts; the tag and score it reports). Also: a config the
+//! plugin refuses stops the gateway's config check with the plugin's message, and a catastrophic
 //! backtracking pattern in a JS or Python plugin is cut by the deadline like a looping
 //! Rust plugin (Rust's `regex` matches the same pattern in linear time).
 //!
@@ -249,6 +250,43 @@ fn policy_over_smtp(lang: Lang) {
         "{lang:?}"
     );
     drop(gw);
+
+    // The same plugin offline (`mailgate plugin test`): the same verdicts, and the tag and
+    // score entry the DATA hook gave.
+    let dir = tempfile::tempdir().unwrap();
+    let prize = message(dir.path(), "prize.eml", "You could WIN a prize today");
+    let offline = |rcpt: &str| {
+        let o = Command::new(binary())
+            .args(["plugin", "test"])
+            .arg(&wasm)
+            .args([
+                "--plugin-config",
+                r#"deny=["blocked@example.net"]"#,
+                "--plugin-config",
+                "subject_pattern=win(ning)? a prize",
+                "--plugin-config",
+                "score=4.5",
+                "--message",
+                &prize,
+                "--rcpt",
+                rcpt,
+                "--json",
+            ])
+            .env("MAILGATE_CHAIN__COMPILE_CACHE", compile_cache())
+            .output()
+            .expect("mailgate plugin test");
+        (o.status.code(), json(&String::from_utf8_lossy(&o.stdout)))
+    };
+    let (code, report) = offline("ok@example.net");
+    assert_eq!(code, Some(0), "{lang:?}: {report}");
+    assert_eq!(report["score"], 4.5, "{lang:?}: {report}");
+    assert_eq!(
+        report["tags"],
+        serde_json::json!(["subject-match"]),
+        "{lang:?}"
+    );
+    let (code, report) = offline("blocked@example.net");
+    assert_eq!(code, Some(1), "{lang:?}: rejected: {report}");
 
     // A config the plugin refuses: the check names the plugin's own message, the same in
     // the three languages (the SDKs word config errors alike).
