@@ -121,6 +121,19 @@ async function types(opts) {
   const { generateGuestTypes, writeFiles } = await import('@bytecodealliance/jco-transpile');
   const out = resolve(opts.out) + '/';
   const files = await generateGuestTypes(resolve(opts.wit), { worldName: opts.world, outDir: out });
+  // Unversioned module names, as plugins and the SDK import them (the build adds the
+  // version): `mailgate:plugin/log` for `mailgate:plugin/log@0.1.2`.
+  const version = witVersion(resolve(opts.wit));
+  const aliases = Object.keys(files)
+    .map((f) => /interfaces\/mailgate-plugin-([a-z-]+)\.d\.ts$/.exec(f)?.[1])
+    .filter(Boolean)
+    .map(
+      (i) =>
+        `declare module 'mailgate:plugin/${i}' {\n  export * from 'mailgate:plugin/${i}@${version}';\n}\n`,
+    );
+  files[`${out}unversioned.d.ts`] = Buffer.from(
+    `/// <reference path="./${opts.world}.d.ts" />\n${aliases.join('')}`,
+  );
   await writeFiles(files);
   console.error(`mailgate-plugin-js: TypeScript declarations of world ${opts.world} in ${out}`);
 }
