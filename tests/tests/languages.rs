@@ -393,3 +393,39 @@ fn backtracking_python_plugin_is_cut_by_the_deadline() {
 fn backtracking_pattern_is_linear_in_rust() {
     backtracking_is_cut_by_the_deadline(Lang::Rust);
 }
+
+/// The JS SDK's typed bindings: the example type-checks against the SDK's declarations and
+/// the types generated from `wit/` (`mailgate-plugin-js check`, TypeScript's checkJs), and
+/// the same with a misspelt field of a WIT record does not.
+#[test]
+fn js_example_type_checks_against_the_wit_types() {
+    let check = |file: &Path| {
+        Command::new("node")
+            .arg(repo().join("plugin-sdk/js/bin/mailgate-plugin-js.mjs"))
+            .arg("check")
+            .arg(file)
+            .output()
+            .expect("node")
+    };
+    let example = repo().join("examples/policy/js/policy.js");
+    let o = check(&example);
+    assert!(
+        o.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let typo = std::fs::read_to_string(&example)
+        .unwrap()
+        .replace("rcpt.address.domain", "rcpt.address.domian");
+    let bad = dir.path().join("policy.js");
+    std::fs::write(&bad, typo).unwrap();
+    let o = check(&bad);
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(!o.status.success(), "{out}");
+    assert!(
+        out.contains("Property 'domian' does not exist on type 'Address'"),
+        "{out}"
+    );
+}

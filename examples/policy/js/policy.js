@@ -8,7 +8,15 @@
 //   `js; subject=clean`.
 import { exportPlugin, ConfigError, DataOutcome, RcptOutcome, formatAddress } from 'mailgate-plugin-sdk';
 
+// Types for editors and `mailgate-plugin-js check` (TypeScript's checkJs).
+/** @typedef {import('mailgate-plugin-sdk').Config} Config */
+/** @typedef {import('mailgate-plugin-sdk').SessionInfo} SessionInfo */
+/** @typedef {import('mailgate-plugin-sdk').Transaction} Transaction */
+/** @typedef {import('mailgate-plugin-sdk').Recipient} Recipient */
+/** @typedef {import('mailgate-plugin-sdk').Message} Message */
+
 class Policy {
+  /** @param {Config} config */
   constructor(config) {
     config.denyUnknown(['deny', 'subject_pattern', 'tag', 'score', 'header']);
     this.deny = new Set(config.list('deny').map((a) => a.toLowerCase()));
@@ -23,6 +31,7 @@ class Policy {
     this.header = config.str('header', 'X-Policy');
   }
 
+  /** @param {SessionInfo} session @param {Transaction} txn @param {Recipient} rcpt */
   onRcptTo(session, txn, rcpt) {
     const address = formatAddress(rcpt.address).toLowerCase();
     if (this.deny.has(address) || this.deny.has(`@${rcpt.address.domain}`)) {
@@ -33,6 +42,7 @@ class Policy {
     return RcptOutcome.continue();
   }
 
+  /** @param {SessionInfo} session @param {Transaction} txn @param {Message} msg */
   onData(session, txn, msg) {
     const subject = msg.headerDecoded('Subject')[0] ?? '';
     if (this.subject?.test(subject)) {

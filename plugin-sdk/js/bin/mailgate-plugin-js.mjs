@@ -3,6 +3,7 @@
 // generates the TypeScript declarations of the WIT world for editors.
 //
 //   mailgate-plugin-js build ENTRY.js [-o OUT.wasm] [--wit DIR] [--world NAME]
+//   mailgate-plugin-js check ENTRY.js
 //   mailgate-plugin-js types [-o DIR] [--wit DIR] [--world NAME]
 //   mailgate-plugin-js --version
 //
@@ -13,6 +14,8 @@
 // `fetch-event`) are left out; stdio (console.* into the gateway's log), random and clocks
 // stay, served by the host's locked-down WASI. The plugin's name and version in the
 // manifest default to the `name` and `version` of the package.json next to (or above) ENTRY.
+// `check` type-checks ENTRY (TypeScript's checkJs) against the SDK's declarations and the
+// WIT types `types` generates (`npm ci` runs it).
 //
 // Docs: docs/languages.md in the mailgate repository.
 
@@ -22,6 +25,7 @@ import { fileURLToPath, pathToFileURL } from 'node:url';
 import { dirname, join, resolve, basename, extname } from 'node:path';
 import { existsSync, readFileSync, readdirSync, mkdtempSync, writeFileSync, rmSync, renameSync, mkdirSync } from 'node:fs';
 import { tmpdir } from 'node:os';
+import { spawnSync } from 'node:child_process';
 
 const here = dirname(fileURLToPath(import.meta.url));
 const sdkRoot = resolve(here, '..');
@@ -32,6 +36,7 @@ function usage(message) {
   if (message) console.error(`mailgate-plugin-js: ${message}`);
   console.error(
     'usage: mailgate-plugin-js build ENTRY.js [-o OUT.wasm] [--wit DIR] [--world NAME]\n' +
+      '       mailgate-plugin-js check ENTRY.js\n' +
       '       mailgate-plugin-js types [-o DIR] [--wit DIR] [--world NAME]',
   );
   process.exit(64);
@@ -112,6 +117,43 @@ async function build(entry, opts) {
   }
 }
 
+/** Type-checks ENTRY (JavaScript with `checkJs`, or TypeScript) against the SDK's
+ * declarations and the generated WIT types (`types/`, written by `npm ci`). */
+function check(entry, opts) {
+  const tsc = join(sdkRoot, 'node_modules', 'typescript', 'bin', 'tsc');
+  if (!existsSync(join(sdkRoot, 'types', 'unversioned.d.ts'))) {
+    throw new Error(`no WIT types in ${join(sdkRoot, 'types')}: run \`mailgate-plugin-js types\``);
+  }
+  const work = mkdtempSync(join(tmpdir(), 'mailgate-plugin-js-check-'));
+  try {
+    const config = join(work, 'tsconfig.json');
+    writeFileSync(
+      config,
+      JSON.stringify({
+        compilerOptions: {
+          allowJs: true,
+          checkJs: true,
+          noEmit: true,
+          strict: false,
+          target: 'es2022',
+          module: 'esnext',
+          moduleResolution: 'bundler',
+          lib: ['esnext'],
+          types: [],
+          paths: { 'mailgate-plugin-sdk': [join(sdkRoot, 'src', 'index.d.ts')] },
+        },
+        files: [resolve(entry), join(sdkRoot, 'types', 'unversioned.d.ts')],
+      }),
+    );
+    const r = spawnSync(tsc, ['-p', config], { stdio: 'inherit' });
+    if (r.error) throw r.error;
+    if (r.status === 0) console.error(`mailgate-plugin-js: ${entry}: types check`);
+    return r.status ?? 1;
+  } finally {
+    rmSync(work, { recursive: true, force: true });
+  }
+}
+
 async function types(opts) {
   // jco-transpile reads the WIT through its WASI shim, whose filesystem has no preopened
   // directory unless one is set: give it the root, on the shim instance it loads.
@@ -171,6 +213,9 @@ try {
     if (rest.length !== 1) usage('build takes one entry module');
     const entry = rest[0];
     await build(entry, { ...values, out: values.out ?? `${basename(entry, extname(entry))}.wasm` });
+  } else if (command === 'check') {
+    if (rest.length !== 1) usage('check takes one entry module');
+    process.exit(check(rest[0], values));
   } else if (command === 'types') {
     if (rest.length !== 0) usage('types takes no positional argument');
     await types({ ...values, out: values.out ?? join(sdkRoot, 'types') });
