@@ -2,7 +2,7 @@
 integration tests. Prints one JSON object on stdout describing what happened.
 
   client.py send HOST PORT --from A --to B [--to C] [--data FILE] [--starttls|--ssl]
-            [--helo] [--utf8] [--8bit] [--no-size]
+            [--helo] [--utf8] [--8bit] [--no-size] [--proxy HEX [--source IP]]
   client.py ehlo HOST PORT [--starttls]
   client.py two HOST PORT --from A --to B --big FILE --data FILE
   client.py bdat HOST PORT --from A --to B --data FILE --chunk N
@@ -23,11 +23,36 @@ def ctx():
 
 
 def connect(a):
+    if a.proxy is not None:
+        return connect_proxied(a)
     if a.ssl:
         s = smtplib.SMTP_SSL(a.host, a.port, context=ctx(), timeout=30)
     else:
         s = smtplib.SMTP(a.host, a.port, timeout=30)
     # --helo: say HELO, not EHLO (after STARTTLS, which itself needs EHLO first).
+    greet = s.helo if a.helo else s.ehlo
+    if a.starttls:
+        s.ehlo("client.test")
+        s.starttls(context=ctx())
+    greet("client.test")
+    return s
+
+
+def connect_proxied(a):
+    """--proxy HEX: as behind a load balancer: these octets (a PROXY protocol header the
+    test wrote) go first, before the greeting and before TLS with --ssl; smtplib then
+    takes over the socket. --source binds the connection to that local address."""
+    src = (a.source, 0) if a.source else None
+    sock = socket.create_connection((a.host, a.port), timeout=30, source_address=src)
+    sock.sendall(bytes.fromhex(a.proxy))
+    if a.ssl:
+        sock = ctx().wrap_socket(sock, server_hostname=a.host)
+    s = smtplib.SMTP(timeout=30)
+    s._host = a.host
+    s.sock = sock
+    code, msg = s.getreply()
+    if code != 220:
+        raise smtplib.SMTPConnectError(code, msg)
     greet = s.helo if a.helo else s.ehlo
     if a.starttls:
         s.ehlo("client.test")
@@ -78,6 +103,8 @@ def main():
     p.add_argument("--big")
     p.add_argument("--starttls", action="store_true")
     p.add_argument("--ssl", action="store_true")
+    p.add_argument("--proxy", help="hex octets sent first (a PROXY protocol header)")
+    p.add_argument("--source", help="local address to connect from (with --proxy)")
     p.add_argument("--helo", action="store_true")
     p.add_argument("--utf8", action="store_true")
     p.add_argument("--8bit", dest="eightbit", action="store_true")

@@ -11,7 +11,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::net::TcpStream;
 use tokio::sync::watch;
 use tokio::time::timeout;
 use tracing::{debug, info, warn};
@@ -213,19 +212,41 @@ async fn close(ctx: &mut Ctx, started: Instant, result: std::io::Result<()>) {
     }
 }
 
-/// Serves one accepted TCP connection until it closes. `implicit_tls` for `listen_tls`.
-pub async fn serve(
-    shared: Arc<Shared>,
-    mut tcp: TcpStream,
-    client: SocketAddr,
-    local: SocketAddr,
-    implicit_tls: bool,
-    _guard: ConnGuard,
-) {
+/// How an accepted connection came in: the endpoints its session is for, and the load
+/// balancer that named them (PROXY listeners).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Accepted {
+    /// The client: the peer, or the one a trusted balancer's PROXY header named.
+    pub client: SocketAddr,
+    /// Our address the client connected to (the balancer's front end behind one).
+    pub local: SocketAddr,
+    /// An implicit-TLS listener (`listen_tls`): the handshake comes first.
+    pub implicit_tls: bool,
+    /// The balancer the connection came from, on a PROXY listener.
+    pub proxied_by: Option<SocketAddr>,
+}
+
+/// Serves one accepted connection until it closes: `io` is the TCP stream, or on a
+/// PROXY listener the stream after its header (with what followed the header still to
+/// be read). Plugins, relay trust, the reverse lookup and `Received:` see `acc.client`.
+pub async fn serve<S>(shared: Arc<Shared>, io: S, acc: Accepted, _guard: ConnGuard)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send,
+{
+    let mut tcp = io;
+    let Accepted {
+        client,
+        local,
+        implicit_tls,
+        proxied_by,
+    } = acc;
     let session_id = new_session_id();
     let span = tracing::info_span!("session", id = %session_id);
     let fut = async move {
-        info!(%client, %local, tls = implicit_tls, "connect");
+        match proxied_by {
+            Some(by) => info!(%client, %local, tls = implicit_tls, proxied_by = %by, "connect"),
+            None => info!(%client, %local, tls = implicit_tls, "connect"),
+        }
         let started = Instant::now();
         let cur = shared.current();
         let listener = if implicit_tls {

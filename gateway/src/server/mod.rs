@@ -3,10 +3,15 @@
 //!
 //! Entry point for the binary and for tests: [`Listeners::bind`] then [`run`] with a
 //! shutdown future. Tests bind `127.0.0.1:0` and read the bound addresses back.
+//!
+//! Listeners of `[server.proxy_protocol]` take connections from trusted load balancers
+//! only and read their PROXY header ([`proxy_protocol`]) before anything else; the
+//! session, its connection limit and its log lines are then the real client's.
 
 pub mod conn;
 pub mod limits;
 pub mod outbound;
+pub mod proxy_protocol;
 pub mod reload;
 pub mod spill;
 pub mod tls;
@@ -15,17 +20,17 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::task::TaskTracker;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use crate::config::Runtime;
 use crate::current::{Current, CurrentCell};
 use crate::smtp::{Reply, SessionConfig};
-use limits::{ConnTracker, LimitHit};
+use limits::{ConnGuard, ConnTracker, LimitHit};
 
 /// Errors that stop the server from starting.
 #[derive(Debug, thiserror::Error)]
@@ -49,13 +54,27 @@ pub enum ServerError {
     Admin(#[from] crate::admin::AdminError),
 }
 
-/// Bound listening sockets, plain and implicit TLS.
+/// Bound listening sockets, plain and implicit TLS, direct and behind a PROXY protocol
+/// balancer.
 #[derive(Debug)]
 pub struct Listeners {
     /// Plain SMTP (STARTTLS offered when TLS is available).
     pub smtp: Vec<TcpListener>,
     /// Implicit TLS.
     pub smtps: Vec<TcpListener>,
+    /// Plain SMTP after a PROXY header (`server.proxy_protocol.listen`).
+    pub smtp_proxy: Vec<TcpListener>,
+    /// Implicit TLS after a PROXY header (`server.proxy_protocol.listen_tls`).
+    pub smtps_proxy: Vec<TcpListener>,
+}
+
+/// How a listener's connections begin.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Kind {
+    /// Implicit TLS (`smtps`).
+    implicit_tls: bool,
+    /// A PROXY protocol header first.
+    proxy: bool,
 }
 
 impl Listeners {
@@ -75,13 +94,21 @@ impl Listeners {
         Ok(Listeners {
             smtp: all(&rt.fixed.listen).await?,
             smtps: all(&rt.fixed.listen_tls).await?,
+            smtp_proxy: all(&rt.fixed.proxy_listen).await?,
+            smtps_proxy: all(&rt.fixed.proxy_listen_tls).await?,
         })
     }
 
-    /// `(kind, bound address)` for each listener; kind is `smtp` or `smtps`.
+    /// `(kind, bound address)` for each listener; kind is `smtp`, `smtps`, `smtp-proxy`
+    /// or `smtps-proxy`.
     pub fn addresses(&self) -> Vec<(&'static str, SocketAddr)> {
         let mut out = Vec::new();
-        for (kind, list) in [("smtp", &self.smtp), ("smtps", &self.smtps)] {
+        for (kind, list) in [
+            ("smtp", &self.smtp),
+            ("smtps", &self.smtps),
+            ("smtp-proxy", &self.smtp_proxy),
+            ("smtps-proxy", &self.smtps_proxy),
+        ] {
             for l in list {
                 if let Ok(a) = l.local_addr() {
                     out.push((kind, a));
@@ -164,7 +191,7 @@ pub async fn run(
 ) -> Result<(), ServerError> {
     let dns = Arc::clone(&services.dns);
     let acceptor = tls::acceptor(&rt)?;
-    if acceptor.is_none() && !listeners.smtps.is_empty() {
+    if acceptor.is_none() && !(listeners.smtps.is_empty() && listeners.smtps_proxy.is_empty()) {
         warn!("implicit-TLS listeners configured without TLS; they will close connections");
     }
     let started = crate::queue::entry::now_ms() / 1000;
@@ -229,11 +256,19 @@ pub async fn run(
     // The queue's scheduler stops with the listeners; its attempts in progress finish.
     let scheduler = queue.map(|q| tokio::spawn(q.run(shared.shutdown.clone())));
     let mut accept_loops = Vec::new();
-    for (list, implicit) in [(listeners.smtp, false), (listeners.smtps, true)] {
+    for (list, implicit_tls, proxy) in [
+        (listeners.smtp, false, false),
+        (listeners.smtps, true, false),
+        (listeners.smtp_proxy, false, true),
+        (listeners.smtps_proxy, true, true),
+    ] {
         for l in list {
             accept_loops.push(tokio::spawn(accept_loop(
                 l,
-                implicit,
+                Kind {
+                    implicit_tls,
+                    proxy,
+                },
                 Arc::clone(&shared),
                 tracker.clone(),
             )));
@@ -269,14 +304,9 @@ pub async fn run(
     Ok(())
 }
 
-async fn accept_loop(
-    listener: TcpListener,
-    implicit_tls: bool,
-    shared: Arc<Shared>,
-    tracker: TaskTracker,
-) {
+async fn accept_loop(listener: TcpListener, kind: Kind, shared: Arc<Shared>, tracker: TaskTracker) {
     loop {
-        let (tcp, client) = match listener.accept().await {
+        let (tcp, peer) = match listener.accept().await {
             Ok(x) => x,
             Err(e) => {
                 // Out of descriptors and similar: back off briefly instead of spinning.
@@ -288,41 +318,107 @@ async fn accept_loop(
         let local = tcp
             .local_addr()
             .unwrap_or_else(|_| listener.local_addr().expect("bound"));
-        match shared.conns.acquire(client.ip()) {
+        let _ = tcp.set_nodelay(true);
+        if kind.proxy {
+            let cur = shared.current();
+            let live = &cur.runtime.live;
+            if !proxy_protocol::trusted(peer.ip(), &live.proxy_trusted) {
+                // Closed at once: nothing is read from, or said to, a peer that may not
+                // speak for others.
+                info!(%peer, %local, reason = %proxy_protocol::ProxyError::Untrusted(peer.ip()), "PROXY listener: connection closed");
+                continue;
+            }
+            tracker.spawn(proxied(
+                Arc::clone(&shared),
+                tcp,
+                peer,
+                local,
+                kind.implicit_tls,
+                live.proxy_timeout,
+            ));
+            continue;
+        }
+        match admit(&shared, peer, kind.implicit_tls) {
             Ok(guard) => {
-                let _ = tcp.set_nodelay(true);
-                tracker.spawn(conn::serve(
-                    Arc::clone(&shared),
-                    tcp,
-                    client,
+                let ctx = conn::Accepted {
+                    client: peer,
                     local,
-                    implicit_tls,
-                    guard,
-                ));
-            }
-            Err(hit) => {
-                let (what, reply) = match hit {
-                    LimitHit::Total => ("total", "Too many connections, try again later"),
-                    LimitHit::PerIp => ("per-ip", "Too many connections from your address"),
+                    implicit_tls: kind.implicit_tls,
+                    proxied_by: None,
                 };
-                info!(%client, limit = what, "connection refused by limit");
-                if !implicit_tls {
-                    tracker.spawn(refuse(
-                        tcp,
-                        Reply::new(
-                            421,
-                            "4.7.0",
-                            format!("{} {reply}", shared.current().runtime.live.hostname),
-                        ),
-                    ));
-                }
+                tracker.spawn(conn::serve(Arc::clone(&shared), tcp, ctx, guard));
             }
+            Err(Some(reply)) => {
+                tracker.spawn(refuse(tcp, reply));
+            }
+            Err(None) => {}
         }
     }
 }
 
+/// Takes a connection slot for `client`, or says why not: `Err` with the `421` to send
+/// on a plain listener (nothing is read from the client), `Err(None)` on an
+/// implicit-TLS one, where the connection is just closed.
+fn admit(
+    shared: &Shared,
+    client: SocketAddr,
+    implicit_tls: bool,
+) -> Result<ConnGuard, Option<Reply>> {
+    shared.conns.acquire(client.ip()).map_err(|hit| {
+        let (what, reply) = match hit {
+            LimitHit::Total => ("total", "Too many connections, try again later"),
+            LimitHit::PerIp => ("per-ip", "Too many connections from your address"),
+        };
+        info!(%client, limit = what, "connection refused by limit");
+        (!implicit_tls).then(|| {
+            Reply::new(
+                421,
+                "4.7.0",
+                format!("{} {reply}", shared.current().runtime.live.hostname),
+            )
+        })
+    })
+}
+
+/// A connection on a PROXY listener from a trusted peer: its header within `limit`,
+/// then the session of the client it names (its connection slot, its log lines), with
+/// the octets that followed the header. A missing, incomplete or malformed header closes
+/// the connection with a log line saying why.
+async fn proxied(
+    shared: Arc<Shared>,
+    mut tcp: TcpStream,
+    peer: SocketAddr,
+    local: SocketAddr,
+    implicit_tls: bool,
+    limit: std::time::Duration,
+) {
+    let (header, rest) = match proxy_protocol::read_header(&mut tcp, limit).await {
+        Ok(x) => x,
+        Err(e) => {
+            warn!(%peer, %local, reason = %e, "PROXY listener: connection closed");
+            return;
+        }
+    };
+    let ends = header.endpoints(peer, local);
+    debug!(%peer, client = %ends.client, header = header.describe(), "PROXY header");
+    let io = proxy_protocol::Rewind::new(tcp, rest);
+    match admit(&shared, ends.client, implicit_tls) {
+        Ok(guard) => {
+            let ctx = conn::Accepted {
+                client: ends.client,
+                local: ends.local,
+                implicit_tls,
+                proxied_by: Some(peer),
+            };
+            conn::serve(shared, io, ctx, guard).await;
+        }
+        Err(Some(reply)) => refuse(io, reply).await,
+        Err(None) => {}
+    }
+}
+
 /// Tells a refused client why, without reading anything from it.
-async fn refuse(mut tcp: TcpStream, reply: Reply) {
+async fn refuse<S: AsyncWrite + Unpin>(mut tcp: S, reply: Reply) {
     let write = async {
         tcp.write_all(&reply.to_bytes()).await?;
         tcp.shutdown().await

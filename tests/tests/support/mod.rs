@@ -112,6 +112,10 @@ pub struct Gateway {
     pub config: PathBuf,
     pub smtp: SocketAddr,
     pub smtps: Option<SocketAddr>,
+    /// The first `[server.proxy_protocol] listen` address, if any.
+    pub proxy: Option<SocketAddr>,
+    /// The first `[server.proxy_protocol] listen_tls` address, if any.
+    pub proxy_tls: Option<SocketAddr>,
     pub dir: tempfile::TempDir,
     pub maildir: PathBuf,
     stderr: PathBuf,
@@ -227,7 +231,7 @@ impl Gateway {
         }
         let mut child = cmd.spawn().expect("spawn mailgate");
         let lines = line_reader(child.stdout.take().unwrap());
-        let (mut smtp, mut smtps) = (None, None);
+        let (mut smtp, mut smtps, mut proxy, mut proxy_tls) = (None, None, None, None);
         let deadline = Instant::now() + READY;
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
@@ -237,11 +241,13 @@ impl Gateway {
                     let parts: Vec<&str> = l.split_whitespace().collect();
                     if let ["listening", kind, addr] = parts[..] {
                         let a: SocketAddr = addr.parse().unwrap();
-                        if kind == "smtp" {
-                            smtp = Some(a)
-                        } else {
-                            smtps = Some(a)
-                        }
+                        let slot = match kind {
+                            "smtp" => &mut smtp,
+                            "smtp-proxy" => &mut proxy,
+                            "smtps-proxy" => &mut proxy_tls,
+                            _ => &mut smtps,
+                        };
+                        slot.get_or_insert(a);
                     }
                 }
                 Err(_) => {
@@ -258,6 +264,8 @@ impl Gateway {
             config: path,
             smtp: smtp.expect("smtp listener"),
             smtps,
+            proxy,
+            proxy_tls,
             dir,
             maildir,
             stderr,
@@ -546,6 +554,22 @@ impl Raw {
     pub fn closed(&mut self) -> bool {
         let mut buf = [0u8; 64];
         matches!(self.r.read(&mut buf), Ok(0))
+    }
+
+    /// True once the server has closed the connection without sending anything, in
+    /// either way a close arrives: end of stream, or a reset (a server that closes with
+    /// our octets still unread in its socket resets the connection). Bounded by the read
+    /// timeout.
+    pub fn gone(&mut self) -> bool {
+        let mut buf = [0u8; 64];
+        match self.r.read(&mut buf) {
+            Ok(0) => true,
+            Ok(_) => false,
+            Err(e) => matches!(
+                e.kind(),
+                std::io::ErrorKind::ConnectionReset | std::io::ErrorKind::ConnectionAborted
+            ),
+        }
     }
 }
 
