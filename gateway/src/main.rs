@@ -295,14 +295,15 @@ fn main() -> anyhow::Result<()> {
                 .build()?;
             let generation = runtime.block_on(async {
                 let dns = Arc::new(mailgate::dns::Resolver::new(rt.fixed.dns.clone()));
-                let services = mailgate::plugin::registry::Services::with_clock(
+                let services = mailgate::plugin::registry::Services::with_kv(
                     dns,
                     rt.fixed.compile_cache.clone(),
                     rt.fixed.plugin_sessions,
                     rt.fixed.plugin_memory,
                     rt.fixed.adjustable_clock,
-                );
-                mailgate::plugin::registry::load_all(&rt.live.plugins, &services).await
+                    &rt.fixed.kv,
+                )?;
+                anyhow::Ok(mailgate::plugin::registry::load_all(&rt.live.plugins, &services).await?)
             })?;
             for p in generation.iter().flat_map(|g| g.plugins.iter()) {
                 println!(
@@ -316,6 +317,14 @@ fn main() -> anyhow::Result<()> {
                     println!("delivery: proxy {upstream} (tls {tls:?})")
                 }
                 DeliveryMode::Queue(q) => println!("delivery: queue {}", q.spool.display()),
+            }
+            match &rt.fixed.kv {
+                mailgate::plugin::kv::Settings::Memory => println!("kv: memory"),
+                mailgate::plugin::kv::Settings::Redis(r) => println!(
+                    "kv: redis {} (key prefix {:?}; not contacted by this check)",
+                    mailgate::plugin::kv_redis::redacted(&r.url),
+                    r.key_prefix
+                ),
             }
             Ok(())
         }
@@ -400,13 +409,14 @@ fn main() -> anyhow::Result<()> {
                 .build()?;
             runtime.block_on(async move {
                 let dns = Arc::new(mailgate::dns::Resolver::new(rt.fixed.dns.clone()));
-                let services = mailgate::plugin::registry::Services::with_clock(
+                let services = mailgate::plugin::registry::Services::with_kv(
                     dns,
                     rt.fixed.compile_cache.clone(),
                     rt.fixed.plugin_sessions,
                     rt.fixed.plugin_memory,
                     rt.fixed.adjustable_clock,
-                );
+                    &rt.fixed.kv,
+                )?;
                 let plugins =
                     mailgate::plugin::registry::load_all(&rt.live.plugins, &services).await?;
                 let listeners = Listeners::bind(&rt).await?;

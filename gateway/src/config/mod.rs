@@ -57,6 +57,8 @@ pub struct Config {
     pub dns: Dns,
     /// Recipient verification probes (plugins' `verify` capability) and their cache.
     pub verify: Verify,
+    /// Where plugins' `kv` entries live: in memory, or in Redis shared by several gateways.
+    pub kv: Kv,
     /// Settings for the plugin chain as a whole.
     pub chain: Chain,
     /// The local admin socket (`mailgate queue`, `mailgate status`).
@@ -211,6 +213,44 @@ impl Default for Verify {
     }
 }
 
+/// `[kv]`: where plugins' `kv` entries live (docs/kv.md). The `redis_*`, `key_prefix`,
+/// timeouts and `on_unavailable` are for `backend = "redis"` only.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Kv {
+    /// `memory` (the default: this process only, gone on restart) or `redis` (shared by
+    /// every gateway using the same Redis server, database and `key_prefix`).
+    pub backend: String,
+    /// `redis://[user:password@]host[:port][/db]` or `unix:///path/to/redis.sock`. A
+    /// password can come from the environment instead: `MAILGATE_KV__REDIS_URL`.
+    pub redis_url: Option<String>,
+    /// Prefix of every Redis key the gateway writes (gateways that must not share state
+    /// can share one Redis with different prefixes).
+    pub key_prefix: String,
+    /// Longest wait for one kv call, milliseconds; a call also ends before the calling
+    /// hook's deadline.
+    pub timeout_ms: u64,
+    /// Longest wait for a connection to Redis, milliseconds.
+    pub connect_timeout_ms: u64,
+    /// When Redis is unavailable: `plugin` (the call answers `unavailable` and the plugin
+    /// decides; greylist and rate-limit let mail through) or `on_error` (the hook call
+    /// fails and the plugin's `on_error` policy applies).
+    pub on_unavailable: String,
+}
+
+impl Default for Kv {
+    fn default() -> Self {
+        Kv {
+            backend: "memory".into(),
+            redis_url: None,
+            key_prefix: "mailgate:".into(),
+            timeout_ms: 200,
+            connect_timeout_ms: 1000,
+            on_unavailable: "plugin".into(),
+        }
+    }
+}
+
 /// `[chain]`
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
@@ -345,39 +385,6 @@ pub struct Server {
     /// How often the config file and plugin files are checked for changes (a change
     /// reloads them); 0 = only on SIGHUP or `mailgate reload`.
     pub watch_interval_ms: u64,
-    /// Listeners behind a load balancer that speaks the PROXY protocol.
-    pub proxy_protocol: ProxyProtocol,
-}
-
-/// `[server.proxy_protocol]`: listeners whose connections start with a PROXY protocol
-/// header (v1 or v2, as HAProxy's `send-proxy` / `send-proxy-v2` and cloud balancers
-/// send it) naming the real client, which plugins, limits, relay trust, the reverse
-/// lookup and `Received:` then see. Like Postfix's `smtpd_upstream_proxy_protocol` on a
-/// service of its own: these addresses are not also in `listen` / `listen_tls`.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields, default)]
-pub struct ProxyProtocol {
-    /// Plain SMTP listeners (STARTTLS offered as on `listen`) that expect the header.
-    pub listen: Vec<String>,
-    /// Implicit-TLS listeners that expect the header before the TLS handshake.
-    pub listen_tls: Vec<String>,
-    /// Peers (CIDR or address: the balancers) allowed to send the header; a connection
-    /// from anyone else to these listeners is closed.
-    pub trusted_networks: Vec<String>,
-    /// How long a connection may take to send its whole header before it is closed
-    /// (Postfix's `smtpd_upstream_proxy_timeout`).
-    pub timeout_ms: u64,
-}
-
-impl Default for ProxyProtocol {
-    fn default() -> Self {
-        ProxyProtocol {
-            listen: vec![],
-            listen_tls: vec![],
-            trusted_networks: vec![],
-            timeout_ms: 5000,
-        }
-    }
 }
 
 impl Default for Server {
@@ -397,7 +404,6 @@ impl Default for Server {
             write_timeout_secs: 300,
             shutdown_grace_secs: 30,
             watch_interval_ms: 1000,
-            proxy_protocol: ProxyProtocol::default(),
         }
     }
 }

@@ -272,11 +272,6 @@ pub struct Live {
     pub spill_threshold: usize,
     /// Recipient verification (`[verify]`): TTLs, probe timeout, cache size.
     pub verify: crate::verify::Settings,
-    /// Peers allowed to send PROXY protocol headers
-    /// (`server.proxy_protocol.trusted_networks`).
-    pub proxy_trusted: Vec<IpNet>,
-    /// How long a PROXY protocol header may take (`server.proxy_protocol.timeout_ms`).
-    pub proxy_timeout: Duration,
 }
 
 /// Settings a running gateway cannot change: listeners, sockets, shared state built at
@@ -290,12 +285,6 @@ pub struct Fixed {
     /// Implicit-TLS listeners.
     #[serde(rename = "server.listen_tls")]
     pub listen_tls: Vec<SocketAddr>,
-    /// Plain SMTP listeners that expect a PROXY protocol header.
-    #[serde(rename = "server.proxy_protocol.listen")]
-    pub proxy_listen: Vec<SocketAddr>,
-    /// Implicit-TLS listeners that expect a PROXY protocol header.
-    #[serde(rename = "server.proxy_protocol.listen_tls")]
-    pub proxy_listen_tls: Vec<SocketAddr>,
     /// Total connection limit.
     #[serde(rename = "server.max_connections")]
     pub max_connections: usize,
@@ -349,6 +338,9 @@ pub struct Fixed {
     /// instance pool is sized from it.
     #[serde(rename = "server.max_connections / queue.concurrency")]
     pub plugin_sessions: usize,
+    /// Where plugins' kv entries live (`[kv]`).
+    #[serde(rename = "kv")]
+    pub kv: crate::plugin::kv::Settings,
 }
 
 impl Fixed {
@@ -494,78 +486,6 @@ impl Config {
     }
 }
 
-/// `[server.proxy_protocol]`, validated.
-struct ProxyListeners {
-    listen: Vec<SocketAddr>,
-    listen_tls: Vec<SocketAddr>,
-    trusted: Vec<IpNet>,
-    timeout: Duration,
-}
-
-/// Checks `[server.proxy_protocol]`: addresses of their own (not also plain listeners),
-/// at least one trusted network when a listener is set, a timeout of 1 ms to 60 s.
-fn proxy_protocol(
-    p: &super::ProxyProtocol,
-    listen: &[SocketAddr],
-    listen_tls: &[SocketAddr],
-) -> Result<ProxyListeners, ConfigError> {
-    let plain = addrs("server.proxy_protocol.listen", &p.listen)?;
-    let tls = addrs("server.proxy_protocol.listen_tls", &p.listen_tls)?;
-    for (key, list) in [
-        ("server.proxy_protocol.listen", &plain),
-        ("server.proxy_protocol.listen_tls", &tls),
-    ] {
-        // Port 0 (an ephemeral port, tests) is never the same listener twice.
-        if let Some(a) = list
-            .iter()
-            .find(|a| a.port() != 0 && (listen.contains(a) || listen_tls.contains(a)))
-        {
-            return Err(invalid(
-                key,
-                format!("{a} is also in server.listen or server.listen_tls"),
-            ));
-        }
-    }
-    if let Some(a) = plain.iter().find(|a| a.port() != 0 && tls.contains(a)) {
-        return Err(invalid(
-            "server.proxy_protocol.listen_tls",
-            format!("{a} is also in server.proxy_protocol.listen"),
-        ));
-    }
-    let trusted = p
-        .trusted_networks
-        .iter()
-        .map(|n| {
-            n.parse::<IpNet>()
-                .or_else(|_| n.parse::<IpAddr>().map(IpNet::from))
-                .map_err(|e| {
-                    invalid(
-                        "server.proxy_protocol.trusted_networks",
-                        format!("{n:?}: {e}"),
-                    )
-                })
-        })
-        .collect::<Result<Vec<_>, _>>()?;
-    if trusted.is_empty() && !(plain.is_empty() && tls.is_empty()) {
-        return Err(invalid(
-            "server.proxy_protocol.trusted_networks",
-            "PROXY listeners need the balancers' networks (every connection would be closed)",
-        ));
-    }
-    if !(1..=60_000).contains(&p.timeout_ms) {
-        return Err(invalid(
-            "server.proxy_protocol.timeout_ms",
-            "must be 1..=60000",
-        ));
-    }
-    Ok(ProxyListeners {
-        listen: plain,
-        listen_tls: tls,
-        trusted,
-        timeout: Duration::from_millis(p.timeout_ms),
-    })
-}
-
 /// Longest TTL `[verify]` accepts (a year).
 const MAX_VERIFY_TTL: u64 = 366 * 86400;
 /// Most entries the verification cache may be given.
@@ -639,12 +559,7 @@ impl Config {
         }
         let listen = addrs("server.listen", &s.listen)?;
         let listen_tls = addrs("server.listen_tls", &s.listen_tls)?;
-        let pp = proxy_protocol(&s.proxy_protocol, &listen, &listen_tls)?;
-        if listen.is_empty()
-            && listen_tls.is_empty()
-            && pp.listen.is_empty()
-            && pp.listen_tls.is_empty()
-        {
+        if listen.is_empty() && listen_tls.is_empty() {
             return Err(invalid("server.listen", "no listener configured"));
         }
         if s.max_connections == 0 {
@@ -675,12 +590,6 @@ impl Config {
         if !listen_tls.is_empty() && tls_files.is_none() && !self.tls.self_signed {
             return Err(invalid(
                 "server.listen_tls",
-                "needs tls.cert/tls.key or tls.self_signed",
-            ));
-        }
-        if !pp.listen_tls.is_empty() && tls_files.is_none() && !self.tls.self_signed {
-            return Err(invalid(
-                "server.proxy_protocol.listen_tls",
                 "needs tls.cert/tls.key or tls.self_signed",
             ));
         }
@@ -799,14 +708,10 @@ impl Config {
                 },
                 spill_threshold: l.spill_threshold_kb.saturating_mul(1024),
                 verify: verify(&self.verify)?,
-                proxy_trusted: pp.trusted,
-                proxy_timeout: pp.timeout,
             },
             fixed: Fixed {
                 listen,
                 listen_tls,
-                proxy_listen: pp.listen,
-                proxy_listen_tls: pp.listen_tls,
                 max_connections: s.max_connections,
                 max_connections_per_ip: s.max_connections_per_ip,
                 client_prefixes: (s.client_ipv4_prefix, s.client_ipv6_prefix),
@@ -829,8 +734,87 @@ impl Config {
                 admin_socket: self.admin.socket.clone(),
                 compile_cache: Some(self.chain.compile_cache.clone())
                     .filter(|p| !p.as_os_str().is_empty()),
+                kv: kv(&self.kv)?,
             },
         })
+    }
+}
+
+/// Checks `[kv]` (the URL without connecting).
+fn kv(k: &super::Kv) -> Result<crate::plugin::kv::Settings, ConfigError> {
+    use crate::plugin::kv::{OnUnavailable, Settings};
+    use crate::plugin::kv_redis::{RedisSettings, check_url, redacted};
+    let on_unavailable = match k.on_unavailable.as_str() {
+        "plugin" => OnUnavailable::Plugin,
+        "on_error" => OnUnavailable::OnError,
+        o => {
+            return Err(invalid(
+                "kv.on_unavailable",
+                format!("{o:?}: expected plugin or on_error"),
+            ));
+        }
+    };
+    match k.backend.as_str() {
+        "memory" => {
+            // Redis settings without Redis are a mistake: nothing would be shared.
+            let d = super::Kv::default();
+            for (key, set) in [
+                ("kv.redis_url", k.redis_url.is_some()),
+                ("kv.key_prefix", k.key_prefix != d.key_prefix),
+                ("kv.timeout_ms", k.timeout_ms != d.timeout_ms),
+                (
+                    "kv.connect_timeout_ms",
+                    k.connect_timeout_ms != d.connect_timeout_ms,
+                ),
+                ("kv.on_unavailable", k.on_unavailable != d.on_unavailable),
+            ] {
+                if set {
+                    return Err(invalid(
+                        key,
+                        "is for backend = \"redis\" (kv.backend is \"memory\")",
+                    ));
+                }
+            }
+            Ok(Settings::Memory)
+        }
+        "redis" => {
+            let url = k.redis_url.as_deref().unwrap_or_default();
+            if url.is_empty() {
+                return Err(invalid(
+                    "kv.redis_url",
+                    "backend = \"redis\" needs one, e.g. \"redis://127.0.0.1:6379/0\"",
+                ));
+            }
+            if let Some(e) = check_url(url) {
+                return Err(invalid("kv.redis_url", format!("{}: {e}", redacted(url))));
+            }
+            let p = &k.key_prefix;
+            if p.len() > 64 || p.chars().any(|c| c.is_control() || c == '{' || c == '}') {
+                return Err(invalid(
+                    "kv.key_prefix",
+                    format!("{p:?}: at most 64 characters, no control characters or braces"),
+                ));
+            }
+            for (key, v) in [
+                ("kv.timeout_ms", k.timeout_ms),
+                ("kv.connect_timeout_ms", k.connect_timeout_ms),
+            ] {
+                if !(1..=60_000).contains(&v) {
+                    return Err(invalid(key, "must be 1..=60000"));
+                }
+            }
+            Ok(Settings::Redis(RedisSettings {
+                url: url.to_string(),
+                key_prefix: p.clone(),
+                timeout: Duration::from_millis(k.timeout_ms),
+                connect_timeout: Duration::from_millis(k.connect_timeout_ms),
+                on_unavailable,
+            }))
+        }
+        other => Err(invalid(
+            "kv.backend",
+            format!("{other:?}: expected memory or redis"),
+        )),
     }
 }
 
@@ -1084,73 +1068,6 @@ config = { reject = "nobody", n = 3, nested = { a = true }, list = [1, 2] }
     }
 
     #[test]
-    fn proxy_protocol_listeners_need_trusted_networks_and_addresses_of_their_own() {
-        let rt = Config::default().validate().unwrap();
-        assert!(rt.fixed.proxy_listen.is_empty() && rt.fixed.proxy_listen_tls.is_empty());
-        assert_eq!(rt.live.proxy_timeout, Duration::from_secs(5));
-        let c = Config::from_toml(
-            "[server]\nlisten = []\n[server.proxy_protocol]\nlisten = [\"127.0.0.1:2526\"]\n\
-             listen_tls = [\"127.0.0.1:4466\"]\ntrusted_networks = [\"10.0.0.0/8\", \"::1\"]\n\
-             timeout_ms = 250\n",
-        )
-        .unwrap();
-        let rt = c.validate().unwrap();
-        assert_eq!(
-            rt.fixed.proxy_listen,
-            vec!["127.0.0.1:2526".parse().unwrap()]
-        );
-        assert_eq!(
-            rt.fixed.proxy_listen_tls,
-            vec!["127.0.0.1:4466".parse().unwrap()]
-        );
-        assert_eq!(rt.live.proxy_trusted.len(), 2);
-        assert_eq!(rt.live.proxy_timeout, Duration::from_millis(250));
-        for (toml, key) in [
-            (
-                "[server.proxy_protocol]\nlisten = [\"127.0.0.1:2526\"]",
-                "server.proxy_protocol.trusted_networks",
-            ),
-            (
-                "[server.proxy_protocol]\nlisten = [\"127.0.0.1:2525\"]\ntrusted_networks = [\"::1\"]",
-                "server.proxy_protocol.listen",
-            ),
-            (
-                "[server.proxy_protocol]\nlisten = [\"x\"]\ntrusted_networks = [\"::1\"]",
-                "server.proxy_protocol.listen",
-            ),
-            (
-                "[server.proxy_protocol]\nlisten = [\"127.0.0.1:1\"]\nlisten_tls = [\"127.0.0.1:1\"]\n\
-                 trusted_networks = [\"::1\"]",
-                "server.proxy_protocol.listen_tls",
-            ),
-            (
-                "[server.proxy_protocol]\ntrusted_networks = [\"10.0.0.0/33\"]",
-                "server.proxy_protocol.trusted_networks",
-            ),
-            (
-                "[server.proxy_protocol]\ntimeout_ms = 0",
-                "server.proxy_protocol.timeout_ms",
-            ),
-            (
-                "[tls]\nself_signed = false\n[server.proxy_protocol]\nlisten_tls = [\"127.0.0.1:1\"]\n\
-                 trusted_networks = [\"::1\"]",
-                "server.proxy_protocol.listen_tls",
-            ),
-        ] {
-            let err = Config::from_toml(toml)
-                .unwrap()
-                .validate()
-                .unwrap_err()
-                .to_string();
-            assert!(err.contains(key), "{toml}: {err}");
-        }
-        let err = Config::from_toml("[server.proxy_protocol]\nsend_proxy = true")
-            .unwrap_err()
-            .to_string();
-        assert!(err.contains("send_proxy"), "{err}");
-    }
-
-    #[test]
     fn trusted_networks_match_v4_mapped() {
         let c =
             Config::from_toml("[relay]\ntrusted_networks = [\"192.0.2.0/24\", \"::1\"]").unwrap();
@@ -1194,5 +1111,83 @@ mod example_tests {
         text.lines()
             .filter_map(|l| l.strip_prefix('[').and_then(|l| l.strip_suffix(']')))
             .collect()
+    }
+}
+
+#[cfg(test)]
+mod kv_tests {
+    use super::super::Config;
+    use crate::plugin::kv::{OnUnavailable, Settings};
+
+    fn kv(text: &str) -> Result<Settings, String> {
+        Config::from_toml(&format!("[kv]\n{text}"))
+            .map_err(|e| e.to_string())?
+            .validate()
+            .map(|rt| rt.fixed.kv)
+            .map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn memory_is_the_default_and_redis_takes_its_settings() {
+        assert_eq!(kv(""), Ok(Settings::Memory));
+        let Ok(Settings::Redis(r)) = kv("backend = \"redis\"\n\
+             redis_url = \"redis://:pw@127.0.0.1:6380/2\"\n\
+             key_prefix = \"mx1:\"\ntimeout_ms = 150\nconnect_timeout_ms = 500\n\
+             on_unavailable = \"on_error\"")
+        else {
+            panic!("not redis")
+        };
+        assert_eq!(r.url, "redis://:pw@127.0.0.1:6380/2");
+        assert_eq!(r.key_prefix, "mx1:");
+        assert_eq!(r.timeout.as_millis(), 150);
+        assert_eq!(r.connect_timeout.as_millis(), 500);
+        assert_eq!(r.on_unavailable, OnUnavailable::OnError);
+        // The password never shows, in the restart-needed comparison or in Debug.
+        let shown = serde_json::to_string(&Settings::Redis(r.clone())).unwrap();
+        assert!(
+            !shown.contains(":pw@") && !format!("{r:?}").contains(":pw@"),
+            "{shown}"
+        );
+    }
+
+    #[test]
+    fn bad_kv_settings_are_named() {
+        for (text, key) in [
+            ("backend = \"memcached\"", "kv.backend"),
+            ("bogus = 1", "bogus"),
+            ("backend = \"redis\"", "kv.redis_url"),
+            (
+                "backend = \"redis\"\nredis_url = \"rediss://h\"",
+                "kv.redis_url",
+            ),
+            (
+                "backend = \"redis\"\nredis_url = \"http://h\"",
+                "kv.redis_url",
+            ),
+            ("redis_url = \"redis://h\"", "kv.redis_url"),
+            ("on_unavailable = \"on_error\"", "kv.on_unavailable"),
+            (
+                "backend = \"redis\"\nredis_url = \"redis://h\"\non_unavailable = \"drop\"",
+                "kv.on_unavailable",
+            ),
+            (
+                "backend = \"redis\"\nredis_url = \"redis://h\"\nkey_prefix = \"{x}\"",
+                "kv.key_prefix",
+            ),
+            (
+                "backend = \"redis\"\nredis_url = \"redis://h\"\ntimeout_ms = 0",
+                "kv.timeout_ms",
+            ),
+            (
+                "backend = \"redis\"\nredis_url = \"redis://h\"\nconnect_timeout_ms = 60001",
+                "kv.connect_timeout_ms",
+            ),
+        ] {
+            let e = kv(text).unwrap_err();
+            assert!(e.contains(key), "{text:?}: {e}");
+        }
+        // A password in a refused URL is not repeated.
+        let e = kv("backend = \"redis\"\nredis_url = \"rediss://u:secret@h\"").unwrap_err();
+        assert!(!e.contains("secret"), "{e}");
     }
 }

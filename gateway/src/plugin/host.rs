@@ -13,7 +13,7 @@ use super::bindings::mailgate::plugin::{
 };
 use super::budget::LogAdmit;
 use super::convert;
-use super::kv::KvFault;
+use super::kv::{Caller, KvFault, OnUnavailable};
 use super::message::{MessageHandle, chunk};
 use super::state::State;
 use crate::config::Capability;
@@ -220,12 +220,35 @@ impl dns::Host for State {
 /// Names one `lookup-a-many` call may ask for.
 const MAX_NAMES_PER_CALL: usize = 64;
 
-fn kv_err(f: KvFault) -> kv::KvError {
-    match f {
-        KvFault::InvalidKey => kv::KvError::InvalidKey,
-        KvFault::ValueTooLarge => kv::KvError::ValueTooLarge,
-        KvFault::QuotaExceeded => kv::KvError::QuotaExceeded,
-        KvFault::NotACounter => kv::KvError::NotACounter,
+/// A kv answer as the plugin gets it. An unavailable backend is `kv-error::unavailable`,
+/// or, with `[kv] on_unavailable = "on_error"`, a failed call (the hook fails and the
+/// plugin's `on_error` policy applies).
+fn kv_answer<T>(on: OnUnavailable, r: Result<T, KvFault>) -> R<Result<T, kv::KvError>> {
+    Ok(Err(match r {
+        Ok(v) => return Ok(Ok(v)),
+        Err(KvFault::InvalidKey) => kv::KvError::InvalidKey,
+        Err(KvFault::ValueTooLarge) => kv::KvError::ValueTooLarge,
+        Err(KvFault::QuotaExceeded) => kv::KvError::QuotaExceeded,
+        Err(KvFault::NotACounter) => kv::KvError::NotACounter,
+        Err(KvFault::Unavailable(why)) => match on {
+            OnUnavailable::Plugin => kv::KvError::Unavailable(why),
+            OnUnavailable::OnError => {
+                return Err(wasmtime::Error::msg(format!(
+                    "kv backend unavailable: {why}"
+                )));
+            }
+        },
+    }))
+}
+
+impl State {
+    /// The calling plugin for the kv store: its namespace, quota and deadline.
+    fn kv_caller(&self) -> Caller<'_> {
+        Caller {
+            plugin: &self.spec.name,
+            quota: self.spec.kv_quota,
+            deadline: self.deadline,
+        }
     }
 }
 
@@ -234,7 +257,8 @@ impl kv::Host for State {
         if !self.granted(Capability::Kv) {
             return Ok(Err(kv::KvError::Denied));
         }
-        Ok(self.services.kv.get(&self.spec.name, &key).map_err(kv_err))
+        let kv = &self.services.kv;
+        kv_answer(kv.on_unavailable(), kv.get(&self.kv_caller(), &key).await)
     }
     async fn set(
         &mut self,
@@ -245,11 +269,9 @@ impl kv::Host for State {
         if !self.granted(Capability::Kv) {
             return Ok(Err(kv::KvError::Denied));
         }
-        Ok(self
-            .services
-            .kv
-            .set(&self.spec.name, self.spec.kv_quota, &key, value, ttl)
-            .map_err(kv_err))
+        let kv = &self.services.kv;
+        let r = kv.set(&self.kv_caller(), &key, value, ttl).await;
+        kv_answer(kv.on_unavailable(), r)
     }
     async fn set_if_absent(
         &mut self,
@@ -260,21 +282,19 @@ impl kv::Host for State {
         if !self.granted(Capability::Kv) {
             return Ok(Err(kv::KvError::Denied));
         }
-        Ok(self
-            .services
-            .kv
-            .set_if_absent(&self.spec.name, self.spec.kv_quota, &key, value, ttl)
-            .map_err(kv_err))
+        let kv = &self.services.kv;
+        let r = kv.set_if_absent(&self.kv_caller(), &key, value, ttl).await;
+        kv_answer(kv.on_unavailable(), r)
     }
     async fn delete(&mut self, key: String) -> R<Result<bool, kv::KvError>> {
         if !self.granted(Capability::Kv) {
             return Ok(Err(kv::KvError::Denied));
         }
-        Ok(self
-            .services
-            .kv
-            .delete(&self.spec.name, &key)
-            .map_err(kv_err))
+        let kv = &self.services.kv;
+        kv_answer(
+            kv.on_unavailable(),
+            kv.delete(&self.kv_caller(), &key).await,
+        )
     }
     async fn increment(
         &mut self,
@@ -285,11 +305,9 @@ impl kv::Host for State {
         if !self.granted(Capability::Kv) {
             return Ok(Err(kv::KvError::Denied));
         }
-        Ok(self
-            .services
-            .kv
-            .increment(&self.spec.name, self.spec.kv_quota, &key, delta, ttl)
-            .map_err(kv_err))
+        let kv = &self.services.kv;
+        let r = kv.increment(&self.kv_caller(), &key, delta, ttl).await;
+        kv_answer(kv.on_unavailable(), r)
     }
 }
 
@@ -815,8 +833,13 @@ mod tests {
                 .unwrap()
         ));
         assert!(denied(kv::Host::delete(&mut st, "k".into()).await.unwrap()));
-        assert_eq!(services.kv.get("p", "k").unwrap(), None);
-        assert_eq!(services.kv.get("p", "n").unwrap(), None);
+        let c = Caller {
+            plugin: "p",
+            quota: Default::default(),
+            deadline: Instant::now(),
+        };
+        assert_eq!(services.kv.get(&c, "k").await.unwrap(), None);
+        assert_eq!(services.kv.get(&c, "n").await.unwrap(), None);
     }
 
     #[tokio::test]
@@ -872,6 +895,28 @@ mod tests {
         assert!(matches!(
             kv::Host::get(&mut st, String::new()).await.unwrap(),
             Err(kv::KvError::InvalidKey)
+        ));
+    }
+
+    #[test]
+    fn an_unavailable_kv_is_told_to_the_plugin_or_fails_its_call_as_configured() {
+        let down = || Err::<(), _>(KvFault::Unavailable("Redis: refused".into()));
+        match kv_answer(OnUnavailable::Plugin, down()) {
+            Ok(Err(kv::KvError::Unavailable(why))) => assert_eq!(why, "Redis: refused"),
+            other => panic!("{other:?}"),
+        }
+        match kv_answer(OnUnavailable::OnError, down()) {
+            Err(e) => assert!(e.to_string().contains("kv backend unavailable"), "{e}"),
+            other => panic!("{other:?}"),
+        }
+        // Other faults are the plugin's to handle either way.
+        assert!(matches!(
+            kv_answer::<()>(OnUnavailable::OnError, Err(KvFault::QuotaExceeded)),
+            Ok(Err(kv::KvError::QuotaExceeded))
+        ));
+        assert!(matches!(
+            kv_answer(OnUnavailable::OnError, Ok(7)),
+            Ok(Ok(7))
         ));
     }
 

@@ -1,34 +1,65 @@
-//! The in-memory key/value store behind the `kv` capability (a shared backend such as
-//! Redis comes later behind the same operations). Each plugin has a namespace of its own
-//! with its own quota in entries and octets (`limits.kv_entries`, `limits.kv_mb`), so one
-//! plugin filling its quota never makes another's writes fail, and its own lock, so one
-//! busy plugin does not wait on another. Values expire by TTL; expired entries are found
-//! through a heap ordered by expiry (no scan of the namespace under its lock). Counters
-//! are decimal integers.
+//! The key/value store behind the `kv` capability, in one of two backends chosen by
+//! `[kv] backend` (docs/kv.md):
+//!
+//! - `memory` (the default, [`Memory`]): in this process, gone on restart.
+//! - `redis` ([`super::kv_redis`]): in a Redis server, shared by every gateway that uses
+//!   the same server and `key_prefix`, so greylisting and rate limits hold across several
+//!   gateways behind one MX.
+//!
+//! Both keep the same rules. Each plugin has a namespace of its own (by plugin name) with
+//! its own quota in entries and octets (`limits.kv_entries`, `limits.kv_mb`), so one
+//! plugin filling its quota never makes another's writes fail. Values expire by TTL.
+//! Counters are decimal integers; `increment` (which gives a counter it creates its TTL)
+//! and `set-if-absent` are atomic, also with several gateways writing at once. In memory,
+//! expiry follows the plugins' clock ([`super::clock::PluginClock`], which
+//! `mailgate clock advance` moves in tests); in Redis it is Redis's own, real time.
+//!
+//! In memory each namespace has its own lock, so one busy plugin does not wait on
+//! another, and expired entries are found through a heap ordered by expiry (no scan of
+//! the namespace under its lock).
+//!
+//! Only Redis can be unavailable ([`KvFault::Unavailable`]): each call is bounded by
+//! `[kv] timeout_ms` and ends before the calling hook's deadline; `[kv] on_unavailable`
+//! says whether the plugin is told (`kv-error::unavailable`) or its hook fails (its
+//! `on_error` policy applies). [`Kv::stats`] counts the failures for `mailgate status`.
 
 use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap};
+use std::collections::{BTreeMap, BinaryHeap, HashMap};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
+
+use serde::Serialize;
+
+use super::clock::PluginClock;
+use super::kv_redis::{RedisKv, RedisSettings};
 
 /// Longest key (octets).
 pub const MAX_KEY: usize = 256;
 /// Largest value (octets).
 pub const MAX_VALUE: usize = 64 * 1024;
 /// Octets an entry costs beyond its key and value (bookkeeping), for the byte quota.
-const ENTRY_OVERHEAD: usize = 64;
+pub(super) const ENTRY_OVERHEAD: usize = 64;
 
 /// Why an operation failed.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum KvFault {
     /// Empty, too long, or with control characters.
+    #[error("invalid key")]
     InvalidKey,
     /// Over [`MAX_VALUE`].
+    #[error("value too large")]
     ValueTooLarge,
     /// The plugin's namespace is full (entries or octets).
+    #[error("quota exceeded")]
     QuotaExceeded,
     /// `increment` on a value that is not a decimal integer.
+    #[error("not a counter")]
     NotACounter,
+    /// The backend (Redis) could not be reached, failed, or did not answer in time: why.
+    /// A write that timed out may still have been applied.
+    #[error("kv backend unavailable: {0}")]
+    Unavailable(String),
 }
 
 /// What one plugin's namespace may hold.
@@ -46,6 +77,240 @@ impl Default for Quota {
             entries: 100_000,
             bytes: 32 << 20,
         }
+    }
+}
+
+/// Who is calling: the plugin (its namespace and quota) and when its hook call must end.
+#[derive(Clone, Copy, Debug)]
+pub struct Caller<'a> {
+    /// The plugin's name: its namespace.
+    pub plugin: &'a str,
+    /// What its namespace may hold.
+    pub quota: Quota,
+    /// The end of the hook call in progress: a Redis call ends before it.
+    pub deadline: Instant,
+}
+
+/// What a plugin gets when the backend is unavailable (`[kv] on_unavailable`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OnUnavailable {
+    /// The call answers `kv-error::unavailable(why)` and the plugin decides (the shipped
+    /// greylist and rate-limit plugins let mail through).
+    #[default]
+    Plugin,
+    /// The hook call fails: the plugin's `on_error` policy applies (`tempfail`: 451 4.7.0,
+    /// `continue`: as if the plugin were not there, `reject`: 550 5.7.0).
+    OnError,
+}
+
+/// The validated `[kv]` section: which backend holds the entries.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub enum Settings {
+    /// In this process (the default).
+    #[default]
+    Memory,
+    /// In a Redis server, shared by every gateway using it.
+    Redis(RedisSettings),
+}
+
+/// Why the kv store could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum KvSetupError {
+    /// The Redis client refused its settings (the URL is checked when the config loads,
+    /// so this is rare); nothing is connected at setup.
+    #[error("kv: Redis: {0}")]
+    Redis(String),
+}
+
+/// How the store has been doing since the gateway started (`mailgate status`, and the
+/// figures a metrics exporter reads).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct KvStats {
+    /// `memory` or `redis`.
+    pub backend: &'static str,
+    /// Calls plugins made (granted, with a valid key), all outcomes.
+    pub calls: u64,
+    /// Calls that failed because the backend was unavailable (timeouts included).
+    pub unavailable: u64,
+    /// Of those, calls that got no answer in time.
+    pub timeouts: u64,
+    /// `unavailable` by plugin.
+    pub unavailable_by_plugin: BTreeMap<String, u64>,
+    /// Whether the backend is failing now (its last call failed).
+    pub failing: bool,
+    /// The last failure, if any.
+    pub last_error: Option<String>,
+}
+
+#[derive(Debug)]
+enum Backend {
+    Memory(Memory),
+    Redis(RedisKv),
+}
+
+/// The process-wide store of per-plugin namespaces, in memory or in Redis.
+#[derive(Debug)]
+pub struct Kv {
+    backend: Backend,
+    calls: AtomicU64,
+}
+
+impl Default for Kv {
+    fn default() -> Self {
+        Kv::new()
+    }
+}
+
+impl Kv {
+    /// An empty in-memory store.
+    pub fn new() -> Kv {
+        Kv::with_clock(Arc::default())
+    }
+
+    /// An empty in-memory store whose entries expire by `clock`.
+    pub fn with_clock(clock: Arc<PluginClock>) -> Kv {
+        Kv {
+            backend: Backend::Memory(Memory::with_clock(clock)),
+            calls: AtomicU64::new(0),
+        }
+    }
+
+    /// The store `settings` describe; in-memory entries expire by `clock`. Redis is not
+    /// contacted here (the first call connects, and a Redis that is down at start only
+    /// makes calls fail until it is up). Must run inside a tokio runtime.
+    pub fn from_settings(settings: &Settings, clock: Arc<PluginClock>) -> Result<Kv, KvSetupError> {
+        let backend = match settings {
+            Settings::Memory => Backend::Memory(Memory::with_clock(clock)),
+            Settings::Redis(r) => {
+                Backend::Redis(RedisKv::new(r).map_err(|e| KvSetupError::Redis(e.to_string()))?)
+            }
+        };
+        Ok(Kv {
+            backend,
+            calls: AtomicU64::new(0),
+        })
+    }
+
+    /// `memory` or `redis`.
+    pub fn backend(&self) -> &'static str {
+        match self.backend {
+            Backend::Memory(_) => "memory",
+            Backend::Redis(_) => "redis",
+        }
+    }
+
+    /// What a plugin gets when the backend is unavailable.
+    pub fn on_unavailable(&self) -> OnUnavailable {
+        match &self.backend {
+            Backend::Memory(_) => OnUnavailable::default(),
+            Backend::Redis(r) => r.on_unavailable(),
+        }
+    }
+
+    fn count(&self) {
+        self.calls.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// The value of `key`, if set and not expired.
+    pub async fn get(&self, c: &Caller<'_>, key: &str) -> Result<Option<Vec<u8>>, KvFault> {
+        check_key(key)?;
+        self.count();
+        match &self.backend {
+            Backend::Memory(m) => m.get(c.plugin, key),
+            Backend::Redis(r) => r.get(c, key).await,
+        }
+    }
+
+    /// Sets `key`, with an optional TTL (seconds), within the caller's quota.
+    pub async fn set(
+        &self,
+        c: &Caller<'_>,
+        key: &str,
+        value: Vec<u8>,
+        ttl: Option<u32>,
+    ) -> Result<(), KvFault> {
+        self.put(c, key, value, ttl, false).await.map(|_| ())
+    }
+
+    /// Sets `key` only if it is absent (or expired); `true` if this call set it.
+    pub async fn set_if_absent(
+        &self,
+        c: &Caller<'_>,
+        key: &str,
+        value: Vec<u8>,
+        ttl: Option<u32>,
+    ) -> Result<bool, KvFault> {
+        self.put(c, key, value, ttl, true).await
+    }
+
+    async fn put(
+        &self,
+        c: &Caller<'_>,
+        key: &str,
+        value: Vec<u8>,
+        ttl: Option<u32>,
+        only_new: bool,
+    ) -> Result<bool, KvFault> {
+        check_key(key)?;
+        if value.len() > MAX_VALUE {
+            return Err(KvFault::ValueTooLarge);
+        }
+        self.count();
+        match &self.backend {
+            Backend::Memory(m) => m.put(c.plugin, c.quota, key, value, ttl, only_new),
+            Backend::Redis(r) => r.put(c, key, &value, ttl, only_new).await,
+        }
+    }
+
+    /// Removes `key`; `true` if it was there.
+    pub async fn delete(&self, c: &Caller<'_>, key: &str) -> Result<bool, KvFault> {
+        check_key(key)?;
+        self.count();
+        match &self.backend {
+            Backend::Memory(m) => m.delete(c.plugin, key),
+            Backend::Redis(r) => r.delete(c, key).await,
+        }
+    }
+
+    /// Adds `delta` to the counter at `key` (absent counts as 0) atomically, saturating;
+    /// the TTL is set when the key is created.
+    pub async fn increment(
+        &self,
+        c: &Caller<'_>,
+        key: &str,
+        delta: i64,
+        ttl: Option<u32>,
+    ) -> Result<i64, KvFault> {
+        check_key(key)?;
+        self.count();
+        match &self.backend {
+            Backend::Memory(m) => m.increment(c.plugin, c.quota, key, delta, ttl),
+            Backend::Redis(r) => r.increment(c, key, delta, ttl).await,
+        }
+    }
+
+    /// Entries and octets plugin `ns` holds. In memory: now (expired ones dropped
+    /// first). In Redis: the shared namespace as this gateway last saw it (after its last
+    /// write there, or a refresh this call starts when that is over a second old).
+    pub fn usage(&self, ns: &str) -> (usize, usize) {
+        match &self.backend {
+            Backend::Memory(m) => m.usage(ns),
+            Backend::Redis(r) => r.usage(ns),
+        }
+    }
+
+    /// Calls and failures so far.
+    pub fn stats(&self) -> KvStats {
+        let mut s = match &self.backend {
+            Backend::Memory(_) => KvStats {
+                backend: "memory",
+                ..KvStats::default()
+            },
+            Backend::Redis(r) => r.stats(),
+        };
+        s.calls = self.calls.load(Ordering::Relaxed);
+        s
     }
 }
 
@@ -126,12 +391,12 @@ impl Namespace {
     }
 }
 
-/// A process-wide store of per-plugin namespaces.
+/// The in-memory backend: a process-wide map of per-plugin namespaces.
 #[derive(Debug, Default)]
-pub struct Kv {
+pub struct Memory {
     namespaces: Mutex<HashMap<String, Arc<Mutex<Namespace>>>>,
     /// Expiry follows the plugins' clock (movable in tests).
-    clock: Arc<super::clock::PluginClock>,
+    clock: Arc<PluginClock>,
 }
 
 fn check_key(key: &str) -> Result<(), KvFault> {
@@ -141,17 +406,17 @@ fn check_key(key: &str) -> Result<(), KvFault> {
     Ok(())
 }
 
-impl Kv {
+impl Memory {
     /// An empty store.
-    pub fn new() -> Kv {
-        Kv::default()
+    pub fn new() -> Memory {
+        Memory::default()
     }
 
     /// An empty store whose entries expire by `clock`.
-    pub fn with_clock(clock: Arc<super::clock::PluginClock>) -> Kv {
-        Kv {
+    pub fn with_clock(clock: Arc<PluginClock>) -> Memory {
+        Memory {
             clock,
-            ..Kv::default()
+            ..Memory::default()
         }
     }
 
@@ -197,7 +462,8 @@ impl Kv {
         self.put(ns, quota, key, value, ttl, true)
     }
 
-    fn put(
+    /// Sets `key` (only if absent when `only_new`); `true` if it was set.
+    pub fn put(
         &self,
         ns: &str,
         quota: Quota,
@@ -285,7 +551,7 @@ mod tests {
 
     #[test]
     fn namespaces_ttl_counters_and_quota() {
-        let kv = Kv::new();
+        let kv = Memory::new();
         kv.set("a", Q3, "k", b"1".to_vec(), None).unwrap();
         assert_eq!(kv.get("b", "k").unwrap(), None, "namespaced per plugin");
         assert_eq!(kv.get("a", "k").unwrap(), Some(b"1".to_vec()));
@@ -319,7 +585,7 @@ mod tests {
             entries: 1000,
             bytes: 3 * (1000 + ENTRY_OVERHEAD + 2),
         };
-        let kv = Kv::new();
+        let kv = Memory::new();
         for k in ["k1", "k2", "k3"] {
             kv.set("a", q, k, vec![0; 1000], Some(0)).unwrap();
         }

@@ -25,6 +25,7 @@ pub mod edits;
 pub mod engine;
 mod host;
 pub mod kv;
+pub mod kv_redis;
 pub mod message;
 pub mod patterns;
 pub mod registry;

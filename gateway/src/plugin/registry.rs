@@ -169,8 +169,35 @@ impl Services {
         adjustable_clock: bool,
     ) -> Arc<Services> {
         let clock = Arc::new(super::clock::PluginClock::new(adjustable_clock));
+        let kv = Kv::with_clock(Arc::clone(&clock));
+        Self::build(dns, cache, sessions, memory, clock, kv)
+    }
+
+    /// As [`Services::with_clock`], with the kv store `[kv]` describes (in memory, or
+    /// in Redis: not contacted until a plugin calls). Must run inside a tokio runtime.
+    pub fn with_kv(
+        dns: Arc<Resolver>,
+        cache: Option<PathBuf>,
+        sessions: usize,
+        memory: usize,
+        adjustable_clock: bool,
+        kv: &super::kv::Settings,
+    ) -> Result<Arc<Services>, super::kv::KvSetupError> {
+        let clock = Arc::new(super::clock::PluginClock::new(adjustable_clock));
+        let kv = Kv::from_settings(kv, Arc::clone(&clock))?;
+        Ok(Self::build(dns, cache, sessions, memory, clock, kv))
+    }
+
+    fn build(
+        dns: Arc<Resolver>,
+        cache: Option<PathBuf>,
+        sessions: usize,
+        memory: usize,
+        clock: Arc<super::clock::PluginClock>,
+        kv: Kv,
+    ) -> Arc<Services> {
         Arc::new(Services {
-            kv: Arc::new(Kv::with_clock(Arc::clone(&clock))),
+            kv: Arc::new(kv),
             verify: Arc::new(crate::verify::Verifier::new(
                 Arc::clone(&dns),
                 Arc::clone(&clock),

@@ -258,6 +258,7 @@ impl crate::admin::Gateway for Shared {
             "delivery": cur.runtime.fixed.delivery.name(),
             "queue": self.queue.as_ref().map(|q| q.stats()),
             "verify": self.reloader.services.verify.stats(),
+            "kv": self.reloader.services.kv.stats(),
             "generation": {
                 "number": cur.generation,
                 "since": cur.since,
