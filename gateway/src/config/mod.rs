@@ -385,6 +385,39 @@ pub struct Server {
     /// How often the config file and plugin files are checked for changes (a change
     /// reloads them); 0 = only on SIGHUP or `mailgate reload`.
     pub watch_interval_ms: u64,
+    /// Listeners behind a load balancer that speaks the PROXY protocol.
+    pub proxy_protocol: ProxyProtocol,
+}
+
+/// `[server.proxy_protocol]`: listeners whose connections start with a PROXY protocol
+/// header (v1 or v2, as HAProxy's `send-proxy` / `send-proxy-v2` and cloud balancers
+/// send it) naming the real client, which plugins, limits, relay trust, the reverse
+/// lookup and `Received:` then see. Like Postfix's `smtpd_upstream_proxy_protocol` on a
+/// service of its own: these addresses are not also in `listen` / `listen_tls`.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ProxyProtocol {
+    /// Plain SMTP listeners (STARTTLS offered as on `listen`) that expect the header.
+    pub listen: Vec<String>,
+    /// Implicit-TLS listeners that expect the header before the TLS handshake.
+    pub listen_tls: Vec<String>,
+    /// Peers (CIDR or address: the balancers) allowed to send the header; a connection
+    /// from anyone else to these listeners is closed.
+    pub trusted_networks: Vec<String>,
+    /// How long a connection may take to send its whole header before it is closed
+    /// (Postfix's `smtpd_upstream_proxy_timeout`).
+    pub timeout_ms: u64,
+}
+
+impl Default for ProxyProtocol {
+    fn default() -> Self {
+        ProxyProtocol {
+            listen: vec![],
+            listen_tls: vec![],
+            trusted_networks: vec![],
+            timeout_ms: 5000,
+        }
+    }
 }
 
 impl Default for Server {
@@ -404,6 +437,7 @@ impl Default for Server {
             write_timeout_secs: 300,
             shutdown_grace_secs: 30,
             watch_interval_ms: 1000,
+            proxy_protocol: ProxyProtocol::default(),
         }
     }
 }

@@ -272,6 +272,11 @@ pub struct Live {
     pub spill_threshold: usize,
     /// Recipient verification (`[verify]`): TTLs, probe timeout, cache size.
     pub verify: crate::verify::Settings,
+    /// Peers allowed to send PROXY protocol headers
+    /// (`server.proxy_protocol.trusted_networks`).
+    pub proxy_trusted: Vec<IpNet>,
+    /// How long a PROXY protocol header may take (`server.proxy_protocol.timeout_ms`).
+    pub proxy_timeout: Duration,
 }
 
 /// Settings a running gateway cannot change: listeners, sockets, shared state built at
@@ -285,6 +290,12 @@ pub struct Fixed {
     /// Implicit-TLS listeners.
     #[serde(rename = "server.listen_tls")]
     pub listen_tls: Vec<SocketAddr>,
+    /// Plain SMTP listeners that expect a PROXY protocol header.
+    #[serde(rename = "server.proxy_protocol.listen")]
+    pub proxy_listen: Vec<SocketAddr>,
+    /// Implicit-TLS listeners that expect a PROXY protocol header.
+    #[serde(rename = "server.proxy_protocol.listen_tls")]
+    pub proxy_listen_tls: Vec<SocketAddr>,
     /// Total connection limit.
     #[serde(rename = "server.max_connections")]
     pub max_connections: usize,
@@ -486,6 +497,78 @@ impl Config {
     }
 }
 
+/// `[server.proxy_protocol]`, validated.
+struct ProxyListeners {
+    listen: Vec<SocketAddr>,
+    listen_tls: Vec<SocketAddr>,
+    trusted: Vec<IpNet>,
+    timeout: Duration,
+}
+
+/// Checks `[server.proxy_protocol]`: addresses of their own (not also plain listeners),
+/// at least one trusted network when a listener is set, a timeout of 1 ms to 60 s.
+fn proxy_protocol(
+    p: &super::ProxyProtocol,
+    listen: &[SocketAddr],
+    listen_tls: &[SocketAddr],
+) -> Result<ProxyListeners, ConfigError> {
+    let plain = addrs("server.proxy_protocol.listen", &p.listen)?;
+    let tls = addrs("server.proxy_protocol.listen_tls", &p.listen_tls)?;
+    for (key, list) in [
+        ("server.proxy_protocol.listen", &plain),
+        ("server.proxy_protocol.listen_tls", &tls),
+    ] {
+        // Port 0 (an ephemeral port, tests) is never the same listener twice.
+        if let Some(a) = list
+            .iter()
+            .find(|a| a.port() != 0 && (listen.contains(a) || listen_tls.contains(a)))
+        {
+            return Err(invalid(
+                key,
+                format!("{a} is also in server.listen or server.listen_tls"),
+            ));
+        }
+    }
+    if let Some(a) = plain.iter().find(|a| a.port() != 0 && tls.contains(a)) {
+        return Err(invalid(
+            "server.proxy_protocol.listen_tls",
+            format!("{a} is also in server.proxy_protocol.listen"),
+        ));
+    }
+    let trusted = p
+        .trusted_networks
+        .iter()
+        .map(|n| {
+            n.parse::<IpNet>()
+                .or_else(|_| n.parse::<IpAddr>().map(IpNet::from))
+                .map_err(|e| {
+                    invalid(
+                        "server.proxy_protocol.trusted_networks",
+                        format!("{n:?}: {e}"),
+                    )
+                })
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    if trusted.is_empty() && !(plain.is_empty() && tls.is_empty()) {
+        return Err(invalid(
+            "server.proxy_protocol.trusted_networks",
+            "PROXY listeners need the balancers' networks (every connection would be closed)",
+        ));
+    }
+    if !(1..=60_000).contains(&p.timeout_ms) {
+        return Err(invalid(
+            "server.proxy_protocol.timeout_ms",
+            "must be 1..=60000",
+        ));
+    }
+    Ok(ProxyListeners {
+        listen: plain,
+        listen_tls: tls,
+        trusted,
+        timeout: Duration::from_millis(p.timeout_ms),
+    })
+}
+
 /// Longest TTL `[verify]` accepts (a year).
 const MAX_VERIFY_TTL: u64 = 366 * 86400;
 /// Most entries the verification cache may be given.
@@ -559,7 +642,12 @@ impl Config {
         }
         let listen = addrs("server.listen", &s.listen)?;
         let listen_tls = addrs("server.listen_tls", &s.listen_tls)?;
-        if listen.is_empty() && listen_tls.is_empty() {
+        let pp = proxy_protocol(&s.proxy_protocol, &listen, &listen_tls)?;
+        if listen.is_empty()
+            && listen_tls.is_empty()
+            && pp.listen.is_empty()
+            && pp.listen_tls.is_empty()
+        {
             return Err(invalid("server.listen", "no listener configured"));
         }
         if s.max_connections == 0 {
@@ -590,6 +678,12 @@ impl Config {
         if !listen_tls.is_empty() && tls_files.is_none() && !self.tls.self_signed {
             return Err(invalid(
                 "server.listen_tls",
+                "needs tls.cert/tls.key or tls.self_signed",
+            ));
+        }
+        if !pp.listen_tls.is_empty() && tls_files.is_none() && !self.tls.self_signed {
+            return Err(invalid(
+                "server.proxy_protocol.listen_tls",
                 "needs tls.cert/tls.key or tls.self_signed",
             ));
         }
@@ -708,10 +802,14 @@ impl Config {
                 },
                 spill_threshold: l.spill_threshold_kb.saturating_mul(1024),
                 verify: verify(&self.verify)?,
+                proxy_trusted: pp.trusted,
+                proxy_timeout: pp.timeout,
             },
             fixed: Fixed {
                 listen,
                 listen_tls,
+                proxy_listen: pp.listen,
+                proxy_listen_tls: pp.listen_tls,
                 max_connections: s.max_connections,
                 max_connections_per_ip: s.max_connections_per_ip,
                 client_prefixes: (s.client_ipv4_prefix, s.client_ipv6_prefix),
@@ -1065,6 +1163,73 @@ config = { reject = "nobody", n = 3, nested = { a = true }, list = [1, 2] }
                 .unwrap_err()
                 .to_string();
         assert!(err.contains("metrics, verify"), "{err}");
+    }
+
+    #[test]
+    fn proxy_protocol_listeners_need_trusted_networks_and_addresses_of_their_own() {
+        let rt = Config::default().validate().unwrap();
+        assert!(rt.fixed.proxy_listen.is_empty() && rt.fixed.proxy_listen_tls.is_empty());
+        assert_eq!(rt.live.proxy_timeout, Duration::from_secs(5));
+        let c = Config::from_toml(
+            "[server]\nlisten = []\n[server.proxy_protocol]\nlisten = [\"127.0.0.1:2526\"]\n\
+             listen_tls = [\"127.0.0.1:4466\"]\ntrusted_networks = [\"10.0.0.0/8\", \"::1\"]\n\
+             timeout_ms = 250\n",
+        )
+        .unwrap();
+        let rt = c.validate().unwrap();
+        assert_eq!(
+            rt.fixed.proxy_listen,
+            vec!["127.0.0.1:2526".parse().unwrap()]
+        );
+        assert_eq!(
+            rt.fixed.proxy_listen_tls,
+            vec!["127.0.0.1:4466".parse().unwrap()]
+        );
+        assert_eq!(rt.live.proxy_trusted.len(), 2);
+        assert_eq!(rt.live.proxy_timeout, Duration::from_millis(250));
+        for (toml, key) in [
+            (
+                "[server.proxy_protocol]\nlisten = [\"127.0.0.1:2526\"]",
+                "server.proxy_protocol.trusted_networks",
+            ),
+            (
+                "[server.proxy_protocol]\nlisten = [\"127.0.0.1:2525\"]\ntrusted_networks = [\"::1\"]",
+                "server.proxy_protocol.listen",
+            ),
+            (
+                "[server.proxy_protocol]\nlisten = [\"x\"]\ntrusted_networks = [\"::1\"]",
+                "server.proxy_protocol.listen",
+            ),
+            (
+                "[server.proxy_protocol]\nlisten = [\"127.0.0.1:1\"]\nlisten_tls = [\"127.0.0.1:1\"]\n\
+                 trusted_networks = [\"::1\"]",
+                "server.proxy_protocol.listen_tls",
+            ),
+            (
+                "[server.proxy_protocol]\ntrusted_networks = [\"10.0.0.0/33\"]",
+                "server.proxy_protocol.trusted_networks",
+            ),
+            (
+                "[server.proxy_protocol]\ntimeout_ms = 0",
+                "server.proxy_protocol.timeout_ms",
+            ),
+            (
+                "[tls]\nself_signed = false\n[server.proxy_protocol]\nlisten_tls = [\"127.0.0.1:1\"]\n\
+                 trusted_networks = [\"::1\"]",
+                "server.proxy_protocol.listen_tls",
+            ),
+        ] {
+            let err = Config::from_toml(toml)
+                .unwrap()
+                .validate()
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(key), "{toml}: {err}");
+        }
+        let err = Config::from_toml("[server.proxy_protocol]\nsend_proxy = true")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("send_proxy"), "{err}");
     }
 
     #[test]
