@@ -15,7 +15,9 @@ mod support;
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
-use support::{Gateway, Nsd, Raw, Setup, json, plugin_toml, smtplib};
+use support::proxy_v2 as v2;
+use support::proxy_v2_raw as v2_raw;
+use support::{Gateway, Nsd, Raw, Setup, hex, json, plugin_toml, smtplib};
 
 const HOST: &str = "127.0.0.1";
 /// The balancer's address (trusted); 127.0.0.1 is an untrusted peer.
@@ -35,46 +37,9 @@ fn v1(client: &str, server: &str) -> Vec<u8> {
     .into_bytes()
 }
 
-/// A v2 header (proxy-protocol.txt 2.2): signature, version 2 with `command`, family and
-/// transport, length, then `body`.
-fn v2_raw(command: u8, family_proto: u8, body: &[u8]) -> Vec<u8> {
-    let mut h = b"\r\n\r\n\0\r\nQUIT\n".to_vec();
-    h.push(0x20 | command);
-    h.push(family_proto);
-    h.extend_from_slice(&(body.len() as u16).to_be_bytes());
-    h.extend_from_slice(body);
-    h
-}
-
-/// A v2 PROXY header for a TCP connection from `client` to `server`.
-fn v2(client: &str, server: &str) -> Vec<u8> {
-    let (c, s): (SocketAddr, SocketAddr) = (client.parse().unwrap(), server.parse().unwrap());
-    let mut body = Vec::new();
-    let family = match (c.ip(), s.ip()) {
-        (IpAddr::V4(a), IpAddr::V4(b)) => {
-            body.extend_from_slice(&a.octets());
-            body.extend_from_slice(&b.octets());
-            0x11
-        }
-        (IpAddr::V6(a), IpAddr::V6(b)) => {
-            body.extend_from_slice(&a.octets());
-            body.extend_from_slice(&b.octets());
-            0x21
-        }
-        _ => panic!("one family"),
-    };
-    body.extend_from_slice(&c.port().to_be_bytes());
-    body.extend_from_slice(&s.port().to_be_bytes());
-    v2_raw(0x1, family, &body)
-}
-
 /// v2 LOCAL, as HAProxy's health checks (`check-send-proxy`) send it.
 fn v2_local() -> Vec<u8> {
     v2_raw(0x0, 0x00, &[])
-}
-
-fn hex(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect()
 }
 
 fn balancer() -> IpAddr {

@@ -122,6 +122,10 @@ pub struct Route {
     /// `none`, `opportunistic` or `required` STARTTLS.
     #[serde(default = "opportunistic")]
     pub tls: String,
+    /// Tell this next hop who the original client was (XCLIENT, or XFORWARD where only
+    /// that is offered), as `delivery.xclient` does for `delivery.upstream`.
+    #[serde(default)]
+    pub xclient: bool,
 }
 
 fn opportunistic() -> String {
@@ -556,6 +560,11 @@ pub struct Delivery {
     pub upstream_tls: String,
     /// Connecting to the upstream.
     pub connect_timeout_secs: u64,
+    /// Tell `upstream` who the original client was, in proxy and queue mode: Postfix's
+    /// XCLIENT when the upstream offers it (it then logs and evaluates the real client;
+    /// it needs `smtpd_authorized_xclient_hosts`), else XFORWARD (logging only,
+    /// `smtpd_authorized_xforward_hosts`), else nothing. Off by default.
+    pub xclient: bool,
 }
 
 impl Default for Delivery {
@@ -567,6 +576,7 @@ impl Default for Delivery {
             upstream: None,
             upstream_tls: "opportunistic".into(),
             connect_timeout_secs: 30,
+            xclient: false,
         }
     }
 }

@@ -277,6 +277,10 @@ pub struct Live {
     pub proxy_trusted: Vec<IpNet>,
     /// How long a PROXY protocol header may take (`server.proxy_protocol.timeout_ms`).
     pub proxy_timeout: Duration,
+    /// Next hops (`host:port` as configured) told the original client with XCLIENT or
+    /// XFORWARD: `delivery.upstream` with `delivery.xclient`, and the `[queue.routes]`
+    /// hosts with `xclient = true`.
+    pub xclient_hosts: Vec<String>,
 }
 
 /// Settings a running gateway cannot change: listeners, sockets, shared state built at
@@ -569,6 +573,40 @@ fn proxy_protocol(
     })
 }
 
+impl Config {
+    /// The next hops told the original client: `delivery.upstream` with
+    /// `delivery.xclient` (which needs one), and `[queue.routes]` with `xclient = true`
+    /// (queue mode).
+    fn xclient_hosts(&self, delivery: &DeliveryMode) -> Result<Vec<String>, ConfigError> {
+        let mut hosts = Vec::new();
+        if self.delivery.xclient {
+            match (&self.delivery.upstream, delivery) {
+                (_, DeliveryMode::Maildir(_)) => {
+                    return Err(invalid(
+                        "delivery.xclient",
+                        "maildir mode has no upstream to tell",
+                    ));
+                }
+                (Some(up), _) if !up.is_empty() => hosts.push(up.clone()),
+                _ => {
+                    return Err(invalid(
+                        "delivery.xclient",
+                        "needs delivery.upstream (MX hosts are never told)",
+                    ));
+                }
+            }
+        }
+        if matches!(delivery, DeliveryMode::Queue(_)) {
+            for r in self.queue.routes.values() {
+                if r.xclient && !hosts.contains(&r.host) {
+                    hosts.push(r.host.clone());
+                }
+            }
+        }
+        Ok(hosts)
+    }
+}
+
 /// Longest TTL `[verify]` accepts (a year).
 const MAX_VERIFY_TTL: u64 = 366 * 86400;
 /// Most entries the verification cache may be given.
@@ -776,6 +814,7 @@ impl Config {
             DeliveryMode::Queue(_) => self.routing(upstream_tls)?,
             _ => Routing::default(),
         };
+        let xclient_hosts = self.xclient_hosts(&delivery)?;
         Ok(Runtime {
             live: Live {
                 hostname: s.hostname.to_ascii_lowercase(),
@@ -804,6 +843,7 @@ impl Config {
                 verify: verify(&self.verify)?,
                 proxy_trusted: pp.trusted,
                 proxy_timeout: pp.timeout,
+                xclient_hosts,
             },
             fixed: Fixed {
                 listen,
@@ -1230,6 +1270,45 @@ config = { reject = "nobody", n = 3, nested = { a = true }, list = [1, 2] }
             .unwrap_err()
             .to_string();
         assert!(err.contains("send_proxy"), "{err}");
+    }
+
+    #[test]
+    fn xclient_hosts_are_the_upstream_and_routes_that_ask_for_it() {
+        let rt = Config::default().validate().unwrap();
+        assert!(rt.live.xclient_hosts.is_empty(), "off by default");
+        let c = Config::from_toml("[delivery]\nupstream = \"127.0.0.1:10025\"\nxclient = true\n")
+            .unwrap();
+        assert_eq!(
+            c.validate().unwrap().live.xclient_hosts,
+            vec!["127.0.0.1:10025"]
+        );
+        let c = Config::from_toml(
+            "[delivery]\nmode = \"queue\"\n[queue.routes]\n\
+             \"a.test\" = { host = \"10.0.0.2:25\", xclient = true }\n\
+             \"b.test\" = { host = \"10.0.0.3:25\" }\n",
+        )
+        .unwrap();
+        assert_eq!(
+            c.validate().unwrap().live.xclient_hosts,
+            vec!["10.0.0.2:25"]
+        );
+        for toml in [
+            "[delivery]\nxclient = true",
+            "[delivery]\nmode = \"queue\"\nxclient = true",
+            "[delivery]\nmode = \"maildir\"\nupstream = \"127.0.0.1:1\"\nxclient = true",
+        ] {
+            let err = Config::from_toml(toml)
+                .unwrap()
+                .validate()
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains("delivery.xclient"), "{toml}: {err}");
+        }
+        let err =
+            Config::from_toml("[queue.routes]\n\"a.test\" = { host = \"h:25\", xforward = true }")
+                .unwrap_err()
+                .to_string();
+        assert!(err.contains("xforward"), "{err}");
     }
 
     #[test]

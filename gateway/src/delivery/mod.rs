@@ -24,8 +24,8 @@ pub mod received;
 pub(crate) mod testutil;
 
 pub use client::{
-    AcceptAnyServerCert, ClientError, Extensions, SmtpClient, Timeouts, TlsPolicy,
-    client_tls_config, connect_tcp,
+    AcceptAnyServerCert, ClientError, ClientIdentity, Extensions, Forwarding, SmtpClient, Timeouts,
+    TlsPolicy, client_tls_config, connect_tcp,
 };
 pub use destination::{Destination, domain_of, literal_ip};
 pub use dotstuff::{DotStuffer, dot_stuff};

@@ -22,6 +22,14 @@
 //! dropped after any error; the next `MAIL` then reconnects. A kept connection that turns
 //! out to be dead at `MAIL` (idle timeout upstream) is replaced once, transparently.
 //!
+//! Told to (`delivery.xclient`, see [`ProxyTransaction::forward_to`]), the proxy tells
+//! the upstream who the client is before each `MAIL` ([`ProxyTransaction::set_client`]):
+//! XCLIENT once per connection, or XFORWARD per transaction where only that is offered
+//! (see [`super::client::forward`]). The connection is the client session's own, so its
+//! XCLIENT holds for every transaction; should the client's identity change (a new
+//! HELO), or a transaction move to a next hop that a plugin routed it to, the new
+//! identity or hop gets a connection of its own, told again.
+//!
 //! Note: if the connection breaks after the message was sent but before the final reply
 //! arrived, our client gets a 451 although the upstream may have accepted the message; a
 //! retry can then deliver it twice. That is inherent to before-queue relaying.
@@ -30,7 +38,7 @@ use std::sync::Arc;
 
 use tokio::net::TcpStream;
 
-use super::client::{ClientError, SmtpClient, Timeouts, TlsPolicy};
+use super::client::{ClientError, ClientIdentity, Forwarding, SmtpClient, Timeouts, TlsPolicy};
 use crate::smtp::{Enhanced, MailParams, Message, Reply, TlsInfo};
 
 /// Where and how to relay in proxy mode.
@@ -83,6 +91,10 @@ pub struct ProxyTransaction {
     accepted: usize,
     /// The current transaction's `MAIL FROM`, to say again to another upstream.
     mail: Option<(String, MailParams)>,
+    /// Next hops (`host:port` as configured) told who the client is.
+    forward_to: Vec<String>,
+    /// The client of the next transaction, and our id of that transaction.
+    client_id: Option<(ClientIdentity, String)>,
 }
 
 /// A next hop a plugin routed a recipient to (`host:port` and its TLS policy).
@@ -131,7 +143,63 @@ impl ProxyTransaction {
             state: State::Idle,
             accepted: 0,
             mail: None,
+            forward_to: Vec::new(),
+            client_id: None,
         }
+    }
+
+    /// The next hops (`host:port`, as configured) that are told who the client is
+    /// (`delivery.xclient`): XCLIENT or XFORWARD, whichever they offer. Others never are.
+    pub fn forward_to(&mut self, hosts: Vec<String>) {
+        self.forward_to = hosts;
+    }
+
+    /// The client the next transaction is for (`None`: nobody to tell), and our id of
+    /// the transaction (XFORWARD's `IDENT`). Takes effect at the next
+    /// [`ProxyTransaction::mail_from`].
+    pub fn set_client(&mut self, id: Option<ClientIdentity>, ident: String) {
+        self.client_id = id.map(|id| (id, ident));
+    }
+
+    /// The identity to tell the current target, if it is one to tell.
+    fn forwarding(&self) -> Option<(ClientIdentity, String)> {
+        self.client_id
+            .clone()
+            .filter(|_| self.forward_to.contains(&self.target.addr))
+    }
+
+    /// Tells the upstream who the client is, on `client` (between transactions).
+    /// `Ok(false)`: this connection speaks for another client; use a new one.
+    async fn tell(
+        &self,
+        client: &mut SmtpClient<TcpStream>,
+        fresh: bool,
+    ) -> Result<bool, ClientError> {
+        let Some((id, ident)) = self.forwarding() else {
+            return Ok(true);
+        };
+        let upstream = &self.target.addr;
+        match client
+            .forward_client(&id, Some(&ident), &self.target.helo_name)
+            .await?
+        {
+            Forwarding::NeedsNewConnection => return Ok(false),
+            Forwarding::Xclient => tracing::debug!(upstream, "upstream told the client (XCLIENT)"),
+            Forwarding::Xforward => {
+                tracing::debug!(upstream, "upstream told the client (XFORWARD)")
+            }
+            Forwarding::NotOffered if fresh => {
+                tracing::warn!(
+                    upstream,
+                    "delivery.xclient: the upstream offers neither XCLIENT nor XFORWARD to us (its smtpd_authorized_xclient_hosts?); it sees the gateway as the client"
+                )
+            }
+            Forwarding::NotOffered => {}
+            Forwarding::Refused(reply) => {
+                tracing::warn!(upstream, %reply, "upstream refused XCLIENT/XFORWARD; it sees the gateway as the client")
+            }
+        }
+        Ok(true)
     }
 
     /// The upstream the current transaction goes to (`host:port`).
@@ -231,9 +299,30 @@ impl ProxyTransaction {
                     }
                 }
             }
-            let Some(client) = self.client.as_mut() else {
+            let Some(mut client) = self.client.take() else {
                 return lost();
             };
+            match self.tell(&mut client, !reused).await {
+                Ok(true) => {}
+                Ok(false) if reused => {
+                    // Speaks for another client: a new connection for this one.
+                    let _ = client.quit().await;
+                    reused = false;
+                    continue;
+                }
+                // A new connection speaks for nobody yet; never here.
+                Ok(false) => return lost(),
+                Err(e) => {
+                    if reused {
+                        tracing::debug!(upstream = %self.target.addr, error = %e, "kept upstream connection failed, reconnecting");
+                        reused = false;
+                        continue;
+                    }
+                    tracing::warn!(upstream = %self.target.addr, error = %e, "upstream unavailable");
+                    return self.unavailable(&e);
+                }
+            }
+            let client = self.client.insert(client);
             match client.mail_from(envelope_sender, params).await {
                 Ok(reply) if reply.code() == 421 => {
                     self.client = None;
@@ -549,6 +638,207 @@ mod tests {
                  MAIL FROM:<t@example.org>\r\n\
                  QUIT\r\n"
             )
+        );
+    }
+
+    /// The identity of a client at `addr` that said `EHLO helo`.
+    fn client_id(addr: &str, helo: &str) -> ClientIdentity {
+        let mut f = crate::smtp::SessionFacts::new(
+            "S1".into(),
+            addr.parse().unwrap(),
+            "192.0.2.25:25".parse().unwrap(),
+            crate::smtp::Listener::Smtp,
+        );
+        f.helo = Some(crate::smtp::Helo {
+            name: helo.into(),
+            extended: true,
+        });
+        ClientIdentity::of(&f).unwrap()
+    }
+
+    const XCLIENT_EHLO: &str =
+        "250-up.test\r\n250-XCLIENT NAME ADDR PROTO HELO PORT\r\n250 8BITMIME\r\n";
+
+    /// A connection offering XCLIENT: greeting, EHLO, XCLIENT, 220, EHLO again.
+    fn xclient_script(rest: Vec<Step>) -> Vec<Step> {
+        let mut s = vec![
+            Step::Send("220 up.test ESMTP\r\n"),
+            Step::Line,
+            Step::Send(XCLIENT_EHLO),
+            Step::Line,
+            Step::Send("220 up.test ESMTP\r\n"),
+            Step::Line,
+            // After XCLIENT names an outside client the server no longer offers it.
+            Step::Send("250-up.test\r\n250 8BITMIME\r\n"),
+        ];
+        s.extend(rest);
+        s
+    }
+
+    #[tokio::test]
+    async fn xclient_once_per_connection_and_another_client_gets_a_new_one() {
+        let server = FakeServer::start(vec![
+            xclient_script(vec![
+                Step::Line,
+                Step::Send("250 2.1.0 Ok\r\n"),
+                // Same client again: RSET, MAIL, no second XCLIENT.
+                Step::Line,
+                Step::Send("250 2.0.0 Ok\r\n"),
+                Step::Line,
+                Step::Send("250 2.1.0 Ok\r\n"),
+                // Another client: RSET, then QUIT for a new connection.
+                Step::Line,
+                Step::Send("250 2.0.0 Ok\r\n"),
+                Step::Line,
+                Step::Send("221 2.0.0 Bye\r\n"),
+            ]),
+            xclient_script(vec![
+                Step::Line,
+                Step::Send("250 2.1.0 Ok\r\n"),
+                Step::Line,
+                Step::Send("221 2.0.0 Bye\r\n"),
+            ]),
+        ])
+        .await;
+        let mut p = ProxyTransaction::new(target(&server.addr));
+        p.forward_to(vec![server.addr.clone()]);
+        p.set_client(
+            Some(client_id("203.0.113.7:40001", "mail.client.test")),
+            "S1.1".into(),
+        );
+        let none = MailParams::default();
+        assert_eq!(p.mail_from("a@client.test", &none).await.code(), 250);
+        p.set_client(
+            Some(client_id("203.0.113.7:40001", "mail.client.test")),
+            "S1.2".into(),
+        );
+        assert_eq!(p.mail_from("b@client.test", &none).await.code(), 250);
+        p.set_client(
+            Some(client_id("198.51.100.9:5000", "other.test")),
+            "S2.1".into(),
+        );
+        assert_eq!(p.mail_from("c@other.test", &none).await.code(), 250);
+        p.quit().await;
+        let got = server.received().await;
+        assert_eq!(
+            got[0],
+            "EHLO mx.example.test\r\n\
+             XCLIENT HELO=mail.client.test PROTO=ESMTP PORT=40001 NAME=[UNAVAILABLE] ADDR=203.0.113.7\r\n\
+             EHLO mail.client.test\r\n\
+             MAIL FROM:<a@client.test>\r\n\
+             RSET\r\n\
+             MAIL FROM:<b@client.test>\r\n\
+             RSET\r\n\
+             QUIT\r\n"
+        );
+        assert_eq!(
+            got[1],
+            "EHLO mx.example.test\r\n\
+             XCLIENT HELO=other.test PROTO=ESMTP PORT=5000 NAME=[UNAVAILABLE] ADDR=198.51.100.9\r\n\
+             EHLO other.test\r\n\
+             MAIL FROM:<c@other.test>\r\n\
+             QUIT\r\n"
+        );
+    }
+
+    #[tokio::test]
+    async fn xforward_before_each_transaction_and_nothing_for_hosts_not_enabled() {
+        let server = FakeServer::start(vec![
+            vec![
+                Step::Send("220 up.test ESMTP\r\n"),
+                Step::Line,
+                Step::Send("250-up.test\r\n250-XFORWARD NAME ADDR PROTO HELO SOURCE PORT IDENT\r\n250 8BITMIME\r\n"),
+                Step::Line,
+                Step::Send("250 2.0.0 Ok\r\n"),
+                Step::Line,
+                Step::Send("250 2.1.0 Ok\r\n"),
+                Step::Line,
+                Step::Send("250 2.0.0 Ok\r\n"),
+                Step::Line,
+                Step::Send("250 2.0.0 Ok\r\n"),
+                Step::Line,
+                Step::Send("250 2.1.0 Ok\r\n"),
+                Step::Line,
+                Step::Send("221 2.0.0 Bye\r\n"),
+            ],
+            vec![
+                Step::Send("220 up.test ESMTP\r\n"),
+                Step::Line,
+                Step::Send(XCLIENT_EHLO),
+                Step::Line,
+                Step::Send("250 2.1.0 Ok\r\n"),
+                Step::Line,
+                Step::Send("221 2.0.0 Bye\r\n"),
+            ],
+        ])
+        .await;
+        let id = client_id("203.0.113.7:40001", "mail.client.test");
+        let none = MailParams::default();
+        let mut p = ProxyTransaction::new(target(&server.addr));
+        p.forward_to(vec![server.addr.clone()]);
+        p.set_client(Some(id.clone()), "S1.1".into());
+        assert_eq!(p.mail_from("a@client.test", &none).await.code(), 250);
+        p.set_client(Some(id.clone()), "S1.2".into());
+        assert_eq!(p.mail_from("b@client.test", &none).await.code(), 250);
+        p.quit().await;
+        // Not a host the admin enabled: nothing is said even though it offers XCLIENT.
+        let mut p = ProxyTransaction::new(target(&server.addr));
+        p.forward_to(vec!["127.0.0.1:1".into()]);
+        p.set_client(Some(id), "S2.1".into());
+        assert_eq!(p.mail_from("c@client.test", &none).await.code(), 250);
+        p.quit().await;
+        let got = server.received().await;
+        let xf = |ident: &str| {
+            format!(
+                "XFORWARD NAME=[UNAVAILABLE] ADDR=203.0.113.7 PORT=40001 PROTO=ESMTP \
+                 HELO=mail.client.test IDENT={ident} SOURCE=REMOTE\r\n"
+            )
+        };
+        assert_eq!(
+            got[0],
+            format!(
+                "EHLO mx.example.test\r\n{}MAIL FROM:<a@client.test>\r\nRSET\r\n{}\
+                 MAIL FROM:<b@client.test>\r\nQUIT\r\n",
+                xf("S1.1"),
+                xf("S1.2")
+            )
+        );
+        assert_eq!(
+            got[1],
+            "EHLO mx.example.test\r\nMAIL FROM:<c@client.test>\r\nQUIT\r\n"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_refused_xclient_is_logged_and_the_mail_goes_on() {
+        let server = FakeServer::start(vec![vec![
+            Step::Send("220 up.test ESMTP\r\n"),
+            Step::Line,
+            Step::Send(XCLIENT_EHLO),
+            Step::Line,
+            Step::Send("550 5.7.0 Error: insufficient authorization\r\n"),
+            Step::Line,
+            Step::Send("250 2.1.0 Ok\r\n"),
+            Step::Line,
+            Step::Send("221 2.0.0 Bye\r\n"),
+        ]])
+        .await;
+        let mut p = ProxyTransaction::new(target(&server.addr));
+        p.forward_to(vec![server.addr.clone()]);
+        p.set_client(Some(client_id("203.0.113.7:1", "h.test")), "S1.1".into());
+        assert_eq!(
+            p.mail_from("a@client.test", &MailParams::default())
+                .await
+                .code(),
+            250
+        );
+        p.quit().await;
+        let got = server.received().await;
+        assert!(got[0].contains("XCLIENT "), "{}", got[0]);
+        assert!(
+            got[0].ends_with("\r\nMAIL FROM:<a@client.test>\r\nQUIT\r\n"),
+            "no EHLO after a refused XCLIENT: {}",
+            got[0]
         );
     }
 

@@ -225,6 +225,8 @@ impl Queue {
             .iter()
             .map(|i| entry.recipients[*i].address.clone())
             .collect();
+        // Who the message's client was, for next hops told so (XCLIENT/XFORWARD).
+        let client = crate::delivery::ClientIdentity::of(&entry.session_facts());
         let attempt = Attempt {
             helo: cur.hostname(),
             timeouts: Timeouts {
@@ -235,6 +237,9 @@ impl Queue {
             sender: &entry.sender,
             params: entry.params(),
             message,
+            client: client.as_ref(),
+            forward_to: &cur.runtime.live.xclient_hosts,
+            ident: &entry.id,
         };
         deliver::deliver(&self.pool, &targets, &rcpts, &attempt).await
     }

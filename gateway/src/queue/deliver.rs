@@ -2,6 +2,13 @@
 //! addresses, reuse an idle connection or open one, then MAIL, RCPT per recipient and
 //! DATA. Every recipient gets an [`Outcome`]: the reply that decided it (2xx delivered,
 //! 5xx failed: bounce, 4xx or connection trouble: retry later) and the host that gave it.
+//!
+//! A next hop the admin enabled it for (`delivery.xclient`, `xclient` on a route) is told
+//! who the message's original client was, from the session kept with it in the spool:
+//! XCLIENT once per connection, or XFORWARD before each transaction. A connection that
+//! sent XCLIENT speaks for that client until it closes, so it is pooled under that
+//! client and only reused for its messages; connections that did not are pooled as the
+//! gateway's own.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -10,7 +17,7 @@ use std::time::{Duration, Instant};
 use tokio::net::TcpStream;
 
 use super::route::Target;
-use crate::delivery::{ClientError, SmtpClient, Timeouts};
+use crate::delivery::{ClientError, ClientIdentity, Forwarding, SmtpClient, Timeouts};
 use crate::smtp::{MailParams, Reply};
 
 /// What happened to one recipient: the reply that decided it, a next hop's or ours.
@@ -65,17 +72,37 @@ impl std::fmt::Debug for Pool {
     }
 }
 
-fn pool_key(t: &Target) -> String {
-    format!("{}|{:?}", t.addr, t.tls)
+/// The pool key of connections to `t` that speak for `client` (`None`: the gateway's
+/// own, no XCLIENT sent).
+fn pool_key(t: &Target, client: Option<&ClientIdentity>) -> String {
+    match client {
+        None => format!("{}|{:?}", t.addr, t.tls),
+        Some(c) => format!("{}|{:?}|xclient {c:?}", t.addr, t.tls),
+    }
 }
 
 impl Pool {
-    fn take(&self, t: &Target, max_idle: Duration) -> Option<SmtpClient<TcpStream>> {
+    /// An idle connection to `t`: one that already speaks for `client` (XCLIENT), else
+    /// one of the gateway's own.
+    fn take(
+        &self,
+        t: &Target,
+        client: Option<&ClientIdentity>,
+        max_idle: Duration,
+    ) -> Option<SmtpClient<TcpStream>> {
         let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
-        let list = idle.get_mut(&pool_key(t))?;
-        while let Some((c, since)) = list.pop() {
-            if since.elapsed() < max_idle && c.is_usable() {
-                return Some(c);
+        let keys = [
+            client.map(|c| pool_key(t, Some(c))),
+            Some(pool_key(t, None)),
+        ];
+        for key in keys.into_iter().flatten() {
+            let Some(list) = idle.get_mut(&key) else {
+                continue;
+            };
+            while let Some((c, since)) = list.pop() {
+                if since.elapsed() < max_idle && c.is_usable() {
+                    return Some(c);
+                }
             }
         }
         None
@@ -86,7 +113,7 @@ impl Pool {
             return;
         }
         let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
-        let list = idle.entry(pool_key(t)).or_default();
+        let list = idle.entry(pool_key(t, c.forwarded())).or_default();
         if list.len() < 8 {
             list.push((c, Instant::now()));
         }
@@ -116,6 +143,19 @@ pub struct Attempt<'a> {
     pub params: MailParams,
     /// The message.
     pub message: &'a [u8],
+    /// The message's original client (`None`: a notice the gateway wrote).
+    pub client: Option<&'a ClientIdentity>,
+    /// Next hops (`host:port` as configured) told who the client was.
+    pub forward_to: &'a [String],
+    /// Our id of the message (XFORWARD's `IDENT`).
+    pub ident: &'a str,
+}
+
+impl Attempt<'_> {
+    /// The client to tell `t` about, if `t` is to be told.
+    fn client_for(&self, t: &Target) -> Option<&ClientIdentity> {
+        self.client.filter(|_| self.forward_to.contains(&t.addr))
+    }
 }
 
 impl std::fmt::Debug for Attempt<'_> {
@@ -140,8 +180,9 @@ pub async fn deliver(
     for t in targets {
         // A pooled connection may have been closed by the server meanwhile: if it
         // fails before anything was accepted, retry on a new connection.
-        if let Some(client) = pool.take(t, a.max_idle) {
-            match transaction(client, rcpts, a).await {
+        let who = a.client_for(t);
+        if let Some(client) = pool.take(t, who, a.max_idle) {
+            match on_connection(client, t, who, false, rcpts, a).await {
                 Ok((res, client)) => {
                     if let Some(c) = client {
                         pool.put(t, c, a.max_idle);
@@ -162,7 +203,7 @@ pub async fn deliver(
                 continue;
             }
         };
-        match transaction(client, rcpts, a).await {
+        match on_connection(client, t, who, true, rcpts, a).await {
             Ok((res, client)) => {
                 if let Some(c) = client {
                     pool.put(t, c, a.max_idle);
@@ -206,6 +247,40 @@ pub async fn open(
             }
             other => reply(451, "4.4.1", &format!("{}: {other}", t.addr)),
         })
+}
+
+/// One transaction on a connection to `t` (`fresh`: opened for it), after telling the
+/// next hop who the message's client was when it is to be told (`who`). `Err` as for
+/// [`transaction`]; also when the connection speaks for another client (XCLIENT), which
+/// the pool's keys keep from happening.
+async fn on_connection(
+    mut c: SmtpClient<TcpStream>,
+    t: &Target,
+    who: Option<&ClientIdentity>,
+    fresh: bool,
+    rcpts: &[String],
+    a: &Attempt<'_>,
+) -> Result<Transacted, ClientError> {
+    if let Some(id) = who {
+        match c.forward_client(id, Some(a.ident), a.helo).await? {
+            Forwarding::NeedsNewConnection => {
+                return Err(ClientError::Protocol(
+                    "connection speaks for another client (XCLIENT)",
+                ));
+            }
+            Forwarding::Xclient | Forwarding::Xforward => {
+                tracing::debug!(next_hop = %t.addr, queue_id = a.ident, "next hop told the original client")
+            }
+            Forwarding::NotOffered if fresh => {
+                tracing::warn!(next_hop = %t.addr, "xclient: the next hop offers neither XCLIENT nor XFORWARD to us (its smtpd_authorized_xclient_hosts?); it sees the gateway as the client")
+            }
+            Forwarding::NotOffered => {}
+            Forwarding::Refused(r) => {
+                tracing::warn!(next_hop = %t.addr, reply = %r, "next hop refused XCLIENT/XFORWARD; it sees the gateway as the client")
+            }
+        }
+    }
+    transaction(c, rcpts, a).await
 }
 
 /// Replies from `host`, as outcomes.

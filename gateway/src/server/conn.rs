@@ -167,7 +167,7 @@ async fn open(
     let cur = o.cur;
     let rt = Arc::clone(&cur.runtime);
     let shutdown_seen = *o.shutdown.borrow();
-    let ctx = Ctx {
+    let mut ctx = Ctx {
         outbound: Outbound::new(o.backend, cur.hostname()),
         shutdown_seen,
         shutdown: o.shutdown,
@@ -186,6 +186,7 @@ async fn open(
         spill: None,
         cur: Arc::clone(&cur),
     };
+    ctx.outbound.forward_to(&rt.live.xclient_hosts);
     let mut facts = SessionFacts::new(session_id.to_string(), client, local, listener);
     facts.trusted = rt.live.relay_allowed(client.ip());
     if rt.fixed.dns.reverse_lookup {
@@ -547,7 +548,10 @@ async fn on_hook(ctx: &mut Ctx, s: &Session, hook: Hook) -> Resolution {
         }
     }
     match hook {
-        Hook::MailFrom { address, params } => ctx.outbound.mail_from(&address, &params).await,
+        Hook::MailFrom { address, params } => {
+            ctx.outbound.set_client(s.facts(), s.transaction_id());
+            ctx.outbound.mail_from(&address, &params).await
+        }
         Hook::RcptTo { address } => {
             let plan = ctx.plugins.as_mut().and_then(|p| p.take_rcpt_plan());
             ctx.outbound.rcpt_to(&address, plan).await

@@ -92,6 +92,22 @@ impl Outbound {
         self.proxy.is_some()
     }
 
+    /// Proxy mode: the next hops (`host:port`) told who the client is
+    /// (`delivery.xclient`); see [`ProxyTransaction::forward_to`].
+    pub fn forward_to(&mut self, hosts: &[String]) {
+        if let Some(p) = &mut self.proxy {
+            p.forward_to(hosts.to_vec());
+        }
+    }
+
+    /// Proxy mode: the session the next MAIL is from (its client is what XCLIENT or
+    /// XFORWARD tell the upstream), and our id of the transaction.
+    pub fn set_client(&mut self, facts: &crate::smtp::SessionFacts, transaction_id: String) {
+        if let Some(p) = &mut self.proxy {
+            p.set_client(crate::delivery::ClientIdentity::of(facts), transaction_id);
+        }
+    }
+
     /// MAIL FROM passed our checks and the hooks.
     pub async fn mail_from(&mut self, sender: &str, params: &MailParams) -> Resolution {
         self.relayed.clear();

@@ -573,6 +573,46 @@ impl Raw {
     }
 }
 
+/// A PROXY protocol v2 header (proxy-protocol.txt 2.2) written out from the
+/// specification: signature, version 2 with `command` (0 LOCAL, 1 PROXY), address family
+/// and transport, length, then `body`.
+pub fn proxy_v2_raw(command: u8, family_proto: u8, body: &[u8]) -> Vec<u8> {
+    let mut h = b"\r\n\r\n\0\r\nQUIT\n".to_vec();
+    h.push(0x20 | command);
+    h.push(family_proto);
+    h.extend_from_slice(&(body.len() as u16).to_be_bytes());
+    h.extend_from_slice(body);
+    h
+}
+
+/// A PROXY protocol v2 header for a TCP connection from `client` to `server` (`ip:port`,
+/// one address family), as a load balancer sends it.
+pub fn proxy_v2(client: &str, server: &str) -> Vec<u8> {
+    let (c, s): (SocketAddr, SocketAddr) = (client.parse().unwrap(), server.parse().unwrap());
+    let mut body = Vec::new();
+    let family = match (c.ip(), s.ip()) {
+        (std::net::IpAddr::V4(a), std::net::IpAddr::V4(b)) => {
+            body.extend_from_slice(&a.octets());
+            body.extend_from_slice(&b.octets());
+            0x11
+        }
+        (std::net::IpAddr::V6(a), std::net::IpAddr::V6(b)) => {
+            body.extend_from_slice(&a.octets());
+            body.extend_from_slice(&b.octets());
+            0x21
+        }
+        _ => panic!("client and server of one address family"),
+    };
+    body.extend_from_slice(&c.port().to_be_bytes());
+    body.extend_from_slice(&s.port().to_be_bytes());
+    proxy_v2_raw(0x1, family, &body)
+}
+
+/// Octets as lower-case hex (for `client.py --proxy`).
+pub fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
 /// `cargo build --release --target wasm32-wasip2` of the crate or workspace at
 /// `manifest`, into [`wasm_target_dir`]; returns the directory holding the `.wasm` files.
 /// Cargo's lock on the target dir serialises concurrent test processes, and a build that
@@ -684,6 +724,12 @@ impl Postfix {
     /// master.cf needs a fixed port: one is taken from the OS (bound and released) just
     /// before, so another process could in principle grab it in between.
     pub fn start(mailboxes: &[&str]) -> Postfix {
+        Postfix::start_with(mailboxes, "")
+    }
+
+    /// [`Postfix::start`] with more `main.cf` lines (`name = value`, one per line) after
+    /// the instance's own, e.g. `smtpd_authorized_xclient_hosts = 127.0.0.0/8`.
+    pub fn start_with(mailboxes: &[&str], main_cf_extra: &str) -> Postfix {
         assert!(
             Path::new("/usr/sbin/postfix").exists(),
             "postfix is not installed (.ci/setup installs it)"
@@ -754,7 +800,8 @@ impl Postfix {
              virtual_uid_maps = static:65534\n\
              virtual_gid_maps = static:65534\n\
              smtpd_banner = $myhostname ESMTP Postfix\n\
-             biff = no\n",
+             biff = no\n\
+             {main_cf_extra}\n",
             d = d.display(),
             domains = domains.join(", "),
             maps = maps.join(", "),

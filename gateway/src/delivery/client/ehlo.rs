@@ -19,6 +19,10 @@ pub struct Extensions {
     pub chunking: bool,
     /// `ENHANCEDSTATUSCODES` (RFC 2034).
     pub enhanced_status_codes: bool,
+    /// Postfix's `XCLIENT`, with the attribute names it lists (upper case).
+    pub xclient: Option<Vec<String>>,
+    /// Postfix's `XFORWARD`, with the attribute names it lists (upper case).
+    pub xforward: Option<Vec<String>>,
 }
 
 impl Extensions {
@@ -44,6 +48,8 @@ impl Extensions {
                 "STARTTLS" => ext.starttls = true,
                 "CHUNKING" => ext.chunking = true,
                 "ENHANCEDSTATUSCODES" => ext.enhanced_status_codes = true,
+                "XCLIENT" => ext.xclient = Some(super::forward::attribute_list(words)),
+                "XFORWARD" => ext.xforward = Some(super::forward::attribute_list(words)),
                 _ => {}
             }
         }

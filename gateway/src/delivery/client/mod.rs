@@ -1,5 +1,6 @@
 //! A small async SMTP client for relaying to the next hop (RFC 5321, with ESMTP
-//! extensions SIZE, 8BITMIME, SMTPUTF8, STARTTLS).
+//! extensions SIZE, 8BITMIME, SMTPUTF8, STARTTLS, and Postfix's XCLIENT and XFORWARD to
+//! tell the next hop who the original client was, see [`forward`]).
 //!
 //! [`SmtpClient`] speaks to one server over any byte stream (`TcpStream` in production,
 //! anything `AsyncRead + AsyncWrite` in tests) and can upgrade that stream to TLS with
@@ -28,6 +29,7 @@
 
 mod ehlo;
 mod error;
+pub mod forward;
 mod tls;
 mod wire;
 
@@ -41,6 +43,7 @@ use tokio_rustls::TlsConnector;
 
 pub use self::ehlo::Extensions;
 pub use self::error::ClientError;
+pub use self::forward::ClientIdentity;
 use self::tls::server_name_for;
 pub use self::tls::{AcceptAnyServerCert, TlsPolicy, client_tls_config};
 use self::wire::{Conn, Response, parse_reply_line, timed};
@@ -103,6 +106,8 @@ pub struct SmtpClient<S = TcpStream> {
     timeouts: Timeouts,
     ext: Extensions,
     tls: Option<TlsInfo>,
+    /// The client identity the last XCLIENT on this connection announced.
+    forwarded: Option<ClientIdentity>,
 }
 
 impl<S> fmt::Debug for SmtpClient<S> {
@@ -116,6 +121,7 @@ impl<S> fmt::Debug for SmtpClient<S> {
             .field("state", &state)
             .field("extensions", &self.ext)
             .field("tls", &self.tls)
+            .field("forwarded", &self.forwarded)
             .finish_non_exhaustive()
     }
 }
@@ -180,6 +186,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> SmtpClient<S> {
             timeouts,
             ext: Extensions::default(),
             tls: None,
+            forwarded: None,
         }
     }
 
@@ -191,6 +198,103 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> SmtpClient<S> {
     /// The TLS parameters, once `STARTTLS` succeeded.
     pub fn tls_info(&self) -> Option<&TlsInfo> {
         self.tls.as_ref()
+    }
+
+    /// The client identity this connection speaks for since its XCLIENT (`None`: the
+    /// gateway's own, as connected).
+    pub fn forwarded(&self) -> Option<&ClientIdentity> {
+        self.forwarded.as_ref()
+    }
+
+    /// Tells the server who the original client is, the way it offers: XCLIENT once per
+    /// connection (then `EHLO` again, with the client's HELO name when it can stand on
+    /// the command line, else `our_helo`), or XFORWARD before each transaction (`ident`:
+    /// our id of the message). A connection whose XCLIENT named another client cannot be
+    /// told again ([`Forwarding::NeedsNewConnection`]): the server no longer takes
+    /// XCLIENT from it. A refusal (other than `421`) leaves the connection usable and
+    /// is returned as [`Forwarding::Refused`]. Call between transactions only.
+    pub async fn forward_client(
+        &mut self,
+        id: &ClientIdentity,
+        ident: Option<&str>,
+        our_helo: &str,
+    ) -> Result<Forwarding, ClientError> {
+        if let Some(current) = &self.forwarded {
+            return Ok(if current == id {
+                Forwarding::Xclient
+            } else {
+                Forwarding::NeedsNewConnection
+            });
+        }
+        if let Some(attrs) = self.ext.xclient.clone() {
+            let r = self.xclient(id, &attrs, our_helo).await;
+            return self.check(r);
+        }
+        if let Some(attrs) = self.ext.xforward.clone() {
+            let r = self.xforward(id, ident, &attrs).await;
+            return self.check(r);
+        }
+        Ok(Forwarding::NotOffered)
+    }
+
+    async fn xclient(
+        &mut self,
+        id: &ClientIdentity,
+        attrs: &[String],
+        our_helo: &str,
+    ) -> Result<Forwarding, ClientError> {
+        let t = self.timeouts.command;
+        for cmd in id.xclient_commands(attrs) {
+            let resp = self
+                .command(format!("{cmd}\r\n"), t, "waiting for XCLIENT reply")
+                .await?;
+            // Whatever the answer, the server may have taken attributes: from here on
+            // this connection is not used for any other client.
+            self.forwarded = Some(id.clone());
+            match resp.code {
+                220 => {}
+                421 => {
+                    return Err(ClientError::Rejected {
+                        stage: "XCLIENT",
+                        reply: resp.to_reply(),
+                    });
+                }
+                _ => return Ok(Forwarding::Refused(resp.to_reply())),
+            }
+        }
+        // The server is back at its greeting: EHLO again, as the client did.
+        let helo = id.helo_for_ehlo().unwrap_or(our_helo).to_string();
+        self.ehlo_inner(&helo).await?;
+        Ok(Forwarding::Xclient)
+    }
+
+    async fn xforward(
+        &mut self,
+        id: &ClientIdentity,
+        ident: Option<&str>,
+        attrs: &[String],
+    ) -> Result<Forwarding, ClientError> {
+        let t = self.timeouts.command;
+        let cmds = id.xforward_commands(ident, attrs);
+        if cmds.is_empty() {
+            return Ok(Forwarding::NotOffered);
+        }
+        for cmd in cmds {
+            let resp = self
+                .command(format!("{cmd}\r\n"), t, "waiting for XFORWARD reply")
+                .await?;
+            match resp.code {
+                250 => {}
+                421 => {
+                    return Err(ClientError::Rejected {
+                        stage: "XFORWARD",
+                        reply: resp.to_reply(),
+                    });
+                }
+                _ => return Ok(Forwarding::Refused(resp.to_reply())),
+            }
+        }
+        Ok(Forwarding::Xforward)
     }
 
     /// `false` once an earlier fatal error (or `QUIT`) made the connection unusable.
@@ -660,6 +764,22 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> SmtpClient<S> {
     }
 }
 
+/// What [`SmtpClient::forward_client`] did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Forwarding {
+    /// The connection speaks for the client (XCLIENT, now or earlier).
+    Xclient,
+    /// The next transaction is logged for the client (XFORWARD).
+    Xforward,
+    /// The server offers neither.
+    NotOffered,
+    /// The server refused; nothing changed for the transaction (the connection is
+    /// usable, but not for another client).
+    Refused(Reply),
+    /// The connection already speaks for another client: use a new one.
+    NeedsNewConnection,
+}
+
 /// Refuses addresses that would break the command line.
 fn check_address(addr: &str, what: &'static str) -> Result<(), ClientError> {
     if addr.chars().any(char::is_control) {
@@ -737,6 +857,8 @@ mod tests {
                 starttls: false,
                 chunking: true,
                 enhanced_status_codes: true,
+                xclient: None,
+                xforward: None,
             }
         );
         let params = MailParams {
