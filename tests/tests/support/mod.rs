@@ -1046,3 +1046,130 @@ impl Drop for Nsd {
         let _ = self.child.wait();
     }
 }
+
+// ------------------------------------------------------------------ Redis for shared kv
+
+/// A private Redis server (Debian's `redis-server`) on 127.0.0.1, on its own port and in
+/// its own temp dir, without persistence (no snapshots, no append-only file): ready when
+/// it logs "Ready to accept connections". [`Redis::stop`] kills it (as a crash would),
+/// [`Redis::start_again`] brings it back empty on the same port, [`Redis::pause`] and
+/// [`Redis::resume`] freeze it (SIGSTOP/SIGCONT: connections are accepted by the kernel
+/// but nothing answers). Killed on drop.
+pub struct Redis {
+    child: Option<Child>,
+    pub dir: tempfile::TempDir,
+    pub port: u16,
+}
+
+impl Redis {
+    pub fn start() -> Redis {
+        assert!(
+            Path::new("/usr/bin/redis-server").exists(),
+            "redis-server is not installed (.ci/setup installs it)"
+        );
+        let dir = tempfile::Builder::new()
+            .prefix("mailgate-redis-")
+            .tempdir()
+            .unwrap();
+        let mut redis = Redis {
+            child: None,
+            dir,
+            port: free_port(),
+        };
+        redis.start_again();
+        redis
+    }
+
+    /// `redis://127.0.0.1:PORT/0`, for `[kv] redis_url`.
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/0", self.port)
+    }
+
+    /// Starts the server (after [`Redis::stop`]), empty, on the same port.
+    pub fn start_again(&mut self) {
+        assert!(self.child.is_none(), "redis-server is running");
+        let mut child = Command::new("/usr/bin/redis-server")
+            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no", "--daemonize", "no"])
+            .args(["--logfile", "", "--loglevel", "notice"])
+            .arg("--dir")
+            .arg(self.dir.path())
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn redis-server");
+        let lines = line_reader(child.stdout.take().unwrap());
+        let deadline = Instant::now() + READY;
+        let mut seen = String::new();
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match lines.recv_timeout(left) {
+                Ok(l) if l.contains("Ready to accept connections") => break,
+                Ok(l) => {
+                    seen.push_str(&l);
+                    seen.push('\n');
+                }
+                Err(_) => {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    panic!("redis-server not ready:\n{seen}");
+                }
+            }
+        }
+        // Keep draining its log so it never blocks on a full pipe.
+        std::thread::spawn(move || for _ in lines {});
+        self.child = Some(child);
+    }
+
+    /// Kills the server (SIGKILL) and waits for it.
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    fn signal(&self, sig: &str) {
+        let pid = self.child.as_ref().expect("redis-server is running").id();
+        let st = Command::new("kill")
+            .args([sig, &pid.to_string()])
+            .status()
+            .unwrap();
+        assert!(st.success(), "kill {sig} {pid}");
+    }
+
+    /// Freezes the server (SIGSTOP): it stops answering without closing anything.
+    pub fn pause(&self) {
+        self.signal("-STOP");
+    }
+
+    /// Lets a frozen server run again (SIGCONT).
+    pub fn resume(&self) {
+        self.signal("-CONT");
+    }
+
+    /// `redis-cli -p PORT ARGS…`: its output, trimmed.
+    pub fn cli(&self, args: &[&str]) -> String {
+        let out = Command::new("redis-cli")
+            .args(["-h", "127.0.0.1", "-p", &self.port.to_string()])
+            .args(args)
+            .output()
+            .expect("run redis-cli");
+        assert!(out.status.success(), "redis-cli {args:?}: {out:?}");
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    }
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        if let Some(c) = &self.child {
+            // A frozen server does not die of SIGKILL any later than a running one, but
+            // let it run so nothing is left stopped.
+            let _ = Command::new("kill")
+                .args(["-CONT", &c.id().to_string()])
+                .status();
+        }
+        self.stop();
+    }
+}
