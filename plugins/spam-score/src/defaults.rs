@@ -184,13 +184,14 @@ pub const RULES: &[(&str, &str, &str)] = &[
 /// The config entries of the default rules that `config` does not replace: a rule the
 /// config names is left out whole.
 pub fn entries(config: &mailgate_plugin_sdk::Config) -> Vec<(String, String)> {
-    let replaced = |rule: &str| {
-        let prefix = format!("rules.{rule}.");
-        config.iter().any(|(k, _)| k.starts_with(&prefix))
-    };
+    // The rules the config names (one pass over it).
+    let configured: std::collections::HashSet<&str> = config
+        .iter()
+        .filter_map(|(k, _)| k.strip_prefix("rules.")?.split('.').next())
+        .collect();
     RULES
         .iter()
-        .filter(|(rule, _, _)| !replaced(rule))
+        .filter(|(rule, _, _)| !configured.contains(rule))
         .map(|(rule, k, v)| (format!("rules.{rule}.{k}"), v.to_string()))
         .collect()
 }

@@ -210,22 +210,31 @@ fn valid_name(name: &str) -> bool {
 
 /// The rules of `config` (`rules.NAME.*`), composites last, their references checked.
 pub fn parse(config: &Config) -> Result<Vec<Rule>, String> {
-    let section = config.section("rules");
-    let mut names: Vec<&str> = section
-        .iter()
-        .filter_map(|(k, _)| k.split('.').next())
-        .collect();
-    names.dedup();
-    let mut seen = std::collections::HashSet::new();
-    names.retain(|n| seen.insert(*n));
+    // Each rule's keys, in one pass over the config (rules in order of first mention).
+    let mut by_rule: Vec<(String, Vec<(String, String)>)> = Vec::new();
+    let mut at: std::collections::HashMap<String, usize> = std::collections::HashMap::new();
+    for (k, v) in config.iter() {
+        let Some(k) = k.strip_prefix("rules.") else {
+            continue;
+        };
+        let (name, key) = k.split_once('.').unwrap_or((k, ""));
+        let i = *at.entry(name.to_string()).or_insert_with(|| {
+            by_rule.push((name.to_string(), Vec::new()));
+            by_rule.len() - 1
+        });
+        if !key.is_empty() {
+            by_rule[i].1.push((key.to_string(), v.to_string()));
+        }
+    }
     let mut rules = Vec::new();
-    for name in names {
+    for (name, keys) in by_rule {
+        let name = name.as_str();
         if !valid_name(name) {
             return Err(format!(
                 "rules.{name}: a rule name is 1 to 64 of A-Z a-z 0-9 _ -"
             ));
         }
-        let c = section.section(name);
+        let c = Config::new(keys);
         let mut known = SELECTORS.to_vec();
         known.extend(["score", "description", "exists", "count_over"]);
         c.deny_unknown(&known)
