@@ -64,7 +64,7 @@ pub fn start(dir: &Path, extra: &str) -> (Child, SocketAddr) {
         format!(
             "[server]\nlisten = [\"127.0.0.1:0\"]\nmax_connections = 5000\n\
              max_connections_per_ip = 5000\nwatch_interval_ms = 0\n\
-             [delivery]\nmaildir = {:?}\n[admin]\nsocket = {:?}\n\
+             [delivery]\nmaildir = {:?}\n[admin]\nsocket = {:?}\nhttp = \"127.0.0.1:0\"\n\
              [dns]\nreverse_lookup = false\n{extra}",
             dir.join("mail").display().to_string(),
             dir.join("admin.sock").display().to_string()

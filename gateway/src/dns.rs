@@ -179,7 +179,7 @@ impl Resolver {
 
     /// As [`Resolver::txt`], for a name already made.
     pub(crate) async fn txt_at(&self, name: Name) -> Result<Vec<String>, DnsError> {
-        let lookup = self.bounded(self.inner.txt_lookup(name)).await?;
+        let lookup = self.bounded("TXT", self.inner.txt_lookup(name)).await?;
         Ok(records(&lookup, |d| match d {
             RData::TXT(t) => Some(
                 t.txt_data
@@ -198,7 +198,7 @@ impl Resolver {
 
     /// As [`Resolver::a`], for a name already made.
     pub(crate) async fn a_at(&self, name: Name) -> Result<Vec<IpAddr>, DnsError> {
-        let lookup = self.bounded(self.inner.ipv4_lookup(name)).await?;
+        let lookup = self.bounded("A", self.inner.ipv4_lookup(name)).await?;
         Ok(records(&lookup, |d| match d {
             RData::A(a) => Some(IpAddr::V4(a.0)),
             _ => None,
@@ -212,7 +212,7 @@ impl Resolver {
 
     /// As [`Resolver::aaaa`], for a name already made.
     pub(crate) async fn aaaa_at(&self, name: Name) -> Result<Vec<IpAddr>, DnsError> {
-        let lookup = self.bounded(self.inner.ipv6_lookup(name)).await?;
+        let lookup = self.bounded("AAAA", self.inner.ipv6_lookup(name)).await?;
         Ok(records(&lookup, |d| match d {
             RData::AAAA(a) => Some(IpAddr::V6(a.0)),
             _ => None,
@@ -226,7 +226,7 @@ impl Resolver {
 
     /// As [`Resolver::mx`], for a name already made.
     pub(crate) async fn mx_at(&self, name: Name) -> Result<Vec<Mx>, DnsError> {
-        let lookup = self.bounded(self.inner.mx_lookup(name)).await?;
+        let lookup = self.bounded("MX", self.inner.mx_lookup(name)).await?;
         let mut mx = records(&lookup, |d| match d {
             RData::MX(m) => Some(Mx {
                 preference: m.preference,
@@ -241,7 +241,7 @@ impl Resolver {
     /// PTR names of `ip` (lowercase, without the trailing dot), not confirmed.
     pub async fn ptr(&self, ip: IpAddr) -> Result<Vec<String>, DnsError> {
         let lookup = self
-            .bounded(self.inner.reverse_lookup(Name::from(ip)))
+            .bounded("PTR", self.inner.reverse_lookup(Name::from(ip)))
             .await?;
         Ok(records(&lookup, |d| match d {
             RData::PTR(p) => Some(host(&p.0)),
@@ -272,12 +272,15 @@ impl Resolver {
         None
     }
 
-    /// Runs `fut` under the overall timeout and maps hickory's errors.
+    /// Runs `fut` (an `rtype` query) under the overall timeout, maps hickory's errors,
+    /// and counts it in the `dns_queries` metric.
     async fn bounded(
         &self,
+        rtype: &'static str,
         fut: impl Future<Output = Result<Lookup, NetError>>,
     ) -> Result<Lookup, DnsError> {
-        match tokio::time::timeout(self.settings.timeout, fut).await {
+        let started = std::time::Instant::now();
+        let result = match tokio::time::timeout(self.settings.timeout, fut).await {
             Err(_) => Err(DnsError::Timeout),
             Ok(Ok(l)) => Ok(l),
             Ok(Err(e)) => match classify(&e) {
@@ -287,7 +290,24 @@ impl Resolver {
                 )),
                 Err(e) => Err(e),
             },
-        }
+        };
+        let outcome = match &result {
+            Ok(l) if l.answers().is_empty() => "empty",
+            Ok(_) => "answer",
+            Err(DnsError::NxDomain) => "nxdomain",
+            Err(DnsError::Timeout) => "timeout",
+            Err(DnsError::ServerFailure(_)) => "servfail",
+            Err(_) => "error",
+        };
+        let m = crate::metrics::get();
+        m.dns_queries
+            .get_or_create(&crate::metrics::DnsLabels {
+                rtype: rtype.to_string(),
+                outcome: outcome.to_string(),
+            })
+            .inc();
+        m.dns_seconds.observe(started.elapsed().as_secs_f64());
+        result
     }
 }
 

@@ -14,19 +14,23 @@
 //! - [`current`]: the settings and plugins in force, swapped by a reload.
 //! - [`dns`]: the resolver (hickory) for plugins, reverse names and MX routing.
 //! - [`admin`]: the admin socket behind `mailgate status`, `reload` and `queue`.
+//! - [`admin_http`]: the admin HTTP listener: `/metrics`, `/healthz`, `/readyz`.
 //! - [`verify`]: recipient verification probes to next hops and their cache (the plugins'
 //!   `verify` capability).
 //! - [`tools`]: `mailgate plugin test` and `mailgate plugin new`.
+//! - [`metrics`]: Prometheus metrics (`GET /metrics` on the admin HTTP listener).
 //! - [`log_escape`]: log lines with control and bidi characters escaped.
 //! - [`private_fs`]: files `0600` and directories `0700` for everything holding mail.
 
 pub mod admin;
+pub mod admin_http;
 pub mod config;
 pub mod current;
 pub mod delivery;
 pub mod dns;
 pub mod log_escape;
 pub mod memory_budget;
+pub mod metrics;
 pub mod plugin;
 pub mod private_fs;
 pub mod queue;

@@ -89,7 +89,7 @@ fn a_10_mib_message_through_a_header_plugin_is_held_once() {
     let maildir = dir.path().join("mail");
     let toml = format!(
         "[server]\nlisten = [\"127.0.0.1:0\"]\nwatch_interval_ms = 0\n\
-         [delivery]\nmaildir = {:?}\n[admin]\nsocket = {:?}\n[dns]\nreverse_lookup = false\n\
+         [delivery]\nmaildir = {:?}\n[admin]\nsocket = {:?}\nhttp = \"127.0.0.1:0\"\n[dns]\nreverse_lookup = false\n\
          [chain]\ncompile_cache = {:?}\n{}",
         maildir.display().to_string(),
         dir.path().join("admin.sock").display().to_string(),

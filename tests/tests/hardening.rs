@@ -218,7 +218,7 @@ fn a_file_at_the_admin_socket_path_stops_the_start() {
     std::fs::write(
         &cfg,
         format!(
-            "[server]\nlisten = [\"127.0.0.1:0\"]\n[admin]\nsocket = {:?}\n\
+            "[server]\nlisten = [\"127.0.0.1:0\"]\n[admin]\nsocket = {:?}\nhttp = \"127.0.0.1:0\"\n\
              [delivery]\nmaildir = {:?}\n[dns]\nreverse_lookup = false\n",
             path.display().to_string(),
             dir.path().join("mail").display().to_string()

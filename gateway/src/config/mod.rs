@@ -74,12 +74,16 @@ pub struct Config {
 pub struct Admin {
     /// Unix socket path (mode 0600).
     pub socket: PathBuf,
+    /// The admin HTTP listener (`/metrics`, `/healthz`, `/readyz`), `ip:port`; empty:
+    /// none. Loopback by default: metrics are not for the internet.
+    pub http: String,
 }
 
 impl Default for Admin {
     fn default() -> Self {
         Admin {
             socket: PathBuf::from("./var/admin.sock"),
+            http: "127.0.0.1:9925".into(),
         }
     }
 }

@@ -340,6 +340,9 @@ pub struct Fixed {
     /// Admin socket path.
     #[serde(rename = "admin.socket")]
     pub admin_socket: PathBuf,
+    /// The admin HTTP listener's address, if any.
+    #[serde(rename = "admin.http")]
+    pub admin_http: Option<std::net::SocketAddr>,
     /// Compiled-plugin cache directory, if enabled.
     #[serde(rename = "chain.compile_cache")]
     pub compile_cache: Option<PathBuf>,
@@ -870,6 +873,15 @@ impl Config {
                 connect_timeout: positive("delivery.connect_timeout_secs", d.connect_timeout_secs)?,
                 dns: dns(&self.dns)?,
                 admin_socket: self.admin.socket.clone(),
+                admin_http: match self.admin.http.trim() {
+                    "" => None,
+                    a => Some(a.parse().map_err(|_| {
+                        invalid(
+                            "admin.http",
+                            format!("{a:?} is not ip:port (or empty for none)"),
+                        )
+                    })?),
+                },
                 compile_cache: Some(self.chain.compile_cache.clone())
                     .filter(|p| !p.as_os_str().is_empty()),
                 kv: kv(&self.kv)?,

@@ -96,6 +96,21 @@ pub enum Failure {
     Capacity,
 }
 
+impl Failure {
+    /// The cause as the `plugin_failures` metric labels it.
+    pub fn cause(&self) -> &'static str {
+        match self {
+            Failure::Deadline => "deadline",
+            Failure::Memory => "memory",
+            Failure::Stack => "stack",
+            Failure::Trap(_) => "trap",
+            Failure::Init(_) => "init",
+            Failure::Invalid(_) => "invalid",
+            Failure::Capacity => "capacity",
+        }
+    }
+}
+
 impl std::fmt::Display for Failure {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
@@ -291,6 +306,19 @@ struct Live {
     inst: Plugin,
 }
 
+impl Live {
+    fn new(store: Store<State>, inst: Plugin) -> Live {
+        crate::metrics::get().plugin_instances.inc();
+        Live { store, inst }
+    }
+}
+
+impl Drop for Live {
+    fn drop(&mut self) {
+        crate::metrics::get().plugin_instances.dec();
+    }
+}
+
 struct Slot {
     plugin: Arc<LoadedPlugin>,
     live: Option<Live>,
@@ -453,8 +481,35 @@ impl Chain {
                         _ => Ok(v),
                     },
                 );
-            let micros = started.elapsed().as_micros() as u64;
+            let elapsed = started.elapsed();
+            let micros = elapsed.as_micros() as u64;
             let name = self.slots[i].plugin.spec.name.clone();
+            let m = crate::metrics::get();
+            let hook = crate::metrics::PluginHook {
+                plugin: name.clone(),
+                hook: stage.name().to_string(),
+            };
+            m.plugin_call_seconds
+                .get_or_create(&hook)
+                .observe(elapsed.as_secs_f64());
+            match &result {
+                Ok(v) => m
+                    .plugin_verdicts
+                    .get_or_create(&crate::metrics::PluginVerdict {
+                        plugin: hook.plugin.clone(),
+                        hook: hook.hook.clone(),
+                        verdict: verdict_name(&v.decision).to_string(),
+                    })
+                    .inc(),
+                Err(f) => m
+                    .plugin_failures
+                    .get_or_create(&crate::metrics::PluginFailure {
+                        plugin: hook.plugin.clone(),
+                        hook: hook.hook.clone(),
+                        cause: f.cause().to_string(),
+                    })
+                    .inc(),
+            };
             // The whole decision, for a decision log; read before a failure drops the
             // instance (its memory and output go with it).
             let log = self.generation.services.decisions.clone();
@@ -627,7 +682,7 @@ impl Chain {
                 Ok::<_, wasmtime::Error>((inst, init))
             };
             match timeout(limit, fut).await {
-                Ok(Ok((inst, Ok(())))) => slot.live = Some(Live { store: st, inst }),
+                Ok(Ok((inst, Ok(())))) => slot.live = Some(Live::new(st, inst)),
                 Ok(Ok((_, Err(msg)))) => {
                     return Err(Failure::Init(msg.chars().take(400).collect()));
                 }
@@ -767,6 +822,19 @@ fn validate(r: Returned) -> Result<Valid, Invalid> {
         recipient_edits,
         routes,
     })
+}
+
+/// A decision as the `plugin_verdicts` metric labels it.
+fn verdict_name(d: &Decision) -> &'static str {
+    match d {
+        Decision::Continue => "continue",
+        Decision::Accept => "accept",
+        Decision::Reply(r) if r.is_transient() => "tempfail",
+        Decision::Reply(_) => "reject",
+        Decision::Disconnect(_) => "disconnect",
+        Decision::Discard(_) => "discard",
+        Decision::Quarantine(_) => "quarantine",
+    }
 }
 
 fn describe(d: &Decision) -> String {

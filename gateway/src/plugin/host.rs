@@ -471,11 +471,39 @@ impl State {
         if !self.granted(Capability::Metrics) {
             return;
         }
-        let ok = !name.is_empty()
-            && name.len() <= 64
-            && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
-        if ok && labels.len() <= 8 {
-            tracing::debug!(plugin = %self.spec.name, kind, metric = name, value, labels = ?labels, "plugin metric");
+        use crate::metrics::PluginKind;
+        let word = |t: &str| {
+            !t.is_empty()
+                && t.len() <= 64
+                && t.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
+                && !t.as_bytes()[0].is_ascii_digit()
+        };
+        let labels_ok = labels.len() <= 8
+            && labels
+                .iter()
+                .all(|(k, v)| word(k) && k != "plugin" && !k.starts_with("__") && v.len() <= 128);
+        let kind = match kind {
+            "counter" => PluginKind::Counter,
+            "gauge" => PluginKind::Gauge,
+            _ => PluginKind::Histogram,
+        };
+        let refused = if !word(name) || !labels_ok {
+            Some("invalid name or labels".to_string())
+        } else if !value.is_finite() {
+            Some("value is not a finite number".to_string())
+        } else {
+            crate::metrics::get()
+                .plugins
+                .update(&self.spec.name, kind, name, labels, value)
+                .err()
+                .map(|e| e.to_string())
+        };
+        if let Some(why) = refused
+            && crate::metrics::get()
+                .plugins
+                .first_refusal(&self.spec.name, cut(name, 64))
+        {
+            tracing::warn!(plugin = %self.spec.name, metric = ?cut(name, 64), reason = %why, "plugin metric ignored (logged once per name)");
         }
     }
 }
@@ -1283,25 +1311,39 @@ mod tests {
     async fn metrics_are_recorded_only_when_granted_and_well_formed() {
         let (captured, _guard) = Capture::start(tracing::Level::DEBUG);
         let mut st = state(&all_but(Capability::Metrics));
-        metrics::Host::counter_add(&mut st, "ungranted".into(), vec![], 1)
+        metrics::Host::counter_add(&mut st, "host_test_ungranted".into(), vec![], 1)
             .await
             .unwrap();
-        assert_eq!(captured.count("plugin metric"), 0);
 
         let mut st = state(&[Capability::Metrics]);
-        metrics::Host::counter_add(&mut st, "hits_ok".into(), vec![], 1)
+        metrics::Host::counter_add(&mut st, "host_test_hits".into(), vec![], 2)
             .await
             .unwrap();
-        metrics::Host::gauge_set(&mut st, "bad name!".into(), vec![], 1.0)
-            .await
-            .unwrap();
+        for _ in 0..2 {
+            metrics::Host::gauge_set(&mut st, "bad name!".into(), vec![], 1.0)
+                .await
+                .unwrap();
+        }
         let labels = (0..9).map(|i| (format!("l{i}"), "v".into())).collect();
-        metrics::Host::histogram_observe(&mut st, "too_many_labels".into(), labels, 0.5)
+        metrics::Host::histogram_observe(&mut st, "host_test_labels".into(), labels, 0.5)
             .await
             .unwrap();
-        let text = captured.text();
-        assert_eq!(captured.count("plugin metric"), 1, "{text}");
-        assert!(text.contains("hits_ok"), "{text}");
+        let text = crate::metrics::encode();
+        assert!(
+            text.contains(&format!(
+                "mailgate_plugin_host_test_hits_total{{plugin=\"{}\"}} 2",
+                st.spec.name
+            )),
+            "{text}"
+        );
+        assert!(!text.contains("host_test_ungranted"), "{text}");
+        assert!(!text.contains("host_test_labels"), "{text}");
+        let log = captured.text();
+        assert_eq!(
+            captured.count("plugin metric ignored"),
+            2,
+            "once per name: {log}"
+        );
     }
 
     #[tokio::test]

@@ -152,6 +152,11 @@ impl Queue {
     /// Applies outcomes to recipients `idx` of `entry`.
     fn record(&self, entry: &mut Entry, dest: &Destination, idx: &[usize], results: Vec<Outcome>) {
         let id = entry.id.clone();
+        let kind = match dest {
+            Destination::Relay(..) => "relay",
+            Destination::Mx(_) => "mx",
+            Destination::Local => "local",
+        };
         for (i, outcome) in idx.iter().zip(results) {
             let r = &mut entry.recipients[*i];
             let status = RcptStatus::after(&outcome.reply);
@@ -160,6 +165,13 @@ impl Queue {
                 RcptStatus::Failed => (&self.counters.failed, "failed"),
                 RcptStatus::Pending => (&self.counters.deferred, "deferred"),
             };
+            crate::metrics::get()
+                .deliveries
+                .get_or_create(&crate::metrics::DeliveryLabels {
+                    outcome: what.to_string(),
+                    destination: kind.to_string(),
+                })
+                .inc();
             tracing::info!(queue_id = %id, rcpt = %r.address, next_hop = %dest, reply = %outcome.reply, "{what}");
             counter.fetch_add(1, Ordering::Relaxed);
             r.status = status;

@@ -579,6 +579,7 @@ async fn deliver(ctx: &mut Ctx, mut message: crate::smtp::Message) -> Reply {
         None => Disposition::Deliver,
     };
     let queued = || Reply::new(250, "2.0.0", format!("Ok: queued as {}", message.id));
+    let disposition_seen = disposition.clone();
     let reply = match disposition {
         Disposition::Discard => {
             info!(msg = %message.id, "message discarded by plugin");
@@ -600,6 +601,12 @@ async fn deliver(ctx: &mut Ctx, mut message: crate::smtp::Message) -> Reply {
     };
     ctx.messages += 1;
     let m = &message;
+    let label = match &disposition_seen {
+        Disposition::Discard if reply.is_positive() => "discarded",
+        Disposition::Quarantine(_) if reply.is_positive() => "quarantined",
+        _ => metric_outcome(&reply),
+    };
+    crate::metrics::get().message(label, reply.code(), m.text.len());
     info!(
         msg = %m.id,
         client = %m.session.client,
@@ -674,6 +681,15 @@ fn log_message(
         duration_ms = started.elapsed().as_millis() as u64,
         "message"
     );
+    crate::metrics::get().message(metric_outcome(reply), reply.code(), size);
+}
+
+/// A message's outcome as the `messages` metric labels it.
+fn metric_outcome(reply: &Reply) -> &'static str {
+    match outcome(reply) {
+        "tempfail" => "tempfailed",
+        other => other,
+    }
 }
 
 /// The session's id, unique by construction: 16 upper-case hex digits, the process's

@@ -73,16 +73,28 @@ impl ConnTracker {
     /// Takes a slot for a client at `ip`, or says which limit is reached.
     pub fn acquire(self: &Arc<Self>, ip: IpAddr) -> Result<ConnGuard, LimitHit> {
         let net = client_network(ip, self.prefixes.0, self.prefixes.1);
+        let m = crate::metrics::get();
+        let refused = |reason: &str| {
+            m.connections_refused
+                .get_or_create(&crate::metrics::Reason {
+                    reason: reason.to_string(),
+                })
+                .inc();
+        };
         let mut c = self.lock();
         if c.total >= self.max_total {
+            refused("max_connections");
             return Err(LimitHit::Total);
         }
         let n = c.per_net.entry(net).or_insert(0);
         if *n >= self.max_per_ip {
+            refused("max_connections_per_ip");
             return Err(LimitHit::PerIp);
         }
         *n += 1;
         c.total += 1;
+        m.connections.inc();
+        m.connections_open.inc();
         Ok(ConnGuard {
             tracker: Arc::clone(self),
             net,
@@ -97,6 +109,7 @@ impl ConnTracker {
 
 impl Drop for ConnGuard {
     fn drop(&mut self) {
+        crate::metrics::get().connections_open.dec();
         let mut c = self.tracker.lock();
         c.total = c.total.saturating_sub(1);
         if let Some(n) = c.per_net.get_mut(&self.net) {

@@ -141,6 +141,20 @@ pub struct Shared {
     pub started: u64,
     /// The resolver (client reverse names).
     pub dns: Arc<crate::dns::Resolver>,
+    /// Where the admin HTTP listener listens, once it does.
+    pub admin_http: std::sync::Mutex<Option<String>>,
+}
+
+/// The state figures the metrics report, as `mailgate status` has them.
+fn snapshot(shared: &Shared) -> crate::metrics::Snapshot {
+    let cur = shared.current();
+    let q = shared.queue.as_ref().map(|q| q.stats());
+    crate::metrics::Snapshot {
+        queue_messages: q.as_ref().map_or(0, |q| q.depth as u64),
+        queue_oldest_seconds: q.as_ref().map_or(0.0, |q| q.oldest_age_secs as f64),
+        generation: cur.generation,
+        verify_cached: shared.reloader.services.verify.stats().cached as u64,
+    }
 }
 
 impl Shared {
@@ -230,6 +244,7 @@ pub async fn run(
         backend: outbound::Backend::new(&rt.fixed, queue.clone()),
         dns,
         started,
+        admin_http: std::sync::Mutex::new(None),
     });
     tokio::spawn(reload::on_sighup(
         Arc::clone(&shared),
@@ -253,6 +268,34 @@ pub async fn run(
         gateway,
         shared.shutdown.clone(),
     ));
+    // Metrics and health on the admin HTTP listener. Unlike the admin socket it is not
+    // needed to run: a taken port is logged and the gateway serves mail without it.
+    let probe = Arc::new(crate::admin_http::Probe {
+        ready: std::sync::atomic::AtomicBool::new(false),
+        refresh: {
+            let shared = Arc::downgrade(&shared);
+            Box::new(move || {
+                if let Some(s) = shared.upgrade() {
+                    crate::metrics::get().observe_status(snapshot(&s));
+                }
+            })
+        },
+    });
+    if let Some(addr) = rt.fixed.admin_http {
+        match crate::admin_http::bind(&addr.to_string()).await {
+            Ok(l) => {
+                let bound = l.local_addr().map(|a| a.to_string()).unwrap_or_default();
+                info!(address = %bound, "admin HTTP listener (metrics, health)");
+                *shared.admin_http.lock().unwrap_or_else(|e| e.into_inner()) = Some(bound);
+                tokio::spawn(crate::admin_http::serve(
+                    l,
+                    Arc::clone(&probe),
+                    shared.shutdown.clone(),
+                ));
+            }
+            Err(e) => warn!(error = %e, "admin HTTP listener not started"),
+        }
+    }
     // The queue's scheduler stops with the listeners; its attempts in progress finish.
     let scheduler = queue.map(|q| tokio::spawn(q.run(shared.shutdown.clone())));
     let mut accept_loops = Vec::new();
@@ -275,7 +318,13 @@ pub async fn run(
         }
     }
     ready();
+    probe
+        .ready
+        .store(true, std::sync::atomic::Ordering::Relaxed);
     shutdown.await;
+    probe
+        .ready
+        .store(false, std::sync::atomic::Ordering::Relaxed);
     info!(
         open = shared.conns.open(),
         "shutting down: no new connections"

@@ -170,8 +170,17 @@ pub async fn reload(shared: &Shared, why: &str) -> ReloadReport {
     let r = &shared.reloader;
     let _one = r.lock.lock().await;
     let cur = shared.current();
+    let counted = |result: &str| {
+        crate::metrics::get()
+            .reloads
+            .get_or_create(&crate::metrics::Kind {
+                kind: result.to_string(),
+            })
+            .inc();
+    };
     let fail = |error: String| {
         r.failed.fetch_add(1, Ordering::Relaxed);
+        counted("failed");
         warn!(trigger = why, %error, generation = cur.generation, "reload refused; the current generation keeps serving");
         *r.last_error.lock().unwrap_or_else(|e| e.into_inner()) = Some(error.clone());
         ReloadReport {
@@ -217,6 +226,7 @@ pub async fn reload(shared: &Shared, why: &str) -> ReloadReport {
     });
     shared.current.set(Arc::clone(&next));
     r.succeeded.fetch_add(1, Ordering::Relaxed);
+    counted("ok");
     *r.last_error.lock().unwrap_or_else(|e| e.into_inner()) = None;
     let plugins = plugin_status(next.plugins.as_ref());
     info!(
@@ -256,6 +266,7 @@ impl crate::admin::Gateway for Shared {
             "version": env!("CARGO_PKG_VERSION"),
             "started": self.started,
             "delivery": cur.runtime.fixed.delivery.name(),
+            "admin_http": *self.admin_http.lock().unwrap_or_else(|e| e.into_inner()),
             "queue": self.queue.as_ref().map(|q| q.stats()),
             "verify": self.reloader.services.verify.stats(),
             "kv": self.reloader.services.kv.stats(),

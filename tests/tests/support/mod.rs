@@ -203,7 +203,7 @@ impl Gateway {
         }
         if !setup.rest.contains("[admin]") {
             cfg.push_str(&format!(
-                "[admin]\nsocket = {:?}\n",
+                "[admin]\nsocket = {:?}\nhttp = \"127.0.0.1:0\"\n",
                 workdir.join("admin.sock").display().to_string()
             ));
         }

@@ -1,0 +1,134 @@
+//! The admin HTTP listener: `/metrics` scraped after traffic and parsed with the
+//! `prometheus_client` package's OpenMetrics parser, the counters matching the traffic
+//! sent; `/healthz` and `/readyz`.
+
+mod support;
+
+use std::process::Command;
+
+use serde_json::Value;
+use support::{Gateway, Raw, Setup, fixture, json, peer};
+
+/// GET `path` on the gateway's admin HTTP listener, through tests/peers/scrape.py.
+fn get(gw: &Gateway, path: &str) -> Value {
+    let status = gw.status();
+    let addr = status["admin_http"].as_str().expect("admin_http in status");
+    let out = Command::new("python3")
+        .arg(peer("scrape.py"))
+        .arg(format!("http://{addr}{path}"))
+        .output()
+        .expect("python3");
+    assert!(
+        out.status.success(),
+        "scrape.py {path}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    json(&String::from_utf8(out.stdout).unwrap())
+}
+
+/// The value of the sample `name` whose labels include `labels` (0 if none).
+fn sample(m: &Value, name: &str, labels: &[(&str, &str)]) -> f64 {
+    m["samples"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|s| s["name"] == name)
+        .filter(|s| labels.iter().all(|(k, v)| s["labels"][*k] == *v))
+        .map(|s| s["value"].as_f64().unwrap())
+        .sum()
+}
+
+fn session(gw: &Gateway, rcpt: &str, body: &str) -> String {
+    let mut raw = Raw::connect(gw.smtp);
+    assert!(raw.reply().starts_with("220"));
+    assert!(raw.cmd("EHLO client.test").starts_with("250"));
+    assert!(raw.cmd("MAIL FROM:<a@client.test>").starts_with("250"));
+    let r = raw.cmd(&format!("RCPT TO:<{rcpt}>"));
+    if !r.starts_with("250") {
+        return r;
+    }
+    assert!(raw.cmd("DATA").starts_with("354"));
+    raw.send(body.as_bytes());
+    let end = raw.cmd(".");
+    assert!(raw.cmd("QUIT").starts_with("221"));
+    end
+}
+
+#[test]
+fn metrics_count_the_traffic_and_health_answers() {
+    let gw = Setup::default()
+        .section(&format!(
+            "[limits]\nmax_message_size = 2000\n\
+             [[plugin]]\nname = \"adder\"\npath = {:?}\n\
+             [[plugin]]\nname = \"rejecter\"\npath = {:?}\n",
+            fixture("header-adder").display().to_string(),
+            fixture("reject-rcpt").display().to_string(),
+        ))
+        .start();
+    assert_eq!(get(&gw, "/healthz")["status"], 200);
+    assert_eq!(get(&gw, "/readyz")["status"], 200);
+    let before = get(&gw, "/metrics");
+    let ok = "Subject: m\r\n\r\nHi.\r\n";
+    for _ in 0..3 {
+        let r = session(&gw, "u@example.test", ok);
+        assert!(r.starts_with("250"), "{r}");
+    }
+    // Too big: refused by the session at the end of DATA.
+    let big = format!("Subject: big\r\n\r\n{}\r\n", "x".repeat(3000));
+    let r = session(&gw, "u@example.test", &big);
+    assert!(r.starts_with("552"), "{r}");
+    // Refused at RCPT by the plugin: no message, one verdict.
+    let r = session(&gw, "blocked@example.test", ok);
+    assert!(r.starts_with("550"), "{r}");
+
+    let m = get(&gw, "/metrics");
+    assert_eq!(m["status"], 200);
+    assert!(
+        m["content_type"]
+            .as_str()
+            .unwrap()
+            .starts_with("application/openmetrics-text"),
+        "{m}"
+    );
+    let delta = |name: &str, labels: &[(&str, &str)]| {
+        sample(&m, name, labels) - sample(&before, name, labels)
+    };
+    assert_eq!(delta("mailgate_connections_total", &[]), 5.0);
+    assert_eq!(
+        delta(
+            "mailgate_messages_total",
+            &[("outcome", "accepted"), ("class", "2xx")]
+        ),
+        3.0
+    );
+    assert_eq!(
+        delta(
+            "mailgate_messages_total",
+            &[("outcome", "rejected"), ("class", "5xx")]
+        ),
+        1.0
+    );
+    // The session refuses the too-big message before the DATA hook: 3 calls.
+    assert_eq!(
+        delta(
+            "mailgate_plugin_call_seconds_count",
+            &[("plugin", "adder"), ("hook", "data")]
+        ),
+        3.0
+    );
+    assert_eq!(
+        delta(
+            "mailgate_plugin_verdicts_total",
+            &[
+                ("plugin", "rejecter"),
+                ("hook", "rcpt"),
+                ("verdict", "reject")
+            ]
+        ),
+        1.0
+    );
+    assert_eq!(sample(&m, "mailgate_connections_open", &[]), 0.0);
+    assert!(sample(&m, "mailgate_message_bytes_total", &[]) >= 3.0 * ok.len() as f64);
+    assert_eq!(sample(&m, "mailgate_plugin_generation", &[]), 1.0);
+    assert_eq!(get(&gw, "/nothing")["status"], 404);
+}
