@@ -150,6 +150,15 @@ pub struct Snapshot {
     pub generation: u64,
     /// Answers in the verification cache.
     pub verify_cached: u64,
+    /// kv calls plugins made, and those the backend was unavailable for (timeouts
+    /// included), and of those the timeouts.
+    pub kv_calls: u64,
+    /// See `kv_calls`.
+    pub kv_unavailable: u64,
+    /// See `kv_calls`.
+    pub kv_timeouts: u64,
+    /// Whether the kv backend is failing now.
+    pub kv_failing: bool,
 }
 
 static METRICS: LazyLock<Metrics> = LazyLock::new(|| Metrics {
@@ -309,10 +318,32 @@ impl Collector for StatusCollector {
                 s.verify_cached as f64,
             ),
         ];
+        let gauges = gauges.into_iter().chain([(
+            "kv_failing",
+            "1 while the kv backend (Redis) is failing",
+            if s.kv_failing { 1.0 } else { 0.0 },
+        )]);
         for (name, help, v) in gauges {
             let g = ConstGauge::new(v);
             let e = encoder.encode_descriptor(name, help, None, g.metric_type())?;
             g.encode(e)?;
+        }
+        for (name, help, v) in [
+            ("kv_calls", "kv calls plugins made", s.kv_calls),
+            (
+                "kv_unavailable",
+                "kv calls the backend was unavailable for (timeouts included)",
+                s.kv_unavailable,
+            ),
+            (
+                "kv_timeouts",
+                "kv calls the backend did not answer in time",
+                s.kv_timeouts,
+            ),
+        ] {
+            let c = ConstCounter::new(v);
+            let e = encoder.encode_descriptor(name, help, None, c.metric_type())?;
+            c.encode(e)?;
         }
         Ok(())
     }

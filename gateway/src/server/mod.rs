@@ -149,7 +149,12 @@ pub struct Shared {
 fn snapshot(shared: &Shared) -> crate::metrics::Snapshot {
     let cur = shared.current();
     let q = shared.queue.as_ref().map(|q| q.stats());
+    let kv = shared.reloader.services.kv.stats();
     crate::metrics::Snapshot {
+        kv_calls: kv.calls,
+        kv_unavailable: kv.unavailable,
+        kv_timeouts: kv.timeouts,
+        kv_failing: kv.failing,
         queue_messages: q.as_ref().map_or(0, |q| q.depth as u64),
         queue_oldest_seconds: q.as_ref().map_or(0.0, |q| q.oldest_age_secs as f64),
         generation: cur.generation,
