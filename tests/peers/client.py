@@ -2,7 +2,7 @@
 integration tests. Prints one JSON object on stdout describing what happened.
 
   client.py send HOST PORT --from A --to B [--to C] [--data FILE] [--starttls|--ssl]
-            [--helo] [--utf8] [--8bit] [--no-size] [--proxy HEX [--source IP]]
+            [--helo] [--utf8] [--8bit] [--no-size] [--proxy HEX] [--source IP]
   client.py ehlo HOST PORT [--starttls]
   client.py two HOST PORT --from A --to B --big FILE --data FILE
   client.py bdat HOST PORT --from A --to B --data FILE --chunk N
@@ -25,10 +25,11 @@ def ctx():
 def connect(a):
     if a.proxy is not None:
         return connect_proxied(a)
+    src = (a.source, 0) if a.source else None
     if a.ssl:
-        s = smtplib.SMTP_SSL(a.host, a.port, context=ctx(), timeout=30)
+        s = smtplib.SMTP_SSL(a.host, a.port, context=ctx(), timeout=30, source_address=src)
     else:
-        s = smtplib.SMTP(a.host, a.port, timeout=30)
+        s = smtplib.SMTP(a.host, a.port, timeout=30, source_address=src)
     # --helo: say HELO, not EHLO (after STARTTLS, which itself needs EHLO first).
     greet = s.helo if a.helo else s.ehlo
     if a.starttls:
@@ -104,7 +105,7 @@ def main():
     p.add_argument("--starttls", action="store_true")
     p.add_argument("--ssl", action="store_true")
     p.add_argument("--proxy", help="hex octets sent first (a PROXY protocol header)")
-    p.add_argument("--source", help="local address to connect from (with --proxy)")
+    p.add_argument("--source", help="local address to connect from (127.x.y.z)")
     p.add_argument("--helo", action="store_true")
     p.add_argument("--utf8", action="store_true")
     p.add_argument("--8bit", dest="eightbit", action="store_true")

@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use support::proxy_v2 as v2;
 use support::proxy_v2_raw as v2_raw;
-use support::{Gateway, Nsd, Raw, Setup, hex, json, plugin_toml, smtplib};
+use support::{Gateway, Haproxy, Nsd, Raw, Setup, hex, json, plugin_toml, smtplib};
 
 const HOST: &str = "127.0.0.1";
 /// The balancer's address (trusted); 127.0.0.1 is an untrusted peer.
@@ -410,4 +410,63 @@ fn the_reverse_lookup_is_of_the_real_client() {
         text.contains("Received: from client.test (mail.client.test [203.0.113.7])"),
         "{text}"
     );
+}
+
+/// A real HAProxy in front: `send-proxy-v2` with health checks (`option smtpchk` over
+/// `check-send-proxy`, i.e. v2 LOCAL) and `send-proxy` (v1); the client connects to
+/// HAProxy from 127.0.0.3 and the gateway's plugin sees 127.0.0.3, not HAProxy.
+#[test]
+fn behind_a_real_haproxy_with_send_proxy_v1_v2_and_health_checks() {
+    let gw = Setup::default()
+        .section(&format!(
+            "[server.proxy_protocol]\nlisten = [\"127.0.0.1:0\"]\ntrusted_networks = [\"127.0.0.1\"]\n{}",
+            plugin_toml("adder", "header-adder", "config = { session = \"show\" }")
+        ))
+        .start();
+    let hap = Haproxy::start(
+        gw.proxy.expect("PROXY listener"),
+        &[
+            (
+                "    option smtpchk EHLO haproxy.test\n    option log-health-checks",
+                "send-proxy-v2 check check-send-proxy inter 200ms",
+            ),
+            ("", "send-proxy"),
+        ],
+    );
+    // HAProxy's SMTP health check went through the LOCAL header and got its 250.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !hap.log().contains("Layer7 check passed") && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(
+        hap.log().contains("Layer7 check passed"),
+        "{}\n{}",
+        hap.log(),
+        gw.log()
+    );
+    for (front, local) in hap.frontends.iter().zip(["v2haproxy", "v1haproxy"]) {
+        let port = front.port().to_string();
+        let to = format!("{local}@example.test");
+        let out = json(&smtplib(&[
+            "send",
+            HOST,
+            &port,
+            "--source",
+            "127.0.0.3",
+            "--to",
+            &to,
+        ]));
+        assert_eq!(out["data"]["code"], 250, "{out}\n{}", hap.log());
+        let text = only_message(&gw, local);
+        let client = header(&text, "X-Client");
+        assert!(
+            client.starts_with("address=127.0.0.3:")
+                && client.contains(&format!(" local={front} ")),
+            "{local}: {client}"
+        );
+        assert!(
+            text.contains("Received: from client.test ([127.0.0.3])"),
+            "{text}"
+        );
+    }
 }

@@ -608,6 +608,94 @@ pub fn proxy_v2(client: &str, server: &str) -> Vec<u8> {
     proxy_v2_raw(0x1, family, &body)
 }
 
+/// A real HAProxy (Debian's package) in TCP mode in front of a gateway: each frontend on
+/// its own loopback port forwards to `backend` with the given `server` line options
+/// (e.g. `send-proxy-v2 check check-send-proxy`) and backend lines. Ready when every
+/// frontend accepts connections; stopped on drop.
+pub struct Haproxy {
+    child: Child,
+    pub dir: tempfile::TempDir,
+    /// The frontends' addresses, in the order given.
+    pub frontends: Vec<SocketAddr>,
+}
+
+impl Haproxy {
+    /// `backends`: per frontend, `(extra backend lines, server options)` towards
+    /// `target`.
+    pub fn start(target: SocketAddr, backends: &[(&str, &str)]) -> Haproxy {
+        assert!(
+            Path::new("/usr/sbin/haproxy").exists(),
+            "haproxy is not installed (.ci/setup installs it)"
+        );
+        let dir = tempfile::Builder::new()
+            .prefix("mailgate-haproxy-")
+            .tempdir()
+            .unwrap();
+        let mut cfg = String::from(
+            "global\n    maxconn 100\n    log stderr format raw local0 info\n\
+             defaults\n    mode tcp\n    log global\n    timeout connect 5s\n    \
+             timeout client 60s\n    timeout server 60s\n    timeout check 5s\n",
+        );
+        let mut frontends = Vec::new();
+        for (i, (lines, server)) in backends.iter().enumerate() {
+            let port = free_port();
+            frontends.push(SocketAddr::from(([127, 0, 0, 1], port)));
+            cfg.push_str(&format!(
+                "frontend f{i}\n    bind 127.0.0.1:{port}\n    default_backend b{i}\n\
+                 backend b{i}\n{lines}\n    server gw {target} {server}\n"
+            ));
+        }
+        let path = dir.path().join("haproxy.cfg");
+        std::fs::write(&path, cfg).unwrap();
+        let log = std::fs::File::create(dir.path().join("haproxy.log")).unwrap();
+        let mut child = Command::new("/usr/sbin/haproxy")
+            .arg("-db")
+            .arg("-f")
+            .arg(&path)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("spawn haproxy");
+        // HAProxy says nothing when it is ready: its frontends accepting is the signal
+        // (bounded: 200 x 50 ms).
+        for addr in &frontends {
+            let mut up = false;
+            for _ in 0..200 {
+                if let Some(st) = child.try_wait().unwrap() {
+                    panic!(
+                        "haproxy exited ({st}):\n{}",
+                        std::fs::read_to_string(dir.path().join("haproxy.log")).unwrap_or_default()
+                    );
+                }
+                if TcpStream::connect_timeout(addr, Duration::from_secs(1)).is_ok() {
+                    up = true;
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            assert!(up, "haproxy frontend {addr} not accepting");
+        }
+        Haproxy {
+            child,
+            dir,
+            frontends,
+        }
+    }
+
+    /// What HAProxy wrote on stderr so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("haproxy.log")).unwrap_or_default()
+    }
+}
+
+impl Drop for Haproxy {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 /// Octets as lower-case hex (for `client.py --proxy`).
 pub fn hex(b: &[u8]) -> String {
     b.iter().map(|x| format!("{x:02x}")).collect()
