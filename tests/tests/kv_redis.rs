@@ -2,7 +2,7 @@
 //! the shipped greylist and rate-limit plugins' state through a real `redis-server`
 //! (Debian's package, started by each test on loopback, its own port and temp dir, no
 //! persistence). Redis's expiry is real time (`mailgate clock advance` does not move it),
-//! so these tests use real time: the greylisting delay is 2 s and the test waits it out
+//! so these tests use real time: the greylisting delay is a few seconds and a test waits it out
 //! (polling, bounded), and rate-limit windows are a year long, so none ends mid-test.
 //! Redis is then killed, frozen (SIGSTOP) and brought back mid-test: the plugins'
 //! failure handling applies, the gateways keep answering, `mailgate status` counts the
@@ -13,7 +13,7 @@ mod support;
 use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant};
 
-use support::{Gateway, Raw, Redis, Setup, shipped};
+use support::{DeadPort, Gateway, Raw, Redis, Setup, shipped};
 
 /// The `[kv]` section for `redis`, plus `extra` lines.
 fn kv_section(redis: &Redis, extra: &str) -> String {
@@ -122,7 +122,8 @@ fn until(
 #[test]
 fn a_triplet_greylisted_by_one_gateway_passes_on_the_other_after_the_delay() {
     let redis = Redis::start();
-    let plugin = greylist("delay_secs = 2", "");
+    // 4 s: B's first retry, right after A's attempt, must still be early on a busy machine.
+    let plugin = greylist("delay_secs = 4", "");
     let a = gateway(&redis, "", &plugin);
     let b = gateway(&redis, "", &plugin);
     let (s, u) = ("sender@client.test", "user@example.test");
@@ -264,6 +265,25 @@ fn redis_killed_mid_test_lets_mail_through_by_default_and_is_counted_until_it_is
 }
 
 #[test]
+fn a_gateway_starts_without_redis_and_lets_mail_through() {
+    // Nothing listens there: every connection is refused.
+    let dead = DeadPort::new();
+    let gw = Setup::default()
+        .section(&format!(
+            "[kv]\nbackend = \"redis\"\nredis_url = \"redis://127.0.0.1:{}/0\"",
+            dead.port
+        ))
+        .section(&greylist("", ""))
+        .start();
+    let (reply, _) = attempt(&gw, "a@client.test", "user@example.test");
+    assert!(reply.starts_with("250"), "{reply}");
+    let kv = kv_stats(&gw);
+    assert!(kv["unavailable"].as_u64().unwrap() >= 1, "{kv}");
+    let error = kv["last_error"].as_str().unwrap().to_lowercase();
+    assert!(error.contains("refused"), "{kv}");
+}
+
+#[test]
 fn with_on_unavailable_on_error_each_plugins_on_error_policy_applies() {
     let mut redis = Redis::start();
     let kv = "on_unavailable = \"on_error\"";
@@ -277,8 +297,8 @@ fn with_on_unavailable_on_error_each_plugins_on_error_policy_applies() {
         kv,
         &greylist("delay_secs = 2", "on_error = \"continue\""),
     );
-    for gw in [&tempfail, &go_on] {
-        let (first, _) = attempt(gw, "a@client.test", "user@example.test");
+    for (gw, sender) in [(&tempfail, "a1@client.test"), (&go_on, "a2@client.test")] {
+        let (first, _) = attempt(gw, sender, "user@example.test");
         assert!(greylisted(&first), "{first}");
     }
 
