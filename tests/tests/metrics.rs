@@ -132,3 +132,28 @@ fn metrics_count_the_traffic_and_health_answers() {
     assert_eq!(sample(&m, "mailgate_plugin_generation", &[]), 1.0);
     assert_eq!(get(&gw, "/nothing")["status"], 404);
 }
+
+/// A STARTTLS session with Python's smtplib counts one successful handshake.
+#[test]
+fn tls_handshakes_are_counted() {
+    let gw = Setup::default().start();
+    let before = get(&gw, "/metrics");
+    let out = support::smtplib(&[
+        "send",
+        "127.0.0.1",
+        &gw.smtp.port().to_string(),
+        "--from",
+        "a@client.test",
+        "--to",
+        "u@example.test",
+        "--starttls",
+    ]);
+    assert!(out.contains("250"), "{out}");
+    let m = get(&gw, "/metrics");
+    let ok = [("kind", "ok")];
+    assert_eq!(
+        sample(&m, "mailgate_tls_handshakes_total", &ok)
+            - sample(&before, "mailgate_tls_handshakes_total", &ok),
+        1.0
+    );
+}

@@ -190,9 +190,14 @@ async fn open(
     let mut facts = SessionFacts::new(session_id.to_string(), client, local, listener);
     facts.trusted = rt.live.relay_allowed(client.ip());
     if rt.fixed.dns.reverse_lookup {
-        facts.ptr_name = o.dns.confirmed_name(client.ip()).await;
+        match o.dns.reverse_name(client.ip()).await {
+            crate::dns::ReverseName::Confirmed(name) => facts.ptr_name = Some(name),
+            crate::dns::ReverseName::None => {}
+            crate::dns::ReverseName::TempFail => facts.ptr_tempfail = true,
+        }
         debug!(
             ptr = facts.ptr_name.as_deref().unwrap_or("unknown"),
+            tempfail = facts.ptr_tempfail,
             "client reverse name"
         );
     }
@@ -268,7 +273,7 @@ where
             let Some(acceptor) = shared.tls.clone() else {
                 return;
             };
-            match timeout(handshake_limit, acceptor.accept(tcp)).await {
+            match counted(timeout(handshake_limit, acceptor.accept(tcp)).await) {
                 Ok(Ok(mut tls)) => {
                     let info = super::tls::info(tls.get_ref().1);
                     debug!(version = %info.version, cipher = %info.cipher, "implicit TLS established");
@@ -286,19 +291,21 @@ where
             let mut session = Session::new(Arc::clone(&cur.session), facts);
             match drive(&mut tcp, &mut session, &mut ctx).await {
                 Ok(Flow::StartTls) => match shared.tls.clone() {
-                    Some(acceptor) => match timeout(handshake_limit, acceptor.accept(tcp)).await {
-                        Ok(Ok(mut tls)) => {
-                            let info = super::tls::info(tls.get_ref().1);
-                            debug!(version = %info.version, cipher = %info.cipher, "STARTTLS established");
-                            session.tls_established(info);
-                            drive(&mut tls, &mut session, &mut ctx).await.map(|_| ())
+                    Some(acceptor) => {
+                        match counted(timeout(handshake_limit, acceptor.accept(tcp)).await) {
+                            Ok(Ok(mut tls)) => {
+                                let info = super::tls::info(tls.get_ref().1);
+                                debug!(version = %info.version, cipher = %info.cipher, "STARTTLS established");
+                                session.tls_established(info);
+                                drive(&mut tls, &mut session, &mut ctx).await.map(|_| ())
+                            }
+                            Ok(Err(e)) => Err(e),
+                            Err(_) => Err(std::io::Error::new(
+                                std::io::ErrorKind::TimedOut,
+                                "TLS handshake timeout",
+                            )),
                         }
-                        Ok(Err(e)) => Err(e),
-                        Err(_) => Err(std::io::Error::new(
-                            std::io::ErrorKind::TimedOut,
-                            "TLS handshake timeout",
-                        )),
-                    },
+                    }
                     None => Ok(()),
                 },
                 Ok(Flow::Closed) => Ok(()),
@@ -402,6 +409,23 @@ where
         }
     };
     tracing::Instrument::instrument(fut, span).await
+}
+
+/// A TLS handshake's result (within its time limit), counted in the `tls_handshakes`
+/// metric.
+fn counted<T, E, F>(r: Result<Result<T, E>, F>) -> Result<Result<T, E>, F> {
+    let kind = if matches!(r, Ok(Ok(_))) {
+        "ok"
+    } else {
+        "failed"
+    };
+    crate::metrics::get()
+        .tls_handshakes
+        .get_or_create(&crate::metrics::Kind {
+            kind: kind.to_string(),
+        })
+        .inc();
+    r
 }
 
 /// Runs the session over one stream until it closes or asks for STARTTLS.
