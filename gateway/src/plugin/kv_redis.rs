@@ -439,20 +439,24 @@ impl Health {
         let now = Instant::now();
         let mut t = lock(&self.trouble);
         *t.by_plugin.entry(plugin.to_string()).or_default() += 1;
-        t.since_log += 1;
-        t.outage.0 += 1;
-        t.outage.1.get_or_insert(now);
+        if how == Failure::NoTime {
+            // The hook's own deadline, not Redis: counted, not an outage.
+            return;
+        }
         if matches!(how, Failure::Error | Failure::Timeout) {
             t.paused_until = Some(now + PAUSE);
             t.last_error = Some(why.to_string());
             self.failing.store(true, Ordering::Relaxed);
         }
+        t.since_log += 1;
+        t.outage.0 += 1;
+        t.outage.1.get_or_insert(now);
         if t.logged
             .is_none_or(|at| now.duration_since(at) >= LOG_EVERY)
         {
             tracing::warn!(
                 plugin,
-                error = why,
+                error = t.last_error.as_deref().unwrap_or(why),
                 failed_calls = t.since_log,
                 "kv: Redis is unavailable; kv calls fail (their plugins' failure handling applies)"
             );
@@ -843,6 +847,9 @@ mod tests {
         // No time before the deadline is counted but does not pause anyone else.
         h.failed("greylist", "no time", Failure::NoTime);
         assert_eq!(h.paused(), None);
+        assert!(!h.failing.load(Ordering::Relaxed));
+        assert_eq!(h.unavailable.load(Ordering::Relaxed), 4);
+        assert_eq!(lock(&h.trouble).outage, (0, None), "not an outage");
     }
 
     #[test]
