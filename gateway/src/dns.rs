@@ -77,6 +77,17 @@ pub enum DnsError {
     Other(String),
 }
 
+/// What the reverse lookup of a client found ([`Resolver::reverse_name`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ReverseName {
+    /// A forward-confirmed name.
+    Confirmed(String),
+    /// No PTR record, or none that confirms.
+    None,
+    /// A lookup failed for now (timeout, server failure).
+    TempFail,
+}
+
 /// An MX record.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Mx {
@@ -261,15 +272,36 @@ impl Resolver {
     /// `reverse_client_name` check): the first PTR name (of at most 10) whose addresses
     /// include `ip`. `None` when there is none or a lookup failed.
     pub async fn confirmed_name(&self, ip: IpAddr) -> Option<String> {
-        let names = self.ptr(ip).await.ok()?;
+        match self.reverse_name(ip).await {
+            ReverseName::Confirmed(name) => Some(name),
+            ReverseName::None | ReverseName::TempFail => None,
+        }
+    }
+
+    /// [`Resolver::confirmed_name`], telling "no name" from "no answer now": a PTR
+    /// lookup that timed out or failed at the server, or forward lookups of its names
+    /// that did so with none confirming, is [`ReverseName::TempFail`] (Postfix's
+    /// `[TEMPUNAVAIL]`, told to the upstream by XCLIENT).
+    pub async fn reverse_name(&self, ip: IpAddr) -> ReverseName {
+        let temporary = |e: &DnsError| !matches!(e, DnsError::NxDomain | DnsError::InvalidName);
+        let names = match self.ptr(ip).await {
+            Ok(n) => n,
+            Err(e) if temporary(&e) => return ReverseName::TempFail,
+            Err(_) => return ReverseName::None,
+        };
+        let mut tempfail = false;
         for name in names.into_iter().take(10) {
-            if let Ok(addrs) = self.same_family(&name, ip).await
-                && addrs.contains(&ip)
-            {
-                return Some(name);
+            match self.same_family(&name, ip).await {
+                Ok(addrs) if addrs.contains(&ip) => return ReverseName::Confirmed(name),
+                Ok(_) => {}
+                Err(e) => tempfail |= temporary(&e),
             }
         }
-        None
+        if tempfail {
+            ReverseName::TempFail
+        } else {
+            ReverseName::None
+        }
     }
 
     /// Runs `fut` (an `rtype` query) under the overall timeout, maps hickory's errors,

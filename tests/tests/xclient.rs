@@ -13,7 +13,7 @@ mod support;
 
 use std::time::Duration;
 
-use support::{Gateway, Postfix, Setup, hex, json, proxy_v2, smtplib};
+use support::{Gateway, Nsd, Postfix, Setup, hex, json, proxy_v2, smtplib};
 
 const HOST: &str = "127.0.0.1";
 const BALANCER: &str = "127.0.0.2";
@@ -31,6 +31,11 @@ fn postfix_xclient() -> Postfix {
 /// A gateway relaying to `pf` in `mode` (`proxy` or `queue`), with `delivery.xclient`
 /// as given, and a PROXY listener for the test's balancer.
 fn gateway(pf: &Postfix, mode: &str, xclient: bool) -> Gateway {
+    gateway_with(pf, mode, xclient, "")
+}
+
+/// [`gateway`] with more sections (`rest`).
+fn gateway_with(pf: &Postfix, mode: &str, xclient: bool, rest: &str) -> Gateway {
     let dir = tempfile::tempdir().unwrap();
     let spool = dir.path().join("spool").display().to_string();
     let gw = Setup::default()
@@ -39,7 +44,7 @@ fn gateway(pf: &Postfix, mode: &str, xclient: bool) -> Gateway {
              xclient = {xclient}\n\
              [queue]\nspool = {spool:?}\nretry_initial_secs = 1\nretry_max_secs = 2\n\
              [server.proxy_protocol]\nlisten = [\"127.0.0.1:0\"]\n\
-             trusted_networks = [\"{BALANCER}\"]\n",
+             trusted_networks = [\"{BALANCER}\"]\n{rest}",
             pf.addr
         ))
         .start();
@@ -51,6 +56,13 @@ fn gateway(pf: &Postfix, mode: &str, xclient: bool) -> Gateway {
 /// One message from `client` (as the balancer announces it) to `to`, through the
 /// gateway's PROXY listener; asserts the gateway's 250.
 fn send_as(gw: &Gateway, client: &str, to: &str, subject: &str) -> serde_json::Value {
+    let out = try_send_as(gw, client, to, subject);
+    assert_eq!(out["data"]["code"], 250, "{out}\n{}", gw.log());
+    out
+}
+
+/// [`send_as`] without the assertion: client.py's JSON.
+fn try_send_as(gw: &Gateway, client: &str, to: &str, subject: &str) -> serde_json::Value {
     let proxy = gw.proxy.expect("PROXY listener");
     let port = proxy.port().to_string();
     let header = hex(&proxy_v2(client, "192.0.2.1:25"));
@@ -61,11 +73,9 @@ fn send_as(gw: &Gateway, client: &str, to: &str, subject: &str) -> serde_json::V
     )
     .unwrap();
     let path = data.path().display().to_string();
-    let out = json(&smtplib(&[
+    json(&smtplib(&[
         "send", HOST, &port, "--proxy", &header, "--source", BALANCER, "--to", to, "--data", &path,
-    ]));
-    assert_eq!(out["data"]["code"], 250, "{out}\n{}", gw.log());
-    out
+    ]))
 }
 
 /// The messages in `local@example.test`'s Maildir at Postfix, as text.
@@ -240,4 +250,97 @@ fn nothing_is_forwarded_unless_the_admin_enabled_it() {
     let log = pf.maillog();
     assert!(log.contains("client=localhost[127.0.0.1]"), "{log}");
     assert!(!log.contains("203.0.113.7"), "{log}");
+}
+
+const CLIENT_ZONE: &str = "$ORIGIN client.test.
+$TTL 300
+@       SOA ns hostmaster 1 3600 600 86400 300
+@       NS  ns
+ns      A   192.0.2.53
+mail    A   203.0.113.7
+";
+const REVERSE_113: &str = "$ORIGIN 113.0.203.in-addr.arpa.
+$TTL 300
+@       SOA ns.client.test. hostmaster.client.test. 1 3600 600 86400 300
+@       NS  ns.client.test.
+7       PTR mail.client.test.
+";
+/// 198.51.100.9 has no PTR (NXDOMAIN); 198.51.100.10's PTR names a host in a zone the
+/// server does not serve, so its forward lookup is refused: a temporary failure.
+const REVERSE_100: &str = "$ORIGIN 100.51.198.in-addr.arpa.
+$TTL 300
+@       SOA ns.client.test. hostmaster.client.test. 1 3600 600 86400 300
+@       NS  ns.client.test.
+10      PTR host.unserved.test.
+";
+
+/// Postfix evaluates the client XCLIENT names: with `reject_unknown_client_hostname`, a
+/// client whose reverse name the gateway confirmed is accepted (and logged by name), one
+/// without a name (`NAME=[UNAVAILABLE]`) gets Postfix's permanent refusal (its
+/// `unknown_client_reject_code`, 550 here, 450 by default) and one whose lookup failed
+/// for now (`NAME=[TEMPUNAVAIL]`) its temporary one, passed on to the client in proxy
+/// mode.
+#[test]
+fn postfix_evaluates_the_client_name_xclient_gives_it() {
+    let nsd = Nsd::start(&[
+        ("client.test", CLIENT_ZONE),
+        ("113.0.203.in-addr.arpa", REVERSE_113),
+        ("100.51.198.in-addr.arpa", REVERSE_100),
+    ]);
+    let pf = Postfix::start_with(
+        &["pat@example.test"],
+        "smtpd_authorized_xclient_hosts = 127.0.0.0/8\n\
+         smtpd_client_port_logging = yes\n\
+         smtpd_client_restrictions = reject_unknown_client_hostname\n\
+         unknown_client_reject_code = 550",
+    );
+    let gw = gateway_with(
+        &pf,
+        "proxy",
+        true,
+        &format!(
+            "[dns]\nservers = [\"{}\"]\nreverse_lookup = true\n",
+            nsd.addr
+        ),
+    );
+    let rcpt = "pat@example.test";
+    let named = send_as(&gw, "203.0.113.7:40041", rcpt, "named");
+    assert_eq!(named["rcpt"][rcpt]["code"], 250, "{named}");
+    let nameless = try_send_as(&gw, "198.51.100.9:40042", rcpt, "nameless");
+    let tempfail = try_send_as(&gw, "198.51.100.10:40043", rcpt, "tempfail");
+    for (out, code) in [(&nameless, 550), (&tempfail, 450)] {
+        let r = &out["rcpt"][rcpt];
+        assert_eq!(r["code"], code, "{out}\n{}\n{}", pf.maillog(), gw.log());
+        assert!(
+            r["text"]
+                .as_str()
+                .unwrap()
+                .contains("Client host rejected: cannot find your hostname"),
+            "{out}"
+        );
+    }
+    assert!(
+        pf.wait_log_count("status=sent", 1, POSTFIX_WAIT),
+        "{}\n{}",
+        pf.maillog(),
+        gw.log()
+    );
+    let log = pf.maillog();
+    assert!(
+        log.contains("client=mail.client.test[203.0.113.7]:40041"),
+        "{log}"
+    );
+    assert!(
+        log.contains("reject: RCPT from unknown[198.51.100.9]:40042: 550"),
+        "{log}"
+    );
+    assert!(
+        log.contains("reject: RCPT from unknown[198.51.100.10]:40043: 450"),
+        "{log}"
+    );
+    let r = postfix_received(with_subject(&mailbox(&pf, "pat"), "named"));
+    assert!(
+        r.starts_with("Received: from client.test (mail.client.test [203.0.113.7])"),
+        "{r}"
+    );
 }

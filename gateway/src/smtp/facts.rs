@@ -64,6 +64,10 @@ pub struct SessionFacts {
     /// The client's forward-confirmed reverse DNS name, if it has one.
     #[serde(default)]
     pub ptr_name: Option<String>,
+    /// The reverse lookup of the client failed for now (timeout, server failure), so
+    /// `ptr_name` is `None` without that being final (XCLIENT's `NAME=[TEMPUNAVAIL]`).
+    #[serde(default)]
+    pub ptr_tempfail: bool,
     /// The client is in `relay.trusted_networks` (may relay to any domain).
     #[serde(default)]
     pub trusted: bool,
@@ -84,6 +88,7 @@ impl SessionFacts {
             local,
             listener,
             ptr_name: None,
+            ptr_tempfail: false,
             trusted: false,
             tls: None,
             helo: None,

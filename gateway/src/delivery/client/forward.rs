@@ -23,6 +23,9 @@ use crate::smtp::{Listener, SessionFacts};
 /// `[UNAVAILABLE]`: the value XCLIENT and XFORWARD take for what is not known.
 pub const UNAVAILABLE: &str = "[UNAVAILABLE]";
 
+/// `[TEMPUNAVAIL]`: XCLIENT's `NAME` when the reverse lookup failed for now.
+pub const TEMPUNAVAIL: &str = "[TEMPUNAVAIL]";
+
 /// The longest attribute value (after xtext encoding) Postfix accepts.
 const MAX_VALUE: usize = 255;
 
@@ -38,6 +41,8 @@ pub struct ClientIdentity {
     pub port: Option<u16>,
     /// Its forward-confirmed reverse name, if it has one.
     pub name: Option<String>,
+    /// Without a name: the lookup failed for now rather than for good.
+    pub name_tempfail: bool,
     /// The HELO/EHLO name it gave.
     pub helo: Option<String>,
     /// It said EHLO (`ESMTP`) rather than HELO (`SMTP`).
@@ -62,6 +67,7 @@ impl ClientIdentity {
             addr: known(ip).then_some(ip),
             port: (facts.client.port() != 0).then_some(facts.client.port()),
             name: facts.ptr_name.clone(),
+            name_tempfail: facts.ptr_tempfail,
             helo: facts.helo_name().map(str::to_string),
             esmtp: facts.esmtp(),
             protocol: facts.protocol(false).to_string(),
@@ -90,13 +96,15 @@ impl ClientIdentity {
         port.map_or_else(|| UNAVAILABLE.into(), |p| p.to_string())
     }
 
-    /// `NAME`: the confirmed reverse name if it is a plain host name, else
-    /// `[UNAVAILABLE]` (which is also what no name at all is).
-    fn name_value(&self) -> String {
+    /// `NAME`: the confirmed reverse name if it is a plain host name;
+    /// `[TEMPUNAVAIL]` when the lookup failed for now and `tempunavail` (XCLIENT has it,
+    /// XFORWARD does not); else `[UNAVAILABLE]` (no name, or reverse lookups off).
+    fn name_value(&self, tempunavail: bool) -> String {
         match &self.name {
             Some(n) if is_host_name(n.trim_end_matches('.')) => {
                 n.trim_end_matches('.').to_ascii_lowercase()
             }
+            None if self.name_tempfail && tempunavail => TEMPUNAVAIL.into(),
             _ => UNAVAILABLE.into(),
         }
     }
@@ -146,7 +154,7 @@ impl ClientIdentity {
         }
         let mut last = Vec::new();
         if has("NAME") {
-            last.push(("NAME", self.name_value()));
+            last.push(("NAME", self.name_value(true)));
         }
         if has("ADDR") {
             last.push(("ADDR", Self::addr_value(self.addr)));
@@ -168,7 +176,7 @@ impl ClientIdentity {
         let has = |a: &str| offered.iter().any(|o| o.eq_ignore_ascii_case(a));
         let mut attrs = Vec::new();
         if has("NAME") {
-            attrs.push(("NAME", self.name_value()));
+            attrs.push(("NAME", self.name_value(false)));
         }
         if has("ADDR") {
             attrs.push(("ADDR", Self::addr_value(self.addr)));
@@ -235,10 +243,12 @@ pub fn xtext(s: &str) -> String {
 }
 
 /// A DNS host name of letters, digits, hyphens and underscores in dot-separated labels
-/// of 1 to 63 octets, at most 255 in all.
+/// of 1 to 63 octets, at most 255 in all, not all digits (Postfix refuses a "numeric
+/// hostname").
 fn is_host_name(n: &str) -> bool {
     !n.is_empty()
         && n.len() <= MAX_VALUE
+        && n.bytes().any(|b| b.is_ascii_alphabetic())
         && n.split('.').all(|l| {
             !l.is_empty()
                 && l.len() <= 63
@@ -381,6 +391,26 @@ mod tests {
         assert_eq!(
             id.xclient_commands(&strings(&["ADDR", "PORT"])),
             vec!["XCLIENT PORT=[UNAVAILABLE] ADDR=[UNAVAILABLE]"]
+        );
+        // A reverse lookup that failed for now.
+        f.ptr_name = None;
+        f.ptr_tempfail = true;
+        let id = ClientIdentity::of(&f).unwrap();
+        assert_eq!(
+            id.xclient_commands(&strings(&["NAME"])),
+            vec!["XCLIENT NAME=[TEMPUNAVAIL]"]
+        );
+        assert_eq!(
+            id.xforward_commands(None, &strings(&["NAME"])),
+            vec!["XFORWARD NAME=[UNAVAILABLE]"],
+            "XFORWARD has no [TEMPUNAVAIL]"
+        );
+        // A numeric "name" is none.
+        f.ptr_name = Some("192.0.2.1".into());
+        let id = ClientIdentity::of(&f).unwrap();
+        assert_eq!(
+            id.xclient_commands(&strings(&["NAME"])),
+            vec!["XCLIENT NAME=[UNAVAILABLE]"]
         );
         // Notices have no client.
         assert_eq!(ClientIdentity::of(&SessionFacts::local("N1".into())), None);
