@@ -317,10 +317,16 @@ fn a_config_chain_shows_spf_from_the_zones_in_authentication_results() {
         serde_json::json!([{"rule": "SPF_FAIL", "points": 2.5}]),
         "{auth}"
     );
+    // auth's 2.5 for the SPF failure reaches spam-score (it runs after auth at DATA),
+    // whose own auth rules add SPF_FAIL 2.0 and DMARC_FAIL 3.0; HELO_NOT_PTR 0.3.
     assert!(
-        (spoofed["score"].as_f64().unwrap() - 2.8).abs() < 1e-9,
-        "SPF_FAIL and HELO_NOT_PTR: {spoofed:#}"
+        (spoofed["score"].as_f64().unwrap() - 7.8).abs() < 1e-9,
+        "auth's SPF_FAIL, spam-score's SPF_FAIL, DMARC_FAIL and HELO_NOT_PTR: {spoofed:#}"
     );
+    let status = header(&spoofed, "X-Spam-Status").join(" ");
+    for rule in ["SPF_FAIL(2.0)", "DMARC_FAIL(3.0)", "OTHER_PLUGINS(2.5)"] {
+        assert!(status.contains(rule), "{rule}: {status}");
+    }
     let tags = spoofed["tags"].as_array().unwrap();
     assert!(tags.contains(&"spf:fail".into()), "{tags:?}");
     assert!(tags.contains(&"dmarc:fail".into()), "{tags:?}");
