@@ -809,6 +809,83 @@ mod tests {
         );
     }
 
+    /// A default upstream whose transaction moves away at the first RCPT: MAIL, then QUIT.
+    async fn moving_default() -> FakeServer {
+        FakeServer::start(vec![xclient_script(vec![
+            Step::Line,
+            Step::Send("250 2.1.0 Ok\r\n"),
+            Step::Line,
+            Step::Send("221 2.0.0 Bye\r\n"),
+        ])])
+        .await
+    }
+
+    #[tokio::test]
+    async fn a_transaction_moved_to_a_routed_hop_tells_it_only_if_enabled_for_it() {
+        let id = client_id("203.0.113.7:40001", "mail.client.test");
+        let none = MailParams::default();
+        let hop = |addr: &str| Hop {
+            addr: addr.to_string(),
+            tls: TlsPolicy::None,
+        };
+        let tail = vec![
+            Step::Line,
+            Step::Send("250 2.1.0 Ok\r\n"),
+            Step::Line,
+            Step::Send("250 2.1.5 Ok\r\n"),
+            Step::Line,
+            Step::Send("221 2.0.0 Bye\r\n"),
+        ];
+        // A hop the admin enabled: the new connection is told again.
+        let default = moving_default().await;
+        let told = FakeServer::start(vec![xclient_script(tail.clone())]).await;
+        let mut t = target(&default.addr);
+        t.tls = TlsPolicy::None;
+        let mut p = ProxyTransaction::new(t);
+        p.forward_to(vec![default.addr.clone(), told.addr.clone()]);
+        p.set_client(Some(id.clone()), "S1.1".into());
+        assert_eq!(p.mail_from("s@client.test", &none).await.code(), 250);
+        let r = p.rcpt_to_via("a@told.test", Some(&hop(&told.addr))).await;
+        assert_eq!((r.code(), p.upstream()), (250, told.addr.as_str()), "{r}");
+        p.quit().await;
+        assert!(default.received().await[0].contains("XCLIENT "));
+        assert_eq!(
+            told.received().await[0],
+            "EHLO mx.example.test\r\n\
+             XCLIENT HELO=mail.client.test PROTO=ESMTP PORT=40001 NAME=[UNAVAILABLE] ADDR=203.0.113.7\r\n\
+             EHLO mail.client.test\r\n\
+             MAIL FROM:<s@client.test>\r\n\
+             RCPT TO:<a@told.test>\r\n\
+             QUIT\r\n"
+        );
+        // A hop a plugin chose that the admin did not enable: told nothing, though it
+        // offers XCLIENT.
+        let default = moving_default().await;
+        let mut untold_script = vec![
+            Step::Send("220 up.test ESMTP\r\n"),
+            Step::Line,
+            Step::Send(XCLIENT_EHLO),
+        ];
+        untold_script.extend(tail);
+        let untold = FakeServer::start(vec![untold_script]).await;
+        let mut t = target(&default.addr);
+        t.tls = TlsPolicy::None;
+        let mut p = ProxyTransaction::new(t);
+        p.forward_to(vec![default.addr.clone()]);
+        p.set_client(Some(id), "S1.2".into());
+        assert_eq!(p.mail_from("s@client.test", &none).await.code(), 250);
+        let r = p
+            .rcpt_to_via("b@untold.test", Some(&hop(&untold.addr)))
+            .await;
+        assert_eq!((r.code(), p.upstream()), (250, untold.addr.as_str()), "{r}");
+        p.quit().await;
+        let _ = default.received().await;
+        assert_eq!(
+            untold.received().await[0],
+            "EHLO mx.example.test\r\nMAIL FROM:<s@client.test>\r\nRCPT TO:<b@untold.test>\r\nQUIT\r\n"
+        );
+    }
+
     #[tokio::test]
     async fn a_refused_xclient_is_logged_and_the_mail_goes_on() {
         let server = FakeServer::start(vec![vec![
