@@ -865,7 +865,16 @@ fn classify(e: &wasmtime::Error, st: &State) -> Failure {
     {
         return Failure::Capacity;
     }
-    Failure::Trap(format!("{e:#}").chars().take(400).collect())
+    // The root cause first (a host error such as "kv backend unavailable"): the chain
+    // around it starts with the wasm backtrace, which would push it past the cut.
+    let all = format!("{e:#}");
+    let root = e.root_cause().to_string();
+    let text = if all.starts_with(&root) {
+        all
+    } else {
+        format!("{root}; {all}")
+    };
+    Failure::Trap(text.chars().take(400).collect())
 }
 
 #[cfg(test)]
@@ -1261,6 +1270,14 @@ mod tests {
             classify(&unreachable, &st),
             Failure::Trap(wasmtime::Trap::UnreachableCodeReached.to_string())
         );
+        // The root cause comes first even when context wraps it.
+        let wrapped = wasmtime::Error::msg("kv backend unavailable")
+            .context("y".repeat(1000))
+            .context("wasm backtrace");
+        match classify(&wrapped, &st) {
+            Failure::Trap(m) => assert!(m.starts_with("kv backend unavailable; wasm backtrace")),
+            other => panic!("{other:?}"),
+        }
         match classify(&wasmtime::Error::msg("y".repeat(1000)), &st) {
             Failure::Trap(m) => assert_eq!(m.chars().count(), 400),
             other => panic!("{other:?}"),
