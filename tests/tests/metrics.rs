@@ -157,3 +157,33 @@ fn tls_handshakes_are_counted() {
         1.0
     );
 }
+
+/// Connections a PROXY listener closes count as refused, by reason.
+#[test]
+fn proxy_listener_refusals_are_counted() {
+    let gw = Setup::default()
+        .section(
+            "[server.proxy_protocol]\nlisten = [\"127.0.0.1:0\"]\n\
+             trusted_networks = [\"127.0.0.2\"]\ntimeout_ms = 500\n",
+        )
+        .start();
+    let proxy = gw.proxy.expect("PROXY listener");
+    let before = get(&gw, "/metrics");
+    // From 127.0.0.1, not trusted: closed at once.
+    let mut c = Raw::connect(proxy);
+    assert!(c.gone());
+    // From the trusted address, SMTP instead of a header: closed as malformed.
+    let mut c = Raw::connect_from("127.0.0.2".parse().unwrap(), proxy);
+    c.send(b"EHLO client.test\r\n");
+    assert!(c.gone());
+    let m = get(&gw, "/metrics");
+    for reason in ["proxy_untrusted", "proxy_header"] {
+        let r = [("reason", reason)];
+        assert_eq!(
+            sample(&m, "mailgate_connections_refused_total", &r)
+                - sample(&before, "mailgate_connections_refused_total", &r),
+            1.0,
+            "{reason}"
+        );
+    }
+}

@@ -145,6 +145,16 @@ pub struct Shared {
     pub admin_http: std::sync::Mutex<Option<String>>,
 }
 
+/// A connection a PROXY listener closed, counted in `connections_refused`.
+fn proxy_refused(reason: &str) {
+    crate::metrics::get()
+        .connections_refused
+        .get_or_create(&crate::metrics::Reason {
+            reason: reason.to_string(),
+        })
+        .inc();
+}
+
 /// The state figures the metrics report, as `mailgate status` has them.
 fn snapshot(shared: &Shared) -> crate::metrics::Snapshot {
     let cur = shared.current();
@@ -380,6 +390,7 @@ async fn accept_loop(listener: TcpListener, kind: Kind, shared: Arc<Shared>, tra
                 // Closed at once: nothing is read from, or said to, a peer that may not
                 // speak for others.
                 info!(%peer, %local, reason = %proxy_protocol::ProxyError::Untrusted(peer.ip()), "PROXY listener: connection closed");
+                proxy_refused("proxy_untrusted");
                 continue;
             }
             tracker.spawn(proxied(
@@ -450,6 +461,7 @@ async fn proxied(
         Ok(x) => x,
         Err(e) => {
             warn!(%peer, %local, reason = %e, "PROXY listener: connection closed");
+            proxy_refused("proxy_header");
             return;
         }
     };
