@@ -6,7 +6,8 @@
 //! `mailgate plugin test` (same verdicts; the tag and score it reports). Also: a config the
 //! plugin refuses stops the gateway's config check with the plugin's message, and a catastrophic
 //! backtracking pattern in a JS or Python plugin is cut by the deadline like a looping
-//! Rust plugin (Rust's `regex` matches the same pattern in linear time).
+//! Rust plugin (Rust's `regex` matches the same pattern in linear time), and one that runs
+//! out of memory is stopped at its cap like a Rust one.
 //!
 //! The JS and Python components are built once per source state: the key is a hash of the
 //! example, its SDK (`plugin-sdk/js`, `plugin-sdk/python`, their pinned toolchains
@@ -392,6 +393,65 @@ fn backtracking_python_plugin_is_cut_by_the_deadline() {
 #[test]
 fn backtracking_pattern_is_linear_in_rust() {
     backtracking_is_cut_by_the_deadline(Lang::Rust);
+}
+
+/// A JS or Python plugin that runs out of memory is contained like a Rust one: with a cap
+/// a little above what its runtime needs at rest, a message whose 4 MB subject the plugin
+/// reads makes it grow past the cap; the plugin's `on_error` (tempfail) answers `451`,
+/// the log says "memory cap reached", and the next session, with a small subject, gets
+/// a fresh instance that works.
+fn memory_cap_contains(lang: Lang, memory_mb: u32) {
+    let wasm = policy(lang);
+    let gw = gateway(
+        &wasm,
+        r#"subject_pattern = "never""#,
+        &format!("limits = {{ memory_mb = {memory_mb} }}"),
+    );
+    let port = gw.port();
+    let folded: Vec<String> = (0..4500).map(|_| "x".repeat(900)).collect();
+    let path = gw.dir.path().join("huge-subject.eml");
+    std::fs::write(
+        &path,
+        format!(
+            "From: <a@client.test>\r\nTo: <u@example.test>\r\nSubject: {}\r\n\r\nHi.\r\n",
+            folded.join("\r\n ")
+        ),
+    )
+    .unwrap();
+    let out = json(&smtplib(&[
+        "send",
+        HOST,
+        &port,
+        "--to",
+        "u@example.test",
+        "--data",
+        &path.display().to_string(),
+    ]));
+    assert_eq!(out["data"]["code"], 451, "{lang:?}: {out}");
+    assert!(gw.mailbox("example.test", "u").is_empty());
+    let log = gw.log();
+    assert!(log.contains("memory cap reached"), "{lang:?}: {log}");
+    let data = message(gw.dir.path(), "fine.eml", "small");
+    let out = json(&smtplib(&[
+        "send",
+        HOST,
+        &port,
+        "--to",
+        "v@example.test",
+        "--data",
+        &data,
+    ]));
+    assert_eq!(out["data"]["code"], 250, "{lang:?}: {out}");
+}
+
+#[test]
+fn js_plugin_over_its_memory_cap_is_contained() {
+    memory_cap_contains(Lang::Js, 14);
+}
+
+#[test]
+fn python_plugin_over_its_memory_cap_is_contained() {
+    memory_cap_contains(Lang::Python, 16);
 }
 
 /// The JS SDK's typed bindings: the example type-checks against the SDK's declarations and
