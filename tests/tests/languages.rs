@@ -163,6 +163,12 @@ fn message(dir: &Path, name: &str, subject: &str) -> String {
     )
 }
 
+/// One message from the file `data` to `to` through the gateway on `port` (smtplib); the
+/// JSON of its replies.
+fn send_one(port: &str, to: &str, data: &str) -> serde_json::Value {
+    json(&smtplib(&["send", HOST, port, "--to", to, "--data", data]))
+}
+
 fn header_of(mail: &[u8], name: &str) -> Vec<String> {
     String::from_utf8_lossy(mail)
         .split("\r\n\r\n")
@@ -234,15 +240,7 @@ fn policy_over_smtp(lang: Lang) {
 
     // A clean subject: the header says so, no reason is given.
     let data = message(gw.dir.path(), "clean.eml", "Quarterly figures");
-    let out = json(&smtplib(&[
-        "send",
-        HOST,
-        &port,
-        "--to",
-        "clean@example.test",
-        "--data",
-        &data,
-    ]));
+    let out = send_one(&port, "clean@example.test", &data);
     assert_eq!(out["data"]["code"], 250, "{lang:?}: {out}");
     let mail = gw.mailbox("example.test", "clean");
     assert_eq!(
@@ -343,15 +341,7 @@ fn backtracking_is_cut_by_the_deadline(lang: Lang) {
     let port = gw.port();
     let data = message(gw.dir.path(), "redos.eml", &format!("{}!", "a".repeat(40)));
     let t = Instant::now();
-    let out = json(&smtplib(&[
-        "send",
-        HOST,
-        &port,
-        "--to",
-        "u@example.test",
-        "--data",
-        &data,
-    ]));
+    let out = send_one(&port, "u@example.test", &data);
     let took = t.elapsed();
     if lang == Lang::Rust {
         assert_eq!(out["data"]["code"], 250, "{out}");
@@ -364,15 +354,7 @@ fn backtracking_is_cut_by_the_deadline(lang: Lang) {
     assert!(log.contains("deadline exceeded"), "{lang:?}: {log}");
     // The next session gets a fresh instance, which works.
     let data = message(gw.dir.path(), "fine.eml", "aaaa");
-    let out = json(&smtplib(&[
-        "send",
-        HOST,
-        &port,
-        "--to",
-        "v@example.test",
-        "--data",
-        &data,
-    ]));
+    let out = send_one(&port, "v@example.test", &data);
     assert_eq!(out["data"]["code"], 250, "{lang:?}: {out}");
     assert_eq!(
         header_of(&gw.mailbox("example.test", "v")[0], "X-Policy"),
@@ -409,38 +391,14 @@ fn memory_cap_contains(lang: Lang, memory_mb: u32) {
     );
     let port = gw.port();
     let folded: Vec<String> = (0..4500).map(|_| "x".repeat(900)).collect();
-    let path = gw.dir.path().join("huge-subject.eml");
-    std::fs::write(
-        &path,
-        format!(
-            "From: <a@client.test>\r\nTo: <u@example.test>\r\nSubject: {}\r\n\r\nHi.\r\n",
-            folded.join("\r\n ")
-        ),
-    )
-    .unwrap();
-    let out = json(&smtplib(&[
-        "send",
-        HOST,
-        &port,
-        "--to",
-        "u@example.test",
-        "--data",
-        &path.display().to_string(),
-    ]));
+    let data = message(gw.dir.path(), "huge-subject.eml", &folded.join("\r\n "));
+    let out = send_one(&port, "u@example.test", &data);
     assert_eq!(out["data"]["code"], 451, "{lang:?}: {out}");
     assert!(gw.mailbox("example.test", "u").is_empty());
     let log = gw.log();
     assert!(log.contains("memory cap reached"), "{lang:?}: {log}");
     let data = message(gw.dir.path(), "fine.eml", "small");
-    let out = json(&smtplib(&[
-        "send",
-        HOST,
-        &port,
-        "--to",
-        "v@example.test",
-        "--data",
-        &data,
-    ]));
+    let out = send_one(&port, "v@example.test", &data);
     assert_eq!(out["data"]["code"], 250, "{lang:?}: {out}");
 }
 
