@@ -837,15 +837,13 @@ fn verdict_name(d: &Decision) -> &'static str {
     }
 }
 
+/// A decision for the trace: its verdict name, with the reply code when it has one.
 fn describe(d: &Decision) -> String {
     match d {
-        Decision::Continue => "continue".into(),
-        Decision::Accept => "accept".into(),
-        Decision::Reply(r) if r.is_transient() => format!("tempfail {}", r.code()),
-        Decision::Reply(r) => format!("reject {}", r.code()),
-        Decision::Disconnect(r) => format!("disconnect {}", r.code()),
-        Decision::Discard(_) => "discard".into(),
-        Decision::Quarantine(_) => "quarantine".into(),
+        Decision::Reply(r) | Decision::Disconnect(r) => {
+            format!("{} {}", verdict_name(d), r.code())
+        }
+        _ => verdict_name(d).to_string(),
     }
 }
 

@@ -17,6 +17,7 @@ use super::kv::{Caller, KvFault, OnUnavailable};
 use super::message::{MessageHandle, chunk};
 use super::state::State;
 use crate::config::Capability;
+use crate::metrics::PluginKind;
 
 type R<T> = wasmtime::Result<T>;
 
@@ -467,11 +468,10 @@ impl State {
 }
 
 impl State {
-    fn metric(&self, kind: &str, name: &str, labels: &[(String, String)], value: f64) {
+    fn metric(&self, kind: PluginKind, name: &str, labels: &[(String, String)], value: f64) {
         if !self.granted(Capability::Metrics) {
             return;
         }
-        use crate::metrics::PluginKind;
         let word = |t: &str| {
             !t.is_empty()
                 && t.len() <= 64
@@ -482,11 +482,6 @@ impl State {
             && labels
                 .iter()
                 .all(|(k, v)| word(k) && k != "plugin" && !k.starts_with("__") && v.len() <= 128);
-        let kind = match kind {
-            "counter" => PluginKind::Counter,
-            "gauge" => PluginKind::Gauge,
-            _ => PluginKind::Histogram,
-        };
         let refused = if !word(name) || !labels_ok {
             Some("invalid name or labels".to_string())
         } else if !value.is_finite() {
@@ -515,7 +510,7 @@ impl metrics::Host for State {
         labels: Vec<(String, String)>,
         delta: u64,
     ) -> R<()> {
-        self.metric("counter", &name, &labels, delta as f64);
+        self.metric(PluginKind::Counter, &name, &labels, delta as f64);
         Ok(())
     }
     async fn gauge_set(
@@ -524,7 +519,7 @@ impl metrics::Host for State {
         labels: Vec<(String, String)>,
         value: f64,
     ) -> R<()> {
-        self.metric("gauge", &name, &labels, value);
+        self.metric(PluginKind::Gauge, &name, &labels, value);
         Ok(())
     }
     async fn histogram_observe(
@@ -533,7 +528,7 @@ impl metrics::Host for State {
         labels: Vec<(String, String)>,
         value: f64,
     ) -> R<()> {
-        self.metric("histogram", &name, &labels, value);
+        self.metric(PluginKind::Histogram, &name, &labels, value);
         Ok(())
     }
 }

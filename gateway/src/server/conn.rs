@@ -603,7 +603,13 @@ async fn deliver(ctx: &mut Ctx, mut message: crate::smtp::Message) -> Reply {
         None => Disposition::Deliver,
     };
     let queued = || Reply::new(250, "2.0.0", format!("Ok: queued as {}", message.id));
-    let disposition_seen = disposition.clone();
+    // What the metric calls a message the plugins discarded or quarantined (once answered
+    // 250); the reply decides for the rest.
+    let taken_by_plugin = match &disposition {
+        Disposition::Discard => Some("discarded"),
+        Disposition::Quarantine(_) => Some("quarantined"),
+        _ => None,
+    };
     let reply = match disposition {
         Disposition::Discard => {
             info!(msg = %message.id, "message discarded by plugin");
@@ -625,9 +631,8 @@ async fn deliver(ctx: &mut Ctx, mut message: crate::smtp::Message) -> Reply {
     };
     ctx.messages += 1;
     let m = &message;
-    let label = match &disposition_seen {
-        Disposition::Discard if reply.is_positive() => "discarded",
-        Disposition::Quarantine(_) if reply.is_positive() => "quarantined",
+    let label = match taken_by_plugin {
+        Some(label) if reply.is_positive() => label,
         _ => metric_outcome(&reply),
     };
     crate::metrics::get().message(label, reply.code(), m.text.len());
