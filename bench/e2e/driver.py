@@ -61,9 +61,13 @@ LAT_CONNS = env_int("BENCH_LATENCY_CONNECTIONS", 10)
 LAT_SIZE_KB = env_int("BENCH_LATENCY_SIZE", 10)
 LAT_RATE = env_float("BENCH_LATENCY_RATE", 0)  # 0: half of Postfix's maximum at 10 KB
 IDLE = env_int("BENCH_IDLE", 300 if QUICK else 10000)
+IDLE_MAX_CONNS = env_int("BENCH_IDLE_MAX_CONNECTIONS", 0)  # 0: BENCH_IDLE + 50
+# sessions being opened at once in the idle run (a storm of new sessions is not its point)
+IDLE_OPENING = env_int("BENCH_IDLE_OPENING", 20)
 IDLE_POSTFIX = env_int("BENCH_IDLE_POSTFIX", 100 if QUICK else 1000)
 RUN_TIMEOUT = env_float("BENCH_RUN_TIMEOUT", 120 if QUICK else 600)
 QUIET_LOGS = env_str("BENCH_QUIET_LOGS", "0") == "1"
+KEEP = env_str("BENCH_KEEP", "0") == "1"
 SAMPLE_SECS = env_float("BENCH_SAMPLE_SECS", 0.2)
 ALL_TARGETS = [
     "ceiling",
@@ -535,6 +539,8 @@ class Nsd:
             f'  username: ""\n  chroot: ""\n  zonesdir: "{d}"\n  database: ""\n'
             f'  zonelistfile: "{d}/zone.list"\n  xfrdfile: "{d}/xfrd.state"\n'
             f'  xfrdir: "{d}"\n  pidfile: "{d}/nsd.pid"\n  verbosity: 1\n'
+            # no response rate limiting: the idle run asks thousands of NXDOMAINs a second
+            "  rrl-ratelimit: 0\n"
             "remote-control:\n  control-enable: no\n"
         )
         for origin, text in (("test", ZONE), ("127.in-addr.arpa", REVERSE_ZONE)):
@@ -762,9 +768,10 @@ class HarakaTarget(Target):
 
 
 class MailgateTarget(Target):
-    def __init__(self, workdir, name, mode, plugins, nsd_port):
+    def __init__(self, workdir, name, mode, plugins, nsd_port, max_conns=1000):
         self.name = name
         super().__init__(workdir)
+        self.max_conns = max_conns
         self.mode = mode
         self.plugins = plugins
         self.nsd_port = nsd_port
@@ -778,8 +785,8 @@ class MailgateTarget(Target):
         text = f"""[server]
 hostname = "mx.bench.test"
 listen = ["127.0.0.1:0"]
-max_connections = 30000
-max_connections_per_ip = 30000
+max_connections = {self.max_conns}
+max_connections_per_ip = {self.max_conns}
 watch_interval_ms = 0
 
 [tls]
@@ -812,6 +819,8 @@ servers = ["127.0.0.1:{self.nsd_port}"]
 [chain]
 quarantine = "{d}/quarantine"
 compile_cache = "{VAR}/e2e-cache/plugins"
+# plugin linear memory of every session at once: about 4 MiB per session with the three
+max_total_memory_mb = {max(1024, self.max_conns * 5)}
 """
         if self.plugins:
             text += f"""
@@ -893,15 +902,19 @@ rules = [
             self.meter.remove()
 
 
-def make_target(name, workdir, nsd_port, postfix_limit=100):
+def make_target(name, workdir, nsd_port, conns=100):
+    """conns: the connections the target must hold at once (Postfix's smtpd process
+    limit, mailgate's max_connections)."""
     if name == "ceiling":
         return Ceiling(workdir)
     if name == "postfix":
-        return PostfixTarget(workdir, postfix_limit)
+        return PostfixTarget(workdir, max(100, conns))
     if name == "haraka":
         return HarakaTarget(workdir)
     mode = "queue" if "queue" in name else "proxy"
-    return MailgateTarget(workdir, name, mode, name.endswith("-plugins"), nsd_port)
+    return MailgateTarget(
+        workdir, name, mode, name.endswith("-plugins"), nsd_port, max(1000, conns)
+    )
 
 
 # ------------------------------------------------------------------ measurements
@@ -917,7 +930,8 @@ def throughput(target, sink, port, size_kb, sessions, count, sampler):
         sampler.sample_now()
     t0 = time.monotonic()
     rc, client_cpu, out = smtp_source(port, size_kb * 1024, sessions, count)
-    got = sink.wait_for(base + count, RUN_TIMEOUT)
+    # smtp-source stops at the first refusal: then only what was queued can still come.
+    got = sink.wait_for(base + count, RUN_TIMEOUT if rc == 0 else min(10, RUN_TIMEOUT))
     t1 = time.monotonic()
     cpu1 = target.meter.cpu_seconds() if target.meter else 0.0
     received = sink.get() - base
@@ -1100,7 +1114,7 @@ def idle_ip(i):
 
 async def idle_hold(port, n, conns_out, errors):
     """Opens n sessions, each from its own 127.10.x.y address, to MAIL+RCPT; keeps them."""
-    sem = asyncio.Semaphore(200)
+    sem = asyncio.Semaphore(IDLE_OPENING)
 
     async def one(i):
         async with sem:
@@ -1374,7 +1388,10 @@ def main():
     }
     work = Path(tempfile.mkdtemp(prefix="mailgate-e2e-"))
     os.chmod(work, 0o755)  # Postfix's daemons (user postfix) reach paths below it
-    PROCS.cleanups.insert(0, lambda: shutil.rmtree(work, ignore_errors=True))
+    if KEEP:
+        log(f"BENCH_KEEP=1: the work dir (configs, logs) stays: {work}")
+    else:
+        PROCS.cleanups.insert(0, lambda: shutil.rmtree(work, ignore_errors=True))
     log(f"work dir {work}; {MESSAGES} messages per run; targets {', '.join(TARGETS)}")
     nsd = Nsd(work)
     order = [t for t in ["postfix"] + TARGETS if t in TARGETS]
@@ -1382,14 +1399,14 @@ def main():
     targets_dirs = {}
     latency_targets = []
 
-    def with_target(name, fn, postfix_limit=100, sink_conns=1024):
+    def with_target(name, fn, conns=100, sink_conns=1024):
         """Starts a sink and the target, runs fn(target, sink, port, sampler), stops both."""
         n = targets_dirs.get(name, 0)
         targets_dirs[name] = n + 1
         wd = work / f"{name}-{n}"
         wd.mkdir()
         sink = Sink(sink_conns)
-        target = make_target(name, wd, nsd.port, postfix_limit)
+        target = make_target(name, wd, nsd.port, conns)
         sampler = None
         try:
             port = target.start(sink.port)
@@ -1474,7 +1491,7 @@ def main():
             row = with_target(
                 name,
                 lambda t, s, p, _sm: idle_run(t, s, p, n, MESSAGES),
-                postfix_limit=n + 50,
+                conns=IDLE_MAX_CONNS if IDLE_MAX_CONNS and name != "postfix" else n + 50,
                 sink_conns=max(1024, n + 100),
             )
             log(
