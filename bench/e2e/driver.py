@@ -52,7 +52,7 @@ def env_list(name, default):
 
 
 QUICK = env_str("BENCH_QUICK", "0") == "1"
-MESSAGES = env_int("BENCH_MESSAGES", 100 if QUICK else 2000)
+MESSAGES = env_int("BENCH_MESSAGES", 100 if QUICK else 3000)
 SIZES_KB = [int(x) for x in env_list("BENCH_SIZES", "1,10,100")]
 SESSIONS = [int(x) for x in env_list("BENCH_SESSIONS", "10,50")]
 WARMUP = env_int("BENCH_WARMUP", 20 if QUICK else 200)
@@ -628,6 +628,9 @@ class PostfixTarget(Target):
         shutil.chown(d / "data", "postfix")
         port = free_port()
         limit = self.smtpd_limit
+        # smtpd resolves each client's name with the system resolver: 127.0.0.1 is in
+        # /etc/hosts, but the idle run's 127.10.x.y would be asked of resolv.conf's servers.
+        peername = "smtpd_peername_lookup = no\n" if limit > 100 else ""
         (d / "conf/main.cf").write_text(
             f"""compatibility_level = 3.6
 queue_directory = {d}/queue
@@ -655,7 +658,7 @@ maillog_file_prefixes = {d}
 default_process_limit = {max(100, limit)}
 biff = no
 smtpd_banner = $myhostname ESMTP Postfix
-"""
+{peername}"""
         )
         (d / "conf/master.cf").write_text(
             f"""127.0.0.1:{port} inet n - n - {limit} smtpd
@@ -722,6 +725,10 @@ postlog unix-dgram n - n - 1 postlogd
 class HarakaTarget(Target):
     name = "haraka"
 
+    def __init__(self, workdir, nsd_port):
+        super().__init__(workdir)
+        self.nsd_port = nsd_port
+
     def version(self):
         try:
             pkg = json.loads((HARAKA.parent.parent / "package.json").read_text())
@@ -746,10 +753,15 @@ class HarakaTarget(Target):
         (cfg / "me").write_text("haraka.bench.test\n")
         if QUIET_LOGS:
             (cfg / "log.ini").write_text("[main]\nlevel=warn\n")
+        # Haraka looks up every client's PTR with node's resolver (c-ares, which asks the
+        # name servers of resolv.conf, not /etc/hosts): point it at our NSD, as mailgate's.
+        (d / "dns.js").write_text(
+            f"require('dns').setServers(['127.0.0.1:{self.nsd_port}']);\n"
+        )
         self.meter = self.make_meter(lambda: self.proc.pid)
         self.logf = open(d / "haraka.log", "wb")
         self.proc = PROCS.spawn(
-            ["node", HARAKA, "-c", d],
+            ["node", "--require", d / "dns.js", HARAKA, "-c", d],
             cgroup=self.meter if isinstance(self.meter, Cgroup) else None,
             stdout=self.logf,
             stderr=subprocess.STDOUT,
@@ -910,7 +922,7 @@ def make_target(name, workdir, nsd_port, conns=100):
     if name == "postfix":
         return PostfixTarget(workdir, max(100, conns))
     if name == "haraka":
-        return HarakaTarget(workdir)
+        return HarakaTarget(workdir, nsd_port)
     mode = "queue" if "queue" in name else "proxy"
     return MailgateTarget(
         workdir, name, mode, name.endswith("-plugins"), nsd_port, max(1000, conns)
