@@ -78,7 +78,7 @@ ALL_TARGETS = [
     "mailgate-queue",
     "mailgate-queue-plugins",
 ]
-TARGETS = env_list("BENCH_TARGETS", ",".join(ALL_TARGETS))
+TARGETS = [t for t in env_list("BENCH_TARGETS", ",".join(ALL_TARGETS)) if t != "none"]
 IDLE_TARGETS = env_list("BENCH_IDLE_TARGETS", "mailgate-queue-plugins,postfix")
 MAILGATE = Path(env_str("MAILGATE_BIN", str(ROOT / "target/release/mailgate")))
 PLUGINS = ROOT / "target/wasm/wasm32-wasip2/release"
@@ -955,8 +955,8 @@ def throughput(target, sink, port, size_kb, sessions, count, sampler):
         "received": received,
         "seconds": round(t1 - t0, 4),
         "msg_per_s": round(received / (t1 - t0), 1) if received else 0.0,
-        "relay_cpu_ms_per_msg": round((cpu1 - cpu0) * 1000 / max(received, 1), 3)
-        if target.meter
+        "relay_cpu_ms_per_msg": round((cpu1 - cpu0) * 1000 / received, 3)
+        if target.meter and received
         else None,
         "client_cpu_ms_per_msg": round(client_cpu * 1000 / max(received, 1), 3),
         "sink_cpu_ms_per_msg": round(
@@ -1366,7 +1366,7 @@ def main():
     for t in TARGETS + IDLE_TARGETS:
         if t not in ALL_TARGETS:
             sys.exit(f"unknown target {t!r}; known: {', '.join(ALL_TARGETS)}")
-    if "postfix" not in TARGETS and not LAT_RATE:
+    if TARGETS and "postfix" not in TARGETS and not LAT_RATE:
         sys.exit("without the postfix target, set BENCH_LATENCY_RATE")
     nofile = raise_nofile(IDLE + 1000)
     started = time.monotonic()
