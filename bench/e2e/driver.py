@@ -790,7 +790,8 @@ class MailgateTarget(Target):
 
     def version(self):
         r = run_cmd(["git", "-C", ROOT, "rev-parse", "--short", "HEAD"])
-        return f"mailgate {r.stdout.strip()} ({MAILGATE.relative_to(ROOT) if MAILGATE.is_relative_to(ROOT) else MAILGATE})"
+        built = time.strftime("%Y-%m-%d %H:%M", time.localtime(MAILGATE.stat().st_mtime))
+        return f"mailgate at {r.stdout.strip()} ({MAILGATE}, built {built})"
 
     def config(self, sink_port):
         d = self.dir
