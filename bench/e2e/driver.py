@@ -1250,7 +1250,7 @@ def render(res):
     out.append(f"- load before: `{res['uptime_before']}`")
     out.append(f"- load after: `{res['uptime_after']}`")
     out.append(f"- settings: {json.dumps(res['settings'])}")
-    out.append(f"- versions: {'; '.join(res['versions'].values())}")
+    out.append(f"- versions: {'; '.join(dict.fromkeys(res['versions'].values()))}")
     out.append(f"- relay CPU measured with: {res['cpu_method']}")
     out.append(f"- wall time: {res['wall_seconds']:.0f} s\n")
 
