@@ -720,6 +720,8 @@ postlog unix-dgram n - n - 1 postlogd
                 time.sleep(0.05)
             if isinstance(self.meter, Cgroup):
                 self.meter.remove()
+        elif isinstance(self.meter, Cgroup):
+            self.meter.remove()
 
 
 class HarakaTarget(Target):
@@ -774,7 +776,8 @@ class HarakaTarget(Target):
         return port
 
     def stop(self):
-        PROCS.stop(self.proc)
+        if getattr(self, "proc", None):
+            PROCS.stop(self.proc)
         if isinstance(self.meter, Cgroup):
             self.meter.remove()
 
@@ -910,7 +913,8 @@ rules = [
         return port
 
     def stop(self):
-        PROCS.stop(self.proc, timeout=40)
+        if getattr(self, "proc", None):
+            PROCS.stop(self.proc, timeout=40)
         if isinstance(self.meter, Cgroup):
             self.meter.remove()
 
