@@ -224,7 +224,9 @@ def children_map():
 
 
 def tree(root):
-    """root and its descendants."""
+    """root and its descendants (none if root is gone)."""
+    if not os.path.exists(f"/proc/{root}"):
+        return []
     kids = children_map()
     out, todo = [], [root]
     while todo:
