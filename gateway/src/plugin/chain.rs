@@ -18,7 +18,7 @@ use tokio::time::timeout;
 use wasmtime::Store;
 use wasmtime::component::Resource;
 
-use super::bindings::Plugin;
+use super::bindings::Hooks;
 use super::bindings::exports::mailgate::plugin::hooks::{
     DataOutcome, DeliverOutcome, DeliveryInfo, HookSet, Outcome, RcptOutcome,
 };
@@ -303,13 +303,13 @@ enum Returned {
 
 struct Live {
     store: Store<State>,
-    inst: Plugin,
+    hooks: Hooks,
 }
 
 impl Live {
-    fn new(store: Store<State>, inst: Plugin) -> Live {
+    fn new(store: Store<State>, hooks: Hooks) -> Live {
         crate::metrics::get().plugin_instances.inc();
-        Live { store, inst }
+        Live { store, hooks }
     }
 }
 
@@ -672,14 +672,12 @@ impl Chain {
                 },
             );
             st.data_mut().deadline = Instant::now() + spec.deadline;
-            let pre = &slot.plugin.pre;
+            let plugin = &slot.plugin;
             let fut = async {
-                let inst = pre.instantiate_async(&mut st).await?;
-                let init = inst
-                    .mailgate_plugin_hooks()
-                    .call_init(&mut st, &spec.config)
-                    .await?;
-                Ok::<_, wasmtime::Error>((inst, init))
+                let inst = plugin.pre.instance_pre().instantiate_async(&mut st).await?;
+                let hooks = plugin.exports.load(&mut st, &inst)?;
+                let init = hooks.call_init(&mut st, &spec.config).await?;
+                Ok::<_, wasmtime::Error>((hooks, init))
             };
             match timeout(limit, fut).await {
                 Ok(Ok((inst, Ok(())))) => slot.live = Some(Live::new(st, inst)),
@@ -690,12 +688,11 @@ impl Chain {
                 Err(_) => return Err(Failure::Deadline),
             }
         }
-        let Some(Live { store: st, inst }) = slot.live.as_mut() else {
+        let Some(Live { store: st, hooks }) = slot.live.as_mut() else {
             return Err(Failure::Trap("instance missing".into()));
         };
         st.data_mut().deadline = Instant::now() + spec.deadline;
         st.set_epoch_deadline(1);
-        let hooks = inst.mailgate_plugin_hooks();
         // DATA and delivery hand the message over as a resource, borrowed for the call.
         let handle = match call {
             Call::Data(.., m) | Call::Deliver(.., m) => Some(

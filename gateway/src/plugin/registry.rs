@@ -12,7 +12,7 @@ use wasmtime::component::{Component, HasSelf, Linker, types::ComponentItem};
 use wasmtime::{Engine, Store};
 
 use super::bindings::exports::mailgate::plugin::hooks::HookSet;
-use super::bindings::{Plugin, PluginPre};
+use super::bindings::{HookIndices, Plugin, PluginPre};
 use super::kv::Kv;
 use super::state::State;
 use crate::config::{Capability, PluginSpec};
@@ -71,6 +71,9 @@ pub struct LoadedPlugin {
     pub spec: Arc<PluginSpec>,
     /// Linked and ready.
     pub pre: PluginPre<State>,
+    /// Where its hook functions are (sessions instantiate `pre.instance_pre()` and look
+    /// them up without bindgen's per-instance type check).
+    pub exports: HookIndices,
     /// Hooks it implements.
     pub hooks: HookSet,
     /// Name and version it reports.
@@ -549,9 +552,11 @@ pub async fn load(
         let hooks = inst.mailgate_plugin_hooks();
         let manifest = hooks.call_manifest(&mut st).await?;
         let init = hooks.call_init(&mut st, &spec.config).await?;
-        Ok::<_, wasmtime::Error>((manifest, init))
+        let exports =
+            HookIndices::new(pre.instance_pre(), &format!("{HOOKS_EXPORT}{world}"), &inst)?;
+        Ok::<_, wasmtime::Error>((manifest, init, exports))
     };
-    let (manifest, init) = match tokio::time::timeout(LOAD_DEADLINE, run).await {
+    let (manifest, init, exports) = match tokio::time::timeout(LOAD_DEADLINE, run).await {
         Ok(Ok(x)) => x,
         Ok(Err(e)) => return Err(invalid(format!("failed at load: {e:#}"))),
         Err(_) => return Err(invalid("manifest/init did not finish within 5 s".into())),
@@ -584,6 +589,7 @@ pub async fn load(
     Ok(LoadedPlugin {
         spec,
         pre,
+        exports,
         hooks: manifest.hooks,
         version: format!("{} {}", manifest.name, manifest.version),
         world,
