@@ -95,6 +95,7 @@ fn spec(path: &Path) -> PluginSpec {
         literal_recipients: false,
         log_rate: (100, 65536),
         kv_quota: Default::default(),
+        reuse_instances: true,
     }
 }
 

@@ -52,6 +52,7 @@ fn spec(
         literal_recipients: false,
         log_rate: (100, 65536),
         kv_quota: Default::default(),
+        reuse_instances: true,
     }
 }
 

@@ -50,6 +50,7 @@ fn spec(name: &str, file: &str, config: Vec<(String, String)>) -> PluginSpec {
         literal_recipients: false,
         log_rate: (100, 65536),
         kv_quota: Default::default(),
+        reuse_instances: true,
     }
 }
 

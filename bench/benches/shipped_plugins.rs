@@ -51,6 +51,7 @@ fn spec(name: &str, file: &str, config: &[(&str, &str)]) -> PluginSpec {
         literal_recipients: false,
         log_rate: (100, 65536),
         kv_quota: Default::default(),
+        reuse_instances: true,
     }
 }
 

@@ -243,9 +243,9 @@ fn looping_plugin_does_not_stall_other_sessions() {
     assert!(a.reply().starts_with("451 4.7.0"));
 }
 
-#[test]
-fn state_never_leaks_across_sessions() {
-    let gw = with_plugin("counter", "state-leak", "");
+/// Three sessions one after the other, two recipients each, through the `state-leak`
+/// fixture; the headers it added to each delivered copy, in delivery order.
+fn three_sessions(gw: &Gateway) -> Vec<String> {
     for round in 0..3 {
         let out = json(&smtplib(&[
             "send",
@@ -260,13 +260,40 @@ fn state_never_leaks_across_sessions() {
     }
     let files = gw.mailbox("example.test", "s1");
     assert_eq!(files.len(), 3);
-    for f in files {
-        let text = String::from_utf8_lossy(&f);
-        assert!(
-            text.contains("X-Count: 2\r\n"),
-            "a fresh instance per session counts 2 rcpts: {text}"
-        );
-    }
+    let header = |text: &str, name: &str| -> u64 {
+        let at = text
+            .find(&format!("{name}: "))
+            .unwrap_or_else(|| panic!("{name}: {text}"));
+        let rest = &text[at + name.len() + 2..];
+        rest[..rest.find('\r').unwrap()].parse().unwrap()
+    };
+    let mut seen: Vec<(u64, u64, u64)> = files
+        .iter()
+        .map(|f| {
+            let text = String::from_utf8_lossy(f);
+            (
+                header(&text, "X-Count"),
+                header(&text, "X-Global-Count"),
+                header(&text, "X-Init-Count"),
+            )
+        })
+        .collect();
+    seen.sort_by_key(|s| s.2);
+    seen.iter()
+        .map(|(c, g, i)| format!("{c}/{g}/{i}"))
+        .collect()
+}
+
+#[test]
+fn state_never_leaks_across_sessions() {
+    // Reused instances (the default): the one instance serves the three sessions in
+    // turn (its statics count 2, 4, 6 recipients and 1, 2, 3 inits) and `init` gives
+    // each session a fresh plugin value (2 recipients each).
+    let gw = with_plugin("counter", "state-leak", "");
+    assert_eq!(three_sessions(&gw), ["2/2/1", "2/4/2", "2/6/3"]);
+    // `instances = "per-session"`: nothing is shared, statics included.
+    let gw = with_plugin("counter", "state-leak", "instances = \"per-session\"");
+    assert_eq!(three_sessions(&gw), ["2/2/1", "2/2/1", "2/2/1"]);
 }
 
 #[test]

@@ -320,6 +320,15 @@ pub struct Plugin {
     /// The plugin's own settings, handed to its `init` as key/value pairs.
     #[serde(default)]
     pub config: std::collections::BTreeMap<String, serde_json::Value>,
+    /// `reused` (the default): an instance serves one session at a time and then the
+    /// next ones (`init` runs at the start of each); `per-session`: a new instance for
+    /// every session, so no memory is shared between sessions (slower).
+    #[serde(default = "default_instances")]
+    pub instances: String,
+}
+
+fn default_instances() -> String {
+    "reused".into()
 }
 
 fn default_on_error() -> String {

@@ -124,6 +124,8 @@ pub struct PluginSpec {
     pub log_rate: (u32, u32),
     /// What its `kv` namespace may hold.
     pub kv_quota: crate::plugin::kv::Quota,
+    /// Instances serve later sessions after theirs (`instances = "reused"`).
+    pub reuse_instances: bool,
 }
 
 fn flatten(prefix: &str, v: &serde_json::Value, out: &mut Vec<(String, String)>) {
@@ -165,6 +167,16 @@ fn plugin_spec(p: &super::Plugin, seen: &mut Vec<String>) -> Result<PluginSpec, 
             return Err(invalid(
                 "plugin.on_error",
                 format!("{o:?}: expected tempfail, continue or reject"),
+            ));
+        }
+    };
+    let reuse_instances = match p.instances.as_str() {
+        "reused" => true,
+        "per-session" => false,
+        o => {
+            return Err(invalid(
+                "plugin.instances",
+                format!("{o:?} (plugin {}): expected reused or per-session", p.name),
             ));
         }
     };
@@ -222,6 +234,7 @@ fn plugin_spec(p: &super::Plugin, seen: &mut Vec<String>) -> Result<PluginSpec, 
             entries: p.limits.kv_entries,
             bytes: p.limits.kv_mb.saturating_mul(1 << 20),
         },
+        reuse_instances,
     })
 }
 

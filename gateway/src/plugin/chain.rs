@@ -15,10 +15,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio::time::timeout;
-use wasmtime::Store;
 use wasmtime::component::Resource;
 
-use super::bindings::Hooks;
 use super::bindings::exports::mailgate::plugin::hooks::{
     DataOutcome, DeliverOutcome, DeliveryInfo, HookSet, Outcome, RcptOutcome,
 };
@@ -26,6 +24,7 @@ use super::bindings::mailgate::plugin::types as wit;
 use super::convert::{self, Decision, Invalid, Route};
 use super::edits::{HeaderEdit, RecipientEdit};
 use super::message::{MessageHandle, ParsedMessage};
+use super::pool::Live;
 use super::registry::{Generation, LoadedPlugin, store};
 use super::state::State;
 use crate::config::OnError;
@@ -301,29 +300,29 @@ enum Returned {
     Deliver(DeliverOutcome),
 }
 
-struct Live {
-    store: Store<State>,
-    hooks: Hooks,
-}
-
-impl Live {
-    fn new(store: Store<State>, hooks: Hooks) -> Live {
-        crate::metrics::get().plugin_instances.inc();
-        Live { store, hooks }
-    }
-}
-
-impl Drop for Live {
-    fn drop(&mut self) {
-        crate::metrics::get().plugin_instances.dec();
-    }
-}
-
 struct Slot {
     plugin: Arc<LoadedPlugin>,
     live: Option<Live>,
     /// The plugin's budget in this session, kept across its instances.
     budget: Arc<super::budget::SessionBudget>,
+}
+
+impl Slot {
+    /// The session is over for this plugin: its instance, if it did not fail, goes back
+    /// to the plugin's pool.
+    fn release(&mut self) {
+        if let Some(live) = self.live.take()
+            && self.plugin.spec.reuse_instances
+        {
+            self.plugin.pool.put(live);
+        }
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.release();
+    }
 }
 
 /// The chain for one session.
@@ -393,6 +392,12 @@ impl Chain {
     /// Tags so far.
     pub fn tags(&self) -> &[String] {
         &self.tags
+    }
+
+    /// The session has ended: its instances go back to their plugins' pools now rather
+    /// than when the chain is dropped (a hook after this creates or takes one again).
+    pub fn release_instances(&mut self) {
+        self.slots.iter_mut().for_each(Slot::release);
     }
 
     /// Live instances (for tests and status).
@@ -660,35 +665,59 @@ impl Chain {
         let spec = Arc::clone(&slot.plugin.spec);
         let limit = spec.deadline + GRACE;
         if slot.live.is_none() {
-            let mut st = store(
-                &generation.engine,
-                Arc::clone(&spec),
-                Arc::clone(&generation.services),
-                session_id,
-                super::budget::Budgets {
-                    session: Arc::clone(&slot.budget),
-                    log_rate: Arc::clone(&slot.plugin.log_rate),
-                    auth: auth.clone(),
-                },
-            );
-            st.data_mut().deadline = Instant::now() + spec.deadline;
-            let plugin = &slot.plugin;
+            let budgets = super::budget::Budgets {
+                session: Arc::clone(&slot.budget),
+                log_rate: Arc::clone(&slot.plugin.log_rate),
+                auth: auth.clone(),
+            };
+            let plugin = Arc::clone(&slot.plugin);
+            let reused = spec.reuse_instances.then(|| plugin.pool.take()).flatten();
             let fut = async {
-                let inst = plugin.pre.instance_pre().instantiate_async(&mut st).await?;
-                let hooks = plugin.exports.load(&mut st, &inst)?;
-                let init = hooks.call_init(&mut st, &spec.config).await?;
-                Ok::<_, wasmtime::Error>((hooks, init))
+                let mut live = match reused {
+                    Some(mut live) => {
+                        let st = live.store.data_mut();
+                        st.session_id = session_id;
+                        st.budgets = budgets;
+                        st.deadline = Instant::now() + spec.deadline;
+                        live.store.set_epoch_deadline(1);
+                        live
+                    }
+                    None => {
+                        let mut st = store(
+                            &generation.engine,
+                            Arc::clone(&spec),
+                            Arc::clone(&generation.services),
+                            session_id,
+                            budgets,
+                        );
+                        st.data_mut().deadline = Instant::now() + spec.deadline;
+                        let inst = plugin.pre.instance_pre().instantiate_async(&mut st).await;
+                        let inst = inst.map_err(|e| classify(&e, st.data()))?;
+                        let hooks = plugin
+                            .exports
+                            .load(&mut st, &inst)
+                            .map_err(|e| classify(&e, st.data()))?;
+                        Live::new(st, hooks)
+                    }
+                };
+                // Every session starts with `init`: the plugin value is always fresh.
+                let hooks = live.hooks;
+                match hooks.call_init(&mut live.store, &spec.config).await {
+                    Ok(Ok(())) => Ok(live),
+                    Ok(Err(msg)) => Err(Failure::Init(msg.chars().take(400).collect())),
+                    Err(e) => Err(classify(&e, live.store.data())),
+                }
             };
             match timeout(limit, fut).await {
-                Ok(Ok((inst, Ok(())))) => slot.live = Some(Live::new(st, inst)),
-                Ok(Ok((_, Err(msg)))) => {
-                    return Err(Failure::Init(msg.chars().take(400).collect()));
-                }
-                Ok(Err(e)) => return Err(classify(&e, st.data())),
+                Ok(Ok(live)) => slot.live = Some(live),
+                Ok(Err(failure)) => return Err(failure),
                 Err(_) => return Err(Failure::Deadline),
             }
         }
-        let Some(Live { store: st, hooks }) = slot.live.as_mut() else {
+        let Some(Live {
+            store: st, hooks, ..
+        }) = slot.live.as_mut()
+        else {
             return Err(Failure::Trap("instance missing".into()));
         };
         st.data_mut().deadline = Instant::now() + spec.deadline;
@@ -900,6 +929,7 @@ mod tests {
             literal_recipients: false,
             log_rate: (100, 65536),
             kv_quota: Default::default(),
+            reuse_instances: true,
         };
         State::new(Arc::new(spec), services(), "S".into(), Default::default())
     }

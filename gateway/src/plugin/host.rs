@@ -783,6 +783,7 @@ mod tests {
             literal_recipients: false,
             log_rate: (100, 65536),
             kv_quota: Default::default(),
+            reuse_instances: true,
         };
         State::new(Arc::new(spec), services, "S1".into(), Default::default())
     }

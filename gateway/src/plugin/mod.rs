@@ -28,6 +28,7 @@ pub mod kv;
 pub mod kv_redis;
 pub mod message;
 pub mod patterns;
+pub mod pool;
 pub mod registry;
 pub mod session;
 mod state;

@@ -74,6 +74,8 @@ pub struct LoadedPlugin {
     /// Where its hook functions are (sessions instantiate `pre.instance_pre()` and look
     /// them up without bindgen's per-instance type check).
     pub exports: HookIndices,
+    /// Its idle instances, kept for later sessions.
+    pub pool: super::pool::Pool,
     /// Hooks it implements.
     pub hooks: HookSet,
     /// Name and version it reports.
@@ -590,6 +592,7 @@ pub async fn load(
         spec,
         pre,
         exports,
+        pool: Default::default(),
         hooks: manifest.hooks,
         version: format!("{} {}", manifest.name, manifest.version),
         world,
@@ -613,7 +616,9 @@ pub async fn load_all(
     // plugin for loading: a busy gateway never runs out of slots (they reserve address
     // space, not memory; memory is `chain.max_total_memory_mb`).
     let instances = (services.sessions + 1).saturating_mul(specs.len());
-    let calls = services.sessions + 1;
+    // Every live store keeps the stack of its last call (wasmtime reuses it for the
+    // next), so stacks are needed for every instance, and for calls beyond that.
+    let calls = instances.saturating_add(services.sessions + 1);
     let engine =
         super::engine::build(max_memory, instances, calls).map_err(|e| LoadError::Invalid {
             name: "(engine)".into(),
@@ -696,6 +701,7 @@ pub async fn describe(path: &std::path::Path) -> Result<Description, LoadError> 
             literal_recipients: false,
             log_rate: (100, 65536),
             kv_quota: Default::default(),
+            reuse_instances: true,
         };
         let mut st = store(
             &engine,

@@ -94,6 +94,12 @@ impl SessionPlugins {
         }
     }
 
+    /// The session has ended: its plugin instances are released now (see
+    /// [`Chain::release_instances`]); score and tags stay readable.
+    pub fn release_instances(&mut self) {
+        self.chain.release_instances();
+    }
+
     /// What the last `RCPT TO` the chain let through became (proxy mode relays that).
     pub fn take_rcpt_plan(&mut self) -> Option<RcptPlan> {
         self.rcpt_plan.take()

@@ -452,6 +452,13 @@ where
     loop {
         match s.step() {
             Step::Send(bytes) => {
+                if s.is_closed()
+                    && let Some(p) = ctx.plugins.as_mut()
+                {
+                    // The last reply: the instances are free for the next session before
+                    // the client, told 221, can start one.
+                    p.release_instances();
+                }
                 // A client that does not read its replies is not waited for forever.
                 let write = async {
                     io.write_all(&bytes).await?;

@@ -303,6 +303,11 @@ impl Session {
         self.shutting_down = true;
     }
 
+    /// The session has ended (its last reply may still be unsent).
+    pub fn is_closed(&self) -> bool {
+        matches!(self.phase, Phase::Closed)
+    }
+
     /// The read timeout that applies now.
     pub fn read_timeout(&self) -> ReadTimeout {
         match self.phase {

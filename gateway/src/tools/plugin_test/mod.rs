@@ -282,6 +282,7 @@ fn settings(args: &Options) -> Result<Config, Fail> {
         limits: Default::default(),
         literal_recipients: false,
         config,
+        instances: "reused".into(),
     }];
     // MAILGATE_* variables apply as they do to a config file.
     Config::from_figment(
