@@ -123,6 +123,8 @@ pub struct Metrics {
     pub plugin_failures: Family<PluginFailure, Counter>,
     /// Plugin instances alive now.
     pub plugin_instances: Gauge,
+    /// Of those, the ones idle in their plugin's pool (no session holds them).
+    pub plugin_instances_idle: Gauge,
     /// DNS queries through the resolver.
     pub dns_queries: Family<DnsLabels, Counter>,
     /// DNS query time (the resolver's cache answers included), seconds.
@@ -171,6 +173,7 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| Metrics {
     plugin_verdicts: Family::default(),
     plugin_failures: Family::default(),
     plugin_instances: Gauge::default(),
+    plugin_instances_idle: Gauge::default(),
     dns_queries: Family::default(),
     dns_seconds: latency(),
     deliveries: Family::default(),
@@ -229,6 +232,11 @@ fn registry(m: &'static Metrics) -> Registry {
         "plugin_instances",
         "Plugin instances alive",
         m.plugin_instances.clone(),
+    );
+    r.register(
+        "plugin_instances_idle",
+        "Plugin instances idle in their plugin's pool",
+        m.plugin_instances_idle.clone(),
     );
     r.register(
         "dns_queries",

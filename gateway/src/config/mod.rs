@@ -276,6 +276,10 @@ pub struct Chain {
     /// For tests only: lets `mailgate clock advance SECS` move the time plugins see (the
     /// `clock` capability and kv expiry) forward. Off in production.
     pub adjustable_clock: bool,
+    /// A session that has waited this long for its client gives its plugin instances
+    /// back to their pools (an idle connection then holds no plugin memory; the next
+    /// hook takes an instance and runs `init` again). 0 = keep them for the session.
+    pub release_idle_instances_ms: u64,
 }
 
 impl Default for Chain {
@@ -283,6 +287,7 @@ impl Default for Chain {
         Chain {
             max_total_memory_mb: 1024,
             adjustable_clock: false,
+            release_idle_instances_ms: 1000,
             trace_header: false,
             quarantine: PathBuf::from("./var/quarantine"),
             compile_cache: PathBuf::from("./var/cache/plugins"),

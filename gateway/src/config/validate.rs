@@ -274,6 +274,9 @@ pub struct Live {
     pub plugins: Vec<PluginSpec>,
     /// Add the decision trace as a header.
     pub trace_header: bool,
+    /// How long a session waits for its client before giving its plugin instances back
+    /// (`chain.release_idle_instances_ms`; `None`: never).
+    pub release_idle_instances: Option<Duration>,
     /// Quarantine Maildir root.
     pub quarantine: PathBuf,
     /// Queue routing (`[queue.routes]`, `delivery.upstream`, `queue.mx_port`); empty
@@ -844,6 +847,8 @@ impl Config {
                 trusted_networks,
                 plugins,
                 trace_header: self.chain.trace_header,
+                release_idle_instances: (self.chain.release_idle_instances_ms > 0)
+                    .then(|| Duration::from_millis(self.chain.release_idle_instances_ms)),
                 quarantine: self.chain.quarantine.clone(),
                 routing,
                 spill_dir: if !l.spill_dir.as_os_str().is_empty() {

@@ -92,6 +92,7 @@ impl Pool {
     pub fn take(&self) -> Option<Live> {
         let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
         while let Some(mut live) = idle.pop() {
+            crate::metrics::get().plugin_instances_idle.dec();
             if live.store.data().started.elapsed() < MAX_AGE {
                 live.sessions += 1;
                 return Some(live);
@@ -113,6 +114,7 @@ impl Pool {
         let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
         if idle.len() < MAX_IDLE {
             idle.push(live);
+            crate::metrics::get().plugin_instances_idle.inc();
         }
     }
 
@@ -133,6 +135,14 @@ impl Pool {
             .lock()
             .map(|mut i| i.drain(..).collect())
             .unwrap_or_default();
-        drop(drained);
+        crate::metrics::get()
+            .plugin_instances_idle
+            .dec_by(drained.len() as i64);
+    }
+}
+
+impl Drop for Pool {
+    fn drop(&mut self) {
+        self.clear();
     }
 }

@@ -100,6 +100,11 @@ impl SessionPlugins {
         self.chain.release_instances();
     }
 
+    /// Instances this session holds.
+    pub fn live_instances(&self) -> usize {
+        self.chain.live_instances()
+    }
+
     /// What the last `RCPT TO` the chain let through became (proxy mode relays that).
     pub fn take_rcpt_plan(&mut self) -> Option<RcptPlan> {
         self.rcpt_plan.take()

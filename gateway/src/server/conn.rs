@@ -496,24 +496,44 @@ where
                     }
                 };
                 let deadline = tokio::time::Instant::from_std(since + limit);
-                tokio::select! {
-                    r = tokio::time::timeout_at(deadline, io.read(&mut buf)) => match r {
-                        Err(_) => {
-                            info!(timeout_secs = limit.as_secs(), phase = ?phase, "client timed out");
-                            s.timed_out();
-                        }
-                        Ok(Ok(0)) => s.feed_eof(),
-                        Ok(Ok(n)) => {
-                            if phase == ReadTimeout::Data {
-                                data_octets += n as u64;
+                let read = tokio::time::timeout_at(deadline, io.read(&mut buf));
+                tokio::pin!(read);
+                // A client that keeps us waiting does so without holding plugin memory.
+                let mut release = live
+                    .release_idle_instances
+                    .filter(|_| ctx.plugins.as_ref().is_some_and(|p| p.live_instances() > 0))
+                    .map(|after| Box::pin(tokio::time::sleep(after)));
+                // Bounded: the release branch runs at most once, the others end the loop.
+                loop {
+                    tokio::select! {
+                        r = &mut read => {
+                            match r {
+                                Err(_) => {
+                                    info!(timeout_secs = limit.as_secs(), phase = ?phase, "client timed out");
+                                    s.timed_out();
+                                }
+                                Ok(Ok(0)) => s.feed_eof(),
+                                Ok(Ok(n)) => {
+                                    if phase == ReadTimeout::Data {
+                                        data_octets += n as u64;
+                                    }
+                                    s.feed(&buf[..n]);
+                                }
+                                Ok(Err(e)) => return Err(e),
                             }
-                            s.feed(&buf[..n]);
+                            break;
                         }
-                        Ok(Err(e)) => return Err(e),
-                    },
-                    _ = ctx.shutdown.changed(), if !ctx.shutdown_seen => {
-                        ctx.shutdown_seen = true;
-                        s.shutting_down();
+                        _ = ctx.shutdown.changed(), if !ctx.shutdown_seen => {
+                            ctx.shutdown_seen = true;
+                            s.shutting_down();
+                            break;
+                        }
+                        _ = async { release.as_mut().expect("guarded").await }, if release.is_some() => {
+                            release = None;
+                            if let Some(p) = ctx.plugins.as_mut() {
+                                p.release_instances();
+                            }
+                        }
                     }
                 }
             }
