@@ -1171,7 +1171,9 @@ def idle_run(target, sink, port, n, count):
     except asyncio.TimeoutError:
         errors.append("timed out opening connections")
     t_open = time.monotonic() - t0
-    time.sleep(1.0)  # let the relay settle (allocator, lazy work) before reading its memory
+    # let the relay settle (allocator, lazy work; mailgate gives an idle session's plugin
+    # instances back after chain.release_idle_instances_ms, 1 s) before reading its memory
+    time.sleep(3.0)
     rss1, pss1 = mem_of(target.meter)
     held = len(conns)
     log(f"  held {held}/{n} in {t_open:.1f}s; RSS {rss0 // 1024} -> {rss1 // 1024} MiB")

@@ -21,6 +21,8 @@ use crate::dns::Resolver;
 /// The world major.minor this host implements.
 pub const WORLD: &str = "0.1";
 const HOOKS_EXPORT: &str = "mailgate:plugin/hooks@";
+/// Most call stacks the engine reserves (see `load_all`).
+const STACK_CAP: usize = 16_384;
 /// Time allowed for `manifest` and `init` at load.
 const LOAD_DEADLINE: Duration = Duration::from_secs(5);
 
@@ -617,8 +619,14 @@ pub async fn load_all(
     // space, not memory; memory is `chain.max_total_memory_mb`).
     let instances = (services.sessions + 1).saturating_mul(specs.len());
     // Every live store keeps the stack of its last call (wasmtime reuses it for the
-    // next), so stacks are needed for every instance, and for calls beyond that.
-    let calls = instances.saturating_add(services.sessions + 1);
+    // next): stacks for every instance and for the calls beyond, within STACK_CAP (each
+    // stack is two memory mappings, and the kernel allows a process 65530 by default).
+    // Sessions waiting for their client give their instances back
+    // (`chain.release_idle_instances_ms`), so busy sessions and the pools' idle instances
+    // are what hold stacks.
+    let calls = instances
+        .saturating_add(services.sessions + 1)
+        .min(STACK_CAP.max(services.sessions + 1 + specs.len() * super::pool::MAX_IDLE));
     let engine =
         super::engine::build(max_memory, instances, calls).map_err(|e| LoadError::Invalid {
             name: "(engine)".into(),
