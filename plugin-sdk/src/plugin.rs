@@ -33,6 +33,12 @@ pub trait Plugin: Sized + 'static {
     /// the gateway loads the plugin, so an `Err` there refuses the plugin with this message
     /// before it takes traffic. [`ConfigError`](crate::ConfigError) converts into the
     /// `String` with `?`.
+    ///
+    /// The value lives for the session's hooks, unless the client pauses longer than the
+    /// gateway's `chain.release_idle_instances_ms`: then the next hook runs on a value
+    /// `init` made again. An instance serves sessions one after another, each with its own
+    /// `init`; `static`s of the plugin's module persist from one session to the next (a
+    /// place for caches, not for session state).
     fn init(config: &Config) -> Result<Self, String>;
 
     /// A client connected, before the greeting.

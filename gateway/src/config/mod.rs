@@ -599,6 +599,10 @@ impl Default for Delivery {
     }
 }
 
+/// `MAILGATE_*` environment variables that are not config keys: `MAILGATE_LOG` (the log
+/// filter) and `MAILGATE_PERFMAP` (plugin code named for `perf`, docs/benchmarks.md).
+pub const ENV_NOT_CONFIG: &[&str] = &["log", "perfmap"];
+
 impl Config {
     /// Loads defaults, then `file` (if given), then `MAILGATE_` environment variables.
     pub fn load(file: Option<&Path>) -> Result<Config, ConfigError> {
@@ -611,8 +615,11 @@ impl Config {
         if let Some(path) = file {
             f = f.merge(Toml::file_exact(path));
         }
-        // MAILGATE_LOG is the log filter, not a config key.
-        f.merge(Env::prefixed("MAILGATE_").ignore(&["log"]).split("__"))
+        f.merge(
+            Env::prefixed("MAILGATE_")
+                .ignore(ENV_NOT_CONFIG)
+                .split("__"),
+        )
     }
 
     /// Extracts a config from a prepared figment.

@@ -28,7 +28,9 @@ mod lists;
 pub mod rules;
 mod urls;
 
+use std::cell::RefCell;
 use std::collections::HashMap;
+use std::rc::Rc;
 
 use lists::{List, Listing};
 use mailgate_plugin_sdk::Part;
@@ -46,10 +48,57 @@ enum Headers {
     Never,
 }
 
-struct SpamScore {
+/// Rules compiled from one config (the shipped defaults merged with the configured ones).
+struct Compiled {
     rules: Vec<Rule>,
     /// The pattern rules, one host-compiled set per target.
     groups: Vec<rules::Group>,
+}
+
+/// A config's entries and the rules compiled from them.
+type CachedRules = Option<(Vec<(String, String)>, Rc<Compiled>)>;
+
+thread_local! {
+    /// The rules the last `init` compiled, with the config they came from. The gateway
+    /// runs `init` at the start of every session an instance serves; with the same config
+    /// (always, until a reload brings new instances) the rules are not parsed and their
+    /// pattern sets not compiled again.
+    static COMPILED: RefCell<CachedRules> = const { RefCell::new(None) };
+}
+
+/// The rules of `config`, from the cache when it holds them.
+fn compiled(config: &Config) -> Result<Rc<Compiled>, String> {
+    let key: Vec<(String, String)> = config
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    if let Some(hit) = COMPILED.with_borrow(|c| {
+        c.as_ref()
+            .filter(|(k, _)| *k == key)
+            .map(|(_, c)| Rc::clone(c))
+    }) {
+        return Ok(hit);
+    }
+    let mut entries = if config.bool_or("default_rules", true)? {
+        defaults::entries(config)
+    } else {
+        Vec::new()
+    };
+    entries.extend(key.iter().cloned());
+    let all = Config::new(entries);
+    let rules: Vec<Rule> = rules::parse(&all)?
+        .into_iter()
+        .filter(|r| r.score != 0.0)
+        .collect();
+    let groups = rules::groups(&rules)?;
+    let compiled = Rc::new(Compiled { rules, groups });
+    COMPILED.with_borrow_mut(|c| *c = Some((key, Rc::clone(&compiled))));
+    Ok(compiled)
+}
+
+struct SpamScore {
+    /// The rules and their pattern sets (shared with later sessions' `init`).
+    compiled: Rc<Compiled>,
     dnsbl: Vec<List>,
     uribl: Vec<List>,
     add_header_at: f64,
@@ -230,8 +279,8 @@ impl SpamScore {
     /// Which pattern rules match (indexed like `rules`): each group's patterns in one
     /// host call over what the group looks at.
     fn scan(&self, seen: &mut Seen<'_>, txn: &Transaction) -> Vec<bool> {
-        let mut hit = vec![false; self.rules.len()];
-        for g in &self.groups {
+        let mut hit = vec![false; self.compiled.rules.len()];
+        for g in &self.compiled.groups {
             let found = match &g.target {
                 Target::Header(name) => g.set.matches_any(seen.header(name.as_str())),
                 Target::Body => g.set.matches(seen.text()),
@@ -331,21 +380,8 @@ impl Plugin for SpamScore {
             .map(|n| Net::parse(n).ok_or(format!("dnsbl_skip_networks: {n:?} is not a network")))
             .collect::<Result<Vec<_>, _>>()?;
         let max_text_kb: u32 = config.parse_or("max_text_kb", 256)?;
-        let mut entries = if config.bool_or("default_rules", true)? {
-            defaults::entries(config)
-        } else {
-            Vec::new()
-        };
-        entries.extend(config.iter().map(|(k, v)| (k.to_string(), v.to_string())));
-        let all = Config::new(entries);
-        let rules: Vec<Rule> = rules::parse(&all)?
-            .into_iter()
-            .filter(|r| r.score != 0.0)
-            .collect();
-        let groups = rules::groups(&rules)?;
         Ok(SpamScore {
-            rules,
-            groups,
+            compiled: compiled(config)?,
             dnsbl: List::all(config, "dnsbl")?,
             uribl: List::all(config, "uribl")?,
             add_header_at: threshold("add_header_at", Some(6.0))?.unwrap_or(f64::INFINITY),
@@ -385,7 +421,12 @@ impl Plugin for SpamScore {
         self.session_fired
             .retain(|(n, _)| !n.starts_with("HELO_") || n.starts_with("DNSBL_"));
         let mut out = Outcome::continue_();
-        for rule in self.rules.iter().filter(|r| r.stage() == Stage::Helo) {
+        for rule in self
+            .compiled
+            .rules
+            .iter()
+            .filter(|r| r.stage() == Stage::Helo)
+        {
             let hit = match rule.kind {
                 Kind::Check(Check::HeloNotFqdn) => !rules::helo_is_fqdn(&helo.name),
                 Kind::Check(Check::HeloIpLiteral) => rules::helo_is_ip(&helo.name),
@@ -410,7 +451,7 @@ impl Plugin for SpamScore {
         // Pattern rules: one pass over each text for all the rules looking at it.
         let scanned = self.scan(&mut seen, txn);
         let mut fired: Vec<(String, f64)> = Vec::new();
-        for (i, rule) in self.rules.iter().enumerate() {
+        for (i, rule) in self.compiled.rules.iter().enumerate() {
             if rule.stage() != Stage::Data {
                 continue;
             }

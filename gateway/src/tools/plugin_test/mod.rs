@@ -286,8 +286,11 @@ fn settings(args: &Options) -> Result<Config, Fail> {
     }];
     // MAILGATE_* variables apply as they do to a config file.
     Config::from_figment(
-        Figment::from(Serialized::defaults(base))
-            .merge(Env::prefixed("MAILGATE_").ignore(&["log"]).split("__")),
+        Figment::from(Serialized::defaults(base)).merge(
+            Env::prefixed("MAILGATE_")
+                .ignore(crate::config::ENV_NOT_CONFIG)
+                .split("__"),
+        ),
     )
     .context("the environment's MAILGATE_* settings")
     .or_exit(report::EXIT_CONFIG)
