@@ -5,8 +5,10 @@
 //! - `rcpt/no-plugins`: one RCPT stage through an empty chain (the baseline);
 //! - `rcpt/live-instance`: one RCPT hook call into a live instance of the `reject-rcpt`
 //!   fixture (answers continue) — the cost every hook pays per plugin;
-//! - `rcpt/fresh-instance`: a new session's first hook: instantiate (pooling allocator),
-//!   `init`, then the call — the cost a plugin adds once per session;
+//! - `rcpt/fresh-instance`: a new session's first hook with the default instance reuse:
+//!   an idle instance from the plugin's pool, `init`, then the call;
+//! - `rcpt/new-instance`: the same with `instances = "per-session"`: instantiate (pooling
+//!   allocator), `init`, then the call — the cost a plugin adds once per session then;
 //! - `data/live-instance`: the DATA hook of the `header-adder` fixture on a 10 KiB
 //!   message handed over as a resource.
 //!
@@ -90,6 +92,13 @@ fn bench(c: &mut Criterion) {
         .build()
         .unwrap();
     let reject = generation(&rt, vec![spec("reject", "reject_rcpt", vec![])]);
+    let per_session = generation(
+        &rt,
+        vec![PluginSpec {
+            reuse_instances: false,
+            ..spec("reject", "reject_rcpt", vec![])
+        }],
+    );
     let empty = empty_generation(&reject);
     let session = facts();
     let env = Envelope {
@@ -135,6 +144,18 @@ fn bench(c: &mut Criterion) {
                 let t = Instant::now();
                 for _ in 0..iters {
                     let mut chain = plugins(&reject);
+                    std::hint::black_box(chain.hook(&rcpt, &session, &env, "BENCH.1", None).await);
+                }
+                t.elapsed()
+            })
+        })
+    });
+    g.bench_function("new-instance", |b| {
+        b.iter_custom(|iters| {
+            rt.block_on(async {
+                let t = Instant::now();
+                for _ in 0..iters {
+                    let mut chain = plugins(&per_session);
                     std::hint::black_box(chain.hook(&rcpt, &session, &env, "BENCH.1", None).await);
                 }
                 t.elapsed()
