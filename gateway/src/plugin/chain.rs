@@ -1,8 +1,10 @@
 //! The plugin chain of one SMTP session.
 //!
-//! Plugins run in config order at each stage they implement. An instance is created
-//! lazily, the first time one of its hooks fires in the session, and kept for the rest
-//! of the session (state across one session's hooks, never across sessions). Every call
+//! Plugins run in config order at each stage they implement. An instance is taken from
+//! the plugin's pool (or created) lazily, the first time one of its hooks fires in the
+//! session, `init` runs on it, and it serves the rest of the session (state across one
+//! session's hooks); it goes back to the pool when the session ends or idles
+//! ([`super::pool`]). Every call
 //! has a wall-clock deadline (epoch interruption inside wasm, a timeout around host
 //! calls), runs under the memory cap and the wasm stack cap, and its output is
 //! validated. A trap, panic, deadline, memory cap or invalid output runs the plugin's
