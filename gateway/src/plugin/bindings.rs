@@ -14,10 +14,10 @@ wasmtime::component::bindgen!({
     },
 });
 
-use exports::mailgate::plugin::hooks::{
+use self::exports::mailgate::plugin::hooks::{
     DataOutcome, DeliverOutcome, DeliveryInfo, Outcome, PluginInfo, RcptOutcome,
 };
-use mailgate::plugin::types::{
+use self::mailgate::plugin::types::{
     HeloInfo, MailParams, Recipient, ReversePath, SessionInfo, Transaction,
 };
 use wasmtime::component::{ComponentExportIndex, Func, Instance, InstancePre, Resource, TypedFunc};
