@@ -24,44 +24,12 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use criterion::{Criterion, criterion_group, criterion_main};
-use mailgate::config::{Capability, OnError, PluginSpec};
+use mailgate::config::{Capability, PluginSpec};
 use mailgate::dns::{Resolver, Settings};
 use mailgate::plugin::registry::{Services, load_all};
 use mailgate::plugin::{Generation, SessionPlugins};
 use mailgate::smtp::{Envelope, Hook, Listener, MailParams, MessageText, SessionFacts};
-use mailgate_bench::{Nsd, fixture};
-
-fn spec(
-    name: &str,
-    file: &str,
-    capabilities: &[Capability],
-    config: &[(&str, &str)],
-) -> PluginSpec {
-    PluginSpec {
-        name: name.into(),
-        path: fixture(file),
-        sha256: None,
-        on_error: OnError::Tempfail,
-        capabilities: capabilities.to_vec(),
-        deadline: Duration::from_secs(5),
-        memory: 64 << 20,
-        config: config
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect(),
-        literal_recipients: false,
-        log_rate: (100, 65536),
-        kv_quota: Default::default(),
-        reuse_instances: true,
-    }
-}
-
-fn zone(origin: &str, records: &str) -> String {
-    format!(
-        "$ORIGIN {origin}.\n$TTL 3600\n@ SOA ns hostmaster 1 3600 600 86400 3600\n@ NS ns\n\
-         ns A 127.0.0.1\n{records}"
-    )
-}
+use mailgate_bench::{Nsd, plugin_spec as spec, zone};
 
 /// One message's session through a fresh chain; panics if the chain refuses it (a
 /// benchmark of a refused message would measure less than a delivered one).

@@ -166,3 +166,40 @@ impl Drop for Nsd {
         let _ = self.child.wait();
     }
 }
+
+/// A plugin spec for the benches: the component `file` (see [`fixture`]) granted
+/// `capabilities`, with `config`, a 5 s deadline, a 64 MiB memory cap and the defaults
+/// otherwise (instances reused).
+pub fn plugin_spec(
+    name: &str,
+    file: &str,
+    capabilities: &[mailgate::config::Capability],
+    config: &[(&str, &str)],
+) -> mailgate::config::PluginSpec {
+    mailgate::config::PluginSpec {
+        name: name.into(),
+        path: fixture(file),
+        sha256: None,
+        on_error: mailgate::config::OnError::Tempfail,
+        capabilities: capabilities.to_vec(),
+        deadline: std::time::Duration::from_secs(5),
+        memory: 64 << 20,
+        config: config
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
+        literal_recipients: false,
+        log_rate: (100, 65536),
+        kv_quota: Default::default(),
+        reuse_instances: true,
+    }
+}
+
+/// A zone file for [`Nsd`]: `origin` with its SOA, NS and the name server's address,
+/// then `records`.
+pub fn zone(origin: &str, records: &str) -> String {
+    format!(
+        "$ORIGIN {origin}.\n$TTL 3600\n@ SOA ns hostmaster 1 3600 600 86400 3600\n@ NS ns\n\
+         ns A 127.0.0.1\n{records}"
+    )
+}
