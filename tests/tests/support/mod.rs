@@ -223,6 +223,13 @@ impl Gateway {
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(std::fs::File::create(&stderr).unwrap());
+        // The soak sizes are the tests' knobs, not the gateway's: its `MAILGATE_` overrides
+        // would take them for config keys and refuse to start.
+        for (k, _) in std::env::vars_os() {
+            if k.to_string_lossy().starts_with("MAILGATE_SOAK") {
+                cmd.env_remove(k);
+            }
+        }
         if !setup.rest.contains("compile_cache") {
             cmd.env("MAILGATE_CHAIN__COMPILE_CACHE", compile_cache());
         }
