@@ -5,6 +5,7 @@
 //! or the message expires.
 //!
 //! - [`spool`]: the crash-safe on-disk format and recovery;
+//! - [`commit`]: group commit of the spool's changes (one fsync per batch);
 //! - [`entry`]: envelope and per-recipient state;
 //! - [`index`]: the scheduler's index, ordered by next attempt;
 //! - [`schedule`]: what follows an attempt (backoff, expiry, delay notice), pure;
@@ -17,6 +18,7 @@
 
 mod attempt;
 pub mod commands;
+pub mod commit;
 pub mod deliver;
 pub mod dsn;
 pub mod entry;

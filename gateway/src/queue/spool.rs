@@ -13,8 +13,10 @@
 //! 3. fsync `msg/` and `env/`, so both names are durable, and only then answer 250.
 //!
 //! State updates write a new `tmp/` file, fsync it and rename it over the old one (atomic
-//! replace), then fsync `env/`. Removal deletes the state file first (un-commit), then the
-//! message. Recovery at start ([`Spool::recover`]) loads every state file whose message
+//! replace), then fsync `env/`. Removal deletes the state file first (un-commit), fsyncs
+//! `env/`, then deletes the message. The fsyncs and names of concurrent changes are
+//! committed together, one directory fsync per batch ([`commit`](super::commit)); the
+//! files are written by each caller. Recovery at start ([`Spool::recover`]) loads every state file whose message
 //! exists, deletes messages without a state file (a crash between steps 1 and 2: the
 //! client never got its 250), moves unreadable state files to `corrupt/` with a warning,
 //! and empties `tmp/`.
@@ -22,7 +24,9 @@
 use std::fs::{self, File};
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
+use super::commit::{CommitCounters, Committer, Op, Staged};
 use super::entry::Entry;
 
 /// Why a spool operation failed.
@@ -66,6 +70,7 @@ fn io_err<'a>(action: &'static str, path: &'a Path) -> impl FnOnce(io::Error) ->
 #[derive(Debug, Clone)]
 pub struct Spool {
     root: PathBuf,
+    committer: Arc<Committer>,
 }
 
 /// What recovery found.
@@ -112,10 +117,16 @@ pub fn parts<'a>(parts: &'a [&'a [u8]]) -> impl Fn(&mut File) -> io::Result<()> 
     move |f| parts.iter().try_for_each(|p| f.write_all(p))
 }
 
-fn write_synced(path: &Path, write: Contents<'_>) -> Result<(), SpoolError> {
+/// Creates `path` under `tmp/` and writes it (not synced: the commit does that).
+fn write_new(path: &Path, write: Contents<'_>) -> Result<File, SpoolError> {
     let mut f = crate::private_fs::create_new(path).map_err(io_err("create", path))?;
-    write(&mut f).map_err(io_err("write", path))?;
-    f.sync_all().map_err(io_err("fsync", path))
+    match write(&mut f) {
+        Ok(()) => Ok(f),
+        Err(e) => {
+            let _ = fs::remove_file(path);
+            Err(io_err("write", path)(e))
+        }
+    }
 }
 
 impl Spool {
@@ -136,7 +147,13 @@ impl Spool {
         ] {
             crate::private_fs::restrict_dir(d).map_err(io_err("chmod 0700", d))?;
         }
-        Ok(Spool { root })
+        let committer = Arc::new(Committer::new(&root));
+        Ok(Spool { root, committer })
+    }
+
+    /// Batches and changes committed since this spool was opened.
+    pub fn commit_counters(&self) -> &CommitCounters {
+        self.committer.counters()
     }
 
     /// The spool directory.
@@ -159,28 +176,31 @@ impl Spool {
     pub fn store(&self, entry: &Entry, write: Contents<'_>) -> Result<(), SpoolError> {
         check_id(&entry.id)?;
         let id = &entry.id;
+        let json = self.encode(entry)?;
         let unique = rand::random::<u64>();
         let tmp_msg = self.root.join("tmp").join(format!("{id}.msg.{unique:x}"));
-        let msg = self.msg_path(id);
-        write_synced(&tmp_msg, write)?;
-        let linked = self.link_new(&tmp_msg, &msg, id);
-        let _ = fs::remove_file(&tmp_msg);
-        linked?;
-        let stored = (|| {
-            let json = self.encode(entry)?;
-            let tmp_env = self.root.join("tmp").join(format!("{id}.json.{unique:x}"));
-            write_synced(&tmp_env, &|f| f.write_all(&json))?;
-            let linked = self.link_new(&tmp_env, &self.env_path(id), id);
-            let _ = fs::remove_file(&tmp_env);
-            linked
-        })();
-        if let Err(e) = stored {
-            // Not committed: the message file is ours, and nobody was told 250.
-            let _ = fs::remove_file(&msg);
-            return Err(e);
-        }
-        fsync_dir(&self.root.join("msg"))?;
-        fsync_dir(&self.root.join("env"))
+        let tmp_env = self.root.join("tmp").join(format!("{id}.json.{unique:x}"));
+        let msg = write_new(&tmp_msg, write)?;
+        let env = match write_new(&tmp_env, &|f| f.write_all(&json)) {
+            Ok(f) => f,
+            Err(e) => {
+                let _ = fs::remove_file(&tmp_msg);
+                return Err(e);
+            }
+        };
+        self.committer.commit(Op::Store {
+            id: id.clone(),
+            msg: Staged {
+                file: msg,
+                tmp: tmp_msg,
+                to: self.msg_path(id),
+            },
+            env: Staged {
+                file: env,
+                tmp: tmp_env,
+                to: self.env_path(id),
+            },
+        })
     }
 
     /// Stores a new entry under its id, or, if that is taken, under the first free
@@ -200,17 +220,6 @@ impl Spool {
         Err(SpoolError::Exists(base))
     }
 
-    /// Links `from` to the new name `to`; `Exists` when `to` is taken.
-    fn link_new(&self, from: &Path, to: &Path, id: &str) -> Result<(), SpoolError> {
-        fs::hard_link(from, to).map_err(|e| {
-            if e.kind() == io::ErrorKind::AlreadyExists {
-                SpoolError::Exists(id.to_string())
-            } else {
-                io_err("link", to)(e)
-            }
-        })
-    }
-
     fn encode(&self, entry: &Entry) -> Result<Vec<u8>, SpoolError> {
         serde_json::to_vec_pretty(entry).map_err(|e| SpoolError::Format {
             path: self.env_path(&entry.id),
@@ -226,28 +235,21 @@ impl Spool {
             self.root
                 .join("tmp")
                 .join(format!("{}.json.{:x}", entry.id, rand::random::<u32>()));
-        write_synced(&tmp, &|f| f.write_all(&json))?;
-        let env = self.env_path(&entry.id);
-        fs::rename(&tmp, &env).map_err(io_err("rename", &env))?;
-        fsync_dir(&self.root.join("env"))
+        let file = write_new(&tmp, &|f| f.write_all(&json))?;
+        self.committer.commit(Op::Update(Staged {
+            file,
+            tmp,
+            to: self.env_path(&entry.id),
+        }))
     }
 
     /// Removes an entry (state first, then message).
     pub fn remove(&self, id: &str) -> Result<(), SpoolError> {
         check_id(id)?;
-        let env = self.env_path(id);
-        match fs::remove_file(&env) {
-            Ok(()) => {}
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-            Err(e) => return Err(io_err("remove", &env)(e)),
-        }
-        fsync_dir(&self.root.join("env"))?;
-        let msg = self.msg_path(id);
-        match fs::remove_file(&msg) {
-            Ok(()) => Ok(()),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
-            Err(e) => Err(io_err("remove", &msg)(e)),
-        }
+        self.committer.commit(Op::Remove {
+            env: self.env_path(id),
+            msg: self.msg_path(id),
+        })
     }
 
     /// Reads an entry's message.
