@@ -877,11 +877,13 @@ rules = [
         cfgfile = self.dir / "gateway.toml"
         cfgfile.write_text(self.config(sink_port))
         (VAR / "e2e-cache/plugins").mkdir(parents=True, exist_ok=True)
-        r = run_cmd([MAILGATE, "check-config", "--config", cfgfile], timeout=300)
+        # MAILGATE_* settings reach the gateway (its config overrides, MAILGATE_LOG,
+        # MAILGATE_PERFMAP); MAILGATE_BIN is this script's and would be an unknown key.
+        envv = {k: v for k, v in os.environ.items() if k != "MAILGATE_BIN"}
+        r = run_cmd([MAILGATE, "check-config", "--config", cfgfile], timeout=300, env=envv)
         if r.returncode != 0:
             raise RuntimeError(f"mailgate check-config {cfgfile}:\n{r.stdout}{r.stderr}")
         self.meter = self.make_meter(lambda: self.proc.pid)
-        envv = dict(os.environ)
         if QUIET_LOGS:
             envv["MAILGATE_LOG"] = "warn"
         self.logf = open(self.dir / "mailgate.log", "wb")

@@ -146,7 +146,7 @@ pub async fn offline(spool_dir: &Path, line: &str) -> Value {
         }
         ["queue", "show", id] => {
             let id = id.to_string();
-            return match on_spool(&spool, move |s| Ok((s.load(&id)?, s.message(&id)?))).await {
+            return match on_spool(&spool, move |s| s.load_with_message(&id)).await {
                 Ok((e, m)) => show(e, &m),
                 Err(e) => err(e),
             };

@@ -1,24 +1,22 @@
 //! Group commit of the spool's writes: one thread makes the changes of every session
 //! that is waiting durable together.
 //!
-//! A caller writes its new files under `tmp/` itself (in parallel with other callers),
-//! then hands the commit to this thread and waits for its answer. The thread takes
-//! every job that is waiting as one batch and, for the whole batch:
+//! A caller writes its new file itself (in parallel with other callers), then hands
+//! the commit to this thread and waits for its answer. The thread takes every job that
+//! is waiting as one batch and, for the whole batch:
 //!
 //! 1. starts the write-back of every new file, then waits for each (`fdatasync`): the
 //!    data is on disk before any name points at it;
-//! 2. links new entries into place (message, then state: the commit point), renames
-//!    replaced states over the old ones, unlinks the states of removed entries;
+//! 2. links new messages into place (the commit point of a new entry), renames new
+//!    states over old ones, unlinks the messages of removed entries (their un-commit);
 //! 3. fsyncs `msg/` and `env/` once for the batch, instead of once per message;
-//! 4. unlinks the messages of removed entries (their states are gone for good);
+//! 4. unlinks the states of removed entries (a state without its message is what a
+//!    crash between steps 3 and 4 leaves; recovery deletes it);
 //! 5. answers each caller: `Ok` means durable, as [`Spool::store`](super::spool::Spool::store)
 //!    promises.
 //!
 //! So the number of journal commits follows the number of batches, not of messages:
-//! with many concurrent sessions one directory fsync serves all of them (what Postfix
-//! does with one fsync per queue file costs a journal commit per message). The order of
-//! the steps is the order of the one-at-a-time protocol the module docs of `spool`
-//! describe; a crash at any point leaves what that protocol's recovery handles.
+//! with many concurrent sessions one directory fsync serves all of them.
 
 use std::fs::{self, File};
 use std::io;
@@ -32,13 +30,14 @@ use super::spool::SpoolError;
 /// At most this many jobs per batch, so that one batch's latency stays bounded.
 const MAX_BATCH: usize = 256;
 
-/// A new file written under `tmp/`, to be made durable and given its name.
+/// A new file, written, to be made durable and given its name.
 #[derive(Debug)]
 pub(super) struct Staged {
     /// The open file (written, not yet synced).
     pub file: File,
-    /// Its name under `tmp/`.
-    pub tmp: PathBuf,
+    /// Its name under `tmp/`; `None` for a file made without a name (`O_TMPFILE`),
+    /// linked through `/proc/self/fd`.
+    pub tmp: Option<PathBuf>,
     /// Its name once committed.
     pub to: PathBuf,
 }
@@ -46,24 +45,25 @@ pub(super) struct Staged {
 /// One change to commit.
 #[derive(Debug)]
 pub(super) enum Op {
-    /// A new entry: its message, then its state, linked into place (a taken name fails
-    /// with [`SpoolError::Exists`], never replacing an entry).
+    /// A new entry: its message file (initial state inside) linked into place. A taken
+    /// name, or a state file left under the id, fails with [`SpoolError::Exists`]:
+    /// an entry never replaces another.
     Store {
         /// The entry's id (for `Exists`).
         id: String,
         /// The message file.
         msg: Staged,
-        /// The state file.
-        env: Staged,
+        /// The id's state file, which must not exist.
+        env: PathBuf,
     },
     /// A new state renamed over an entry's state.
     Update(Staged),
-    /// An entry removed: its state, then (once that is durable) its message.
+    /// An entry removed: its message, then (once that is durable) its state.
     Remove {
-        /// The state file.
-        env: PathBuf,
         /// The message file.
         msg: PathBuf,
+        /// The state file, if any.
+        env: PathBuf,
     },
 }
 
@@ -191,17 +191,39 @@ fn start_writeback(file: &File) {
 fn start_writeback(_file: &File) {}
 
 fn sync(s: &Staged) -> Result<(), SpoolError> {
-    s.file.sync_data().map_err(|e| io_err("fsync", &s.tmp, e))
+    s.file
+        .sync_data()
+        .map_err(|e| io_err("fsync", s.tmp.as_deref().unwrap_or(&s.to), e))
 }
 
+/// Gives a staged file its name; `Exists` when the name is taken (never replaces).
 fn link_new(s: &Staged, id: &str) -> Result<(), SpoolError> {
-    fs::hard_link(&s.tmp, &s.to).map_err(|e| {
+    let linked = match &s.tmp {
+        Some(tmp) => fs::hard_link(tmp, &s.to),
+        None => link_unnamed(&s.file, &s.to),
+    };
+    linked.map_err(|e| {
         if e.kind() == io::ErrorKind::AlreadyExists {
             SpoolError::Exists(id.to_string())
         } else {
             io_err("link", &s.to, e)
         }
     })
+}
+
+/// Links a file opened with `O_TMPFILE` to `to` (as linkat(2) documents, through
+/// `/proc/self/fd`, which needs no privilege).
+fn link_unnamed(file: &File, to: &Path) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let proc = format!("/proc/self/fd/{}", file.as_raw_fd());
+    rustix::fs::linkat(
+        rustix::fs::CWD,
+        proc.as_str(),
+        rustix::fs::CWD,
+        to,
+        rustix::fs::AtFlags::SYMLINK_FOLLOW,
+    )
+    .map_err(io::Error::from)
 }
 
 fn remove_if_there(path: &Path) -> Result<(), SpoolError> {
@@ -216,19 +238,14 @@ fn commit_batch(ops: Vec<Op>, msg_dir: &Path, env_dir: &Path) -> Vec<Result<(), 
     // 1. Data first.
     for op in &ops {
         match op {
-            Op::Store { msg, env, .. } => {
-                start_writeback(&msg.file);
-                start_writeback(&env.file);
-            }
-            Op::Update(env) => start_writeback(&env.file),
+            Op::Store { msg: s, .. } | Op::Update(s) => start_writeback(&s.file),
             Op::Remove { .. } => {}
         }
     }
     let mut results: Vec<Result<(), SpoolError>> = ops
         .iter()
         .map(|op| match op {
-            Op::Store { msg, env, .. } => sync(msg).and_then(|()| sync(env)),
-            Op::Update(env) => sync(env),
+            Op::Store { msg: s, .. } | Op::Update(s) => sync(s),
             Op::Remove { .. } => Ok(()),
         })
         .collect();
@@ -238,31 +255,38 @@ fn commit_batch(ops: Vec<Op>, msg_dir: &Path, env_dir: &Path) -> Vec<Result<(), 
         match op {
             Op::Store { id, msg, env } => {
                 if result.is_ok() {
-                    *result = link_new(msg, id).and_then(|()| {
-                        msg_changed = true;
-                        link_new(env, id).inspect_err(|_| {
-                            // Not committed: the message file is ours, and nobody was told 250.
-                            let _ = fs::remove_file(&msg.to);
-                        })
-                    });
-                    env_changed |= result.is_ok();
+                    *result = if env.symlink_metadata().is_ok() {
+                        Err(SpoolError::Exists(id.clone()))
+                    } else {
+                        link_new(msg, id)
+                    };
+                    msg_changed |= result.is_ok();
                 }
-                let _ = fs::remove_file(&msg.tmp);
-                let _ = fs::remove_file(&env.tmp);
+                if let Some(tmp) = &msg.tmp {
+                    let _ = fs::remove_file(tmp);
+                }
             }
             Op::Update(env) => {
+                let Some(tmp) = env.tmp.as_deref() else {
+                    // A state is always written under a name (nothing renames an unnamed file).
+                    *result = Err(io_err(
+                        "rename",
+                        &env.to,
+                        io::ErrorKind::InvalidInput.into(),
+                    ));
+                    continue;
+                };
                 if result.is_ok() {
-                    *result =
-                        fs::rename(&env.tmp, &env.to).map_err(|e| io_err("rename", &env.to, e));
+                    *result = fs::rename(tmp, &env.to).map_err(|e| io_err("rename", &env.to, e));
                     env_changed |= result.is_ok();
                 }
                 if result.is_err() {
-                    let _ = fs::remove_file(&env.tmp);
+                    let _ = fs::remove_file(tmp);
                 }
             }
-            Op::Remove { env, .. } => {
-                *result = remove_if_there(env);
-                env_changed |= result.is_ok();
+            Op::Remove { msg, .. } => {
+                *result = remove_if_there(msg);
+                msg_changed |= result.is_ok();
             }
         }
     }
@@ -287,24 +311,23 @@ fn commit_batch(ops: Vec<Op>, msg_dir: &Path, env_dir: &Path) -> Vec<Result<(), 
             continue;
         }
         let synced = match op {
-            Op::Store { .. } => msg_synced.as_ref().and(env_synced.as_ref()),
-            Op::Update(_) | Op::Remove { .. } => env_synced.as_ref(),
+            Op::Store { .. } | Op::Remove { .. } => msg_synced.as_ref(),
+            Op::Update(_) => env_synced.as_ref(),
         };
         if let Err(e) = synced {
             *result = Err(again(e));
         }
     }
-    // 4. Messages whose states are durably gone.
+    // 4. States whose messages are durably gone.
     for (op, result) in ops.iter().zip(results.iter_mut()) {
-        if let Op::Remove { msg, .. } = op
+        if let Op::Remove { env, .. } = op
             && result.is_ok()
         {
-            *result = remove_if_there(msg);
+            *result = remove_if_there(env);
         }
     }
     results
 }
-
 #[cfg(test)]
 mod tests {
     use std::io::Write;
@@ -317,55 +340,60 @@ mod tests {
         file.write_all(text).unwrap();
         Staged {
             file,
-            tmp,
+            tmp: Some(tmp),
             to: to.to_path_buf(),
+        }
+    }
+
+    fn spool_dirs() -> (tempfile::TempDir, PathBuf, PathBuf) {
+        let dir = tempfile::tempdir().unwrap();
+        for sub in ["tmp", "msg", "env"] {
+            fs::create_dir(dir.path().join(sub)).unwrap();
+        }
+        let (msg, env) = (dir.path().join("msg"), dir.path().join("env"));
+        (dir, msg, env)
+    }
+
+    fn store(root: &Path, id: &str, text: &[u8]) -> Op {
+        Op::Store {
+            id: id.into(),
+            msg: staged(root, &format!("{id}.msg"), &root.join("msg").join(id), text),
+            env: root.join("env").join(format!("{id}.json")),
         }
     }
 
     /// One batch with every kind of change; a failing job fails alone.
     #[test]
     fn one_batch_commits_each_change_and_fails_only_the_failing_one() {
-        let dir = tempfile::tempdir().unwrap();
+        let (dir, msg, env) = spool_dirs();
         let root = dir.path();
-        for sub in ["tmp", "msg", "env"] {
-            fs::create_dir(root.join(sub)).unwrap();
-        }
-        let (msg, env) = (root.join("msg"), root.join("env"));
         fs::write(env.join("U.json"), b"old").unwrap();
         fs::write(env.join("R.json"), b"r").unwrap();
         fs::write(msg.join("R"), b"r").unwrap();
         fs::write(msg.join("TAKEN"), b"first").unwrap();
-        let store = |id: &str, text: &[u8]| Op::Store {
-            id: id.into(),
-            msg: staged(root, &format!("{id}.msg"), &msg.join(id), text),
-            env: staged(
-                root,
-                &format!("{id}.json"),
-                &env.join(format!("{id}.json")),
-                b"{}",
-            ),
-        };
+        fs::write(env.join("LEFT.json"), b"{}").unwrap();
         let ops = vec![
-            store("A", b"a"),
-            store("TAKEN", b"second"),
+            store(root, "A", b"a"),
+            store(root, "TAKEN", b"second"),
+            store(root, "LEFT", b"left"),
             Op::Update(staged(root, "U.new", &env.join("U.json"), b"new")),
             Op::Remove {
-                env: env.join("R.json"),
                 msg: msg.join("R"),
+                env: env.join("R.json"),
             },
             Op::Remove {
-                env: env.join("GONE.json"),
                 msg: msg.join("GONE"),
+                env: env.join("GONE.json"),
             },
         ];
         let results = commit_batch(ops, &msg, &env);
         assert!(results[0].is_ok(), "{:?}", results[0]);
         assert!(matches!(&results[1], Err(SpoolError::Exists(id)) if id == "TAKEN"));
-        assert!(results[2..].iter().all(Result::is_ok), "{results:?}");
+        assert!(matches!(&results[2], Err(SpoolError::Exists(id)) if id == "LEFT"));
+        assert!(results[3..].iter().all(Result::is_ok), "{results:?}");
         assert_eq!(fs::read(msg.join("A")).unwrap(), b"a");
-        assert_eq!(fs::read(env.join("A.json")).unwrap(), b"{}");
         assert_eq!(fs::read(msg.join("TAKEN")).unwrap(), b"first");
-        assert!(!env.join("TAKEN.json").exists());
+        assert!(!msg.join("LEFT").exists());
         assert_eq!(fs::read(env.join("U.json")).unwrap(), b"new");
         assert!(!env.join("R.json").exists() && !msg.join("R").exists());
         assert_eq!(fs::read_dir(root.join("tmp")).unwrap().count(), 0);
@@ -374,11 +402,8 @@ mod tests {
     /// Concurrent callers are served in shared batches and each gets its own answer.
     #[test]
     fn concurrent_commits_share_batches() {
-        let dir = tempfile::tempdir().unwrap();
+        let (dir, _, _) = spool_dirs();
         let root = dir.path().to_path_buf();
-        for sub in ["tmp", "msg", "env"] {
-            fs::create_dir(root.join(sub)).unwrap();
-        }
         let committer = std::sync::Arc::new(Committer::new(&root));
         let threads: Vec<_> = (0..16)
             .map(|t| {
@@ -386,23 +411,9 @@ mod tests {
                 std::thread::spawn(move || {
                     for i in 0..8 {
                         let id = format!("T{t}-{i}");
-                        let op = Op::Store {
-                            id: id.clone(),
-                            msg: staged(
-                                &root,
-                                &format!("{id}.msg"),
-                                &root.join("msg").join(&id),
-                                id.as_bytes(),
-                            ),
-                            env: staged(
-                                &root,
-                                &format!("{id}.json"),
-                                &root.join("env").join(format!("{id}.json")),
-                                b"{}",
-                            ),
-                        };
-                        committer.commit(op).unwrap();
-                        assert_eq!(fs::read(root.join("msg").join(&id)).unwrap(), id.as_bytes());
+                        committer.commit(store(&root, &id, id.as_bytes())).unwrap();
+                        let text = fs::read(root.join("msg").join(&id)).unwrap();
+                        assert_eq!(text, id.as_bytes());
                     }
                 })
             })
@@ -414,6 +425,6 @@ mod tests {
         assert_eq!(c.changes.load(Ordering::Relaxed), 128);
         let batches = c.batches.load(Ordering::Relaxed);
         assert!((1..=128).contains(&batches), "{batches} batches");
-        assert_eq!(fs::read_dir(root.join("env")).unwrap().count(), 128);
+        assert_eq!(fs::read_dir(root.join("msg")).unwrap().count(), 128);
     }
 }

@@ -182,6 +182,7 @@ impl Queue {
             spool = %settings.spool.display(),
             entries = rec.entries.len(),
             incomplete_removed = rec.incomplete,
+            removed_states = rec.removed,
             corrupt = rec.corrupt,
             "queue recovered"
         );
@@ -267,7 +268,7 @@ impl Queue {
     /// Looks up one entry from disk.
     async fn load(&self, id: &str) -> Result<(Entry, Vec<u8>), QueueError> {
         let id = id.to_string();
-        on_spool(&self.spool, move |s| Ok((s.load(&id)?, s.message(&id)?))).await
+        on_spool(&self.spool, move |s| s.load_with_message(&id)).await
     }
 
     async fn save(&self, e: &Entry) -> Result<(), QueueError> {

@@ -1,28 +1,37 @@
-//! The on-disk spool: one immutable message file and one state file per queued message.
+//! The on-disk spool: one message file per queued message, its initial state inside,
+//! and a state file once that state changes.
 //!
 //! ```text
-//! <spool>/tmp/          files being written (emptied at start)
-//! <spool>/msg/<id>      the message as it goes out (our Received: header included)
-//! <spool>/env/<id>.json envelope and per-recipient state (see [`Entry`])
+//! <spool>/tmp/          files being written under a name (emptied at start)
+//! <spool>/msg/<id>      header line, initial state (JSON), then the message as it goes
+//!                       out (our Received: header included)
+//! <spool>/env/<id>.json the entry's state (see [`Entry`]) once it changed: it overrides
+//!                       the initial state
 //! ```
+//!
+//! The message file starts with `mailgate-queue-entry 1 <n>\n` and `n` octets of JSON.
+//! Files of the earlier layout (the message alone, its state always in `env/`) are read
+//! as they are.
 //!
 //! Commit protocol, so that a crash at any point leaves either nothing or a complete entry:
 //!
-//! 1. write `tmp/<id>.msg`, fsync it, rename it to `msg/<id>`;
-//! 2. write `tmp/<id>.json`, fsync it, rename it to `env/<id>.json` (the commit point);
-//! 3. fsync `msg/` and `env/`, so both names are durable, and only then answer 250.
+//! 1. write the message file without a name (`O_TMPFILE`; where that is not supported,
+//!    as `tmp/<id>.msg.<random>`), fsync it;
+//! 2. link it to `msg/<id>` (the commit point; never over an existing name);
+//! 3. fsync `msg/`, and only then answer 250.
 //!
-//! State updates write a new `tmp/` file, fsync it and rename it over the old one (atomic
-//! replace), then fsync `env/`. Removal deletes the state file first (un-commit), fsyncs
-//! `env/`, then deletes the message. The fsyncs and names of concurrent changes are
-//! committed together, one directory fsync per batch ([`commit`](super::commit)); the
-//! files are written by each caller. Recovery at start ([`Spool::recover`]) loads every state file whose message
-//! exists, deletes messages without a state file (a crash between steps 1 and 2: the
-//! client never got its 250), moves unreadable state files to `corrupt/` with a warning,
-//! and empties `tmp/`.
+//! State updates write a new `tmp/` file, fsync it and rename it over `env/<id>.json`
+//! (atomic replace), then fsync `env/`. Removal deletes the message first (un-commit),
+//! fsyncs `msg/`, then deletes the state file. The fsyncs and names of concurrent changes
+//! are committed together, one directory fsync per batch ([`commit`](super::commit)); the
+//! files are written by each caller. Recovery at start ([`Spool::recover`]) loads every
+//! message with its state (the state file if there is one), deletes state files without
+//! a message (a removal cut short), deletes messages of the earlier layout that have no
+//! state (a crash before their commit point), moves unreadable entries to `corrupt/`
+//! with a warning, and empties `tmp/`.
 
 use std::fs::{self, File};
-use std::io::{self, Write};
+use std::io::{self, BufRead, Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -71,6 +80,9 @@ fn io_err<'a>(action: &'static str, path: &'a Path) -> impl FnOnce(io::Error) ->
 pub struct Spool {
     root: PathBuf,
     committer: Arc<Committer>,
+    /// Whether new message files are made without a name (`O_TMPFILE`): turned off for
+    /// good by the first file system that refuses it.
+    unnamed: Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// What recovery found.
@@ -82,6 +94,46 @@ pub struct Recovered {
     pub incomplete: usize,
     /// State files that could not be read, moved to `corrupt/`.
     pub corrupt: usize,
+    /// State files without a message (a removal cut short), deleted.
+    pub removed: usize,
+}
+
+/// The first octets of a message file that holds its initial state.
+const MAGIC: &[u8] = b"mailgate-queue-entry 1 ";
+
+/// The most a header line may take (magic, length, newline).
+const MAX_HEADER_LINE: usize = 64;
+
+/// The header of a message file holding `state`.
+fn header(state: &[u8]) -> Vec<u8> {
+    let mut h = Vec::with_capacity(MAGIC.len() + 12 + state.len());
+    h.extend_from_slice(MAGIC);
+    h.extend_from_slice(format!("{}\n", state.len()).as_bytes());
+    h.extend_from_slice(state);
+    h
+}
+
+/// Where the initial state and the message lie in a message file's octets: `None` for
+/// a message of the earlier layout (no header), `Err` for a broken header.
+fn split(bytes: &[u8]) -> Result<Option<(std::ops::Range<usize>, usize)>, String> {
+    let Some(rest) = bytes.strip_prefix(MAGIC) else {
+        return Ok(None);
+    };
+    let nl = rest
+        .iter()
+        .take(MAX_HEADER_LINE)
+        .position(|&b| b == b'\n')
+        .ok_or("no end to the header line")?;
+    let n: usize = std::str::from_utf8(&rest[..nl])
+        .ok()
+        .and_then(|t| t.parse().ok())
+        .ok_or("bad state length")?;
+    let start = MAGIC.len() + nl + 1;
+    let end = start
+        .checked_add(n)
+        .filter(|&e| e <= bytes.len())
+        .ok_or("state cut short")?;
+    Ok(Some((start..end, end)))
 }
 
 /// Queue ids name files: letters, digits, `.`, `-`, `_` only, not starting with `.`.
@@ -129,6 +181,65 @@ fn write_new(path: &Path, write: Contents<'_>) -> Result<File, SpoolError> {
     }
 }
 
+/// Opens a file without a name in `dir` (`O_TMPFILE`, mode 0600); `None` where the
+/// system or file system does not support it.
+#[cfg(target_os = "linux")]
+fn create_unnamed(dir: &Path) -> Option<io::Result<File>> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let opened = fs::OpenOptions::new()
+        .write(true)
+        .custom_flags(libc::O_TMPFILE)
+        .mode(0o600)
+        .open(dir);
+    match opened {
+        // EOPNOTSUPP: a file system without it; EISDIR or EINVAL: a kernel without it.
+        Err(e)
+            if matches!(
+                e.raw_os_error(),
+                Some(libc::EOPNOTSUPP | libc::EISDIR | libc::EINVAL)
+            ) =>
+        {
+            None
+        }
+        other => Some(other),
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn create_unnamed(_dir: &Path) -> Option<io::Result<File>> {
+    None
+}
+
+/// Reads up to the end of a message file's header: the initial state's JSON, or `None`
+/// for a file of the earlier layout.
+fn read_embedded_state(path: &Path) -> Result<Option<Vec<u8>>, SpoolError> {
+    let f = File::open(path).map_err(io_err("read", path))?;
+    let mut r = io::BufReader::with_capacity(4096, f);
+    let mut line = Vec::new();
+    (&mut r)
+        .take(MAX_HEADER_LINE as u64)
+        .read_until(b'\n', &mut line)
+        .map_err(io_err("read", path))?;
+    let Some(len) = line.strip_prefix(MAGIC) else {
+        return Ok(None);
+    };
+    let bad = |reason: &str| SpoolError::Format {
+        path: path.to_path_buf(),
+        reason: reason.to_string(),
+    };
+    let n: usize = std::str::from_utf8(
+        len.strip_suffix(b"\n")
+            .ok_or_else(|| bad("no end to the header line"))?,
+    )
+    .ok()
+    .and_then(|t| t.parse().ok())
+    .ok_or_else(|| bad("bad state length"))?;
+    let mut state = vec![0; n];
+    r.read_exact(&mut state)
+        .map_err(|_| bad("state cut short"))?;
+    Ok(Some(state))
+}
+
 impl Spool {
     /// Opens (creating if needed) the spool at `root`.
     pub fn open(root: impl Into<PathBuf>) -> Result<Spool, SpoolError> {
@@ -148,7 +259,13 @@ impl Spool {
             crate::private_fs::restrict_dir(d).map_err(io_err("chmod 0700", d))?;
         }
         let committer = Arc::new(Committer::new(&root));
-        Ok(Spool { root, committer })
+        // An unnamed file is linked through /proc/self/fd.
+        let unnamed = Path::new("/proc/self/fd").is_dir();
+        Ok(Spool {
+            root,
+            committer,
+            unnamed: Arc::new(unnamed.into()),
+        })
     }
 
     /// Batches and changes committed since this spool was opened.
@@ -169,37 +286,61 @@ impl Spool {
         self.root.join("env").join(format!("{id}.json"))
     }
 
+    /// A new message file, header and message written: without a name if the file
+    /// system allows, else under `tmp/`.
+    fn write_message(
+        &self,
+        id: &str,
+        head: &[u8],
+        write: Contents<'_>,
+    ) -> Result<Staged, SpoolError> {
+        use std::sync::atomic::Ordering::Relaxed;
+        let contents = |f: &mut File| {
+            f.write_all(head)?;
+            write(f)
+        };
+        if self.unnamed.load(Relaxed) {
+            let dir = self.root.join("msg");
+            match create_unnamed(&dir) {
+                Some(Ok(mut file)) => {
+                    contents(&mut file).map_err(io_err("write", &dir))?;
+                    return Ok(Staged {
+                        file,
+                        tmp: None,
+                        to: self.msg_path(id),
+                    });
+                }
+                Some(Err(e)) => return Err(io_err("create", &dir)(e)),
+                None => self.unnamed.store(false, Relaxed),
+            }
+        }
+        let tmp = self
+            .root
+            .join("tmp")
+            .join(format!("{id}.msg.{:x}", rand::random::<u64>()));
+        let file = write_new(&tmp, &contents)?;
+        Ok(Staged {
+            file,
+            tmp: Some(tmp),
+            to: self.msg_path(id),
+        })
+    }
+
     /// Durably stores a new entry and its message (what `write` writes). When this
     /// returns `Ok`, the entry survives a crash or power loss. An entry never replaces
-    /// another: the files are linked into place, which fails if the name is taken
+    /// another: the file is linked into place, which fails if the name is taken
     /// ([`SpoolError::Exists`]), where a rename would overwrite.
     pub fn store(&self, entry: &Entry, write: Contents<'_>) -> Result<(), SpoolError> {
         check_id(&entry.id)?;
-        let id = &entry.id;
-        let json = self.encode(entry)?;
-        let unique = rand::random::<u64>();
-        let tmp_msg = self.root.join("tmp").join(format!("{id}.msg.{unique:x}"));
-        let tmp_env = self.root.join("tmp").join(format!("{id}.json.{unique:x}"));
-        let msg = write_new(&tmp_msg, write)?;
-        let env = match write_new(&tmp_env, &|f| f.write_all(&json)) {
-            Ok(f) => f,
-            Err(e) => {
-                let _ = fs::remove_file(&tmp_msg);
-                return Err(e);
-            }
-        };
+        let state = serde_json::to_vec(entry).map_err(|e| SpoolError::Format {
+            path: self.msg_path(&entry.id),
+            reason: e.to_string(),
+        })?;
+        let msg = self.write_message(&entry.id, &header(&state), write)?;
         self.committer.commit(Op::Store {
-            id: id.clone(),
-            msg: Staged {
-                file: msg,
-                tmp: tmp_msg,
-                to: self.msg_path(id),
-            },
-            env: Staged {
-                file: env,
-                tmp: tmp_env,
-                to: self.env_path(id),
-            },
+            id: entry.id.clone(),
+            msg,
+            env: self.env_path(&entry.id),
         })
     }
 
@@ -227,6 +368,13 @@ impl Spool {
         })
     }
 
+    fn decode(path: &Path, json: &[u8]) -> Result<Entry, SpoolError> {
+        serde_json::from_slice(json).map_err(|e| SpoolError::Format {
+            path: path.to_path_buf(),
+            reason: e.to_string(),
+        })
+    }
+
     /// Atomically replaces an entry's state.
     pub fn update(&self, entry: &Entry) -> Result<(), SpoolError> {
         check_id(&entry.id)?;
@@ -238,53 +386,101 @@ impl Spool {
         let file = write_new(&tmp, &|f| f.write_all(&json))?;
         self.committer.commit(Op::Update(Staged {
             file,
-            tmp,
+            tmp: Some(tmp),
             to: self.env_path(&entry.id),
         }))
     }
 
-    /// Removes an entry (state first, then message).
+    /// Removes an entry (message first, then state).
     pub fn remove(&self, id: &str) -> Result<(), SpoolError> {
         check_id(id)?;
         self.committer.commit(Op::Remove {
-            env: self.env_path(id),
             msg: self.msg_path(id),
+            env: self.env_path(id),
         })
     }
 
     /// Reads an entry's message.
     pub fn message(&self, id: &str) -> Result<Vec<u8>, SpoolError> {
-        check_id(id)?;
-        let p = self.msg_path(id);
-        fs::read(&p).map_err(io_err("read", &p))
+        Ok(self.load_with_message(id)?.1)
+    }
+
+    /// The state file's entry, `None` when there is none.
+    fn state_file(&self, id: &str) -> Result<Option<Entry>, SpoolError> {
+        let p = self.env_path(id);
+        match fs::read(&p) {
+            Ok(bytes) => Self::decode(&p, &bytes).map(Some),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(io_err("read", &p)(e)),
+        }
     }
 
     /// Reads an entry's state.
     pub fn load(&self, id: &str) -> Result<Entry, SpoolError> {
         check_id(id)?;
-        let p = self.env_path(id);
-        let bytes = fs::read(&p).map_err(io_err("read", &p))?;
-        serde_json::from_slice(&bytes).map_err(|e| SpoolError::Format {
-            path: p,
-            reason: e.to_string(),
-        })
+        if let Some(e) = self.state_file(id)? {
+            return Ok(e);
+        }
+        let p = self.msg_path(id);
+        match read_embedded_state(&p)? {
+            Some(json) => Self::decode(&p, &json),
+            None => Err(io_err("read", &self.env_path(id))(
+                io::ErrorKind::NotFound.into(),
+            )),
+        }
     }
 
-    /// Every committed entry id, sorted.
+    /// Reads an entry's state and message with one read of the message file.
+    pub fn load_with_message(&self, id: &str) -> Result<(Entry, Vec<u8>), SpoolError> {
+        check_id(id)?;
+        let p = self.msg_path(id);
+        let mut bytes = fs::read(&p).map_err(io_err("read", &p))?;
+        let layout = split(&bytes).map_err(|reason| SpoolError::Format {
+            path: p.clone(),
+            reason,
+        })?;
+        let entry = match (self.state_file(id)?, &layout) {
+            (Some(e), _) => e,
+            (None, Some((state, _))) => Self::decode(&p, &bytes[state.clone()])?,
+            (None, None) => {
+                return Err(io_err("read", &self.env_path(id))(
+                    io::ErrorKind::NotFound.into(),
+                ));
+            }
+        };
+        if let Some((_, body)) = layout {
+            bytes.drain(..body);
+        }
+        Ok((entry, bytes))
+    }
+
+    /// Every queued entry id, sorted.
     pub fn ids(&self) -> Result<Vec<String>, SpoolError> {
-        let dir = self.root.join("env");
+        let dir = self.root.join("msg");
         let mut ids = Vec::new();
         for e in fs::read_dir(&dir).map_err(io_err("list", &dir))? {
             let e = e.map_err(io_err("list", &dir))?;
             let name = e.file_name().to_string_lossy().into_owned();
-            if let Some(id) = name.strip_suffix(".json")
-                && valid_id(id)
-            {
-                ids.push(id.to_string());
+            if valid_id(&name) {
+                ids.push(name);
             }
         }
         ids.sort();
         Ok(ids)
+    }
+
+    /// Moves an entry's files to `corrupt/`.
+    fn to_corrupt(&self, id: &str) -> Result<(), SpoolError> {
+        for (from, name) in [
+            (self.env_path(id), format!("{id}.json")),
+            (self.msg_path(id), id.to_string()),
+        ] {
+            if from.exists() {
+                let to = self.root.join("corrupt").join(name);
+                fs::rename(&from, &to).map_err(io_err("rename", &from))?;
+            }
+        }
+        Ok(())
     }
 
     /// Recovers the spool after a start or crash (see the module docs).
@@ -295,44 +491,52 @@ impl Spool {
             fs::remove_file(&p).map_err(io_err("remove", &p))?;
         }
         let mut out = Recovered::default();
-        let mut committed = std::collections::HashSet::new();
+        let mut queued = std::collections::HashSet::new();
         for id in self.ids()? {
-            let has_msg = self.msg_path(&id).exists();
-            match self.load(&id) {
-                Ok(entry) if has_msg && entry.id == id => {
-                    committed.insert(id);
+            let loaded = match self.state_file(&id) {
+                Ok(Some(e)) => Ok(Some(e)),
+                Ok(None) => {
+                    let p = self.msg_path(&id);
+                    read_embedded_state(&p)
+                        .and_then(|s| s.map(|j| Self::decode(&p, &j)).transpose())
+                }
+                Err(e) => Err(e),
+            };
+            match loaded {
+                Ok(Some(entry)) if entry.id == id => {
+                    queued.insert(id);
                     out.entries.push(entry);
+                }
+                Ok(None) => {
+                    // The earlier layout's message without its state: never committed.
+                    let p = self.msg_path(&id);
+                    fs::remove_file(&p).map_err(io_err("remove", &p))?;
+                    out.incomplete += 1;
                 }
                 other => {
                     let why = match other {
                         Err(e) => e.to_string(),
-                        Ok(_) if !has_msg => "message file missing".into(),
-                        Ok(_) => "id does not match the file name".into(),
+                        _ => "id does not match the file name".into(),
                     };
                     tracing::warn!(queue_id = %id, reason = %why, "corrupt queue entry moved to corrupt/");
-                    let from = self.env_path(&id);
-                    let to = self.root.join("corrupt").join(format!("{id}.json"));
-                    fs::rename(&from, &to).map_err(io_err("rename", &from))?;
-                    let msg = self.msg_path(&id);
-                    if msg.exists() {
-                        let to = self.root.join("corrupt").join(&id);
-                        fs::rename(&msg, &to).map_err(io_err("rename", &msg))?;
-                    }
+                    self.to_corrupt(&id)?;
                     out.corrupt += 1;
                 }
             }
         }
-        let msgdir = self.root.join("msg");
-        for e in fs::read_dir(&msgdir).map_err(io_err("list", &msgdir))? {
-            let e = e.map_err(io_err("list", &msgdir))?;
+        let envdir = self.root.join("env");
+        for e in fs::read_dir(&envdir).map_err(io_err("list", &envdir))? {
+            let e = e.map_err(io_err("list", &envdir))?;
             let name = e.file_name().to_string_lossy().into_owned();
-            if !committed.contains(&name) {
+            if let Some(id) = name.strip_suffix(".json")
+                && !queued.contains(id)
+            {
                 fs::remove_file(e.path()).map_err(io_err("remove", &e.path()))?;
-                out.incomplete += 1;
+                out.removed += 1;
             }
         }
-        fsync_dir(&msgdir)?;
-        fsync_dir(&self.root.join("env"))?;
+        fsync_dir(&self.root.join("msg"))?;
+        fsync_dir(&envdir)?;
         Ok(out)
     }
 }
@@ -369,30 +573,89 @@ mod tests {
     #[test]
     fn recovery_keeps_complete_and_drops_half_written() {
         let dir = tempfile::tempdir().unwrap();
+        let path = |p: &str| dir.path().join(p);
         let s = Spool::open(dir.path()).unwrap();
         s.store(&sample("OK1"), &parts(&[b"m\r\n"])).unwrap();
-        // Crash after step 1: message without state.
-        fs::write(dir.path().join("msg/HALF"), b"m\r\n").unwrap();
+        // Updated: the state file overrides the initial state.
+        let mut upd = sample("UPD");
+        s.store(&upd, &parts(&[b"u\r\n"])).unwrap();
+        upd.attempts = 2;
+        s.update(&upd).unwrap();
+        // The earlier layout: the message alone, its state in env/.
+        fs::write(path("msg/OLD"), b"o\r\n").unwrap();
+        fs::write(
+            path("env/OLD.json"),
+            serde_json::to_vec(&sample("OLD")).unwrap(),
+        )
+        .unwrap();
+        // The earlier layout cut before its commit point: message without state.
+        fs::write(path("msg/HALF"), b"m\r\n").unwrap();
         // Crash while writing: leftovers in tmp.
-        fs::write(dir.path().join("tmp/X.json"), b"{").unwrap();
-        // A state file that is not JSON, and one whose message is gone.
-        fs::write(dir.path().join("env/BAD.json"), b"{not json").unwrap();
-        fs::write(dir.path().join("msg/BAD"), b"m\r\n").unwrap();
+        fs::write(path("tmp/X.json"), b"{").unwrap();
+        // A state file that is not JSON; an initial state that is not; one cut short.
+        fs::write(path("env/BAD.json"), b"{not json").unwrap();
+        fs::write(path("msg/BAD"), b"m\r\n").unwrap();
+        fs::write(
+            path("msg/BADHDR"),
+            [header(b"{nope"), b"m\r\n".to_vec()].concat(),
+        )
+        .unwrap();
+        fs::write(path("msg/CUT"), b"mailgate-queue-entry 1 999\n{}").unwrap();
+        // A removal cut short: the state is left, its message gone.
         let orphan = serde_json::to_vec(&sample("NOMSG")).unwrap();
-        fs::write(dir.path().join("env/NOMSG.json"), orphan).unwrap();
+        fs::write(path("env/NOMSG.json"), orphan).unwrap();
 
         let r = s.recover().unwrap();
+        let kept: Vec<_> = r
+            .entries
+            .iter()
+            .map(|e| (e.id.as_str(), e.attempts))
+            .collect();
+        assert_eq!(kept, [("OK1", 0), ("OLD", 0), ("UPD", 2)]);
+        assert_eq!((r.incomplete, r.corrupt, r.removed), (1, 3, 1));
+        assert!(!path("msg/HALF").exists() && !path("env/NOMSG.json").exists());
+        for moved in ["BAD.json", "BAD", "BADHDR", "CUT"] {
+            assert!(path("corrupt").join(moved).exists(), "{moved}");
+        }
+        assert_eq!(fs::read_dir(path("tmp")).unwrap().count(), 0);
+        assert_eq!(s.ids().unwrap(), ["OK1", "OLD", "UPD"]);
+        assert_eq!(s.message("OLD").unwrap(), b"o\r\n");
         assert_eq!(
-            r.entries.iter().map(|e| e.id.as_str()).collect::<Vec<_>>(),
-            ["OK1"]
+            s.load_with_message("UPD").unwrap(),
+            (upd, b"u\r\n".to_vec())
         );
-        assert_eq!(r.incomplete, 1);
-        assert_eq!(r.corrupt, 2);
-        assert!(!dir.path().join("msg/HALF").exists());
-        assert!(dir.path().join("corrupt/BAD.json").exists());
-        assert!(dir.path().join("corrupt/BAD").exists());
-        assert_eq!(fs::read_dir(dir.path().join("tmp")).unwrap().count(), 0);
-        assert_eq!(s.ids().unwrap(), vec!["OK1".to_string()]);
+    }
+
+    /// Both ways of making a new file (without a name, and under `tmp/` where that is
+    /// refused) commit the same entry, leave nothing behind, and never replace a
+    /// queued entry or take an id whose state file is still there.
+    #[test]
+    fn unnamed_and_named_new_files_commit_alike() {
+        for unnamed in [true, false] {
+            let dir = tempfile::tempdir().unwrap();
+            let s = Spool::open(dir.path()).unwrap();
+            s.unnamed
+                .store(unnamed, std::sync::atomic::Ordering::Relaxed);
+            let n1 = sample("N1");
+            s.store(&n1, &parts(&[b"a\r\n", b"b\r\n"])).unwrap();
+            assert_eq!(
+                s.load_with_message("N1").unwrap(),
+                (n1, b"a\r\nb\r\n".to_vec())
+            );
+            assert!(matches!(
+                s.store(&sample("N1"), &parts(&[b"x"])),
+                Err(SpoolError::Exists(_))
+            ));
+            fs::write(dir.path().join("env/N2.json"), b"{}").unwrap();
+            assert!(matches!(
+                s.store(&sample("N2"), &parts(&[b"x"])),
+                Err(SpoolError::Exists(_))
+            ));
+            assert_eq!(s.ids().unwrap(), ["N1"]);
+            assert_eq!(fs::read_dir(dir.path().join("tmp")).unwrap().count(), 0);
+            s.remove("N1").unwrap();
+            assert!(s.ids().unwrap().is_empty() && s.load("N1").is_err());
+        }
     }
 
     #[test]
