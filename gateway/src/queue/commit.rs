@@ -12,7 +12,10 @@
 //! 3. fsyncs `msg/` and `env/` once for the batch, instead of once per message;
 //! 4. unlinks the states of removed entries (a state without its message is what a
 //!    crash between steps 3 and 4 leaves; recovery deletes it);
-//! 5. answers each caller: `Ok` means durable, as [`Spool::store`](super::spool::Spool::store)
+//! 5. empties the files of removed messages, which step 2 moved to `free/` (up to
+//!    [`MAX_FREE`]), and keeps them for new messages to rewrite: no inode is freed and
+//!    allocated again per message;
+//! 6. answers each caller: `Ok` means durable, as [`Spool::store`](super::spool::Spool::store)
 //!    promises.
 //!
 //! So the number of journal commits follows the number of batches, not of messages:
@@ -35,11 +38,22 @@ const MAX_BATCH: usize = 256;
 pub(super) struct Staged {
     /// The open file (written, not yet synced).
     pub file: File,
-    /// Its name under `tmp/`; `None` for a file made without a name (`O_TMPFILE`),
-    /// linked through `/proc/self/fd`.
-    pub tmp: Option<PathBuf>,
+    /// Where it was made.
+    pub from: Origin,
     /// Its name once committed.
     pub to: PathBuf,
+}
+
+/// Where a staged file was made, which says how it gets its name.
+#[derive(Debug)]
+pub(super) enum Origin {
+    /// Without a name (`O_TMPFILE`): linked through `/proc/self/fd`.
+    Unnamed,
+    /// Under `tmp/`: linked (a store) or renamed (an update), never left behind.
+    Tmp(PathBuf),
+    /// A removed message's file taken from `free/` and rewritten: renamed into place
+    /// without replacing (no inode is freed and allocated again per message).
+    Recycled(PathBuf),
 }
 
 /// One change to commit.
@@ -89,6 +103,49 @@ pub(super) struct Committer {
     env_dir: PathBuf,
     tx: OnceLock<Sender<Job>>,
     counters: std::sync::Arc<CommitCounters>,
+    free: std::sync::Arc<FreeFiles>,
+}
+
+/// Emptied files of removed messages in `free/`, for new messages to reuse: allocating
+/// and freeing an inode per message is the file system's dearest part of the spool
+/// (ext4 scans past recently freed inodes on every allocation).
+#[derive(Debug)]
+pub(super) struct FreeFiles {
+    dir: PathBuf,
+    names: std::sync::Mutex<Vec<PathBuf>>,
+}
+
+/// At most this many emptied files are kept for reuse.
+pub(super) const MAX_FREE: usize = 256;
+
+impl FreeFiles {
+    fn names(&self) -> std::sync::MutexGuard<'_, Vec<PathBuf>> {
+        self.names.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// An emptied file to rewrite, if one is kept.
+    pub fn take(&self) -> Option<PathBuf> {
+        self.names().pop()
+    }
+
+    /// Keeps `path` (in `free/`, emptied) for reuse.
+    pub fn give(&self, path: PathBuf) {
+        self.names().push(path);
+    }
+
+    /// How many are kept.
+    pub fn len(&self) -> usize {
+        self.names().len()
+    }
+
+    fn room(&self) -> usize {
+        MAX_FREE.saturating_sub(self.len())
+    }
+
+    /// A new name in `free/`.
+    fn new_name(&self) -> PathBuf {
+        self.dir.join(format!("{:016x}", rand::random::<u64>()))
+    }
 }
 
 impl Committer {
@@ -98,7 +155,15 @@ impl Committer {
             env_dir: root.join("env"),
             tx: OnceLock::new(),
             counters: Default::default(),
+            free: std::sync::Arc::new(FreeFiles {
+                dir: root.join("free"),
+                names: Default::default(),
+            }),
         }
+    }
+
+    pub fn free(&self) -> &FreeFiles {
+        &self.free
     }
 
     pub fn counters(&self) -> &CommitCounters {
@@ -110,10 +175,10 @@ impl Committer {
         let tx = self.tx.get_or_init(|| {
             let (tx, rx) = mpsc::channel();
             let (msg_dir, env_dir) = (self.msg_dir.clone(), self.env_dir.clone());
-            let counters = self.counters.clone();
+            let (counters, free) = (self.counters.clone(), self.free.clone());
             let spawned = std::thread::Builder::new()
                 .name("mailgate-spool-commit".into())
-                .spawn(move || run(rx, &msg_dir, &env_dir, &counters));
+                .spawn(move || run(rx, &msg_dir, &env_dir, &counters, &free));
             if let Err(e) = spawned {
                 tracing::error!(error = %e, "cannot start the spool's commit thread");
             }
@@ -130,7 +195,13 @@ impl Committer {
     }
 }
 
-fn run(rx: Receiver<Job>, msg_dir: &Path, env_dir: &Path, counters: &CommitCounters) {
+fn run(
+    rx: Receiver<Job>,
+    msg_dir: &Path,
+    env_dir: &Path,
+    counters: &CommitCounters,
+    free: &FreeFiles,
+) {
     while let Ok(first) = rx.recv() {
         let mut batch = vec![first];
         batch.extend(rx.try_iter().take(MAX_BATCH - 1));
@@ -139,7 +210,10 @@ fn run(rx: Receiver<Job>, msg_dir: &Path, env_dir: &Path, counters: &CommitCount
             .changes
             .fetch_add(batch.len() as u64, Ordering::Relaxed);
         let (ops, dones): (Vec<Op>, Vec<_>) = batch.into_iter().map(|j| (j.op, j.done)).unzip();
-        for (result, done) in commit_batch(ops, msg_dir, env_dir).into_iter().zip(dones) {
+        for (result, done) in commit_batch(ops, msg_dir, env_dir, free)
+            .into_iter()
+            .zip(dones)
+        {
             // A caller that went away (its task was cancelled) needs no answer.
             let _ = done.send(result);
         }
@@ -191,16 +265,15 @@ fn start_writeback(file: &File) {
 fn start_writeback(_file: &File) {}
 
 fn sync(s: &Staged) -> Result<(), SpoolError> {
-    s.file
-        .sync_data()
-        .map_err(|e| io_err("fsync", s.tmp.as_deref().unwrap_or(&s.to), e))
+    s.file.sync_data().map_err(|e| io_err("fsync", &s.to, e))
 }
 
 /// Gives a staged file its name; `Exists` when the name is taken (never replaces).
 fn link_new(s: &Staged, id: &str) -> Result<(), SpoolError> {
-    let linked = match &s.tmp {
-        Some(tmp) => fs::hard_link(tmp, &s.to),
-        None => link_unnamed(&s.file, &s.to),
+    let linked = match &s.from {
+        Origin::Unnamed => link_unnamed(&s.file, &s.to),
+        Origin::Tmp(tmp) => fs::hard_link(tmp, &s.to),
+        Origin::Recycled(path) => rename_new(path, &s.to),
     };
     linked.map_err(|e| {
         if e.kind() == io::ErrorKind::AlreadyExists {
@@ -209,6 +282,22 @@ fn link_new(s: &Staged, id: &str) -> Result<(), SpoolError> {
             io_err("link", &s.to, e)
         }
     })
+}
+
+/// Renames `from` to `to`, failing if `to` exists.
+fn rename_new(from: &Path, to: &Path) -> io::Result<()> {
+    #[cfg(target_os = "linux")]
+    {
+        use rustix::fs::{CWD, RenameFlags, renameat_with};
+        match renameat_with(CWD, from, CWD, to, RenameFlags::NOREPLACE) {
+            Err(rustix::io::Errno::INVAL | rustix::io::Errno::NOSYS) => {}
+            other => return other.map_err(io::Error::from),
+        }
+    }
+    // Where renameat2 is missing: link (fails if `to` exists), then unlink.
+    fs::hard_link(from, to)?;
+    let _ = fs::remove_file(from);
+    Ok(())
 }
 
 /// Links a file opened with `O_TMPFILE` to `to` (as linkat(2) documents, through
@@ -234,7 +323,12 @@ fn remove_if_there(path: &Path) -> Result<(), SpoolError> {
 }
 
 /// Commits one batch (the steps of the module docs); one result per op, in order.
-fn commit_batch(ops: Vec<Op>, msg_dir: &Path, env_dir: &Path) -> Vec<Result<(), SpoolError>> {
+fn commit_batch(
+    ops: Vec<Op>,
+    msg_dir: &Path,
+    env_dir: &Path,
+    free: &FreeFiles,
+) -> Vec<Result<(), SpoolError>> {
     // 1. Data first.
     for op in &ops {
         match op {
@@ -251,6 +345,7 @@ fn commit_batch(ops: Vec<Op>, msg_dir: &Path, env_dir: &Path) -> Vec<Result<(), 
         .collect();
     // 2. Names.
     let (mut msg_changed, mut env_changed) = (false, false);
+    let (mut room, mut freed) = (free.room(), Vec::new());
     for (op, result) in ops.iter().zip(results.iter_mut()) {
         match op {
             Op::Store { id, msg, env } => {
@@ -262,12 +357,19 @@ fn commit_batch(ops: Vec<Op>, msg_dir: &Path, env_dir: &Path) -> Vec<Result<(), 
                     };
                     msg_changed |= result.is_ok();
                 }
-                if let Some(tmp) = &msg.tmp {
-                    let _ = fs::remove_file(tmp);
+                match &msg.from {
+                    Origin::Tmp(tmp) => {
+                        let _ = fs::remove_file(tmp);
+                    }
+                    // A file taken from free/ that stays there holds this message: gone.
+                    Origin::Recycled(path) if result.is_err() => {
+                        let _ = fs::remove_file(path);
+                    }
+                    _ => {}
                 }
             }
             Op::Update(env) => {
-                let Some(tmp) = env.tmp.as_deref() else {
+                let Origin::Tmp(tmp) = &env.from else {
                     // A state is always written under a name (nothing renames an unnamed file).
                     *result = Err(io_err(
                         "rename",
@@ -285,7 +387,21 @@ fn commit_batch(ops: Vec<Op>, msg_dir: &Path, env_dir: &Path) -> Vec<Result<(), 
                 }
             }
             Op::Remove { msg, .. } => {
-                *result = remove_if_there(msg);
+                // The message's file goes to free/ while there is room, else away.
+                *result = if room > 0 {
+                    let to = free.new_name();
+                    match fs::rename(msg, &to) {
+                        Ok(()) => {
+                            room -= 1;
+                            freed.push(to);
+                            Ok(())
+                        }
+                        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+                        Err(e) => Err(io_err("rename", msg, e)),
+                    }
+                } else {
+                    remove_if_there(msg)
+                };
                 msg_changed |= result.is_ok();
             }
         }
@@ -326,6 +442,19 @@ fn commit_batch(ops: Vec<Op>, msg_dir: &Path, env_dir: &Path) -> Vec<Result<(), 
             *result = remove_if_there(env);
         }
     }
+    // 5. Freed files emptied (no removed message lingers on disk), then kept for reuse.
+    for path in freed {
+        match fs::OpenOptions::new()
+            .write(true)
+            .truncate(true)
+            .open(&path)
+        {
+            Ok(_) => free.give(path),
+            Err(_) => {
+                let _ = fs::remove_file(&path);
+            }
+        }
+    }
     results
 }
 #[cfg(test)]
@@ -340,14 +469,14 @@ mod tests {
         file.write_all(text).unwrap();
         Staged {
             file,
-            tmp: Some(tmp),
+            from: Origin::Tmp(tmp),
             to: to.to_path_buf(),
         }
     }
 
     fn spool_dirs() -> (tempfile::TempDir, PathBuf, PathBuf) {
         let dir = tempfile::tempdir().unwrap();
-        for sub in ["tmp", "msg", "env"] {
+        for sub in ["tmp", "msg", "env", "free"] {
             fs::create_dir(dir.path().join(sub)).unwrap();
         }
         let (msg, env) = (dir.path().join("msg"), dir.path().join("env"));
@@ -386,7 +515,11 @@ mod tests {
                 env: env.join("GONE.json"),
             },
         ];
-        let results = commit_batch(ops, &msg, &env);
+        let free = FreeFiles {
+            dir: root.join("free"),
+            names: Default::default(),
+        };
+        let results = commit_batch(ops, &msg, &env, &free);
         assert!(results[0].is_ok(), "{:?}", results[0]);
         assert!(matches!(&results[1], Err(SpoolError::Exists(id)) if id == "TAKEN"));
         assert!(matches!(&results[2], Err(SpoolError::Exists(id)) if id == "LEFT"));
@@ -397,6 +530,10 @@ mod tests {
         assert_eq!(fs::read(env.join("U.json")).unwrap(), b"new");
         assert!(!env.join("R.json").exists() && !msg.join("R").exists());
         assert_eq!(fs::read_dir(root.join("tmp")).unwrap().count(), 0);
+        // R's file was kept for reuse, emptied.
+        let kept = free.take().unwrap();
+        assert_eq!(fs::read(&kept).unwrap(), b"");
+        assert!(free.take().is_none());
     }
 
     /// Concurrent callers are served in shared batches and each gets its own answer.

@@ -7,6 +7,7 @@
 //!                       out (our Received: header included)
 //! <spool>/env/<id>.json the entry's state (see [`Entry`]) once it changed: it overrides
 //!                       the initial state
+//! <spool>/free/         emptied files of removed messages, rewritten by new ones
 //! ```
 //!
 //! The message file starts with `mailgate-queue-entry 1 <n>\n` and `n` octets of JSON.
@@ -15,27 +16,27 @@
 //!
 //! Commit protocol, so that a crash at any point leaves either nothing or a complete entry:
 //!
-//! 1. write the message file without a name (`O_TMPFILE`; where that is not supported,
-//!    as `tmp/<id>.msg.<random>`), fsync it;
-//! 2. link it to `msg/<id>` (the commit point; never over an existing name);
+//! 1. write the message file: an emptied one from `free/`, else one without a name
+//!    (`O_TMPFILE`; where that is not supported, `tmp/<id>.msg.<random>`); fsync it;
+//! 2. rename or link it to `msg/<id>` (the commit point; never over an existing name);
 //! 3. fsync `msg/`, and only then answer 250.
 //!
 //! State updates write a new `tmp/` file, fsync it and rename it over `env/<id>.json`
-//! (atomic replace), then fsync `env/`. Removal deletes the message first (un-commit),
-//! fsyncs `msg/`, then deletes the state file. The fsyncs and names of concurrent changes
+//! (atomic replace), then fsync `env/`. Removal moves the message to `free/` (or deletes
+//! it; the un-commit), fsyncs `msg/`, deletes the state file, then empties the moved file. The fsyncs and names of concurrent changes
 //! are committed together, one directory fsync per batch ([`commit`](super::commit)); the
 //! files are written by each caller. Recovery at start ([`Spool::recover`]) loads every
 //! message with its state (the state file if there is one), deletes state files without
 //! a message (a removal cut short), deletes messages of the earlier layout that have no
 //! state (a crash before their commit point), moves unreadable entries to `corrupt/`
-//! with a warning, and empties `tmp/`.
+//! with a warning, empties `tmp/` and empties the files in `free/`.
 
 use std::fs::{self, File};
 use std::io::{self, BufRead, Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use super::commit::{CommitCounters, Committer, Op, Staged};
+use super::commit::{CommitCounters, Committer, MAX_FREE, Op, Origin, Staged};
 use super::entry::Entry;
 
 /// Why a spool operation failed.
@@ -244,7 +245,7 @@ impl Spool {
     /// Opens (creating if needed) the spool at `root`.
     pub fn open(root: impl Into<PathBuf>) -> Result<Spool, SpoolError> {
         let root = root.into();
-        for sub in ["tmp", "msg", "env", "corrupt"] {
+        for sub in ["tmp", "msg", "env", "corrupt", "free"] {
             let d = root.join(sub);
             crate::private_fs::create_dir_all(&d).map_err(io_err("create directory", &d))?;
         }
@@ -255,6 +256,7 @@ impl Spool {
             &root.join("msg"),
             &root.join("env"),
             &root.join("corrupt"),
+            &root.join("free"),
         ] {
             crate::private_fs::restrict_dir(d).map_err(io_err("chmod 0700", d))?;
         }
@@ -299,6 +301,23 @@ impl Spool {
             f.write_all(head)?;
             write(f)
         };
+        if let Some(path) = self.committer.free().take() {
+            let opened = fs::OpenOptions::new()
+                .write(true)
+                .truncate(true)
+                .open(&path);
+            return match opened.and_then(|mut file| contents(&mut file).map(|()| file)) {
+                Ok(file) => Ok(Staged {
+                    file,
+                    from: Origin::Recycled(path),
+                    to: self.msg_path(id),
+                }),
+                Err(e) => {
+                    let _ = fs::remove_file(&path);
+                    Err(io_err("write", &path)(e))
+                }
+            };
+        }
         if self.unnamed.load(Relaxed) {
             let dir = self.root.join("msg");
             match create_unnamed(&dir) {
@@ -306,7 +325,7 @@ impl Spool {
                     contents(&mut file).map_err(io_err("write", &dir))?;
                     return Ok(Staged {
                         file,
-                        tmp: None,
+                        from: Origin::Unnamed,
                         to: self.msg_path(id),
                     });
                 }
@@ -321,7 +340,7 @@ impl Spool {
         let file = write_new(&tmp, &contents)?;
         Ok(Staged {
             file,
-            tmp: Some(tmp),
+            from: Origin::Tmp(tmp),
             to: self.msg_path(id),
         })
     }
@@ -386,7 +405,7 @@ impl Spool {
         let file = write_new(&tmp, &|f| f.write_all(&json))?;
         self.committer.commit(Op::Update(Staged {
             file,
-            tmp: Some(tmp),
+            from: Origin::Tmp(tmp),
             to: self.env_path(&entry.id),
         }))
     }
@@ -537,6 +556,22 @@ impl Spool {
         }
         fsync_dir(&self.root.join("msg"))?;
         fsync_dir(&envdir)?;
+        // Files a removal moved to free/ before a crash could empty them: emptied now.
+        let freedir = self.root.join("free");
+        for e in fs::read_dir(&freedir).map_err(io_err("list", &freedir))? {
+            let p = e.map_err(io_err("list", &freedir))?.path();
+            let kept = self.committer.free().len() < MAX_FREE
+                && fs::OpenOptions::new()
+                    .write(true)
+                    .truncate(true)
+                    .open(&p)
+                    .is_ok();
+            if kept {
+                self.committer.free().give(p);
+            } else {
+                fs::remove_file(&p).map_err(io_err("remove", &p))?;
+            }
+        }
         Ok(out)
     }
 }
@@ -604,6 +639,8 @@ mod tests {
         // A removal cut short: the state is left, its message gone.
         let orphan = serde_json::to_vec(&sample("NOMSG")).unwrap();
         fs::write(path("env/NOMSG.json"), orphan).unwrap();
+        // A removed message's file moved to free/ but not yet emptied.
+        fs::write(path("free/0123"), b"delivered mail").unwrap();
 
         let r = s.recover().unwrap();
         let kept: Vec<_> = r
@@ -618,6 +655,7 @@ mod tests {
             assert!(path("corrupt").join(moved).exists(), "{moved}");
         }
         assert_eq!(fs::read_dir(path("tmp")).unwrap().count(), 0);
+        assert_eq!(fs::read(path("free/0123")).unwrap(), b"");
         assert_eq!(s.ids().unwrap(), ["OK1", "OLD", "UPD"]);
         assert_eq!(s.message("OLD").unwrap(), b"o\r\n");
         assert_eq!(
@@ -655,6 +693,13 @@ mod tests {
             assert_eq!(fs::read_dir(dir.path().join("tmp")).unwrap().count(), 0);
             s.remove("N1").unwrap();
             assert!(s.ids().unwrap().is_empty() && s.load("N1").is_err());
+            // N1's file was kept, emptied, and the next message rewrites it.
+            let free = || fs::read_dir(dir.path().join("free")).unwrap().count();
+            assert_eq!(free(), 1);
+            let n3 = sample("N3");
+            s.store(&n3, &parts(&[b"c\r\n"])).unwrap();
+            assert_eq!(free(), 0);
+            assert_eq!(s.load_with_message("N3").unwrap(), (n3, b"c\r\n".to_vec()));
         }
     }
 
