@@ -42,31 +42,37 @@ impl DotStuffer {
     /// Encodes `input` and appends the result to `out`.
     pub fn push(&mut self, input: &[u8], out: &mut Vec<u8>) {
         out.reserve(input.len() + input.len() / 64 + 2);
-        for &b in input {
+        let mut rest = input;
+        while let Some(&first) = rest.first() {
             if self.pending_cr {
                 self.pending_cr = false;
                 // CR LF and a bare CR both become one CRLF; the LF is consumed here.
                 out.extend_from_slice(b"\r\n");
                 self.line_start = true;
-                if b == b'\n' {
+                if first == b'\n' {
+                    rest = &rest[1..];
                     continue;
                 }
             }
-            match b {
-                b'\r' => self.pending_cr = true,
-                b'\n' => {
-                    // A bare LF.
-                    out.extend_from_slice(b"\r\n");
-                    self.line_start = true;
-                }
-                _ => {
-                    if self.line_start && b == b'.' {
-                        out.push(b'.');
-                    }
-                    out.push(b);
-                    self.line_start = false;
-                }
+            if self.line_start && first == b'.' {
+                out.push(b'.');
             }
+            // The rest of the line goes out as it is, up to its CR or LF.
+            let Some(end) = memchr::memchr2(b'\r', b'\n', rest) else {
+                out.extend_from_slice(rest);
+                self.line_start = false;
+                return;
+            };
+            out.extend_from_slice(&rest[..end]);
+            self.line_start = false;
+            if rest[end] == b'\r' {
+                self.pending_cr = true;
+            } else {
+                // A bare LF.
+                out.extend_from_slice(b"\r\n");
+                self.line_start = true;
+            }
+            rest = &rest[end + 1..];
         }
     }
 
@@ -176,5 +182,68 @@ mod tests {
         }
         enc.finish(&mut out);
         assert_eq!(out, whole);
+    }
+
+    /// The encoding byte by byte, as the rules say it (the reference for the line-at-a-time
+    /// encoder above).
+    fn reference(input: &[u8]) -> Vec<u8> {
+        let mut out = Vec::new();
+        let (mut line_start, mut pending_cr) = (true, false);
+        for &b in input {
+            if pending_cr {
+                pending_cr = false;
+                out.extend_from_slice(b"\r\n");
+                line_start = true;
+                if b == b'\n' {
+                    continue;
+                }
+            }
+            match b {
+                b'\r' => pending_cr = true,
+                b'\n' => {
+                    out.extend_from_slice(b"\r\n");
+                    line_start = true;
+                }
+                _ => {
+                    if line_start && b == b'.' {
+                        out.push(b'.');
+                    }
+                    out.push(b);
+                    line_start = false;
+                }
+            }
+        }
+        if pending_cr || !line_start {
+            out.extend_from_slice(b"\r\n");
+        }
+        out.extend_from_slice(b".\r\n");
+        out
+    }
+
+    /// Every input of up to 7 octets over `.`, CR, LF and `a`, whole and cut in two at
+    /// every point, encodes as the reference does.
+    #[test]
+    fn matches_the_byte_by_byte_rules_on_every_short_input() {
+        const ALPHABET: &[u8] = b".\r\na";
+        for len in 0..=7u32 {
+            for mut n in 0..ALPHABET.len().pow(len) {
+                let input: Vec<u8> = (0..len)
+                    .map(|_| {
+                        let b = ALPHABET[n % ALPHABET.len()];
+                        n /= ALPHABET.len();
+                        b
+                    })
+                    .collect();
+                let want = reference(&input);
+                for split in 0..=input.len() {
+                    let mut out = Vec::new();
+                    let mut enc = DotStuffer::new();
+                    enc.push(&input[..split], &mut out);
+                    enc.push(&input[split..], &mut out);
+                    enc.finish(&mut out);
+                    assert_eq!(out, want, "{input:?} split at {split}");
+                }
+            }
+        }
     }
 }
