@@ -41,6 +41,9 @@
 
 mod matching;
 
+use std::cell::RefCell;
+use std::rc::Rc;
+
 use mailgate_plugin_sdk::prelude::*;
 use mailgate_plugin_sdk::{RelayHost, TlsPolicy, routing, verify};
 use matching::{Conditions, Facts};
@@ -169,7 +172,8 @@ fn parse_rule(c: &Config, name: String) -> Result<Rule, String> {
     })
 }
 
-struct Routing {
+/// What a config says, parsed.
+struct Tables {
     rules: Vec<Rule>,
     recipients: Vec<(String, Vec<String>)>,
     aliases: Vec<(String, Vec<Address>)>,
@@ -183,7 +187,28 @@ fn address(text: &str, key: &str) -> Result<Address, String> {
     Address::parse(text.trim()).ok_or(format!("{key}: {text:?} is not an address"))
 }
 
-impl Routing {
+/// A config's entries and the tables parsed from them.
+type CachedTables = Option<(Vec<(String, String)>, Rc<Tables>)>;
+
+thread_local! {
+    /// The tables the last `init` parsed, with the config they came from. The gateway
+    /// runs `init` at the start of every session (and delivery) an instance serves; with
+    /// the same config (always, until a reload brings new instances) nothing is parsed
+    /// again.
+    static TABLES: RefCell<CachedTables> = const { RefCell::new(None) };
+}
+
+/// The plugin: the tables of its config, shared with the other sessions' `init`.
+struct Routing(Rc<Tables>);
+
+impl std::ops::Deref for Routing {
+    type Target = Tables;
+    fn deref(&self) -> &Tables {
+        &self.0
+    }
+}
+
+impl Tables {
     /// The lookup form of `a`: lowercase, the plus tag stripped.
     fn key(&self, a: &Address) -> String {
         let local = a.local_part.to_lowercase();
@@ -239,9 +264,8 @@ fn sender_text(txn: &Transaction) -> String {
         .unwrap_or_default()
 }
 
-#[plugin]
-impl Plugin for Routing {
-    fn init(config: &Config) -> Result<Self, String> {
+impl Tables {
+    fn parse(config: &Config) -> Result<Tables, String> {
         config.deny_unknown(&[
             "rules",
             "recipients",
@@ -299,7 +323,7 @@ impl Plugin for Routing {
             .iter()
             .map(|(d, to)| Ok((d.to_lowercase(), address(to, &format!("catch_all.{d}"))?)))
             .collect::<Result<Vec<_>, String>>()?;
-        let mut me = Routing {
+        let mut me = Tables {
             rules,
             recipients,
             aliases: Vec::new(),
@@ -316,6 +340,27 @@ impl Plugin for Routing {
             .map(|(from, to)| (me.key(&from), to))
             .collect();
         Ok(me)
+    }
+}
+
+#[plugin]
+impl Plugin for Routing {
+    fn init(config: &Config) -> Result<Self, String> {
+        let key: Vec<(String, String)> = config
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        let hit = TABLES.with_borrow(|c| {
+            c.as_ref()
+                .filter(|(k, _)| *k == key)
+                .map(|(_, t)| Rc::clone(t))
+        });
+        if let Some(tables) = hit {
+            return Ok(Routing(tables));
+        }
+        let tables = Rc::new(Tables::parse(config)?);
+        TABLES.with_borrow_mut(|c| *c = Some((key, Rc::clone(&tables))));
+        Ok(Routing(tables))
     }
 
     fn on_rcpt_to(&mut self, s: &SessionInfo, txn: &Transaction, rcpt: &Recipient) -> RcptOutcome {
@@ -482,3 +527,25 @@ fn verified(
 }
 
 export_plugin!(Routing);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(plus: &str) -> Config {
+        Config::new(vec![("plus_separator".into(), plus.into())])
+    }
+
+    /// `init` shares the tables it parsed with later `init`s of the same config, and
+    /// parses a different config anew.
+    #[test]
+    fn init_parses_a_config_once() {
+        let a = Routing::init(&config("-")).unwrap();
+        let again = Routing::init(&config("-")).unwrap();
+        assert!(Rc::ptr_eq(&a.0, &again.0));
+        let b = Routing::init(&config("=")).unwrap();
+        assert!(!Rc::ptr_eq(&a.0, &b.0));
+        assert_eq!((a.plus.as_str(), b.plus.as_str()), ("-", "="));
+        assert!(Routing::init(&Config::new(vec![("nope".into(), "1".into())])).is_err());
+    }
+}
