@@ -148,6 +148,10 @@ pub struct Snapshot {
     pub queue_messages: u64,
     /// Age of the oldest queued message, seconds.
     pub queue_oldest_seconds: f64,
+    /// Spool commits (group commits of concurrent changes).
+    pub queue_spool_commits: u64,
+    /// Spool changes those commits made durable.
+    pub queue_spool_changes: u64,
     /// The plugin generation in force.
     pub generation: u64,
     /// Answers in the verification cache.
@@ -347,6 +351,16 @@ impl Collector for StatusCollector {
                 "kv_timeouts",
                 "kv calls the backend did not answer in time",
                 s.kv_timeouts,
+            ),
+            (
+                "queue_spool_commits",
+                "Spool commits: each made the changes then waiting durable together",
+                s.queue_spool_commits,
+            ),
+            (
+                "queue_spool_changes",
+                "Spool changes (new messages, state updates, removals) made durable",
+                s.queue_spool_changes,
             ),
         ] {
             let c = ConstCounter::new(v);

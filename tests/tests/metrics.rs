@@ -7,7 +7,7 @@ mod support;
 use std::process::Command;
 
 use serde_json::Value;
-use support::{Gateway, Raw, Setup, fixture, json, peer};
+use support::{Gateway, Raw, Setup, Upstream, fixture, json, peer};
 
 /// GET `path` on the gateway's admin HTTP listener, through tests/peers/scrape.py.
 fn get(gw: &Gateway, path: &str) -> Value {
@@ -224,4 +224,35 @@ fn an_idle_session_gives_its_plugin_instances_back() {
     let text = String::from_utf8_lossy(&gw.mailbox("example.test", "s2")[0]).into_owned();
     assert!(text.contains("X-Count: 1\r\n"), "{text}");
     assert!(text.contains("X-Init-Count: 2\r\n"), "{text}");
+}
+
+/// Queue mode: each message is one spool change when it is stored and one when it is
+/// removed after delivery; sent one after the other, each change is its own commit.
+/// Status and metrics count both.
+#[test]
+fn spool_commits_and_changes_are_counted() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut up = Upstream::start(&[]);
+    let gw = Setup::default()
+        .section(&format!(
+            "[delivery]\nmode = \"queue\"\n[queue]\nspool = {:?}\n\
+             [queue.routes]\n\"example.test\" = {{ host = {:?}, tls = \"none\" }}\n",
+            dir.path().join("spool").display().to_string(),
+            up.addr(),
+        ))
+        .start();
+    for sent in 1..=2 {
+        let r = session(&gw, "u@example.test", "Subject: m\r\n\r\nHi.\r\n");
+        assert!(r.starts_with("250"), "{r}");
+        assert!(up.wait_stored(sent, std::time::Duration::from_secs(20)));
+        // The upstream's 250 comes a moment before the queue removes the entry.
+        let status = gw.status_when(|s| s["queue"]["depth"] == 0);
+        assert_eq!(status["queue"]["depth"], 0, "{status}");
+    }
+    let status = gw.status();
+    assert_eq!(status["queue"]["spool_changes"], 4, "{status}");
+    assert_eq!(status["queue"]["spool_commits"], 4, "{status}");
+    let m = get(&gw, "/metrics");
+    assert_eq!(sample(&m, "mailgate_queue_spool_changes_total", &[]), 4.0);
+    assert_eq!(sample(&m, "mailgate_queue_spool_commits_total", &[]), 4.0);
 }

@@ -98,6 +98,8 @@ impl Queue {
             failed: c.failed.load(Ordering::Relaxed),
             expired: c.expired.load(Ordering::Relaxed),
             dsn_sent: c.dsn_sent.load(Ordering::Relaxed),
+            spool_commits: self.spool.commit_counters().batches.load(Ordering::Relaxed),
+            spool_changes: self.spool.commit_counters().changes.load(Ordering::Relaxed),
             destinations: {
                 let mut m = self.per_dest.lock().unwrap_or_else(|e| e.into_inner());
                 m.retain(|_, s| std::sync::Arc::strong_count(s) > 1);

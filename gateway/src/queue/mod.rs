@@ -138,6 +138,11 @@ pub struct Stats {
     pub dsn_sent: u64,
     /// Destinations with a delivery limiter held (an attempt under way or just ended).
     pub destinations: usize,
+    /// Spool commits since start: each made the changes waiting then durable together
+    /// (one fsync per directory they changed).
+    pub spool_commits: u64,
+    /// Spool changes (new messages, state updates, removals) those commits made durable.
+    pub spool_changes: u64,
 }
 
 /// The queue.

@@ -167,6 +167,8 @@ fn snapshot(shared: &Shared) -> crate::metrics::Snapshot {
         kv_failing: kv.failing,
         queue_messages: q.as_ref().map_or(0, |q| q.depth as u64),
         queue_oldest_seconds: q.as_ref().map_or(0.0, |q| q.oldest_age_secs as f64),
+        queue_spool_commits: q.as_ref().map_or(0, |q| q.spool_commits),
+        queue_spool_changes: q.as_ref().map_or(0, |q| q.spool_changes),
         generation: cur.generation,
         verify_cached: shared.reloader.services.verify.stats().cached as u64,
     }
