@@ -340,6 +340,9 @@ pub struct Chain {
     pub trace: Vec<TraceEntry>,
     /// Older decisions dropped from `trace`.
     trace_dropped: usize,
+    /// Whether decisions are traced (for the `X-Mailgate-Trace` header); a session
+    /// without that header keeps no trace (a held idle session should hold little).
+    keep_trace: bool,
     /// The session's authentication checks, shared with its instances.
     pub auth: Option<Arc<super::auth::SessionAuth>>,
 }
@@ -377,6 +380,7 @@ impl Chain {
             tags: Vec::new(),
             trace: Vec::new(),
             trace_dropped: 0,
+            keep_trace: true,
             auth: None,
         }
     }
@@ -405,6 +409,14 @@ impl Chain {
     /// Live instances (for tests and status).
     pub fn live_instances(&self) -> usize {
         self.slots.iter().filter(|s| s.live.is_some()).count()
+    }
+
+    /// Keep the decision trace or not (kept unless turned off).
+    pub fn keep_trace(&mut self, keep: bool) {
+        self.keep_trace = keep;
+        if !keep {
+            self.trace = Vec::new();
+        }
     }
 
     /// A new transaction starts: its score and trace start afresh.
@@ -436,6 +448,9 @@ impl Chain {
     /// Adds a decision to the trace, which keeps the latest [`MAX_TRACE`] (a flood of
     /// EHLOs before any MAIL must not grow it) and counts the ones it dropped.
     fn record(&mut self, entry: TraceEntry) {
+        if !self.keep_trace {
+            return;
+        }
         if self.trace.len() >= MAX_TRACE {
             self.trace.remove(0);
             self.trace_dropped += 1;
@@ -1392,6 +1407,22 @@ mod tests {
                 .starts_with("(10 earlier decisions omitted); p10/helo=")
         );
         chain.new_transaction();
+        assert_eq!(chain.trace_text(), "");
+    }
+
+    /// Without the trace header a chain records nothing (an idle session holds no trace).
+    #[test]
+    fn a_chain_without_trace_records_nothing() {
+        let mut chain = empty_chain();
+        chain.keep_trace(false);
+        chain.record(TraceEntry {
+            plugin: "p".into(),
+            stage: Stage::Helo,
+            outcome: "continue".into(),
+            reason: None,
+            micros: 1,
+        });
+        assert!(chain.trace.is_empty() && chain.trace.capacity() == 0);
         assert_eq!(chain.trace_text(), "");
     }
 

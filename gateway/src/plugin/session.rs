@@ -94,6 +94,12 @@ impl SessionPlugins {
         }
     }
 
+    /// Keeps the plugins' decision trace (for the `X-Mailgate-Trace` header) or not.
+    pub fn with_trace(mut self, keep: bool) -> SessionPlugins {
+        self.chain.keep_trace(keep);
+        self
+    }
+
     /// The session has ended: its plugin instances are released now (see
     /// [`Chain::release_instances`]); score and tags stay readable.
     pub fn release_instances(&mut self) {

@@ -180,6 +180,7 @@ async fn open(
                 session_id.to_string(),
                 cur.hostname().to_string(),
             )
+            .with_trace(rt.live.trace_header)
         }),
         held: 0,
         memory: o.memory,
