@@ -72,6 +72,79 @@ impl std::fmt::Debug for Live {
 impl Drop for Live {
     fn drop(&mut self) {
         crate::metrics::get().plugin_instances.dec();
+        trim::instance_dropped();
+    }
+}
+
+/// Gives the heap's free memory back to the system after many instances were dropped.
+///
+/// An instance's host side (its store, tables, buffers) is a few dozen small and large
+/// allocations. A burst of sessions (a connection flood, 10,000 idle clients arriving)
+/// makes many live at once; when they are dropped, the allocator keeps their memory in
+/// holes between the sessions' own long-lived allocations and the resident size stays at
+/// the burst's peak. `malloc_trim` returns the free pages inside the heap. It walks the
+/// heap, so it runs on a thread of its own, at most once a second and only after
+/// [`TRIM_AFTER`] drops.
+mod trim {
+    use std::sync::Mutex;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::time::{Duration, Instant};
+
+    /// Instances dropped between two trims.
+    pub const TRIM_AFTER: usize = 256;
+    const MIN_INTERVAL: Duration = Duration::from_secs(1);
+
+    static DROPPED: AtomicUsize = AtomicUsize::new(0);
+    static LAST: Mutex<Option<Instant>> = Mutex::new(None);
+
+    pub fn instance_dropped() {
+        let dropped = DROPPED.fetch_add(1, Ordering::Relaxed) + 1;
+        if dropped < TRIM_AFTER {
+            return;
+        }
+        let mut last = LAST.lock().unwrap_or_else(|e| e.into_inner());
+        let now = Instant::now();
+        if !due(dropped, *last, now) {
+            return;
+        }
+        *last = Some(now);
+        DROPPED.store(0, Ordering::Relaxed);
+        let _ = std::thread::Builder::new()
+            .name("mailgate-trim".into())
+            .spawn(trim_heap);
+    }
+
+    /// Whether a trim is due after `dropped` drops, the last trim at `last`.
+    pub fn due(dropped: usize, last: Option<Instant>, now: Instant) -> bool {
+        dropped >= TRIM_AFTER && last.is_none_or(|t| now.duration_since(t) >= MIN_INTERVAL)
+    }
+
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    #[allow(unsafe_code)]
+    fn trim_heap() {
+        // SAFETY: malloc_trim takes no pointer and may be called from any thread at any
+        // time; glibc locks each arena while it trims it.
+        unsafe {
+            libc::malloc_trim(0);
+        }
+    }
+
+    #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+    fn trim_heap() {}
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+
+        #[test]
+        fn a_trim_is_due_after_enough_drops_at_most_once_a_second() {
+            let t0 = Instant::now();
+            assert!(!due(TRIM_AFTER - 1, None, t0));
+            assert!(due(TRIM_AFTER, None, t0));
+            let soon = t0 + Duration::from_millis(999);
+            assert!(!due(TRIM_AFTER * 10, Some(t0), soon));
+            assert!(due(TRIM_AFTER, Some(t0), t0 + MIN_INTERVAL));
+        }
     }
 }
 
