@@ -301,13 +301,17 @@ impl Spool {
             f.write_all(head)?;
             write(f)
         };
-        if let Some(path) = self.committer.free().take() {
+        // A freed file (one that cannot be opened, gone meanwhile, is passed over).
+        let freed = self.committer.free().take().and_then(|path| {
             let opened = fs::OpenOptions::new()
                 .write(true)
                 .truncate(true)
                 .open(&path);
-            return match opened.and_then(|mut file| contents(&mut file).map(|()| file)) {
-                Ok(file) => Ok(Staged {
+            opened.ok().map(|file| (path, file))
+        });
+        if let Some((path, mut file)) = freed {
+            return match contents(&mut file) {
+                Ok(()) => Ok(Staged {
                     file,
                     from: Origin::Recycled(path),
                     to: self.msg_path(id),
@@ -442,7 +446,14 @@ impl Spool {
         }
         let p = self.msg_path(id);
         match read_embedded_state(&p)? {
-            Some(json) => Self::decode(&p, &json),
+            // (An id that is not the file's: read while the file was reused, since removed.)
+            Some(json) => Self::decode(&p, &json).and_then(|e| {
+                if e.id == id {
+                    Ok(e)
+                } else {
+                    Err(io_err("read", &p)(io::ErrorKind::NotFound.into()))
+                }
+            }),
             None => Err(io_err("read", &self.env_path(id))(
                 io::ErrorKind::NotFound.into(),
             )),
@@ -467,6 +478,10 @@ impl Spool {
                 ));
             }
         };
+        if entry.id != id {
+            // Read while the file was reused for another message, since removed.
+            return Err(io_err("read", &p)(io::ErrorKind::NotFound.into()));
+        }
         if let Some((_, body)) = layout {
             bytes.drain(..body);
         }
@@ -730,5 +745,25 @@ mod tests {
         assert_eq!(s.message("Q1-2").unwrap(), b"second\r\n");
         assert_eq!(s.ids().unwrap(), ["Q1", "Q1-2"]);
         assert_eq!(fs::read_dir(dir.path().join("tmp")).unwrap().count(), 0);
+    }
+
+    /// A freed file that is gone is passed over (the message goes to a new file), and a
+    /// file read under an id that is not the one inside it is not that entry.
+    #[test]
+    fn a_vanished_freed_file_and_a_foreign_entry_are_passed_over() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Spool::open(dir.path()).unwrap();
+        s.committer.free().give(dir.path().join("free/gone"));
+        let v1 = sample("V1");
+        s.store(&v1, &parts(&[b"v\r\n"])).unwrap();
+        assert_eq!(s.load_with_message("V1").unwrap(), (v1, b"v\r\n".to_vec()));
+        let json = serde_json::to_vec(&sample("OTHER")).unwrap();
+        fs::write(
+            dir.path().join("msg/V2"),
+            [header(&json), b"o\r\n".to_vec()].concat(),
+        )
+        .unwrap();
+        assert!(s.load("V2").is_err());
+        assert!(s.load_with_message("V2").is_err());
     }
 }
