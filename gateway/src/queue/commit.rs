@@ -7,8 +7,9 @@
 //!
 //! 1. starts the write-back of every new file, then waits for each (`fdatasync`): the
 //!    data is on disk before any name points at it;
-//! 2. links new messages into place (the commit point of a new entry), renames new
-//!    states over old ones, unlinks the messages of removed entries (their un-commit);
+//! 2. links or renames new messages into place (the commit point of a new entry),
+//!    renames new states over old ones, takes the messages of removed entries out of
+//!    `msg/` (moved to `free/`, or unlinked once it is full: their un-commit);
 //! 3. fsyncs `msg/` and `env/` once for the batch, instead of once per message;
 //! 4. unlinks the states of removed entries (a state without its message is what a
 //!    crash between steps 3 and 4 leaves; recovery deletes it);

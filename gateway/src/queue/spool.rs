@@ -23,9 +23,10 @@
 //!
 //! State updates write a new `tmp/` file, fsync it and rename it over `env/<id>.json`
 //! (atomic replace), then fsync `env/`. Removal moves the message to `free/` (or deletes
-//! it; the un-commit), fsyncs `msg/`, deletes the state file, then empties the moved file. The fsyncs and names of concurrent changes
-//! are committed together, one directory fsync per batch ([`commit`](super::commit)); the
-//! files are written by each caller. Recovery at start ([`Spool::recover`]) loads every
+//! it; the un-commit), fsyncs `msg/`, deletes the state file, then empties the moved
+//! file. The fsyncs and names of concurrent changes are committed together, one
+//! directory fsync per batch ([`commit`](super::commit)); the files are written by each
+//! caller. Recovery at start ([`Spool::recover`]) loads every
 //! message with its state (the state file if there is one), deletes state files without
 //! a message (a removal cut short), deletes messages of the earlier layout that have no
 //! state (a crash before their commit point), moves unreadable entries to `corrupt/`
