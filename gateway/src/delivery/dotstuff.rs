@@ -162,17 +162,22 @@ mod tests {
         }
     }
 
+    /// `input` encoded in two pushes, cut at `split`.
+    fn in_two(input: &[u8], split: usize) -> Vec<u8> {
+        let mut out = Vec::new();
+        let mut enc = DotStuffer::new();
+        enc.push(&input[..split], &mut out);
+        enc.push(&input[split..], &mut out);
+        enc.finish(&mut out);
+        out
+    }
+
     #[test]
     fn chunk_boundaries_do_not_matter() {
         let input: &[u8] = b"Received: x\r\n.a\r\nb\r\r\n\n.\r\n.\rlast";
         let whole = dot_stuff(input);
         for split in 0..=input.len() {
-            let mut out = Vec::new();
-            let mut enc = DotStuffer::new();
-            enc.push(&input[..split], &mut out);
-            enc.push(&input[split..], &mut out);
-            enc.finish(&mut out);
-            assert_eq!(out, whole, "split at {split}");
+            assert_eq!(in_two(input, split), whole, "split at {split}");
         }
         // Byte by byte.
         let mut out = Vec::new();
@@ -236,12 +241,7 @@ mod tests {
                     .collect();
                 let want = reference(&input);
                 for split in 0..=input.len() {
-                    let mut out = Vec::new();
-                    let mut enc = DotStuffer::new();
-                    enc.push(&input[..split], &mut out);
-                    enc.push(&input[split..], &mut out);
-                    enc.finish(&mut out);
-                    assert_eq!(out, want, "{input:?} split at {split}");
+                    assert_eq!(in_two(&input, split), want, "{input:?} split at {split}");
                 }
             }
         }
