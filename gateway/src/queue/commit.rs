@@ -29,7 +29,7 @@ use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{self, Receiver, Sender, SyncSender};
 
-use super::spool::SpoolError;
+use super::spool::{SpoolError, fsync_dir, io_err};
 
 /// At most this many jobs per batch, so that one batch's latency stays bounded.
 const MAX_BATCH: usize = 256;
@@ -50,7 +50,7 @@ pub(super) struct Staged {
 pub(super) enum Origin {
     /// Without a name (`O_TMPFILE`): linked through `/proc/self/fd`.
     Unnamed,
-    /// Under `tmp/`: linked (a store) or renamed (an update), never left behind.
+    /// Under `tmp/` (where `O_TMPFILE` is refused): linked, never left behind.
     Tmp(PathBuf),
     /// A removed message's file taken from `free/` and rewritten: renamed into place
     /// without replacing (no inode is freed and allocated again per message).
@@ -71,8 +71,15 @@ pub(super) enum Op {
         /// The id's state file, which must not exist.
         env: PathBuf,
     },
-    /// A new state renamed over an entry's state.
-    Update(Staged),
+    /// A new state, written under `tmp/`, renamed over an entry's state.
+    Update {
+        /// The open file (written, not yet synced).
+        file: File,
+        /// Its name under `tmp/`.
+        tmp: PathBuf,
+        /// The state file it replaces.
+        to: PathBuf,
+    },
     /// An entry removed: its message, then (once that is durable) its state.
     Remove {
         /// The message file.
@@ -117,7 +124,7 @@ pub(super) struct FreeFiles {
 }
 
 /// At most this many emptied files are kept for reuse.
-pub(super) const MAX_FREE: usize = 256;
+const MAX_FREE: usize = 256;
 
 impl FreeFiles {
     fn names(&self) -> std::sync::MutexGuard<'_, Vec<PathBuf>> {
@@ -134,8 +141,25 @@ impl FreeFiles {
         self.names().push(path);
     }
 
+    /// Empties `path` (a file in `free/`) and keeps it for reuse while there is room;
+    /// deletes it otherwise, or when it cannot be emptied (the error is the deletion's).
+    pub fn keep(&self, path: PathBuf) -> io::Result<()> {
+        let emptied = self.room() > 0
+            && fs::OpenOptions::new()
+                .write(true)
+                .truncate(true)
+                .open(&path)
+                .is_ok();
+        if emptied {
+            self.give(path);
+            Ok(())
+        } else {
+            fs::remove_file(&path)
+        }
+    }
+
     /// How many are kept.
-    pub fn len(&self) -> usize {
+    fn len(&self) -> usize {
         self.names().len()
     }
 
@@ -221,14 +245,6 @@ fn run(
     }
 }
 
-fn io_err(action: &'static str, path: &Path, source: io::Error) -> SpoolError {
-    SpoolError::Io {
-        action,
-        path: path.to_path_buf(),
-        source,
-    }
-}
-
 /// The same failure again, for another job of the batch it failed.
 fn again(e: &SpoolError) -> SpoolError {
     match e {
@@ -265,8 +281,8 @@ fn start_writeback(file: &File) {
 #[cfg(not(target_os = "linux"))]
 fn start_writeback(_file: &File) {}
 
-fn sync(s: &Staged) -> Result<(), SpoolError> {
-    s.file.sync_data().map_err(|e| io_err("fsync", &s.to, e))
+fn sync(file: &File, to: &Path) -> Result<(), SpoolError> {
+    file.sync_data().map_err(io_err("fsync", to))
 }
 
 /// Gives a staged file its name; `Exists` when the name is taken (never replaces).
@@ -280,7 +296,7 @@ fn link_new(s: &Staged, id: &str) -> Result<(), SpoolError> {
         if e.kind() == io::ErrorKind::AlreadyExists {
             SpoolError::Exists(id.to_string())
         } else {
-            io_err("link", &s.to, e)
+            io_err("link", &s.to)(e)
         }
     })
 }
@@ -318,7 +334,7 @@ fn link_unnamed(file: &File, to: &Path) -> io::Result<()> {
 
 fn remove_if_there(path: &Path) -> Result<(), SpoolError> {
     match fs::remove_file(path) {
-        Err(e) if e.kind() != io::ErrorKind::NotFound => Err(io_err("remove", path, e)),
+        Err(e) if e.kind() != io::ErrorKind::NotFound => Err(io_err("remove", path)(e)),
         _ => Ok(()),
     }
 }
@@ -333,14 +349,22 @@ fn commit_batch(
     // 1. Data first.
     for op in &ops {
         match op {
-            Op::Store { msg: s, .. } | Op::Update(s) => start_writeback(&s.file),
+            Op::Store {
+                msg: Staged { file, .. },
+                ..
+            }
+            | Op::Update { file, .. } => start_writeback(file),
             Op::Remove { .. } => {}
         }
     }
     let mut results: Vec<Result<(), SpoolError>> = ops
         .iter()
         .map(|op| match op {
-            Op::Store { msg: s, .. } | Op::Update(s) => sync(s),
+            Op::Store {
+                msg: Staged { file, to, .. },
+                ..
+            }
+            | Op::Update { file, to, .. } => sync(file, to),
             Op::Remove { .. } => Ok(()),
         })
         .collect();
@@ -369,18 +393,9 @@ fn commit_batch(
                     _ => {}
                 }
             }
-            Op::Update(env) => {
-                let Origin::Tmp(tmp) = &env.from else {
-                    // A state is always written under a name (nothing renames an unnamed file).
-                    *result = Err(io_err(
-                        "rename",
-                        &env.to,
-                        io::ErrorKind::InvalidInput.into(),
-                    ));
-                    continue;
-                };
+            Op::Update { tmp, to, .. } => {
                 if result.is_ok() {
-                    *result = fs::rename(tmp, &env.to).map_err(|e| io_err("rename", &env.to, e));
+                    *result = fs::rename(tmp, to).map_err(io_err("rename", to));
                     env_changed |= result.is_ok();
                 }
                 if result.is_err() {
@@ -398,7 +413,7 @@ fn commit_batch(
                             Ok(())
                         }
                         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
-                        Err(e) => Err(io_err("rename", msg, e)),
+                        Err(e) => Err(io_err("rename", msg)(e)),
                     }
                 } else {
                     remove_if_there(msg)
@@ -408,11 +423,6 @@ fn commit_batch(
         }
     }
     // 3. One fsync per directory for the whole batch.
-    let fsync_dir = |dir: &Path| {
-        File::open(dir)
-            .and_then(|d| d.sync_all())
-            .map_err(|e| io_err("fsync", dir, e))
-    };
     let msg_synced = if msg_changed {
         fsync_dir(msg_dir)
     } else {
@@ -429,7 +439,7 @@ fn commit_batch(
         }
         let synced = match op {
             Op::Store { .. } | Op::Remove { .. } => msg_synced.as_ref(),
-            Op::Update(_) => env_synced.as_ref(),
+            Op::Update { .. } => env_synced.as_ref(),
         };
         if let Err(e) = synced {
             *result = Err(again(e));
@@ -445,16 +455,7 @@ fn commit_batch(
     }
     // 5. Freed files emptied (no removed message lingers on disk), then kept for reuse.
     for path in freed {
-        match fs::OpenOptions::new()
-            .write(true)
-            .truncate(true)
-            .open(&path)
-        {
-            Ok(_) => free.give(path),
-            Err(_) => {
-                let _ = fs::remove_file(&path);
-            }
-        }
+        let _ = free.keep(path);
     }
     results
 }
@@ -464,10 +465,16 @@ mod tests {
 
     use super::*;
 
-    fn staged(root: &Path, name: &str, to: &Path, text: &[u8]) -> Staged {
+    /// `text` written to `tmp/<name>`.
+    fn written(root: &Path, name: &str, text: &[u8]) -> (File, PathBuf) {
         let tmp = root.join("tmp").join(name);
         let mut file = File::create_new(&tmp).unwrap();
         file.write_all(text).unwrap();
+        (file, tmp)
+    }
+
+    fn staged(root: &Path, name: &str, to: &Path, text: &[u8]) -> Staged {
+        let (file, tmp) = written(root, name, text);
         Staged {
             file,
             from: Origin::Tmp(tmp),
@@ -506,7 +513,14 @@ mod tests {
             store(root, "A", b"a"),
             store(root, "TAKEN", b"second"),
             store(root, "LEFT", b"left"),
-            Op::Update(staged(root, "U.new", &env.join("U.json"), b"new")),
+            {
+                let (file, tmp) = written(root, "U.new", b"new");
+                Op::Update {
+                    file,
+                    tmp,
+                    to: env.join("U.json"),
+                }
+            },
             Op::Remove {
                 msg: msg.join("R"),
                 env: env.join("R.json"),

@@ -37,7 +37,7 @@ use std::io::{self, BufRead, Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use super::commit::{CommitCounters, Committer, MAX_FREE, Op, Origin, Staged};
+use super::commit::{CommitCounters, Committer, Op, Origin, Staged};
 use super::entry::Entry;
 
 /// Why a spool operation failed.
@@ -69,7 +69,10 @@ pub enum SpoolError {
     Exists(String),
 }
 
-fn io_err<'a>(action: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> SpoolError + 'a {
+pub(super) fn io_err<'a>(
+    action: &'static str,
+    path: &'a Path,
+) -> impl FnOnce(io::Error) -> SpoolError + 'a {
     move |source| SpoolError::Io {
         action,
         path: path.to_path_buf(),
@@ -156,7 +159,7 @@ fn check_id(id: &str) -> Result<(), SpoolError> {
     }
 }
 
-fn fsync_dir(dir: &Path) -> Result<(), SpoolError> {
+pub(super) fn fsync_dir(dir: &Path) -> Result<(), SpoolError> {
     File::open(dir)
         .and_then(|d| d.sync_all())
         .map_err(io_err("fsync", dir))
@@ -408,11 +411,11 @@ impl Spool {
                 .join("tmp")
                 .join(format!("{}.json.{:x}", entry.id, rand::random::<u32>()));
         let file = write_new(&tmp, &|f| f.write_all(&json))?;
-        self.committer.commit(Op::Update(Staged {
+        self.committer.commit(Op::Update {
             file,
-            from: Origin::Tmp(tmp),
+            tmp,
             to: self.env_path(&entry.id),
-        }))
+        })
     }
 
     /// Removes an entry (message first, then state).
@@ -576,17 +579,10 @@ impl Spool {
         let freedir = self.root.join("free");
         for e in fs::read_dir(&freedir).map_err(io_err("list", &freedir))? {
             let p = e.map_err(io_err("list", &freedir))?.path();
-            let kept = self.committer.free().len() < MAX_FREE
-                && fs::OpenOptions::new()
-                    .write(true)
-                    .truncate(true)
-                    .open(&p)
-                    .is_ok();
-            if kept {
-                self.committer.free().give(p);
-            } else {
-                fs::remove_file(&p).map_err(io_err("remove", &p))?;
-            }
+            self.committer
+                .free()
+                .keep(p.clone())
+                .map_err(io_err("remove", &p))?;
         }
         Ok(out)
     }
