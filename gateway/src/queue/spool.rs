@@ -118,10 +118,11 @@ fn header(state: &[u8]) -> Vec<u8> {
     h
 }
 
-/// Where the initial state and the message lie in a message file's octets: `None` for
-/// a message of the earlier layout (no header), `Err` for a broken header.
-fn split(bytes: &[u8]) -> Result<Option<(std::ops::Range<usize>, usize)>, String> {
-    let Some(rest) = bytes.strip_prefix(MAGIC) else {
+/// Where the initial state lies in a message file, from its first octets (its header
+/// line at least): its offset and length; `None` for a message of the earlier layout (no
+/// header), `Err` for a broken header line.
+fn header_of(prefix: &[u8]) -> Result<Option<(usize, usize)>, &'static str> {
+    let Some(rest) = prefix.strip_prefix(MAGIC) else {
         return Ok(None);
     };
     let nl = rest
@@ -133,7 +134,14 @@ fn split(bytes: &[u8]) -> Result<Option<(std::ops::Range<usize>, usize)>, String
         .ok()
         .and_then(|t| t.parse().ok())
         .ok_or("bad state length")?;
-    let start = MAGIC.len() + nl + 1;
+    Ok(Some((MAGIC.len() + nl + 1, n)))
+}
+
+/// Where the initial state and the message lie in a whole message file's octets.
+fn split(bytes: &[u8]) -> Result<Option<(std::ops::Range<usize>, usize)>, &'static str> {
+    let Some((start, n)) = header_of(bytes)? else {
+        return Ok(None);
+    };
     let end = start
         .checked_add(n)
         .filter(|&e| e <= bytes.len())
@@ -222,23 +230,16 @@ fn read_embedded_state(path: &Path) -> Result<Option<Vec<u8>>, SpoolError> {
     let mut r = io::BufReader::with_capacity(4096, f);
     let mut line = Vec::new();
     (&mut r)
-        .take(MAX_HEADER_LINE as u64)
+        .take((MAGIC.len() + MAX_HEADER_LINE) as u64)
         .read_until(b'\n', &mut line)
         .map_err(io_err("read", path))?;
-    let Some(len) = line.strip_prefix(MAGIC) else {
-        return Ok(None);
-    };
     let bad = |reason: &str| SpoolError::Format {
         path: path.to_path_buf(),
         reason: reason.to_string(),
     };
-    let n: usize = std::str::from_utf8(
-        len.strip_suffix(b"\n")
-            .ok_or_else(|| bad("no end to the header line"))?,
-    )
-    .ok()
-    .and_then(|t| t.parse().ok())
-    .ok_or_else(|| bad("bad state length"))?;
+    let Some((_, n)) = header_of(&line).map_err(bad)? else {
+        return Ok(None);
+    };
     let mut state = vec![0; n];
     r.read_exact(&mut state)
         .map_err(|_| bad("state cut short"))?;
@@ -249,19 +250,12 @@ impl Spool {
     /// Opens (creating if needed) the spool at `root`.
     pub fn open(root: impl Into<PathBuf>) -> Result<Spool, SpoolError> {
         let root = root.into();
-        for sub in ["tmp", "msg", "env", "corrupt", "free"] {
-            let d = root.join(sub);
-            crate::private_fs::create_dir_all(&d).map_err(io_err("create directory", &d))?;
+        let subdirs = ["tmp", "msg", "env", "corrupt", "free"].map(|sub| root.join(sub));
+        for d in &subdirs {
+            crate::private_fs::create_dir_all(d).map_err(io_err("create directory", d))?;
         }
         // Queued mail is readable by the gateway's user only, however the spool was made.
-        for d in [
-            &root,
-            &root.join("tmp"),
-            &root.join("msg"),
-            &root.join("env"),
-            &root.join("corrupt"),
-            &root.join("free"),
-        ] {
+        for d in std::iter::once(&root).chain(&subdirs) {
             crate::private_fs::restrict_dir(d).map_err(io_err("chmod 0700", d))?;
         }
         let committer = Arc::new(Committer::new(&root));
@@ -442,26 +436,40 @@ impl Spool {
         }
     }
 
+    /// An entry's state: its state file, else the one inside its message file; `None`
+    /// when there is neither (a message of the earlier layout without its state).
+    fn read_state(&self, id: &str) -> Result<Option<Entry>, SpoolError> {
+        if let Some(e) = self.state_file(id)? {
+            return Ok(Some(e));
+        }
+        let p = self.msg_path(id);
+        read_embedded_state(&p)?
+            .map(|json| Self::decode(&p, &json))
+            .transpose()
+    }
+
+    /// `entry`, read under `id`, if it is that entry's: a file reused for another
+    /// message (since removed) was read otherwise.
+    fn owned(&self, id: &str, entry: Entry) -> Result<Entry, SpoolError> {
+        if entry.id == id {
+            Ok(entry)
+        } else {
+            Err(io_err("read", &self.msg_path(id))(
+                io::ErrorKind::NotFound.into(),
+            ))
+        }
+    }
+
+    /// The error for an id with no state at all.
+    fn no_state(&self, id: &str) -> SpoolError {
+        io_err("read", &self.env_path(id))(io::ErrorKind::NotFound.into())
+    }
+
     /// Reads an entry's state.
     pub fn load(&self, id: &str) -> Result<Entry, SpoolError> {
         check_id(id)?;
-        if let Some(e) = self.state_file(id)? {
-            return Ok(e);
-        }
-        let p = self.msg_path(id);
-        match read_embedded_state(&p)? {
-            // (An id that is not the file's: read while the file was reused, since removed.)
-            Some(json) => Self::decode(&p, &json).and_then(|e| {
-                if e.id == id {
-                    Ok(e)
-                } else {
-                    Err(io_err("read", &p)(io::ErrorKind::NotFound.into()))
-                }
-            }),
-            None => Err(io_err("read", &self.env_path(id))(
-                io::ErrorKind::NotFound.into(),
-            )),
-        }
+        let entry = self.read_state(id)?.ok_or_else(|| self.no_state(id))?;
+        self.owned(id, entry)
     }
 
     /// Reads an entry's state and message with one read of the message file.
@@ -471,21 +479,14 @@ impl Spool {
         let mut bytes = fs::read(&p).map_err(io_err("read", &p))?;
         let layout = split(&bytes).map_err(|reason| SpoolError::Format {
             path: p.clone(),
-            reason,
+            reason: reason.to_string(),
         })?;
         let entry = match (self.state_file(id)?, &layout) {
             (Some(e), _) => e,
             (None, Some((state, _))) => Self::decode(&p, &bytes[state.clone()])?,
-            (None, None) => {
-                return Err(io_err("read", &self.env_path(id))(
-                    io::ErrorKind::NotFound.into(),
-                ));
-            }
+            (None, None) => return Err(self.no_state(id)),
         };
-        if entry.id != id {
-            // Read while the file was reused for another message, since removed.
-            return Err(io_err("read", &p)(io::ErrorKind::NotFound.into()));
-        }
+        let entry = self.owned(id, entry)?;
         if let Some((_, body)) = layout {
             bytes.drain(..body);
         }
@@ -531,16 +532,7 @@ impl Spool {
         let mut out = Recovered::default();
         let mut queued = std::collections::HashSet::new();
         for id in self.ids()? {
-            let loaded = match self.state_file(&id) {
-                Ok(Some(e)) => Ok(Some(e)),
-                Ok(None) => {
-                    let p = self.msg_path(&id);
-                    read_embedded_state(&p)
-                        .and_then(|s| s.map(|j| Self::decode(&p, &j)).transpose())
-                }
-                Err(e) => Err(e),
-            };
-            match loaded {
+            match self.read_state(&id) {
                 Ok(Some(entry)) if entry.id == id => {
                     queued.insert(id);
                     out.entries.push(entry);
