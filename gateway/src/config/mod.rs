@@ -601,7 +601,14 @@ impl Default for Delivery {
 
 /// `MAILGATE_*` environment variables that are not config keys: `MAILGATE_LOG` (the log
 /// filter) and `MAILGATE_PERFMAP` (plugin code named for `perf`, docs/benchmarks.md).
-pub const ENV_NOT_CONFIG: &[&str] = &["log", "perfmap"];
+const ENV_NOT_CONFIG: &[&str] = &["log", "perfmap"];
+
+/// The `MAILGATE_*` environment variables as config overrides (`__` separates keys).
+pub fn env_overrides() -> Env {
+    Env::prefixed("MAILGATE_")
+        .ignore(ENV_NOT_CONFIG)
+        .split("__")
+}
 
 impl Config {
     /// Loads defaults, then `file` (if given), then `MAILGATE_` environment variables.
@@ -615,11 +622,7 @@ impl Config {
         if let Some(path) = file {
             f = f.merge(Toml::file_exact(path));
         }
-        f.merge(
-            Env::prefixed("MAILGATE_")
-                .ignore(ENV_NOT_CONFIG)
-                .split("__"),
-        )
+        f.merge(env_overrides())
     }
 
     /// Extracts a config from a prepared figment.

@@ -30,7 +30,7 @@ use std::time::{Duration, SystemTime};
 
 use anyhow::Context as _;
 use figment::Figment;
-use figment::providers::{Env, Format, Serialized, Toml};
+use figment::providers::{Format, Serialized, Toml};
 
 use crate::config::{Config, DeliveryMode, Runtime};
 use crate::current::Current;
@@ -286,11 +286,7 @@ fn settings(args: &Options) -> Result<Config, Fail> {
     }];
     // MAILGATE_* variables apply as they do to a config file.
     Config::from_figment(
-        Figment::from(Serialized::defaults(base)).merge(
-            Env::prefixed("MAILGATE_")
-                .ignore(crate::config::ENV_NOT_CONFIG)
-                .split("__"),
-        ),
+        Figment::from(Serialized::defaults(base)).merge(crate::config::env_overrides()),
     )
     .context("the environment's MAILGATE_* settings")
     .or_exit(report::EXIT_CONFIG)
