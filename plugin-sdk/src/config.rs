@@ -1,6 +1,8 @@
 //! The plugin's configuration, as handed to `init`.
 
+use std::cell::RefCell;
 use std::fmt;
+use std::rc::Rc;
 use std::str::FromStr;
 
 /// A plugin's `config` table from the gateway config, as handed to
@@ -261,6 +263,82 @@ impl Config {
     }
 }
 
+/// What a plugin makes of its config (parsed tables, compiled rules), kept across the
+/// sessions an instance serves.
+///
+/// The gateway reuses an instance for session after session and runs
+/// [`Plugin::init`](crate::Plugin::init) at the start of each, with the same config until a
+/// reload brings new instances. Keep a `PerConfig` in a `thread_local!` and ask it in
+/// `init`: it runs `make` only when the config differs from the one it last saw (it keeps
+/// that one only), and hands out the same [`Rc`] otherwise.
+///
+/// ```
+/// use std::rc::Rc;
+/// use mailgate_plugin_sdk::{Config, PerConfig};
+///
+/// struct Tables {
+///     limit: i64,
+/// }
+///
+/// thread_local! {
+///     static TABLES: PerConfig<Tables> = const { PerConfig::new() };
+/// }
+///
+/// fn tables(config: &Config) -> Result<Rc<Tables>, String> {
+///     TABLES.with(|t| {
+///         t.get_or_make(config, |c| Ok(Tables { limit: c.int_or("limit", 10)? }))
+///     })
+/// }
+///
+/// let config = Config::from_pairs([("limit", "5")]);
+/// let first = tables(&config).unwrap();
+/// assert_eq!(first.limit, 5);
+/// assert!(Rc::ptr_eq(&first, &tables(&config).unwrap()));
+/// ```
+pub struct PerConfig<T> {
+    last: RefCell<Option<(Config, Rc<T>)>>,
+}
+
+impl<T> PerConfig<T> {
+    /// Empty: the first call makes.
+    pub const fn new() -> Self {
+        PerConfig {
+            last: RefCell::new(None),
+        }
+    }
+
+    /// What `make` made of `config`, made now only if `config` is not the last one seen.
+    /// A failure is returned and nothing is kept.
+    pub fn get_or_make<E>(
+        &self,
+        config: &Config,
+        make: impl FnOnce(&Config) -> Result<T, E>,
+    ) -> Result<Rc<T>, E> {
+        if let Some((seen, made)) = &*self.last.borrow()
+            && seen == config
+        {
+            return Ok(Rc::clone(made));
+        }
+        let made = Rc::new(make(config)?);
+        *self.last.borrow_mut() = Some((config.clone(), Rc::clone(&made)));
+        Ok(made)
+    }
+}
+
+impl<T> Default for PerConfig<T> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl<T> fmt::Debug for PerConfig<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PerConfig")
+            .field("holds", &self.last.borrow().is_some())
+            .finish()
+    }
+}
+
 /// Parses `[scalar, ...]`: strings, numbers, `true`, `false`, `null`, each as its text.
 fn parse_json_scalar_array(text: &str) -> Result<Vec<String>, String> {
     let values: Vec<serde_json::Value> = serde_json::from_str(text).map_err(|e| e.to_string())?;
@@ -298,6 +376,30 @@ fn flatten(prefix: &str, value: &serde_json::Value, out: &mut Vec<(String, Strin
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn per_config_makes_once_per_config_and_keeps_no_failure() {
+        let cache: PerConfig<String> = PerConfig::new();
+        let (a, b) = (
+            Config::from_pairs([("k", "a")]),
+            Config::from_pairs([("k", "b")]),
+        );
+        let mut makes = 0;
+        let mut make = |c: &Config| -> Result<String, String> {
+            makes += 1;
+            c.get("k").map(str::to_string).ok_or("no k".into())
+        };
+        let first = cache.get_or_make(&a, &mut make).unwrap();
+        assert!(Rc::ptr_eq(
+            &first,
+            &cache.get_or_make(&a, &mut make).unwrap()
+        ));
+        assert_eq!(*cache.get_or_make(&b, &mut make).unwrap(), "b");
+        assert!(cache.get_or_make(&Config::default(), &mut make).is_err());
+        // The failure kept nothing: `b` is still the last config seen, and not made again.
+        assert_eq!(*cache.get_or_make(&b, &mut make).unwrap(), "b");
+        assert_eq!(makes, 3);
+    }
 
     fn cfg() -> Config {
         Config::from_pairs([

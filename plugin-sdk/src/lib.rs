@@ -158,7 +158,7 @@ mod plugin;
 pub mod routing;
 pub mod verify;
 
-pub use config::{Config, ConfigError};
+pub use config::{Config, ConfigError, PerConfig};
 pub use mailgate_plugin_sdk_macros::plugin;
 pub use plugin::Plugin;
 

@@ -41,11 +41,10 @@
 
 mod matching;
 
-use std::cell::RefCell;
 use std::rc::Rc;
 
 use mailgate_plugin_sdk::prelude::*;
-use mailgate_plugin_sdk::{RelayHost, TlsPolicy, routing, verify};
+use mailgate_plugin_sdk::{PerConfig, RelayHost, TlsPolicy, routing, verify};
 use matching::{Conditions, Facts};
 
 /// What a rule does.
@@ -187,15 +186,12 @@ fn address(text: &str, key: &str) -> Result<Address, String> {
     Address::parse(text.trim()).ok_or(format!("{key}: {text:?} is not an address"))
 }
 
-/// A config's entries and the tables parsed from them.
-type CachedTables = Option<(Vec<(String, String)>, Rc<Tables>)>;
-
 thread_local! {
     /// The tables the last `init` parsed, with the config they came from. The gateway
     /// runs `init` at the start of every session (and delivery) an instance serves; with
     /// the same config (always, until a reload brings new instances) nothing is parsed
     /// again.
-    static TABLES: RefCell<CachedTables> = const { RefCell::new(None) };
+    static TABLES: PerConfig<Tables> = const { PerConfig::new() };
 }
 
 /// The plugin: the tables of its config, shared with the other sessions' `init`.
@@ -346,21 +342,9 @@ impl Tables {
 #[plugin]
 impl Plugin for Routing {
     fn init(config: &Config) -> Result<Self, String> {
-        let key: Vec<(String, String)> = config
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect();
-        let hit = TABLES.with_borrow(|c| {
-            c.as_ref()
-                .filter(|(k, _)| *k == key)
-                .map(|(_, t)| Rc::clone(t))
-        });
-        if let Some(tables) = hit {
-            return Ok(Routing(tables));
-        }
-        let tables = Rc::new(Tables::parse(config)?);
-        TABLES.with_borrow_mut(|c| *c = Some((key, Rc::clone(&tables))));
-        Ok(Routing(tables))
+        TABLES
+            .with(|cache| cache.get_or_make(config, Tables::parse))
+            .map(Routing)
     }
 
     fn on_rcpt_to(&mut self, s: &SessionInfo, txn: &Transaction, rcpt: &Recipient) -> RcptOutcome {

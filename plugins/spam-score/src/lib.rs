@@ -28,17 +28,16 @@ mod lists;
 pub mod rules;
 mod urls;
 
-use std::cell::RefCell;
 use std::collections::HashMap;
 use std::rc::Rc;
 
 use lists::{List, Listing};
-use mailgate_plugin_sdk::Part;
 use mailgate_plugin_sdk::auth;
 use mailgate_plugin_sdk::dns;
 use mailgate_plugin_sdk::log;
 use mailgate_plugin_sdk::net::Net;
 use mailgate_plugin_sdk::prelude::*;
+use mailgate_plugin_sdk::{Part, PerConfig};
 use rules::{Check, HeaderTest, Kind, Rule, Stage, Target};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -55,45 +54,34 @@ struct Compiled {
     groups: Vec<rules::Group>,
 }
 
-/// A config's entries and the rules compiled from them.
-type CachedRules = Option<(Vec<(String, String)>, Rc<Compiled>)>;
-
 thread_local! {
     /// The rules the last `init` compiled, with the config they came from. The gateway
     /// runs `init` at the start of every session an instance serves; with the same config
     /// (always, until a reload brings new instances) the rules are not parsed and their
     /// pattern sets not compiled again.
-    static COMPILED: RefCell<CachedRules> = const { RefCell::new(None) };
+    static COMPILED: PerConfig<Compiled> = const { PerConfig::new() };
 }
 
 /// The rules of `config`, from the cache when it holds them.
 fn compiled(config: &Config) -> Result<Rc<Compiled>, String> {
-    let key: Vec<(String, String)> = config
-        .iter()
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect();
-    if let Some(hit) = COMPILED.with_borrow(|c| {
-        c.as_ref()
-            .filter(|(k, _)| *k == key)
-            .map(|(_, c)| Rc::clone(c))
-    }) {
-        return Ok(hit);
-    }
+    COMPILED.with(|cache| cache.get_or_make(config, compile))
+}
+
+/// The rules of `config`: the shipped defaults (unless turned off), then the configured ones.
+fn compile(config: &Config) -> Result<Compiled, String> {
     let mut entries = if config.bool_or("default_rules", true)? {
         defaults::entries(config)
     } else {
         Vec::new()
     };
-    entries.extend(key.iter().cloned());
+    entries.extend(config.iter().map(|(k, v)| (k.to_string(), v.to_string())));
     let all = Config::new(entries);
     let rules: Vec<Rule> = rules::parse(&all)?
         .into_iter()
         .filter(|r| r.score != 0.0)
         .collect();
     let groups = rules::groups(&rules)?;
-    let compiled = Rc::new(Compiled { rules, groups });
-    COMPILED.with_borrow_mut(|c| *c = Some((key, Rc::clone(&compiled))));
-    Ok(compiled)
+    Ok(Compiled { rules, groups })
 }
 
 struct SpamScore {
